@@ -1,0 +1,75 @@
+"""Session-scoped services and per-test isolation shared by every test tier.
+
+Services are started by the project's own scripts (the same ones `make` uses), once per
+session. A test marked ``integration`` gets RabbitMQ; ``e2e`` gets the cluster too.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+AMQP_URL = os.environ.get("ROGER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """A running local RabbitMQ; started once per session by hack/rabbitmq.sh."""
+    _run("bash", "hack/rabbitmq.sh", "up")
+    return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(amqp_url: str) -> str:
+    """A running local control plane (etcd, apiserver, controllers, kwok) via hack/cluster.sh."""
+    _run("bash", "hack/cluster.sh", "up")
+    path = str(ROOT / ".cluster" / "kubeconfig")
+    os.environ["KUBECONFIG"] = path
+    return path
+
+
+@pytest.fixture(scope="session")
+def kubectl_bin(kubeconfig: str) -> str:
+    return str(ROOT / ".cluster" / "bin" / "kubectl")
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> str:
+    """A short name no other test uses: for partitions, namespaces, queues."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:30].strip("-")
+    return f"t-{base}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(kubeconfig: str, kubectl_bin: str, unique_name: str) -> Iterator[str]:
+    """A namespace of the test's own, deleted afterwards (without waiting)."""
+    subprocess.run(
+        [kubectl_bin, "--kubeconfig", kubeconfig, "create", "namespace", unique_name],
+        check=True,
+        capture_output=True,
+    )
+    yield unique_name
+    subprocess.run(
+        [kubectl_bin, "--kubeconfig", kubeconfig, "delete", "namespace", unique_name,
+         "--wait=false"],
+        check=False,
+        capture_output=True,
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test declares its tier; an unmarked test is a mistake, not a unit test."""
+    tiers = {"unit", "integration", "e2e"}
+    for item in items:
+        if not tiers & {m.name for m in item.iter_markers()}:
+            raise pytest.UsageError(f"{item.nodeid} has no tier marker (unit/integration/e2e)")

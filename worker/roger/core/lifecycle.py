@@ -1,0 +1,34 @@
+"""What the worker tells its observers (metrics, Kubernetes Events) about each hook.
+
+Callbacks run beside the job; the worker's event loop learns afterwards which hook fired
+and hands a ``LifecycleEvent`` to every observer. Observers must never block: the loop
+that calls them is the one that consumes and acknowledges jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from roger.core.hooks import HookName
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleEvent:
+    hook: HookName
+    partition: str
+    queue: str
+    job_id: str
+    job_name: str
+    retry_count: int
+    at: float  # time.time() when the hook fired
+    error: tuple[str, str] | None = None  # (kind, message) for on_error / on_buried
+    duration: float | None = None  # job run time, for after_run / on_error / on_buried
+
+
+class LifecycleObserver(Protocol):
+    def observe(self, event: LifecycleEvent) -> None:
+        """Record the event; must return at once (queue work for another thread)."""
+
+    def close(self, timeout: float) -> None:
+        """Flush what can be flushed within ``timeout`` seconds, then stop."""

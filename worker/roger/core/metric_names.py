@@ -1,0 +1,49 @@
+"""Every Prometheus metric name Roger exports, in one place.
+
+Dashboards, alert rules and their tests refer to these names; the worker's and the
+operator's metric objects are built from them. Labels are bounded: never a job id.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Worker: job lifecycle.
+LIFECYCLE_EVENTS: Final = "roger_lifecycle_events"  # counter {partition,queue,job,hook}
+JOB_DURATION: Final = "roger_job_duration_seconds"  # histogram {partition,queue,job,outcome}
+JOBS_RUNNING: Final = "roger_jobs_running"  # gauge {partition,queue}
+JOB_RETRIES: Final = "roger_job_retries"  # counter {partition,queue,job}
+JOB_OUTCOMES: Final = "roger_job_outcomes"  # counter {partition,queue,job,outcome}
+MESSAGES_PARKED: Final = "roger_messages_parked"  # counter {partition,queue,reason}
+CALLBACK_FAILURES: Final = "roger_callback_failures"  # counter {partition,callback,hook,reason}
+QUEUE_MESSAGES: Final = "roger_queue_messages"  # gauge {partition,queue} ready messages
+QUEUE_CONSUMERS: Final = "roger_queue_consumers"  # gauge {partition,queue}
+QUEUE_PAUSED: Final = "roger_queue_paused"  # gauge {partition,queue} 0/1
+WORKER_INFO: Final = "roger_worker"  # info {partition,version}
+BROKER_RECONNECTS: Final = "roger_broker_reconnects"  # counter {partition}
+
+# Worker: Kubernetes Events emitter.
+KUBE_EVENTS_EMITTED: Final = "roger_kube_events_emitted"  # counter {partition,reason}
+KUBE_EVENTS_DROPPED: Final = "roger_kube_events_dropped"  # counter {partition,cause}
+KUBE_EVENT_WRITES: Final = "roger_kube_event_writes"  # counter {partition,verb}
+
+# Operator.
+OPERATOR_RECONCILES: Final = "roger_operator_reconciles"  # counter {kind,result}
+OPERATOR_RECONCILE_DURATION: Final = "roger_operator_reconcile_duration_seconds"  # histogram
+OPERATOR_ERRORS: Final = "roger_operator_errors"  # counter {kind,stage}
+OPERATOR_PARTITIONS: Final = "roger_operator_partitions"  # gauge {namespace,phase}
+
+# prometheus-client appends "_total" to counters on exposition.
+COUNTERS: Final = (
+    LIFECYCLE_EVENTS,
+    JOB_RETRIES,
+    JOB_OUTCOMES,
+    MESSAGES_PARKED,
+    CALLBACK_FAILURES,
+    BROKER_RECONNECTS,
+    KUBE_EVENTS_EMITTED,
+    KUBE_EVENTS_DROPPED,
+    KUBE_EVENT_WRITES,
+    OPERATOR_RECONCILES,
+    OPERATOR_ERRORS,
+)

@@ -1,0 +1,61 @@
+"""The single source of truth for every RabbitMQ name Roger uses.
+
+The names follow Roger (Elixir) so that tools reading the broker recognise them:
+``<partition>-<queue>``, ``.retry.<seconds>``, ``.buried``, plus ``.invalid`` for
+messages that must never run.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Partition and queue names end up in queue names (max 255 bytes) and in Kubernetes
+# object names, so they are kept to DNS-label-like characters.
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+DEFAULT_RETRY_LEVELS: tuple[int, ...] = (1, 3, 5, 10, 20, 35, 60, 100, 200, 400, 1000, 1800)
+DEFAULT_BURIED_MAX_LENGTH = 100
+
+
+class InvalidName(ValueError):
+    """A partition or queue name that cannot become a RabbitMQ/Kubernetes name."""
+
+
+def validate_name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidName(
+            f"{kind} name {name!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_',"
+            " starting and ending with a letter or digit"
+        )
+    return name
+
+
+def queue_name(partition: str, queue: str) -> str:
+    return f"{partition}-{queue}"
+
+
+def retry_queue_name(partition: str, queue: str, seconds: int) -> str:
+    return f"{queue_name(partition, queue)}.retry.{seconds}"
+
+
+def buried_queue_name(partition: str, queue: str) -> str:
+    return f"{queue_name(partition, queue)}.buried"
+
+
+def invalid_queue_name(partition: str, queue: str) -> str:
+    return f"{queue_name(partition, queue)}.invalid"
+
+
+def execution_waiting_queue_name(partition: str, execution_key: str) -> str:
+    return f"{partition}-execution-waiting-{execution_key}"
+
+
+def all_queue_names(partition: str, queue: str, retry_levels: tuple[int, ...]) -> list[str]:
+    """Every queue that belongs to one partition queue, main queue first."""
+    return [
+        queue_name(partition, queue),
+        *(retry_queue_name(partition, queue, s) for s in retry_levels),
+        buried_queue_name(partition, queue),
+        invalid_queue_name(partition, queue),
+    ]
