@@ -1,0 +1,15 @@
+"""The least privilege a worker pod needs: emit Events about its Partition.
+
+One source for the worker Role: the operator builds each partition's Role from these
+rules, and the chart grants the operator (at least) these so it may bind them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+WORKER_RULES: Final[tuple[dict[str, Any], ...]] = (
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+    {"apiGroups": ["roger.dev"], "resources": ["partitions"], "verbs": ["get"]},
+)
