@@ -59,3 +59,14 @@ def all_queue_names(partition: str, queue: str, retry_levels: tuple[int, ...]) -
         buried_queue_name(partition, queue),
         invalid_queue_name(partition, queue),
     ]
+
+
+def claim_exchange_name(partition: str) -> str:
+    """A durable exchange whose ``alternate-exchange`` argument names the Partition object
+    (``<namespace>/<name>``) that owns ``partition`` on this broker.
+
+    RabbitMQ refuses to re-declare an exchange with a different ``alternate-exchange``, so
+    the first declare claims the partition atomically and a second claimant learns the
+    owner from the refusal. Nothing is ever published to it.
+    """
+    return f"roger.claim.{partition}"
