@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Build (or reuse) the pinned control-plane binaries from Go modules, cache them outside
+# the repo keyed by version, and link them into .cluster/bin.
+#
+# Versions live in one place: the go.mod files under hack/tools/ (kube, etcd, kwok, helm).
+# KUBEBUILDER_ASSETS, when it holds a kube-apiserver/etcd/kubectl of the pinned versions,
+# is used instead of building those.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TOOLS=$ROOT/hack/tools
+CACHE=${ROGER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/roger-tools}
+BIN=$ROOT/.cluster/bin
+export GOFLAGS=${GOFLAGS:--mod=mod}
+
+log() { printf '[tools] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+mod_version() { # module dir, module path -> pinned version from go.mod
+  awk -v m="$2" '$1==m && $2 ~ /^v/ {print $2; exit} $1=="require" && $2==m {print $3; exit}' "$TOOLS/$1/go.mod"
+}
+
+command -v go >/dev/null 2>&1 || die "Go is required (go 1.26+) to build the control plane"
+
+K8S=$(mod_version kube k8s.io/kubernetes)
+ETCD=$(mod_version etcd go.etcd.io/etcd/server/v3)
+KWOK=$(mod_version kwok sigs.k8s.io/kwok)
+HELM=$(mod_version helm helm.sh/helm/v3)
+[ -n "$K8S" ] && [ -n "$ETCD" ] && [ -n "$KWOK" ] && [ -n "$HELM" ] \
+  || die "could not read pinned versions from hack/tools/*/go.mod"
+
+# build DIR OUT_DIR PACKAGE... : one `go build` per module so packages compile once.
+build() {
+  local moddir=$1 out=$2; shift 2
+  local missing=()
+  for pkg in "$@"; do [ -x "$out/$(basename "$pkg")" ] || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  mkdir -p "$out.tmp"
+  log "building ${missing[*]##*/} in hack/tools/$moddir (cold: minutes; cached afterwards in $out)"
+  local start=$SECONDS
+  if ! (cd "$TOOLS/$moddir" && go build -trimpath -o "$out.tmp/" "${missing[@]}") >"$out.log" 2>&1; then
+    tail -n 30 "$out.log" >&2
+    die "go build failed in hack/tools/$moddir (full log: $out.log). If the module proxy refused a
+       module, the line above names it; try another pinned version in hack/tools/$moddir/go.mod."
+  fi
+  mv "$out.tmp"/* "$out/" 2>/dev/null || { mkdir -p "$out" && mv "$out.tmp"/* "$out/"; }
+  rmdir "$out.tmp"
+  log "built in $((SECONDS - start))s"
+}
+
+mkdir -p "$BIN" "$CACHE"
+k8s_out=$CACHE/k8s-$K8S
+mkdir -p "$k8s_out"
+if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ] \
+   && "$KUBEBUILDER_ASSETS/kube-apiserver" --version 2>/dev/null | grep -q "$K8S\$"; then
+  log "using kube-apiserver/kubectl/etcd from KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
+  for b in kube-apiserver kubectl; do
+    [ -x "$KUBEBUILDER_ASSETS/$b" ] && ln -sf "$KUBEBUILDER_ASSETS/$b" "$k8s_out/$b"
+  done
+fi
+build kube "$k8s_out" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+
+etcd_out=$CACHE/etcd-$ETCD
+mkdir -p "$etcd_out"
+if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ] && [ ! -x "$etcd_out/etcd" ] \
+   && "$KUBEBUILDER_ASSETS/etcd" --version 2>/dev/null | grep -q "${ETCD#v}"; then
+  ln -sf "$KUBEBUILDER_ASSETS/etcd" "$etcd_out/etcd"
+fi
+if [ ! -x "$etcd_out/etcd" ]; then
+  # The module's root package is etcd's main package; build it under the name etcd.
+  build etcd "$etcd_out" go.etcd.io/etcd/server/v3
+  for n in server v3; do if [ -x "$etcd_out/$n" ]; then mv "$etcd_out/$n" "$etcd_out/etcd"; fi; done
+fi
+
+build kwok "$CACHE/kwok-$KWOK" sigs.k8s.io/kwok/cmd/kwok
+build helm "$CACHE/helm-$HELM" helm.sh/helm/v3/cmd/helm
+
+# kwok needs Stages (how fake nodes and pods move through their lifecycle). Use the ones
+# its module ships: node init + heartbeat (so nodes stay Ready) and the fast pod stages.
+stages=$CACHE/kwok-$KWOK/stages.yaml
+if [ ! -s "$stages" ]; then
+  kwok_src=$(cd "$TOOLS/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  for f in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready \
+           pod/fast/pod-complete pod/fast/pod-delete; do
+    [ -f "$kwok_src/kustomize/stage/$f.yaml" ] || die "kwok stage $f.yaml not found in $kwok_src"
+    printf -- '---\n'; cat "$kwok_src/kustomize/stage/$f.yaml"; printf '\n'
+  done >"$stages.tmp" && mv "$stages.tmp" "$stages"
+fi
+
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf "$k8s_out/$b" "$BIN/$b"; done
+ln -sf "$etcd_out/etcd" "$BIN/etcd"
+ln -sf "$CACHE/kwok-$KWOK/kwok" "$BIN/kwok"
+ln -sf "$CACHE/helm-$HELM/helm" "$BIN/helm"
+ln -sf "$stages" "$BIN/kwok-stages.yaml"
+log "ready in .cluster/bin: kubernetes $K8S, etcd $ETCD, kwok $KWOK, helm $HELM"
