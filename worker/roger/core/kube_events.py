@@ -1,0 +1,412 @@
+"""Lifecycle hooks as Kubernetes Events: the pure part (no I/O, no threads, no clock).
+
+What a hook becomes (reason, type, message), which hooks are "similar" (the aggregation
+key), the Event bodies and patches, the per-worker write budget (token buckets) and the
+aggregation table that decides which write to make next. ``roger.kube`` does the I/O.
+
+Event API: core/v1 Events with ``count``, as client-go's ``record.EventRecorder`` and its
+``EventCorrelator`` do. The newer ``events.k8s.io/v1`` API (client-go's ``tools/events``,
+``series``) makes ``note`` immutable after create, so an aggregated Event could never say
+"N similar" nor keep the latest job id; core/v1 lets one PATCH update count, lastTimestamp
+and message together. Both APIs read the same objects (``kubectl get events``,
+``kubectl describe partition``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, NamedTuple
+
+from roger.core.hooks import HookName
+from roger.core.lifecycle import LifecycleEvent
+
+PARTITION_GROUP: Final = "roger.dev"
+PARTITION_VERSION: Final = "v1alpha1"
+PARTITION_API_VERSION: Final = f"{PARTITION_GROUP}/{PARTITION_VERSION}"
+PARTITION_KIND: Final = "Partition"
+PARTITION_PLURAL: Final = "partitions"
+REPORTING_CONTROLLER: Final = "roger.dev/worker"
+
+# The API's limits: events.k8s.io/v1 ``note`` (= core/v1 message) is at most 1024 bytes,
+# reportingInstance at most 128 characters.
+MESSAGE_LIMIT: Final = 1024
+INSTANCE_LIMIT: Final = 128
+_ELLIPSIS: Final = "…"
+
+EventType = Literal["Normal", "Warning"]
+NORMAL: Final = "Normal"
+WARNING: Final = "Warning"
+
+# hook -> (reason, type)
+HOOK_EVENTS: Final[dict[HookName, tuple[str, EventType]]] = {
+    "before_run": ("JobStarted", "Normal"),
+    "after_run": ("JobSucceeded", "Normal"),
+    "on_error": ("JobFailed", "Warning"),
+    "on_cancel": ("JobCancelled", "Normal"),
+    "on_buried": ("JobBuried", "Warning"),
+}
+
+# ---- the write budget (per worker) ------------------------------------------------------
+# 25 writes at once, 1 write/s sustained, split so that Warnings keep a reserve Normal
+# noise cannot touch: Warnings take from their own bucket first, then from the Normal one;
+# Normal events only ever take from the Normal bucket.
+NORMAL_BURST: Final = 15.0
+NORMAL_RATE: Final = 0.6  # tokens per second
+WARNING_BURST: Final = 10.0
+WARNING_RATE: Final = 0.4
+# One Event's count is patched at most this often (coalescing + round-robin fairness).
+PATCH_INTERVAL: Final = 10.0
+# Distinct (reason, type, job) series remembered at once; beyond it an observation whose
+# series is new and whose table is full of unwritten series is dropped ("overflow").
+MAX_SERIES: Final = 1024
+
+
+def truncate(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (as the API counts), marked with …."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    room = limit - len(_ELLIPSIS.encode("utf-8"))
+    return data[:room].decode("utf-8", errors="ignore") + _ELLIPSIS
+
+
+def reason_and_type(hook: HookName) -> tuple[str, EventType]:
+    return HOOK_EVENTS[hook]
+
+
+def job_message(event: LifecycleEvent) -> str:
+    """One job's line: its name, id, retry count and, for failures, error kind and message."""
+    head = f"Job {event.job_name} (id {event.job_id}, retry {event.retry_count})"
+    error = ""
+    if event.error is not None:
+        kind, message = event.error
+        error = f": {kind}: {message}" if message else f": {kind}"
+    if event.hook == "before_run":
+        return f"{head} started on queue {event.queue}"
+    if event.hook == "after_run":
+        took = f" in {event.duration:.3f}s" if event.duration is not None else ""
+        return f"{head} succeeded{took}"
+    if event.hook == "on_error":
+        return f"{head} failed{error}"
+    if event.hook == "on_cancel":
+        return f"{head} cancelled"
+    return f"{head} buried{error}"
+
+
+def event_message(latest: LifecycleEvent, count: int) -> str:
+    """The Event's message: the job's line, prefixed with "N similar" once aggregated."""
+    line = job_message(latest)
+    if count > 1:
+        line = f"{count} similar, latest: {line}"
+    return truncate(line)
+
+
+@dataclass(frozen=True, slots=True)
+class Regarding:
+    """The Partition object the Events are about."""
+
+    namespace: str
+    name: str
+    uid: str | None = None
+
+    def reference(self) -> dict[str, str]:
+        ref = {
+            "apiVersion": PARTITION_API_VERSION,
+            "kind": PARTITION_KIND,
+            "name": self.name,
+            "namespace": self.namespace,
+        }
+        if self.uid:
+            ref["uid"] = self.uid
+        return ref
+
+
+class AggregationKey(NamedTuple):
+    """Similar events: same regarding object, reason, type and job name (not job id)."""
+
+    namespace: str
+    name: str
+    reason: str
+    type: str
+    job_name: str
+
+
+def aggregation_key(event: LifecycleEvent, regarding: Regarding) -> AggregationKey:
+    reason, type_ = HOOK_EVENTS[event.hook]
+    return AggregationKey(regarding.namespace, regarding.name, reason, type_, event.job_name)
+
+
+def timestamp(at: float) -> str:
+    """metav1.Time (RFC 3339, seconds)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_name(regarding_name: str, now_ns: int, salt: int) -> str:
+    """Like client-go: ``<object>.<hex nanoseconds>``, plus a salt against two workers."""
+    return f"{regarding_name}.{now_ns:x}{salt & 0xFFFF:04x}"
+
+
+def instance_name(pod_or_host: str) -> str:
+    return pod_or_host[:INSTANCE_LIMIT] or "unknown"
+
+
+def new_event(
+    *,
+    name: str,
+    regarding: Regarding,
+    latest: LifecycleEvent,
+    count: int,
+    first_at: float,
+    instance: str,
+) -> dict[str, Any]:
+    """A core/v1 Event body for the create."""
+    reason, type_ = HOOK_EVENTS[latest.hook]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": name, "namespace": regarding.namespace},
+        "involvedObject": regarding.reference(),
+        "reason": reason,
+        "type": type_,
+        "message": event_message(latest, count),
+        "count": count,
+        "firstTimestamp": timestamp(first_at),
+        "lastTimestamp": timestamp(latest.at),
+        "source": {"component": REPORTING_CONTROLLER, "host": instance},
+        "reportingComponent": REPORTING_CONTROLLER,
+        "reportingInstance": instance,
+        "action": latest.hook,
+    }
+
+
+def count_patch(latest: LifecycleEvent, count: int) -> dict[str, Any]:
+    """A merge patch growing an Event: count, lastTimestamp and the "N similar" message."""
+    return {
+        "count": count,
+        "lastTimestamp": timestamp(latest.at),
+        "message": event_message(latest, count),
+    }
+
+
+# ---- budget -------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; time is passed in (testable)."""
+
+    burst: float
+    rate: float
+    tokens: float = -1.0
+    updated: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens < 0:
+            self.tokens = self.burst
+
+    def _refill(self, now: float) -> None:
+        if self.updated is not None and now > self.updated:
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        if self.updated is None or now > self.updated:
+            self.updated = now
+
+    def available(self, now: float) -> float:
+        self._refill(now)
+        return self.tokens
+
+    def take(self, now: float) -> bool:
+        self._refill(now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    def wait_time(self, now: float) -> float:
+        """Seconds until one token is there (0 if now)."""
+        self._refill(now)
+        if self.tokens >= 1.0:
+            return 0.0
+        return (1.0 - self.tokens) / self.rate if self.rate > 0 else float("inf")
+
+
+@dataclass
+class Budget:
+    """The worker's API write budget: a Normal bucket and a Warning reserve."""
+
+    normal: TokenBucket = field(default_factory=lambda: TokenBucket(NORMAL_BURST, NORMAL_RATE))
+    warning: TokenBucket = field(default_factory=lambda: TokenBucket(WARNING_BURST, WARNING_RATE))
+
+    def can(self, type_: str, now: float) -> bool:
+        if type_ == WARNING and self.warning.available(now) >= 1.0:
+            return True
+        return self.normal.available(now) >= 1.0
+
+    def take(self, type_: str, now: float) -> bool:
+        if type_ == WARNING and self.warning.take(now):
+            return True
+        return self.normal.take(now)
+
+
+# ---- aggregation --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Series:
+    """Similar observations folded into one Event object."""
+
+    key: AggregationKey
+    latest: LifecycleEvent
+    first_at: float  # wall time of the first occurrence on this Event object
+    count: int = 0  # occurrences recorded on this Event object (written or not)
+    written: int = 0  # count the server has; 0: not created yet
+    name: str | None = None  # the Event object's name once created
+    last_write: float = float("-inf")  # monotonic time of the last write
+    last_seen: float = 0.0  # monotonic time of the last observation
+    in_flight: bool = False
+
+    @property
+    def pending(self) -> int:
+        return self.count - self.written
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One API write the aggregator asks for."""
+
+    verb: Literal["create", "patch"]
+    series: Series
+    count: int  # the Event's count after this write
+    body: dict[str, Any]
+
+
+class Aggregator:
+    """Folds observations into series and picks the next write within the budget.
+
+    Order: Warnings before Normal events; within a type, series never written (creates)
+    before updates (patches), then the longest-unwritten first. A series is patched at most
+    every ``patch_interval`` seconds unless flushing.
+    """
+
+    def __init__(
+        self,
+        regarding: Regarding,
+        instance: str,
+        *,
+        budget: Budget | None = None,
+        patch_interval: float = PATCH_INTERVAL,
+        max_series: int = MAX_SERIES,
+    ) -> None:
+        self.regarding = regarding
+        self.instance = instance
+        self.budget = budget or Budget()
+        self.patch_interval = patch_interval
+        self.max_series = max_series
+        self.series: dict[AggregationKey, Series] = {}
+        self._salt = 0
+
+    def add(self, event: LifecycleEvent, now: float) -> bool:
+        """Record one observation; False when it had to be dropped (table full)."""
+        key = aggregation_key(event, self.regarding)
+        s = self.series.get(key)
+        if s is None:
+            if len(self.series) >= self.max_series and not self._evict():
+                return False
+            s = self.series[key] = Series(key=key, latest=event, first_at=event.at)
+        elif s.count == 0:
+            s.first_at = event.at
+        s.count += 1
+        s.latest = event
+        s.last_seen = now
+        return True
+
+    def _evict(self) -> bool:
+        idle = [s for s in self.series.values() if s.pending == 0 and not s.in_flight]
+        if not idle:
+            return False
+        del self.series[min(idle, key=lambda s: s.last_seen).key]
+        return True
+
+    def pending(self) -> int:
+        return sum(s.pending for s in self.series.values())
+
+    def _candidates(self, now: float, flush: bool) -> list[Series]:
+        return [
+            s
+            for s in self.series.values()
+            if s.pending > 0
+            and not s.in_flight
+            and (flush or s.written == 0 or now - s.last_write >= self.patch_interval)
+        ]
+
+    def next_write(self, now: float, now_ns: int, *, flush: bool = False) -> Write | None:
+        """The next write to make, its token taken; None if nothing is due or affordable."""
+        ready = self._candidates(now, flush)
+        if not ready:
+            return None
+        ready.sort(key=lambda s: (s.key.type != WARNING, s.written > 0, s.last_write))
+        for s in ready:
+            if not self.budget.take(s.key.type, now):
+                continue
+            s.in_flight = True
+            s.last_write = now
+            if s.name is None or s.written == 0:
+                self._salt += 1
+                s.name = event_name(self.regarding.name, now_ns, self._salt)
+                body = new_event(
+                    name=s.name,
+                    regarding=self.regarding,
+                    latest=s.latest,
+                    count=s.count,
+                    first_at=s.first_at,
+                    instance=self.instance,
+                )
+                return Write("create", s, s.count, body)
+            return Write("patch", s, s.count, count_patch(s.latest, s.count))
+        return None
+
+    def next_due(self, now: float) -> float | None:
+        """Seconds until some pending series may be written (budget or interval), if any."""
+        waits = []
+        for s in self.series.values():
+            if s.pending <= 0 or s.in_flight:
+                continue
+            interval = 0.0 if s.written == 0 else self.patch_interval - (now - s.last_write)
+            bucket = self.budget.warning if s.key.type == WARNING else self.budget.normal
+            tokens = bucket.wait_time(now)
+            if s.key.type == WARNING:
+                tokens = min(tokens, self.budget.normal.wait_time(now))
+            waits.append(max(interval, tokens, 0.0))
+        return min(waits) if waits else None
+
+    def succeeded(self, write: Write) -> int:
+        """The write landed; returns how many occurrences it newly recorded (emitted)."""
+        s = write.series
+        s.in_flight = False
+        newly = write.count - s.written
+        s.written = write.count
+        return newly
+
+    def not_found(self, write: Write) -> None:
+        """The Event is gone (TTL, deleted): the unwritten part starts a new Event."""
+        s = write.series
+        s.in_flight = False
+        s.count -= s.written
+        s.written = 0
+        s.name = None
+        s.first_at = s.latest.at
+
+    def failed(self, write: Write) -> None:
+        write.series.in_flight = False
+
+    def drop_pending(self) -> dict[str, int]:
+        """Forget every unwritten occurrence; returns how many per reason."""
+        dropped: dict[str, int] = {}
+        for s in self.series.values():
+            n = s.pending
+            if n > 0:
+                dropped[s.key.reason] = dropped.get(s.key.reason, 0) + n
+                s.count = s.written
+                if s.written == 0:
+                    s.name = None
+        return dropped
