@@ -1,0 +1,1 @@
+"""Developer tools for the local cluster, where kwok fakes nodes and no container runs."""
