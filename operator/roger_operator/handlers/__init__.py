@@ -1,0 +1,175 @@
+"""kopf handlers: thin wrappers that hand plain dicts to the reconcile functions.
+
+``register`` wires them into a registry, so nothing registers at import time and the same
+functions are callable from tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping
+from typing import Any, Final
+
+import kopf
+
+from roger_operator.builders.model import (
+    CALLBACK_PLURAL,
+    GROUP,
+    LABEL_MANAGED_BY,
+    MANAGER,
+    PARTITION_KIND,
+    PLURAL,
+    VERSION,
+    parse_callback,
+)
+from roger_operator.handlers import partition
+from roger_operator.handlers.context import Context, Key
+
+log = logging.getLogger("roger_operator.handlers")
+
+CHILDREN: Final = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("", "v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+)
+
+
+def plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return str(meta.get("namespace")), str(meta.get("name"))
+
+
+def owner_key(body: Mapping[str, Any]) -> Key | None:
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or ():
+        if (
+            ref.get("kind") == PARTITION_KIND
+            and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/")
+            and ref.get("controller")
+        ):
+            return str(meta.get("namespace")), str(ref.get("name"))
+    return None
+
+
+def on_partition(ctx: Context, body: Mapping[str, Any]) -> None:
+    data = plain(body)
+    ctx.partitions[_key(data)] = data
+    partition.reconcile(ctx, data, "change")
+
+
+def on_partition_event(ctx: Context, event: Mapping[str, Any]) -> None:
+    body = event.get("object") or {}
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        ctx.partitions.pop(key, None)
+    else:
+        ctx.partitions[key] = plain(body)
+
+
+def on_callback_event(ctx: Context, event: Mapping[str, Any]) -> None:
+    """Keep the Callback cache; a change re-reconciles the Partitions that use it."""
+    body = event.get("object") or {}
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        ctx.callbacks.pop(key, None)
+    else:
+        cb = parse_callback(body)
+        old = ctx.callbacks.get(key)
+        ctx.callbacks[key] = cb
+        if old is not None and (old.module, old.hooks, old.config) == (
+            cb.module,
+            cb.hooks,
+            cb.config,
+        ):
+            return
+    if event.get("type") is None:  # initial listing: resume handlers cover it
+        return
+    namespace, name = key
+    for pkey, pbody in list(ctx.partitions.items()):
+        if pkey[0] == namespace and name in ((pbody.get("spec") or {}).get("callbacks") or ()):
+            log.info("Callback %s/%s changed: reconciling Partition %s", namespace, name, pkey[1])
+            partition.reconcile(ctx, pbody, "callback")
+
+
+def on_child_event(ctx: Context, event: Mapping[str, Any]) -> None:
+    """Repair deleted or drifted children; follow the Deployment's rollout in status."""
+    etype = event.get("type")
+    body = event.get("object") or {}
+    if etype is None or etype == "ADDED":
+        return
+    owner = owner_key(body)
+    if owner is None:
+        return
+    parent = ctx.partitions.get(owner)
+    if parent is None:
+        parent = partition.get_partition(ctx, owner)
+        if parent is None:
+            return
+    if (parent.get("metadata") or {}).get("deletionTimestamp"):
+        return
+    meta = body.get("metadata") or {}
+    kind = str(body.get("kind") or "")
+    record = ctx.applied.get((kind, str(meta.get("namespace")), str(meta.get("name"))))
+    if etype == "DELETED":
+        log.info("%s %s/%s deleted: repairing", kind, meta.get("namespace"), meta.get("name"))
+        partition.reconcile(ctx, parent, "repair")
+        return
+    if kind == "Deployment":
+        if record is not None and int(meta.get("generation") or 0) != record[1]:
+            partition.reconcile(ctx, parent, "drift")
+        else:
+            partition.status_from_deployment(ctx, owner, body)
+    elif record is not None and str(meta.get("resourceVersion")) != record[0]:
+        partition.reconcile(ctx, parent, "drift")
+
+
+def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
+    p = (GROUP, VERSION, PLURAL)
+    managed = {LABEL_MANAGED_BY: MANAGER}
+
+    def reconcile_partition(body: Any, **_: Any) -> None:
+        on_partition(ctx, body)
+
+    def delete_partition(body: Any, **_: Any) -> None:
+        partition.delete(ctx, plain(body))
+
+    def refresh_partition(body: Any, **_: Any) -> None:
+        partition.refresh(ctx, plain(body))
+
+    def watch_partition(event: Any, **_: Any) -> None:
+        on_partition_event(ctx, event)
+
+    def watch_callback(event: Any, **_: Any) -> None:
+        on_callback_event(ctx, event)
+
+    def watch_child(event: Any, **_: Any) -> None:
+        on_child_event(ctx, event)
+
+    kopf.on.event(*p, id="cache", registry=registry)(watch_partition)
+    kopf.on.create(*p, id="reconcile", registry=registry)(reconcile_partition)
+    kopf.on.update(*p, id="reconcile", registry=registry)(reconcile_partition)
+    kopf.on.resume(*p, id="reconcile", registry=registry)(reconcile_partition)
+    kopf.on.delete(*p, id="cleanup", registry=registry, retries=3, backoff=2)(delete_partition)
+    if ctx.status_interval > 0:
+        kopf.timer(
+            *p,
+            id="refresh",
+            interval=ctx.status_interval,
+            initial_delay=ctx.status_interval,
+            registry=registry,
+        )(refresh_partition)
+    kopf.on.event(GROUP, VERSION, CALLBACK_PLURAL, id="callbacks", registry=registry)(
+        watch_callback
+    )
+    for group, version, plural in CHILDREN:
+        kopf.on.event(
+            group, version, plural, id=f"child-{plural}", labels=managed, registry=registry
+        )(watch_child)

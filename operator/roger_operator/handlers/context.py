@@ -1,0 +1,45 @@
+"""What every handler shares: clients, in-memory stores fed by watch events, locks."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from roger_operator.builders.model import CallbackResource
+from roger_operator.kube import Kube
+from roger_operator.rabbit import Broker
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class Context:
+    kube: Kube
+    broker: Broker
+    status_interval: float = 30.0
+    # Watch-fed caches (never the source of truth for writes; reads fall back to the API).
+    partitions: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
+    callbacks: dict[Key, CallbackResource] = field(default_factory=dict)
+    # What this process wrote: (kind, namespace, name) -> (resourceVersion, generation).
+    applied: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
+    # The status last written per Partition (only the operator writes status).
+    written: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
+    phases: dict[Key, str] = field(default_factory=dict)
+    _locks: dict[Key, threading.RLock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, key: Key) -> threading.RLock:
+        with self._guard:
+            lock = self._locks.get(key)
+            if lock is None:
+                lock = self._locks[key] = threading.RLock()
+            return lock
+
+    def forget(self, key: Key) -> None:
+        with self._guard:
+            self._locks.pop(key, None)
+            self.partitions.pop(key, None)
+            self.written.pop(key, None)
+            self.phases.pop(key, None)

@@ -1,0 +1,334 @@
+"""Partition reconcile: read (Partition, Callbacks, Secret, broker) -> build -> apply.
+
+Level-triggered: every call computes everything from the current state, so it is the
+same function for create, update, operator restart, a drifted or deleted child, a changed
+Callback and the periodic refresh.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from roger_operator import metrics
+from roger_operator.builders import status as st
+from roger_operator.builders.manifests import build_children
+from roger_operator.builders.model import (
+    CallbackResource,
+    PartitionSpec,
+    SpecError,
+    child_name,
+    parse_callback,
+    parse_partition,
+)
+from roger_operator.handlers.context import Context, Key
+from roger_operator.kube import KubeError, resource_path
+from roger_operator.kube.client import partition_path
+from roger_operator.rabbit import BrokerError, ClaimConflict
+
+log = logging.getLogger("roger_operator.partition")
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def owner_token(spec: PartitionSpec) -> str:
+    return f"{spec.namespace}/{spec.name}"
+
+
+def resolve_callbacks(
+    ctx: Context, spec: PartitionSpec
+) -> tuple[list[CallbackResource], list[str]]:
+    """The Partition's Callbacks in its order, and the names that do not exist."""
+    found: list[CallbackResource] = []
+    missing: list[str] = []
+    for name in spec.callbacks:
+        cb = ctx.callbacks.get((spec.namespace, name))
+        if cb is None:  # the watch may not have delivered it yet
+            path = resource_path("roger.dev/v1alpha1", "Callback", spec.namespace, name)
+            obj = ctx.kube.get(path)
+            if obj is not None:
+                cb = parse_callback(obj)
+                ctx.callbacks[(spec.namespace, name)] = cb
+        if cb is None:
+            missing.append(name)
+        else:
+            found.append(cb)
+    return found, missing
+
+
+def read_amqp_url(ctx: Context, spec: PartitionSpec) -> tuple[str | None, st.Problem | None]:
+    """The URL from the Secret (kept in memory only), or the problem that prevents it."""
+    secret = ctx.kube.get(resource_path("v1", "Secret", spec.namespace, spec.secret_name))
+    if secret is None:
+        return None, st.Problem(
+            st.R_SECRET_NOT_FOUND,
+            f"Secret {spec.secret_name} (spec.amqp.secretRef) not found in namespace "
+            f"{spec.namespace}: create it with the amqp:// URL under key {spec.secret_key}; "
+            "the running Deployment is left as it was",
+        )
+    raw = (secret.get("data") or {}).get(spec.secret_key)
+    if not raw:
+        return None, st.Problem(
+            st.R_SECRET_NOT_FOUND,
+            f"Secret {spec.secret_name} has no key {spec.secret_key} (spec.amqp.secretRef.key): "
+            "add the amqp:// URL under that key; the running Deployment is left as it was",
+        )
+    try:
+        return base64.b64decode(raw).decode().strip(), None
+    except ValueError:
+        return None, st.Problem(
+            st.R_SECRET_NOT_FOUND,
+            f"Secret {spec.secret_name} key {spec.secret_key} is not a valid text value",
+        )
+
+
+def _remember(ctx: Context, live: Mapping[str, Any]) -> None:
+    meta = live.get("metadata") or {}
+    key = (str(live.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
+    ctx.applied[key] = (str(meta.get("resourceVersion", "")), int(meta.get("generation") or 0))
+
+
+def _deployment_path(spec: PartitionSpec) -> str:
+    return resource_path("apps/v1", "Deployment", spec.namespace, spec.child_name)
+
+
+def write_status(
+    ctx: Context, key: Key, body: Mapping[str, Any], status: Mapping[str, Any]
+) -> None:
+    previous = ctx.written.get(key, body.get("status"))
+    if not st.status_changed(previous, status):
+        return
+    try:
+        ctx.kube.patch_partition_status(key[0], key[1], status)
+    except KubeError as exc:
+        if exc.status == 404:
+            return
+        raise
+    ctx.written[key] = status
+    ready = st.condition(status, st.READY)
+    ctx.phases[key] = "Ready" if ready and ready["status"] == "True" else "NotReady"
+
+
+def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile") -> None:
+    """Bring one Partition's children, queues and status to its spec."""
+    meta = body.get("metadata") or {}
+    key: Key = (str(meta.get("namespace")), str(meta.get("name")))
+    if meta.get("deletionTimestamp"):
+        return
+    started = time.monotonic()
+    result = "ok"
+    with ctx.lock(key):
+        try:
+            _reconcile(ctx, key, body)
+        except Exception:
+            result = "error"
+            metrics.ERRORS.labels("Partition", trigger).inc()
+            raise
+        finally:
+            metrics.RECONCILES.labels("Partition", result).inc()
+            metrics.RECONCILE_DURATION.labels("Partition").observe(time.monotonic() - started)
+
+
+def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
+    try:
+        spec = parse_partition(body)
+    except SpecError as exc:
+        log.warning("Partition %s/%s cannot be built: %s", *key, exc)
+        return
+    previous = body.get("status") or {}
+    problems: list[st.Problem] = []
+    resolved, missing = resolve_callbacks(ctx, spec)
+    if missing:
+        problems.append(st.callbacks_problem(spec, missing))
+    url, secret_problem = read_amqp_url(ctx, spec)
+    if secret_problem:
+        problems.append(secret_problem)
+
+    claimed: str | None = None
+    stats = None
+    if url:
+        try:
+            ctx.broker.claim(url, spec.partition_id, owner_token(spec))
+            claimed = spec.partition_id
+        except ClaimConflict as exc:
+            problems.insert(
+                0,
+                st.Problem(
+                    st.R_ID_CONFLICT,
+                    f"RabbitMQ partition {spec.partition_id!r} already belongs to Partition "
+                    f"{exc.owner}; set spec.partitionId to an id no other Partition uses on "
+                    "this broker (queues are never shared)",
+                ),
+            )
+        except BrokerError as exc:
+            before = previous.get("partitionId") == spec.partition_id
+            problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=not before))
+
+    blocked = any(p.blocking for p in problems)
+    deployment: Mapping[str, Any] | None = None
+    digest: str | None = None
+    if not blocked:
+        children, digest = build_children(spec, resolved)
+        try:
+            for manifest in children:
+                live = ctx.kube.apply(manifest)
+                _remember(ctx, live)
+                if manifest["kind"] == "Deployment":
+                    deployment = live
+        except KubeError as exc:
+            problems.append(st.Problem(st.R_APPLY_FAILED, f"server-side apply failed: {exc}"))
+            metrics.ERRORS.labels("Partition", "apply").inc()
+    if deployment is None:
+        deployment = ctx.kube.get(_deployment_path(spec))
+
+    if url and claimed:
+        try:
+            for warning in ctx.broker.declare(url, spec):
+                problems.append(st.Problem("QueueMismatch", warning, blocking=False))
+            ctx.broker.set_paused(url, spec)
+            stats = ctx.broker.stats(url, spec)
+        except BrokerError as exc:
+            problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=False))
+            metrics.ERRORS.labels("Partition", "broker").inc()
+
+    obs = st.Observation(
+        spec=spec,
+        missing_callbacks=tuple(missing),
+        problems=tuple(problems),
+        deployment=deployment,
+        queue_stats=stats,
+        stats_time=now() if stats is not None else None,
+        claimed_id=claimed,
+        config_hash=digest,
+    )
+    write_status(ctx, key, body, st.compute_status(previous, obs, now()))
+
+
+def refresh(
+    ctx: Context, body: Mapping[str, Any], deployment: Any = None, with_stats: bool = True
+) -> None:
+    """Status only: Deployment replicas and queue stats (no writes to children)."""
+    meta = body.get("metadata") or {}
+    key: Key = (str(meta.get("namespace")), str(meta.get("name")))
+    if meta.get("deletionTimestamp"):
+        return
+    with ctx.lock(key):
+        try:
+            spec = parse_partition(body)
+        except SpecError:
+            return
+        previous = ctx.written.get(key) or body.get("status") or {}
+        ready = st.condition(previous, st.READY)
+        observed = previous.get("observedGeneration")
+        if (
+            observed != spec.generation
+            or not ready
+            or ready.get("reason")
+            in (
+                st.R_SECRET_NOT_FOUND,
+                st.R_CALLBACK_NOT_FOUND,
+                st.R_ID_CONFLICT,
+                st.R_BROKER_UNAVAILABLE,
+                st.R_APPLY_FAILED,
+                st.R_DEPLOYMENT_MISSING,
+            )
+        ):
+            # Blocked or never finished: retry the whole reconcile (level-triggered).
+            reconcile(ctx, body, "refresh")
+            return
+        if deployment is None:
+            deployment = ctx.kube.get(_deployment_path(spec))
+            if deployment is None:
+                reconcile(ctx, body, "repair")
+                return
+        stats = None
+        if with_stats:
+            url, _problem = read_amqp_url(ctx, spec)
+            if url:
+                try:
+                    stats = ctx.broker.stats(url, spec)
+                except BrokerError:
+                    stats = None
+        problems = tuple(
+            st.Problem(c["reason"], c["message"], blocking=False)
+            for c in [st.condition(previous, st.DEGRADED) or {}]
+            if c.get("status") == "True"
+            and c.get("reason") not in (st.R_DEPLOYMENT_FAILED, st.R_DEPLOYMENT_MISSING)
+        )
+        obs = st.Observation(
+            spec=spec,
+            problems=problems,
+            deployment=deployment,
+            queue_stats=stats,
+            stats_time=now() if stats is not None else None,
+        )
+        write_status(ctx, key, body, st.compute_status(previous, obs, now()))
+
+
+def status_from_deployment(ctx: Context, key: Key, deployment: Mapping[str, Any]) -> None:
+    """A Deployment's status moved: recompute the Partition's status (no broker call)."""
+    body = ctx.partitions.get(key)
+    if body is None:
+        return
+    refresh(ctx, body, deployment=deployment, with_stats=False)
+
+
+def delete(ctx: Context, body: Mapping[str, Any]) -> None:
+    """Finalizer: stop the workers, delete the partition's empty queues, keep the others.
+
+    The claim on the partition id is released only when no queue was kept, so another
+    Partition cannot silently inherit jobs that are still waiting.
+    """
+    try:
+        spec = parse_partition(body)
+    except SpecError:
+        return
+    key: Key = (spec.namespace, spec.name)
+    with ctx.lock(key):
+        url, problem = read_amqp_url(ctx, spec)
+        if url is None:
+            why = problem.message if problem else "no AMQP URL"
+            message = f"queues of {spec.partition_id} left in RabbitMQ: {why}"
+            log.warning("Partition %s/%s: %s", *key, message)
+            ctx.kube.event(body, reason="QueuesKept", message=message, type_="Warning")
+            return
+        try:
+            ctx.broker.claim(url, spec.partition_id, owner_token(spec))
+        except ClaimConflict:
+            return  # never ours: nothing to clean
+        except BrokerError as exc:
+            message = f"queues of {spec.partition_id} left in RabbitMQ: {exc}"
+            log.warning("Partition %s/%s: %s", *key, message)
+            ctx.kube.event(body, reason="QueuesKept", message=message, type_="Warning")
+            return
+        ctx.kube.delete(_deployment_path(spec))
+        try:
+            deleted, kept = ctx.broker.delete_empty(url, spec)
+            if kept:
+                message = (
+                    f"kept {len(kept)} queues that still hold jobs: {', '.join(kept)}; "
+                    f"partition id {spec.partition_id} stays claimed by {owner_token(spec)}"
+                )
+                log.warning("Partition %s/%s: %s", *key, message)
+                ctx.kube.event(body, reason="QueuesKept", message=message, type_="Warning")
+            else:
+                ctx.broker.release(url, spec.partition_id, owner_token(spec))
+                message = f"deleted {len(deleted)} empty queues of {spec.partition_id}"
+                log.info("Partition %s/%s: %s", *key, message)
+                ctx.kube.event(body, reason="QueuesDeleted", message=message)
+        except BrokerError as exc:
+            log.warning("Partition %s/%s: queues left in RabbitMQ: %s", *key, exc)
+    ctx.forget(key)
+    for kind in ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Deployment"):
+        ctx.applied.pop((kind, spec.namespace, child_name(spec.name)), None)
+
+
+def get_partition(ctx: Context, key: Key) -> Mapping[str, Any] | None:
+    body: Mapping[str, Any] | None = ctx.kube.get(partition_path(*key))
+    return body

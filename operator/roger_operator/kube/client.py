@@ -1,0 +1,186 @@
+"""A small synchronous Kubernetes client on top of the official client's ``ApiClient``.
+
+Objects are plain dicts. Children are written with server-side apply (field manager
+``roger-operator``, ``force=true``) so the operator owns exactly the fields it sets and a
+drifted field is taken back on the next apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import threading
+import uuid
+from collections.abc import Mapping
+from typing import Any, Final
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from roger_operator.builders.model import GROUP, MANAGER, PLURAL, VERSION
+
+APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"
+MERGE_CONTENT_TYPE: Final = "application/merge-patch+json"
+
+_PLURALS: Final = {
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "ServiceAccount": "serviceaccounts",
+    "Secret": "secrets",
+    "Event": "events",
+    "Deployment": "deployments",
+    "Role": "roles",
+    "RoleBinding": "rolebindings",
+    "Partition": "partitions",
+    "Callback": "callbacks",
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, body: str = "") -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        message = reason
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(body).get("message") or reason
+        super().__init__(f"{status} {message}")
+        self.message = message
+
+
+def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{namespace}/{_PLURALS[kind]}"
+    return f"{path}/{name}" if name else path
+
+
+def partition_path(namespace: str, name: str) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+
+
+class Kube:
+    """Thread-safe: handlers run in kopf's thread pool and share one connection pool."""
+
+    def __init__(self, api_client: k8s.ApiClient | None = None, pool_size: int = 32) -> None:
+        if api_client is None:
+            configuration = k8s.Configuration()
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            configuration.connection_pool_maxsize = pool_size
+            api_client = k8s.ApiClient(configuration)
+        self.api = api_client
+        self._lock = threading.Lock()
+        self.requests = 0
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        _method, url, headers, _body, _post = self.api.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            auth_settings=["BearerToken"],
+        )
+        with self._lock:
+            self.requests += 1
+        try:
+            response = self.api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=timeout
+            )
+            response.read()  # type: ignore[no-untyped-call]
+        except k8s.ApiException as exc:
+            raise KubeError(exc.status or 0, str(exc.reason), str(exc.body or "")) from None
+        data = response.data or b""
+        if response.status >= 400:
+            raise KubeError(response.status, str(response.reason), data.decode(errors="replace"))
+        return json.loads(data) if data else None
+
+    def get(self, path: str) -> Any:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def apply(self, manifest: Mapping[str, Any]) -> Any:
+        """Server-side apply of one namespaced object; returns the live object."""
+        meta = manifest["metadata"]
+        path = resource_path(manifest["apiVersion"], manifest["kind"], meta["namespace"])
+        return self.request(
+            "PATCH",
+            f"{path}/{meta['name']}",
+            query={"fieldManager": MANAGER, "force": "true"},
+            body=manifest,
+            content_type=APPLY_CONTENT_TYPE,
+        )
+
+    def delete(self, path: str, propagation: str = "Background") -> bool:
+        try:
+            self.request("DELETE", path, body={"propagationPolicy": propagation})
+            return True
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def patch_partition_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> Any:
+        """Replace the status wholesale (merge patch; lists are replaced)."""
+        return self.request(
+            "PATCH",
+            f"{partition_path(namespace, name)}/status",
+            body={"status": status},
+            content_type=MERGE_CONTENT_TYPE,
+        )
+
+    def event(
+        self,
+        involved: Mapping[str, Any],
+        *,
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        action: str = "Reconcile",
+    ) -> None:
+        """An events.k8s.io/v1 Event regarding ``involved`` (best effort)."""
+        meta = involved.get("metadata") or {}
+        namespace = meta.get("namespace") or "default"
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name', 'roger')}.{uuid.uuid4().hex[:12]}",
+                "namespace": namespace,
+            },
+            "eventTime": now,
+            "reportingController": f"{GROUP}/operator",
+            "reportingInstance": MANAGER,
+            "action": action,
+            "reason": reason,
+            "note": message[:1024],
+            "type": type_,
+            "regarding": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+        }
+        with contextlib.suppress(KubeError):
+            self.request("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=body)

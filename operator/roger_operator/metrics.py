@@ -1,0 +1,17 @@
+"""The operator's Prometheus metrics (names from ``roger.core.metric_names``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from roger.core import metric_names as names
+
+RECONCILES = Counter(names.OPERATOR_RECONCILES, "Partition reconciles", ["kind", "result"])
+RECONCILE_DURATION = Histogram(
+    names.OPERATOR_RECONCILE_DURATION,
+    "Seconds per reconcile",
+    ["kind"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ERRORS = Counter(names.OPERATOR_ERRORS, "Reconcile errors", ["kind", "stage"])
+PARTITIONS = Gauge(names.OPERATOR_PARTITIONS, "Partitions by phase", ["namespace", "phase"])

@@ -1,0 +1,312 @@
+"""Blocking pika access, one connection per (thread, URL).
+
+Handlers run in kopf's thread pool; pika connections are not thread-safe, so each thread
+keeps its own. The AMQP URL is a secret: it is never logged, and every message that leaves
+this module went through ``redact``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import re
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from base64 import b64encode
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+
+from roger.core import naming, topology
+from roger_operator.builders.model import PartitionSpec
+from roger_operator.rabbit import pause
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_OWNER_RE = re.compile(r"current is '([^']*)'")
+
+
+class BrokerError(Exception):
+    """RabbitMQ unreachable or refusing; the message is safe to show (no credentials)."""
+
+
+class ClaimConflict(Exception):
+    def __init__(self, partition_id: str, owner: str) -> None:
+        super().__init__(f"partition id {partition_id!r} is claimed by Partition {owner}")
+        self.partition_id = partition_id
+        self.owner = owner
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` without the URL's password (or the URL itself)."""
+    out = text.replace(url, "<amqp-url>")
+    parsed = urllib.parse.urlparse(url)
+    for secret in {parsed.password, urllib.parse.unquote(parsed.password or "")}:
+        if secret and len(secret) >= 3:
+            out = out.replace(secret, "***")
+    return out
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    host: str
+    user: str
+    password: str
+    vhost: str
+
+
+def _endpoint(url: str) -> _Endpoint:
+    p = urllib.parse.urlparse(url)
+    vhost = urllib.parse.unquote(p.path[1:]) if len(p.path) > 1 else "/"
+    return _Endpoint(
+        host=p.hostname or "localhost",
+        user=urllib.parse.unquote(p.username or "guest"),
+        password=urllib.parse.unquote(p.password or "guest"),
+        vhost=vhost,
+    )
+
+
+_RECONNECT = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ConnectionClosed,
+    pika.exceptions.StreamLostError,
+    pika.exceptions.ConnectionWrongStateError,
+    ConnectionError,
+    OSError,
+)
+
+
+def _declare_queue(channel: Any, name: str, arguments: dict[str, Any]) -> None:
+    channel.queue_declare(name, durable=True, arguments=arguments)
+
+
+def _delete_queue(channel: Any, name: str) -> None:
+    channel.queue_delete(name)
+
+
+class Broker:
+    def __init__(self, management_port: int | None = 15672, timeout: float = 5.0) -> None:
+        self.management_port = management_port or None
+        self.timeout = timeout
+        self._local = threading.local()
+        self._declared: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    # -- connections ---------------------------------------------------------------------
+    def _connections(self) -> dict[str, Any]:
+        conns: dict[str, Any] | None = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        return conns
+
+    def _channel(self, url: str) -> Any:
+        conns = self._connections()
+        entry = conns.get(url)
+        if entry is None or entry[0].is_closed:
+            params = pika.URLParameters(url)
+            params.connection_attempts = 1
+            params.socket_timeout = self.timeout
+            params.blocked_connection_timeout = self.timeout
+            params.heartbeat = 0
+            params.client_properties = {"connection_name": "roger-operator"}
+            conn = pika.BlockingConnection(params)
+            entry = conns[url] = [conn, conn.channel()]
+        if entry[1].is_closed:
+            entry[1] = entry[0].channel()
+        return entry[1]
+
+    def _drop(self, url: str) -> None:
+        entry = self._connections().pop(url, None)
+        if entry is not None:
+            with contextlib.suppress(Exception):  # already broken
+                entry[0].close()
+
+    def run(self, url: str, fn: Callable[[Any], T]) -> T:
+        """``fn(channel)``, reconnecting once; errors come out as ``BrokerError``."""
+        for attempt in (1, 2):
+            try:
+                return fn(self._channel(url))
+            except pika.exceptions.ChannelClosedByBroker:
+                raise
+            except _RECONNECT as exc:
+                self._drop(url)
+                if attempt == 2:
+                    detail = redact(f"{type(exc).__name__}: {exc}", url)
+                    raise BrokerError(f"RabbitMQ unavailable ({detail})") from None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        for url in list(self._connections()):
+            self._drop(url)
+
+    # -- claim ---------------------------------------------------------------------------
+    def claim(self, url: str, partition_id: str, owner: str) -> None:
+        """Claim ``partition_id`` for ``owner`` (``namespace/name``) on this broker.
+
+        Raises ``ClaimConflict`` when another Partition holds it.
+        """
+
+        def declare(ch: Any) -> None:
+            ch.exchange_declare(
+                naming.claim_exchange_name(partition_id),
+                "fanout",
+                durable=True,
+                arguments={"alternate-exchange": owner},
+            )
+
+        try:
+            self.run(url, declare)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            match = _OWNER_RE.search(str(exc.reply_text))
+            if exc.reply_code == 406:
+                raise ClaimConflict(partition_id, match.group(1) if match else "?") from None
+            raise BrokerError(redact(str(exc.reply_text), url)) from None
+
+    def release(self, url: str, partition_id: str, owner: str) -> bool:
+        """Give the claim up, if ``owner`` holds it."""
+        try:
+            self.claim(url, partition_id, owner)
+        except ClaimConflict:
+            return False
+        self.run(url, lambda ch: ch.exchange_delete(naming.claim_exchange_name(partition_id)))
+        return True
+
+    # -- queues --------------------------------------------------------------------------
+    @staticmethod
+    def declarations(spec: PartitionSpec) -> list[tuple[str, dict[str, Any]]]:
+        out: list[tuple[str, dict[str, Any]]] = []
+        for q in spec.queues:
+            out.extend(
+                topology.declarations(
+                    spec.partition_id, q.name, spec.retry_levels, spec.buried_max_length
+                )
+            )
+        return out
+
+    def declare(self, url: str, spec: PartitionSpec) -> list[str]:
+        """Declare every queue of the partition (the worker's own arguments).
+
+        Returns warnings for queues that exist with other arguments (RabbitMQ cannot change
+        those in place). Skipped when this process already declared the same set.
+        """
+        decls = self.declarations(spec)
+        digest = json.dumps(decls, sort_keys=True)
+        key = (url, spec.partition_id)
+        with self._lock:
+            if self._declared.get(key) == digest:
+                return []
+        warnings: list[str] = []
+        for name, args in decls:
+            try:
+                self.run(url, functools.partial(_declare_queue, name=name, arguments=args))
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                warnings.append(f"queue {name}: {redact(str(exc.reply_text), url)}")
+        if not warnings:
+            with self._lock:
+                self._declared[key] = digest
+        return warnings
+
+    def forget(self, url: str | None, partition_id: str) -> None:
+        with self._lock:
+            for key in [k for k in self._declared if k[1] == partition_id]:
+                if url is None or key[0] == url:
+                    del self._declared[key]
+
+    def _count(self, url: str, name: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of an existing queue, None if it does not exist."""
+        try:
+            ok = self.run(url, lambda ch: ch.queue_declare(name, passive=True))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return None
+            raise BrokerError(redact(str(exc.reply_text), url)) from None
+        return int(ok.method.message_count), int(ok.method.consumer_count)
+
+    def _management(self, url: str, names: Iterable[str], prefix: str) -> dict[str, Any] | None:
+        if not self.management_port:
+            return None
+        ep = _endpoint(url)
+        query = urllib.parse.urlencode(
+            {
+                "page": 1,
+                "page_size": 500,
+                "name": f"^{re.escape(prefix)}",
+                "use_regex": "true",
+                "columns": "name,messages_ready,messages_unacknowledged,messages,consumers",
+            }
+        )
+        api = (
+            f"http://{ep.host}:{self.management_port}/api/queues/"
+            f"{urllib.parse.quote(ep.vhost, safe='')}?{query}"
+        )
+        request = urllib.request.Request(api)
+        token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                items = json.load(response).get("items") or []
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+        wanted = set(names)
+        return {i["name"]: i for i in items if i.get("name") in wanted}
+
+    def stats(self, url: str, spec: PartitionSpec) -> list[dict[str, Any]]:
+        """Per queue: ready, unacked, consumers, paused, retrying, buried."""
+        pid = spec.partition_id
+        names = [n for n, _ in self.declarations(spec)]
+        mgmt = self._management(url, names, f"{pid}-")
+        paused_now = pause.paused_queues(url, pid)
+        out = []
+        for q in spec.queues:
+            main = naming.queue_name(pid, q.name)
+            retry = [naming.retry_queue_name(pid, q.name, s) for s in spec.retry_levels]
+            buried = naming.buried_queue_name(pid, q.name)
+            paused = q.paused if paused_now is None else q.name in paused_now
+            entry: dict[str, Any] = {"name": q.name, "paused": paused}
+            if mgmt is not None:
+                m = mgmt.get(main, {})
+                entry["ready"] = int(m.get("messages_ready") or 0)
+                entry["unacked"] = int(m.get("messages_unacknowledged") or 0)
+                entry["consumers"] = int(m.get("consumers") or 0)
+                entry["retrying"] = sum(int(mgmt.get(r, {}).get("messages") or 0) for r in retry)
+                entry["buried"] = int(mgmt.get(buried, {}).get("messages") or 0)
+            else:
+                counted = self._count(url, main) or (0, 0)
+                entry["ready"], entry["consumers"] = counted
+            out.append(entry)
+        return out
+
+    def set_paused(self, url: str, spec: PartitionSpec) -> None:
+        """Bring the broker's paused state to ``spec.queues[].paused``."""
+        current = pause.paused_queues(url, spec.partition_id)
+        for q in spec.queues:
+            if current is not None and (q.name in current) == q.paused:
+                continue
+            pause.set_paused(url, spec.partition_id, q.name, q.paused)
+
+    def delete_empty(self, url: str, spec: PartitionSpec) -> tuple[list[str], list[str]]:
+        """Delete the partition's queues that hold no message; (deleted, kept-with-jobs).
+
+        Quorum queues do not support ``if-empty``, so each is counted first; the workers are
+        gone by then, so nothing is unacked and nobody publishes to retry queues.
+        """
+        deleted: list[str] = []
+        kept: list[str] = []
+        for name, _ in self.declarations(spec):
+            counted = self._count(url, name)
+            if counted is None:
+                continue
+            if counted[0] > 0:
+                kept.append(f"{name} ({counted[0]} jobs)")
+                continue
+            self.run(url, functools.partial(_delete_queue, name=name))
+            deleted.append(name)
+        self.forget(url, spec.partition_id)
+        return deleted, kept

@@ -1,0 +1,66 @@
+"""Pause/resume of a partition queue, stored in RabbitMQ by the worker's own client.
+
+The worker owns where paused state lives (``roger.Client(url).pause(partition, queue)`` /
+``.resume(...)``; running workers watch it). Every call goes through this module so the
+operator follows the worker's storage, whatever it is.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+_warned = False
+
+
+def _client(url: str) -> Any | None:
+    global _warned
+    try:
+        roger = importlib.import_module("roger")
+        client_cls = getattr(roger, "Client", None)
+    except ImportError:
+        client_cls = None
+    if client_cls is None or not hasattr(client_cls, "pause"):
+        if not _warned:
+            log.warning("roger.Client has no pause/resume; spec.queues[].paused is not applied")
+            _warned = True
+        return None
+    return client_cls(url)
+
+
+def _close(client: Any) -> None:
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+
+
+def set_paused(url: str, partition: str, queue: str, paused: bool) -> bool:
+    """Pause or resume one queue; False when the worker package cannot do it."""
+    client = _client(url)
+    if client is None:
+        return False
+    try:
+        if paused:
+            client.pause(partition, queue)
+        else:
+            client.resume(partition, queue)
+    finally:
+        _close(client)
+    return True
+
+
+def paused_queues(url: str, partition: str) -> set[str] | None:
+    """The queues paused in the broker, or None when that cannot be read."""
+    client = _client(url)
+    if client is None:
+        return None
+    try:
+        for name in ("paused", "paused_queues"):
+            reader = getattr(client, name, None)
+            if callable(reader):
+                return set(reader(partition))
+        return None
+    finally:
+        _close(client)
