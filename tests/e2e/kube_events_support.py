@@ -88,13 +88,17 @@ def worker_config(partition: str, namespace: str, **kube: Any) -> Any:
 
 
 def make_observer(
-    partition: str, namespace: str, kubeconfig: str, **kube: Any
+    partition: str,
+    namespace: str,
+    kubeconfig: str,
+    registry: CollectorRegistry | None = None,
+    **kube: Any,
 ) -> KubeEventsObserver:
     obs = observer_from_config(
         worker_config(partition, namespace, **kube),
         env={"POD_NAME": "e2e-pod-0"},
         api=KubeEventsApi.from_environment(kubeconfig),
-        registry=CollectorRegistry(),
+        registry=registry or CollectorRegistry(),
     )
     assert obs is not None
     return obs
