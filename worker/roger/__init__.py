@@ -1,0 +1,26 @@
+"""Roger: a RabbitMQ-backed multi-tenant job processor (a Python port of Roger for Elixir).
+
+``Client`` is loaded lazily so that job processes, which import this package, do not pay
+for pika.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from roger.core.hooks import Callback
+from roger.core.jobs import JobDefinition, job
+from roger.core.message import Job
+
+if TYPE_CHECKING:
+    from roger.broker.client import Client
+
+__all__ = ["Callback", "Client", "Job", "JobDefinition", "job"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Client":
+        from roger.broker.client import Client
+
+        return Client
+    raise AttributeError(name)

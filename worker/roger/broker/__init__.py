@@ -1,0 +1,1 @@
+"""Everything that talks AMQP (pika): topology declaration, publishing, the client."""

@@ -1,0 +1,238 @@
+"""The ``roger`` command: ``worker``, ``enqueue`` and ``info``.
+
+Bad input never shows a traceback: one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+import yaml
+
+from roger.core.config import (
+    ConfigError,
+    WorkerConfig,
+    parse_config,
+    parse_queue_spec,
+    parse_retry_levels,
+)
+from roger.core.lifecycle import LifecycleObserver
+from roger.core.naming import DEFAULT_RETRY_LEVELS, InvalidName
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the command line or the config file."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"roger: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="roger", description="Roger: RabbitMQ-backed multi-tenant jobs")
+    p.add_argument("--amqp-url", default=None, help="default: $ROGER_AMQP_URL")
+    p.add_argument("--log-level", default=os.environ.get("ROGER_LOG_LEVEL", "INFO"))
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    w = sub.add_parser("worker", help="consume and run jobs of one partition")
+    w.add_argument("--partition")
+    w.add_argument("--queue", action="append", default=[], metavar="NAME=MAX")
+    w.add_argument("--jobs", action="append", default=[], metavar="MODULE")
+    w.add_argument("--callback", action="append", default=[], metavar="MODULE:CLASS")
+    w.add_argument("--retry-levels", metavar="1,3,5")
+    w.add_argument("--buried-max-length", type=int)
+    w.add_argument("--metrics-port", type=int)
+    w.add_argument("--shutdown-timeout", type=float)
+    w.add_argument("--callback-timeout", type=float)
+    w.add_argument("--config", metavar="FILE", help="YAML or JSON with the same settings")
+
+    e = sub.add_parser("enqueue", help="enqueue a job and print its id")
+    e.add_argument("partition")
+    e.add_argument("job", metavar="JOB_NAME", help="module:function")
+    e.add_argument("args", nargs="?", default="null", metavar="ARGS_JSON")
+    e.add_argument("--queue")
+
+    i = sub.add_parser("info", help="queue statistics of a partition")
+    i.add_argument("partition")
+    i.add_argument("--queue", action="append", default=[])
+    i.add_argument("--retry-levels", metavar="1,3,5")
+    i.add_argument("--json", action="store_true")
+    return p
+
+
+def _amqp_url(opts: argparse.Namespace) -> str:
+    url = opts.amqp_url or os.environ.get("ROGER_AMQP_URL")
+    if not url:
+        raise UsageError("no broker: pass --amqp-url or set ROGER_AMQP_URL")
+    return str(url)
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"config file {path} is not YAML/JSON: {exc}".splitlines()[0]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise UsageError(f"config file {path} must hold a mapping of settings")
+    return dict(data)
+
+
+def worker_config(opts: argparse.Namespace) -> WorkerConfig:
+    """The config file, overridden by the flags given on the command line."""
+    data = _read_file(opts.config) if opts.config else {}
+    if opts.partition is not None:
+        data["partition"] = opts.partition
+    if opts.queue:
+        data["queues"] = dict(parse_queue_spec(s) for s in opts.queue)
+    if opts.jobs:
+        data["jobs"] = list(opts.jobs)
+    if opts.callback:
+        data["callbacks"] = list(opts.callback)
+    flags = {
+        "retry_levels": opts.retry_levels,
+        "buried_max_length": opts.buried_max_length,
+        "metrics_port": opts.metrics_port,
+        "shutdown_timeout": opts.shutdown_timeout,
+        "callback_timeout": opts.callback_timeout,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return parse_config(data)
+
+
+def _extra_observers(config: WorkerConfig) -> list[LifecycleObserver]:
+    """Where other lifecycle observers plug in (Kubernetes Events: ``roger.kube``)."""
+    return []
+
+
+def make_observers(config: WorkerConfig) -> list[LifecycleObserver]:
+    """Lifecycle observers besides the metrics, which the worker always has."""
+    return _extra_observers(config)
+
+
+def _import(what: str, path: str) -> Any:
+    try:
+        return importlib.import_module(path)
+    except Exception as exc:  # any import failure is the user's input
+        raise UsageError(f"cannot import {what} {path!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _worker(opts: argparse.Namespace) -> int:
+    url = _amqp_url(opts)
+    config = worker_config(opts)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like celery/dramatiq: the app's modules import
+    from roger.core.jobs import JobRegistry
+
+    registry = JobRegistry(_import("jobs module", m) for m in config.jobs)
+    if not registry.jobs:
+        raise UsageError(f"no @roger.job functions in {', '.join(config.jobs)}")
+    for cb in config.callbacks:
+        module, _, cls = cb.path.partition(":")
+        if not callable(getattr(_import("callback module", module), cls, None)):
+            raise UsageError(f"callback class {cb.path} not found")
+    from roger.worker.runtime import Worker
+
+    telemetry: Any = None
+    server = None
+    worker: Worker
+    if config.metrics_port is not None:
+        from roger.metrics.server import MetricsServer
+        from roger.metrics.worker import WorkerMetrics
+
+        telemetry = WorkerMetrics(config.partition)
+    worker = Worker(config, url, registry, make_observers(config), telemetry, sys.path)
+    if config.metrics_port is not None:
+        try:
+            server = MetricsServer(
+                config.metrics_port, telemetry.registry, worker.healthy, worker.ready
+            ).start()
+        except OSError as exc:
+            raise UsageError(
+                f"cannot listen on metrics port {config.metrics_port}: {exc}"
+            ) from None
+        logging.getLogger("roger.worker").info("metrics on :%d", server.port)
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _enqueue(opts: argparse.Namespace) -> int:
+    url = _amqp_url(opts)
+    try:
+        args = json.loads(opts.args)
+    except ValueError as exc:
+        raise UsageError(f"ARGS_JSON is not JSON: {exc}") from None
+    from roger.broker.client import Client, EnqueueError
+
+    try:
+        with Client(url) as client:
+            print(client.enqueue(opts.partition, opts.job, args, queue=opts.queue))
+    except EnqueueError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _info(opts: argparse.Namespace) -> int:
+    url = _amqp_url(opts)
+    levels = parse_retry_levels(opts.retry_levels) if opts.retry_levels else DEFAULT_RETRY_LEVELS
+    from roger.broker.client import Client
+
+    with Client(url) as client:
+        info = client.info(opts.partition, tuple(opts.queue) or ("default",), levels)
+    if opts.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return 0
+    print(
+        f"{'QUEUE':<20} {'READY':>8} {'CONSUMERS':>9} {'RETRYING':>8} {'BURIED':>7} {'INVALID':>7}"
+    )
+    for q in info.queues.values():
+        if not q.exists:
+            print(f"{q.queue:<20} (not declared)")
+            continue
+        print(
+            f"{q.queue:<20} {q.messages:>8} {q.consumers:>9} {q.retrying:>8} {q.buried:>7}"
+            f" {q.invalid:>7}"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    opts = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=str(opts.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pika").setLevel(logging.ERROR)
+    from pika.exceptions import AMQPConnectionError
+
+    commands = {"worker": _worker, "enqueue": _enqueue, "info": _info}
+    try:
+        return commands[opts.command](opts)
+    except (UsageError, ConfigError, InvalidName) as exc:
+        print(f"roger: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AMQPConnectionError as exc:
+        print(f"roger: cannot connect to RabbitMQ: {exc!r}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The job message: JSON body and AMQP properties, and strict decoding for parking.
+
+Decoding checks every field, so a bad message is parked with a precise reason instead of
+crashing a worker or being redelivered forever. JSON only: a body never becomes code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Final
+
+CONTENT_TYPE: Final = "application/json"
+JOB_NAME_RE: Final = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
+)
+MAX_ID_LENGTH: Final = 128
+
+# Reasons a message is parked in ``.invalid`` (label values of roger_messages_parked_total).
+NOT_JSON: Final = "not_json"
+NOT_OBJECT: Final = "not_object"
+MISSING_FIELD: Final = "missing_field"
+INVALID_FIELD: Final = "invalid_field"
+UNKNOWN_JOB: Final = "unknown_job"
+JOB_NOT_ALLOWED: Final = "job_not_allowed"
+PARK_REASONS: Final = (
+    NOT_JSON,
+    NOT_OBJECT,
+    MISSING_FIELD,
+    INVALID_FIELD,
+    UNKNOWN_JOB,
+    JOB_NOT_ALLOWED,
+)
+
+
+class InvalidMessage(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class JobMessage:
+    id: str
+    name: str
+    args: Any
+    queue: str
+    queue_key: str | None = None
+    execution_key: str | None = None
+    retry_count: int = 0
+    queued_at: float = 0.0
+    max_execution_time: float | None = None
+
+    def retried(self) -> JobMessage:
+        return replace(self, retry_count=self.retry_count + 1)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not JSON")
+
+
+def encode(msg: JobMessage) -> bytes:
+    return json.dumps(asdict(msg), separators=(",", ":"), allow_nan=False).encode()
+
+
+def properties(msg: JobMessage, partition: str) -> dict[str, Any]:
+    """AMQP properties as keyword arguments of ``pika.BasicProperties``."""
+    return {
+        "delivery_mode": 2,
+        "content_type": CONTENT_TYPE,
+        "message_id": msg.id,
+        "app_id": partition,
+        "type": msg.name,
+        "timestamp": int(msg.queued_at),
+    }
+
+
+_OPTIONAL_STR = ("queue_key", "execution_key")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def decode(body: bytes) -> JobMessage:
+    """Parse and validate a body; raises ``InvalidMessage`` with a park reason.
+
+    Unknown fields are ignored so that older workers read messages of newer clients.
+    """
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidMessage(NOT_JSON, str(exc)[:200]) from None
+    if not isinstance(data, dict):
+        raise InvalidMessage(NOT_OBJECT, f"body is a JSON {type(data).__name__}")
+    for key in ("id", "name", "args", "queue"):
+        if key not in data:
+            raise InvalidMessage(MISSING_FIELD, f"no {key!r}")
+    ident, name, queue = data["id"], data["name"], data["queue"]
+    if not isinstance(ident, str) or not 0 < len(ident) <= MAX_ID_LENGTH:
+        raise InvalidMessage(INVALID_FIELD, "id must be a string of 1-128 characters")
+    if not isinstance(name, str) or not JOB_NAME_RE.match(name):
+        raise InvalidMessage(INVALID_FIELD, "name must look like 'module:function'")
+    if not isinstance(queue, str) or not queue:
+        raise InvalidMessage(INVALID_FIELD, "queue must be a non-empty string")
+    for key in _OPTIONAL_STR:
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InvalidMessage(INVALID_FIELD, f"{key} must be a string or null")
+    retry_count = data.get("retry_count", 0)
+    if not isinstance(retry_count, int) or isinstance(retry_count, bool) or retry_count < 0:
+        raise InvalidMessage(INVALID_FIELD, "retry_count must be an integer >= 0")
+    queued_at = data.get("queued_at", 0.0)
+    if not _number(queued_at):
+        raise InvalidMessage(INVALID_FIELD, "queued_at must be a number")
+    met = data.get("max_execution_time")
+    if met is not None and (not _number(met) or met < 1):
+        raise InvalidMessage(INVALID_FIELD, "max_execution_time must be null or >= 1")
+    return JobMessage(
+        id=ident,
+        name=name,
+        args=data["args"],
+        queue=queue,
+        queue_key=data.get("queue_key"),
+        execution_key=data.get("execution_key"),
+        retry_count=retry_count,
+        queued_at=float(queued_at),
+        max_execution_time=None if met is None else float(met),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What callbacks receive as ``job``: the message plus when this attempt started."""
+
+    id: str
+    name: str
+    args: Any
+    queue: str
+    queue_key: str | None = None
+    execution_key: str | None = None
+    retry_count: int = 0
+    queued_at: float = 0.0
+    started_at: float | None = None
+    max_execution_time: float | None = None
+
+    @classmethod
+    def from_fields(cls, data: dict[str, Any], started_at: float | None) -> Job:
+        """From a message body the worker has already validated with ``decode``."""
+        return cls(
+            id=data["id"],
+            name=data["name"],
+            args=data["args"],
+            queue=data["queue"],
+            queue_key=data.get("queue_key"),
+            execution_key=data.get("execution_key"),
+            retry_count=data.get("retry_count", 0),
+            queued_at=data.get("queued_at", 0.0),
+            started_at=started_at,
+            max_execution_time=data.get("max_execution_time"),
+        )

@@ -1,0 +1,59 @@
+"""Queue arguments of a partition queue and its retry, buried and invalid queues.
+
+Pure, so the worker, the client and the operator declare identical queues (RabbitMQ
+refuses a re-declare whose arguments differ).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from roger.core import naming
+
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+def main_queue_arguments() -> dict[str, Any]:
+    return dict(QUORUM)
+
+
+def retry_queue_arguments(partition: str, queue: str, seconds: int) -> dict[str, Any]:
+    """Messages wait ``seconds`` then are dead-lettered back to the main queue.
+
+    ``at-least-once`` dead-lettering (RabbitMQ >= 3.10, needs ``reject-publish``) keeps a
+    message in the retry queue until the main queue has confirmed it.
+    """
+    return {
+        **QUORUM,
+        "x-message-ttl": seconds * 1000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": naming.queue_name(partition, queue),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def buried_queue_arguments(max_length: int) -> dict[str, Any]:
+    return {**QUORUM, "x-max-length": max_length}
+
+
+def invalid_queue_arguments() -> dict[str, Any]:
+    return dict(QUORUM)
+
+
+def declarations(
+    partition: str, queue: str, retry_levels: tuple[int, ...], buried_max_length: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every (queue name, arguments) of one partition queue, main queue first."""
+    return [
+        (naming.queue_name(partition, queue), main_queue_arguments()),
+        *(
+            (
+                naming.retry_queue_name(partition, queue, s),
+                retry_queue_arguments(partition, queue, s),
+            )
+            for s in retry_levels
+        ),
+        (naming.buried_queue_name(partition, queue), buried_queue_arguments(buried_max_length)),
+        (naming.invalid_queue_name(partition, queue), invalid_queue_arguments()),
+    ]

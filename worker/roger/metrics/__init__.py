@@ -1,0 +1,1 @@
+"""Prometheus metrics of the worker and their HTTP endpoint (/metrics, /healthz, /readyz)."""

@@ -1,0 +1,109 @@
+"""The worker's Prometheus metrics, all living in the parent process.
+
+Jobs run in child processes, but every count is made here from their frames, so the
+numbers are right without multiprocess collectors. ``.labels()`` children are cached:
+the hot path pays one dict lookup and one increment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from roger.core import metric_names as names
+from roger.core.lifecycle import LifecycleEvent
+
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
+_SAMPLED = {
+    "ready": names.QUEUE_MESSAGES,
+    "consumers": names.QUEUE_CONSUMERS,
+    "retrying": names.QUEUE_RETRYING,
+    "buried": names.QUEUE_BURIED,
+    "invalid": names.QUEUE_INVALID,
+}
+
+
+class WorkerMetrics:
+    """Implements ``Telemetry`` and ``LifecycleObserver`` for one partition."""
+
+    def __init__(self, partition: str, version: str = "0", registry: Any = None) -> None:
+        self.partition = partition
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r, p = self.registry, ["partition"]
+        self.lifecycle = Counter(
+            names.LIFECYCLE_EVENTS, "Hooks fired", [*p, "queue", "job", "hook"], registry=r
+        )
+        self.duration = Histogram(
+            names.JOB_DURATION,
+            "Job run time",
+            [*p, "queue", "job", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.jobs_running = Gauge(names.JOBS_RUNNING, "Jobs running", [*p, "queue"], registry=r)
+        self.retries = Counter(
+            names.JOB_RETRIES, "Retries published", [*p, "queue", "job"], registry=r
+        )
+        self.outcomes = Counter(
+            names.JOB_OUTCOMES, "Settled jobs", [*p, "queue", "job", "outcome"], registry=r
+        )
+        self.parked_total = Counter(
+            names.MESSAGES_PARKED,
+            "Messages parked in .invalid",
+            [*p, "queue", "reason"],
+            registry=r,
+        )
+        self.callback_failures = Counter(
+            names.CALLBACK_FAILURES,
+            "Callbacks that raised, hung or died",
+            [*p, "callback", "hook", "reason"],
+            registry=r,
+        )
+        self.samples = {
+            key: Gauge(name, f"Sampled queue {key}", [*p, "queue"], registry=r)
+            for key, name in _SAMPLED.items()
+        }
+        self.reconnects = Counter(names.BROKER_RECONNECTS, "AMQP reconnects", p, registry=r)
+        Info(names.WORKER_INFO, "Worker", p, registry=r).labels(partition).info(
+            {"version": version}
+        )
+        self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._cache.get(key)
+        if child is None:
+            child = self._cache[key] = metric.labels(self.partition, *labels)
+        return child
+
+    def observe(self, event: LifecycleEvent) -> None:
+        self._child(self.lifecycle, event.queue, event.job_name, event.hook).inc()
+
+    def running(self, queue: str, delta: int) -> None:
+        self._child(self.jobs_running, queue).inc(delta)
+
+    def outcome(self, queue: str, job: str, outcome: str, duration: float | None) -> None:
+        self._child(self.outcomes, queue, job, outcome).inc()
+        if outcome == "retried":
+            self._child(self.retries, queue, job).inc()
+        if duration is not None:
+            self._child(self.duration, queue, job, outcome).observe(duration)
+
+    def parked(self, queue: str, reason: str) -> None:
+        self._child(self.parked_total, queue, reason).inc()
+
+    def callback_failed(self, callback: str, hook: str, reason: str) -> None:
+        self._child(self.callback_failures, callback, hook, reason).inc()
+
+    def queue_sample(self, queue: str, counts: dict[str, int]) -> None:
+        for key, value in counts.items():
+            gauge = self.samples.get(key)
+            if gauge is not None:
+                self._child(gauge, queue).set(value)
+
+    def reconnected(self) -> None:
+        self._child(self.reconnects).inc()
+
+    def close(self, timeout: float) -> None:
+        pass

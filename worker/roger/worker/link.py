@@ -1,0 +1,180 @@
+"""The worker's AMQP connection: callback-style pika, re-opened with backoff.
+
+One ``SelectConnection`` at a time on a loop the worker owns (children's pipes stay
+registered across reconnects). A confirm channel carries retry/bury/park publishes; each
+consumed queue gets its own channel. Any channel error drops the whole connection, so the
+worker has one simple notion of "generation" for its in-flight deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pika
+from pika.adapters.select_connection import SelectConnection
+
+log = logging.getLogger("roger.worker")
+BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
+
+Confirm = Callable[[bool], None]
+
+
+class Link:
+    def __init__(
+        self,
+        url: str,
+        ioloop: Any,
+        declarations: list[tuple[str, dict[str, Any]]],
+        on_ready: Callable[[], None],
+        on_lost: Callable[[], None],
+        on_fatal: Callable[[str], None],
+    ) -> None:
+        self.params = pika.URLParameters(url)
+        self.ioloop = ioloop
+        self.declarations = declarations
+        self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal
+        self.conn: SelectConnection | None = None
+        self.pub: Any = None
+        self.generation = 0
+        self.ready = False
+        self.closing = False
+        self.failures = 0
+        self._seq = 0
+        self._confirms: dict[int, Confirm] = {}
+
+    # -- connection ---------------------------------------------------------------
+    def connect(self) -> None:
+        self.conn = SelectConnection(
+            self.params,
+            on_open_callback=self._opened,
+            on_open_error_callback=self._open_failed,
+            on_close_callback=self._closed,
+            custom_ioloop=self.ioloop,
+        )
+
+    def _opened(self, conn: SelectConnection) -> None:
+        conn.channel(on_open_callback=self._pub_opened)
+
+    def _open_failed(self, conn: Any, error: Exception) -> None:
+        log.warning("cannot connect to RabbitMQ: %s", error)
+        self._retry_later()
+
+    def _retry_later(self) -> None:
+        if self.closing:
+            self.ioloop.stop()
+            return
+        delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
+        self.failures += 1
+        self.ioloop.call_later(delay, self.connect)
+
+    def _closed(self, conn: Any, reason: Exception) -> None:
+        was_ready, self.ready, self.pub = self.ready, False, None
+        self._confirms.clear()
+        if self.closing:
+            self.ioloop.stop()
+            return
+        log.warning("AMQP connection lost (%s); reconnecting", reason)
+        if was_ready:
+            self.on_lost()
+        self._retry_later()
+
+    def _channel_closed(self, channel: Any, reason: Exception) -> None:
+        if self.closing or self.conn is None or not self.conn.is_open:
+            return
+        code = getattr(reason, "reply_code", 0)
+        if code == 406 and not self.ready:  # PRECONDITION_FAILED while declaring
+            self.on_fatal(f"RabbitMQ refused the queue declarations: {reason}")
+            return
+        log.warning("AMQP channel closed (%s); dropping the connection", reason)
+        self.conn.close()
+
+    def close(self) -> None:
+        """Close (unacked deliveries go back to their queues); the loop stops after."""
+        self.closing = True
+        if self.conn is not None and (self.conn.is_open or self.conn.is_opening):
+            self.conn.close()
+        else:
+            self.ioloop.stop()
+
+    # -- publish channel and topology -------------------------------------------------
+    def _pub_opened(self, channel: Any) -> None:
+        self.pub = channel
+        channel.add_on_close_callback(self._channel_closed)
+        channel.confirm_delivery(ack_nack_callback=self._confirmed, callback=self._declare)
+
+    def _declare(self, _frame: Any) -> None:
+        self._seq = 0
+        left = [len(self.declarations)]
+
+        def one_done(_f: Any) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                self.ready, self.failures = True, 0
+                self.generation += 1
+                self.on_ready()
+
+        for name, arguments in self.declarations:
+            self.pub.queue_declare(name, durable=True, arguments=arguments, callback=one_done)
+
+    def publish(self, routing_key: str, body: bytes, props: Any, on_confirm: Confirm) -> bool:
+        if self.pub is None or not self.pub.is_open:
+            return False
+        self.pub.basic_publish("", routing_key, body, props)
+        self._seq += 1
+        self._confirms[self._seq] = on_confirm
+        return True
+
+    def _confirmed(self, frame: Any) -> None:
+        method = frame.method
+        ok = method.NAME == "Basic.Ack"
+        tag = method.delivery_tag
+        if method.multiple:
+            done = [t for t in self._confirms if t <= tag]
+        else:
+            done = [tag] if tag in self._confirms else []
+        for t in done:
+            self._confirms.pop(t)(ok)
+
+    def unconfirmed(self) -> int:
+        return len(self._confirms)
+
+    # -- consumers -----------------------------------------------------------------
+    def consume(
+        self,
+        queue: str,
+        prefetch: int,
+        on_message: Callable[..., None],
+        on_consuming: Callable[[Any, str], None],
+    ) -> None:
+        def opened(channel: Any) -> None:
+            channel.add_on_close_callback(self._channel_closed)
+            channel.basic_qos(prefetch_count=prefetch, callback=lambda _f: start(channel))
+
+        def start(channel: Any) -> None:
+            tag = channel.basic_consume(queue, on_message, auto_ack=False)
+            on_consuming(channel, tag)
+
+        assert self.conn is not None
+        self.conn.channel(on_open_callback=opened)
+
+    def sample(self, names: list[str], on_counts: Callable[[str, int, int], None]) -> None:
+        """Passive-declare queues on a throwaway channel; off the hot path."""
+        if self.conn is None or not self.conn.is_open:
+            return
+
+        def opened(channel: Any) -> None:
+            left = [len(names)]
+
+            def got(frame: Any) -> None:
+                m = frame.method
+                on_counts(m.queue, m.message_count, m.consumer_count)
+                left[0] -= 1
+                if left[0] == 0 and channel.is_open:
+                    channel.close()
+
+            for name in names:
+                channel.queue_declare(name, passive=True, callback=got)
+
+        self.conn.channel(on_open_callback=opened)

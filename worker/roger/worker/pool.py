@@ -1,0 +1,134 @@
+"""Job processes seen from the worker: spawn, talk to, and kill them.
+
+Children are started with ``subprocess`` (never ``fork`` from a process that has
+threads) and their pipe is registered in the worker's event loop, so the parent stays
+single-threaded. A child that dies shows up as EOF on its pipe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from roger.core import frames
+
+log = logging.getLogger("roger.worker")
+READ = 0x0001  # pika.adapters.select_connection.READ
+
+
+class ChildProc:
+    """One job process: its pipes, its readiness and the task it is running."""
+
+    def __init__(
+        self,
+        queue: str,
+        spec_json: str,
+        ioloop: Any,
+        on_frames: Callable[[ChildProc, list[dict[str, Any]]], None],
+        on_exit: Callable[[ChildProc], None],
+    ) -> None:
+        self.queue = queue
+        self.ioloop = ioloop
+        self.on_frames, self.on_exit = on_frames, on_exit
+        to_child_r, self.wfd = os.pipe()
+        self.rfd, from_child_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "roger.worker.child",
+                    "--rfd",
+                    str(to_child_r),
+                    "--wfd",
+                    str(from_child_w),
+                    "--parent",
+                    str(os.getpid()),
+                    "--spec",
+                    spec_json,
+                ],
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self.pid = self.proc.pid
+        self.reader = frames.FrameReader()
+        self.ready = False
+        self.alive = True
+        self.killed = False  # by us: a deadline or shutdown, not the child's own doing
+        self.cause: str | None = None  # why we killed it: "timeout", "hook", "shutdown"
+        self.task: Any = None  # the Task or HookTask it runs
+        os.set_blocking(self.rfd, False)
+        ioloop.add_handler(self.rfd, self._readable, READ)
+
+    def send(self, data: bytes) -> bool:
+        """Write a whole frame; False if the child is gone (its EOF handler cleans up)."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.wfd, view) :]
+        except OSError:
+            return False
+        return True
+
+    def _readable(self, fd: int, events: int) -> None:
+        try:
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._gone()
+            return
+        try:
+            batch = self.reader.feed(data)
+        except frames.FrameError as exc:
+            log.error("job process %d wrote garbage (%s); killing it", self.pid, exc)
+            self.kill()
+            return
+        self.on_frames(self, batch)
+
+    def kill(self) -> None:
+        """SIGKILL: the only way to stop a job stuck in a blocking call."""
+        if self.alive:
+            self.killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._gone()
+
+    def close(self) -> None:
+        """Ask an idle child to exit: it stops when its pipe closes."""
+        if self.alive:
+            self.alive = False
+            self.ioloop.remove_handler(self.rfd)
+            os.close(self.wfd)
+            os.close(self.rfd)
+
+    def _gone(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self.ioloop.remove_handler(self.rfd)
+        os.close(self.wfd)
+        os.close(self.rfd)
+        try:
+            self.proc.wait(timeout=1)  # it is exiting: its pipe closed
+        except subprocess.TimeoutExpired:
+            self._reap(0)
+        self.on_exit(self)
+
+    def _reap(self, tries: int) -> None:
+        if self.proc.poll() is None and tries < 100:
+            self.ioloop.call_later(0.05, lambda: self._reap(tries + 1))
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll()

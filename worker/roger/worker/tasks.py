@@ -1,0 +1,90 @@
+"""The worker's bookkeeping for one consumed queue and the jobs in flight."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from roger.core import naming
+from roger.core.jobs import JobDefinition
+from roger.core.message import JobMessage
+from roger.core.settle import AckTracker
+
+
+@dataclass(slots=True, eq=False)
+class QueueState:
+    name: str  # Roger's queue name, e.g. "default"
+    rabbit: str  # "<partition>-<queue>"
+    max_workers: int
+    children: list[Any] = field(default_factory=list)
+    idle: deque[Any] = field(default_factory=deque)
+    pending: deque[Task] = field(default_factory=deque)
+    hook_backlog: deque[HookTask] = field(default_factory=deque)
+    tracker: AckTracker = field(default_factory=AckTracker)
+    channel: Any = None
+    consumer_tag: str | None = None
+    gen: int = -1
+
+    @classmethod
+    def make(cls, partition: str, name: str, max_workers: int) -> QueueState:
+        return cls(name=name, rabbit=naming.queue_name(partition, name), max_workers=max_workers)
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    """A delivery being run by a child; ``settled`` once its outcome is decided."""
+
+    key: int
+    queue: QueueState
+    tag: int
+    gen: int
+    msg: JobMessage
+    body: bytes
+    props: Any
+    job: JobDefinition
+    bury: bool  # a failure of this attempt is a burial (on_buried), not a retry
+    skip_before: bool = False
+    started: float = 0.0  # time.monotonic() at dispatch
+    started_at: float = 0.0  # time.time() at dispatch
+    settled: bool = False
+    timer: Any = None
+
+    def max_execution_time(self) -> float | None:
+        return self.msg.max_execution_time or self.job.max_execution_time
+
+
+@dataclass(slots=True, eq=False)
+class HookTask:
+    """on_error / on_buried of a job whose process died, run (state None) in another."""
+
+    key: int
+    queue: QueueState
+    hook: str
+    frame: bytes
+
+
+def original_properties(props: Any) -> dict[str, Any]:
+    """The AMQP properties of a delivery as JSON-able data, kept on parked messages."""
+    out: dict[str, Any] = {}
+    for name in (
+        "content_type",
+        "content_encoding",
+        "delivery_mode",
+        "priority",
+        "correlation_id",
+        "reply_to",
+        "expiration",
+        "message_id",
+        "timestamp",
+        "type",
+        "user_id",
+        "app_id",
+    ):
+        value = getattr(props, name, None)
+        if value is not None:
+            out[name] = value
+    if getattr(props, "headers", None):
+        out["headers"] = json.loads(json.dumps(props.headers, default=str))
+    return out
