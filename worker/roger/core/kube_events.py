@@ -303,16 +303,22 @@ class Aggregator:
         self.patch_interval = patch_interval
         self.max_series = max_series
         self.series: dict[AggregationKey, Series] = {}
+        # (hook, job name) -> series: the regarding object is fixed, and hook -> reason/type
+        # is a function, so this indexes the same series without building a key per event.
+        self._index: dict[tuple[str, str], Series] = {}
         self._salt = 0
 
     def add(self, event: LifecycleEvent, now: float) -> bool:
         """Record one observation; False when it had to be dropped (table full)."""
-        key = aggregation_key(event, self.regarding)
-        s = self.series.get(key)
+        s = self._index.get((event.hook, event.job_name))  # the hot path: one lookup
         if s is None:
             if len(self.series) >= self.max_series and not self._evict():
                 return False
-            s = self.series[key] = Series(key=key, latest=event, first_at=event.at)
+            key = aggregation_key(event, self.regarding)
+            s = self.series.get(key)
+            if s is None:
+                s = self.series[key] = Series(key=key, latest=event, first_at=event.at)
+            self._index[(event.hook, event.job_name)] = s
         elif s.count == 0:
             s.first_at = event.at
         s.count += 1
@@ -324,7 +330,9 @@ class Aggregator:
         idle = [s for s in self.series.values() if s.pending == 0 and not s.in_flight]
         if not idle:
             return False
-        del self.series[min(idle, key=lambda s: s.last_seen).key]
+        victim = min(idle, key=lambda s: s.last_seen)
+        del self.series[victim.key]
+        self._index = {k: s for k, s in self._index.items() if s is not victim}
         return True
 
     def pending(self) -> int:
