@@ -54,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--metrics-port", type=int)
     w.add_argument("--shutdown-timeout", type=float)
     w.add_argument("--callback-timeout", type=float)
+    w.add_argument(
+        "--kube-namespace",
+        metavar="NS",
+        help="emit lifecycle Events about the Partition in NS "
+        "(default: $ROGER_KUBE_NAMESPACE, $POD_NAMESPACE; none: no Events)",
+    )
+    w.add_argument(
+        "--kube-name", metavar="NAME", help="the Partition object (default: --partition)"
+    )
+    w.add_argument(
+        "--kube-events",
+        metavar="HOOKS",
+        help="hooks that become Events, e.g. on_error,on_buried (default: all five)",
+    )
     w.add_argument("--config", metavar="FILE", help="YAML or JSON with the same settings")
 
     e = sub.add_parser("enqueue", help="enqueue a job and print its id")
@@ -111,17 +125,35 @@ def worker_config(opts: argparse.Namespace) -> WorkerConfig:
         "callback_timeout": opts.callback_timeout,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
+    kube = {
+        "namespace": opts.kube_namespace,
+        "name": opts.kube_name,
+        "events": [h.strip() for h in opts.kube_events.split(",") if h.strip()]
+        if opts.kube_events is not None
+        else None,
+    }
+    if any(v is not None for v in kube.values()):
+        merged = dict(data.get("kube") or {})
+        merged.update({k: v for k, v in kube.items() if v is not None})
+        data["kube"] = merged
     return parse_config(data)
 
 
-def _extra_observers(config: WorkerConfig) -> list[LifecycleObserver]:
-    """Where other lifecycle observers plug in (Kubernetes Events: ``roger.kube``)."""
-    return []
+def _extra_observers(config: WorkerConfig, registry: Any = None) -> list[LifecycleObserver]:
+    """Where other lifecycle observers plug in: Kubernetes Events (``roger.kube``).
+
+    Without a namespace (flag, config or the pod's env) there are none, said once in the log.
+    ``registry`` is the worker's metrics registry, so the Events counters show on /metrics.
+    """
+    from roger.kube import observer_from_config
+
+    observer = observer_from_config(config, registry=registry)
+    return [observer] if observer is not None else []
 
 
-def make_observers(config: WorkerConfig) -> list[LifecycleObserver]:
+def make_observers(config: WorkerConfig, registry: Any = None) -> list[LifecycleObserver]:
     """Lifecycle observers besides the metrics, which the worker always has."""
-    return _extra_observers(config)
+    return _extra_observers(config, registry)
 
 
 def _import(what: str, path: str) -> Any:
@@ -155,7 +187,8 @@ def _worker(opts: argparse.Namespace) -> int:
         from roger.metrics.worker import WorkerMetrics
 
         telemetry = WorkerMetrics(config.partition)
-    worker = Worker(config, url, registry, make_observers(config), telemetry, sys.path)
+    observers = make_observers(config, telemetry.registry if telemetry is not None else None)
+    worker = Worker(config, url, registry, observers, telemetry, sys.path)
     if config.metrics_port is not None:
         try:
             server = MetricsServer(

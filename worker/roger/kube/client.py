@@ -12,12 +12,13 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import urllib3
 import yaml
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+
+if TYPE_CHECKING:  # the client library is imported only when Events are on
+    from kubernetes import client as k8s
 
 from roger.core.kube_events import PARTITION_GROUP, PARTITION_PLURAL, PARTITION_VERSION
 
@@ -84,6 +85,9 @@ def _impersonation(kubeconfig: str | None) -> dict[str, str]:
 
 def load_configuration(kubeconfig: str | None = None) -> tuple[k8s.Configuration, dict[str, str]]:
     """In-cluster credentials if available, else the kubeconfig; plus impersonation headers."""
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
     configuration = k8s.Configuration()
     if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         try:
@@ -107,8 +111,11 @@ class KubeEventsApi:
         *,
         timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
     ) -> None:
+        from kubernetes import client as k8s
+
         configuration.retries = False  # the emitter backs off itself
         self._api = k8s.ApiClient(configuration)
+        self._api_exception = k8s.ApiException
         self._api.user_agent = "roger-worker/events"
         for name, value in (headers or {}).items():
             self._api.set_default_header(name, value)  # type: ignore[no-untyped-call]
@@ -141,7 +148,7 @@ class KubeEventsApi:
             reason = exc.reason
             cause = "timeout" if isinstance(reason, urllib3.exceptions.TimeoutError) else None
             raise ApiFailure(cause or "unreachable", str(reason or exc)) from exc
-        except (urllib3.exceptions.HTTPError, OSError, k8s.ApiException) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, self._api_exception) as exc:
             raise ApiFailure("unreachable", str(exc)) from exc
         status = int(response.status)
         if not 200 <= status <= 299:

@@ -1,0 +1,133 @@
+"""A real ``roger worker`` with ``--kube-namespace``: hooks become Events, counters exact."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import roger
+from tests.e2e.kube_events_support import create_partition, ensure_partition_crd, list_events
+from tests.helpers import Kubectl, eventually
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = 10_000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metric(port: int, name: str, **labels: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.fixture
+def worker(
+    amqp_url: str, kubeconfig: str, kubectl_bin: str, namespace: str, unique_name: str
+) -> Iterator[tuple[str, int, Kubectl]]:
+    kubectl = Kubectl(kubectl_bin, kubeconfig)
+    ensure_partition_crd(kubectl)
+    partition = unique_name[:40].rstrip("-")
+    create_partition(kubectl, namespace, partition)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "ROGER_AMQP_URL": amqp_url,
+        "KUBECONFIG": kubeconfig,
+        "POD_NAME": "worker-pod-0",
+        "PYTHONPATH": str(ROOT),
+    }
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "roger"),
+            "worker",
+            "--partition",
+            partition,
+            "--queue",
+            "default=4",
+            "--jobs",
+            "tests.jobs.basic",
+            "--retry-levels",
+            "1",
+            "--metrics-port",
+            str(port),
+            "--kube-namespace",
+            namespace,
+        ],
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        eventually(lambda: _metric(port, "roger_worker_info") >= 0, timeout=60, message="worker")
+        yield partition, port, kubectl
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_worker_hooks_become_events_and_counts_stay_exact(
+    worker: tuple[str, int, Kubectl], amqp_url: str, namespace: str
+) -> None:
+    partition, port, kubectl = worker
+    start = time.monotonic()
+    with roger.Client(amqp_url) as client:
+        client.enqueue(partition, "tests.jobs.basic:flaky", {"n": 1})  # fails, retried, buried
+        for i in range(JOBS):
+            client.enqueue(partition, "tests.jobs.basic:ok", {"n": i})
+    eventually(
+        lambda: (
+            _metric(port, "roger_lifecycle_events_total", hook="after_run") >= JOBS
+            and _metric(port, "roger_lifecycle_events_total", hook="on_buried") >= 1
+        ),
+        timeout=280,
+        message=f"{JOBS} jobs done and the flaky one buried",
+    )
+    elapsed = time.monotonic() - start
+    lifecycle = _metric(port, "roger_lifecycle_events_total")
+    # before_run: JOBS + 2 tries; after_run: JOBS; on_error: 1 (the retried try); buried: 1.
+    assert lifecycle == 2 * JOBS + 2 + 1 + 1
+    emitted = eventually(
+        lambda: (n := _metric(port, "roger_kube_events_emitted_total")) >= lifecycle and n,
+        timeout=30,
+        message="all lifecycle events on Events",
+    )
+    assert emitted == lifecycle
+    assert _metric(port, "roger_kube_events_dropped_total") == 0
+    writes = _metric(port, "roger_kube_event_writes_total")
+    events = {(e["reason"], e["type"]): e for e in list_events(kubectl, namespace, partition)}
+    assert set(events) >= {
+        ("JobStarted", "Normal"),
+        ("JobSucceeded", "Normal"),
+        ("JobFailed", "Warning"),
+        ("JobBuried", "Warning"),
+    }
+    for e in events.values():
+        assert e["reportingInstance"] == "worker-pod-0"
+        assert e["involvedObject"]["kind"] == "Partition"
+        assert e["involvedObject"]["name"] == partition
+    assert "ValueError: boom 1" in events[("JobBuried", "Warning")]["message"]
+    print(
+        f"\n{JOBS} worker jobs in {elapsed:.0f}s: {len(events)} Event objects, "
+        f"{writes:.0f} API writes"
+    )
+    # One Event per (reason, job) series; per series one create, a patch per 10 s at most,
+    # and the budget's ceiling: 25 + 1/s.
+    assert len(events) == 4
+    assert writes <= len(events) * (2 + elapsed / 10) and writes <= 25 + elapsed
