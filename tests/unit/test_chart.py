@@ -1,0 +1,200 @@
+"""The Helm chart rendered with ``helm template``: RBAC, flags, labels, security, monitoring."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from roger_operator.builders.rbac import OPERATOR_RULES
+from roger_operator.cli import parse_args
+from tests.chart import (
+    CHART,
+    CLUSTER_SCOPED,
+    KUBE_VERSION,
+    ROOT,
+    grants,
+    helm_bin,
+    of_kind,
+    render,
+)
+
+pytestmark = pytest.mark.unit
+
+STANDARD_LABELS = {
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/component",
+    "helm.sh/chart",
+}
+MONITORING_ON = (
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.prometheusRule.enabled=true",
+    "monitoring.dashboards.enabled=true",
+)
+
+
+def test_chart_crds_are_the_top_level_crds_byte_for_byte() -> None:
+    top = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert top, "no CRDs in crds/"
+    assert chart == top, "charts/roger/crds/ differs from crds/: cp crds/*.yaml charts/roger/crds/"
+
+
+def test_helm_lint_is_clean() -> None:
+    proc = subprocess.run(
+        [helm_bin(), "lint", str(CHART), "--strict", "--kube-version", KUBE_VERSION],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+def test_cluster_role_covers_exactly_the_operator_rules() -> None:
+    docs = render()
+    roles = of_kind(docs, "ClusterRole")
+    have = set().union(*(grants(r["rules"]) for r in roles))
+    need = grants(OPERATOR_RULES)
+    assert need <= have, f"missing from the chart's ClusterRoles: {sorted(need - have)}"
+    assert have <= need, f"more than OPERATOR_RULES (least privilege): {sorted(have - need)}"
+    sa = of_kind(docs, "ServiceAccount")[0]["metadata"]
+    bound = {r["metadata"]["name"] for r in roles}
+    for binding in of_kind(docs, "ClusterRoleBinding"):
+        assert binding["roleRef"]["name"] in bound
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["name"], "namespace": "roger-system"}
+        ]
+    assert not of_kind(docs, "Role")
+
+
+def test_watched_namespaces_get_roles_and_only_cluster_scoped_reads_cluster_wide() -> None:
+    docs = render("watchNamespaces={team-a,team-b}")
+    need = grants(OPERATOR_RULES)
+    cluster = set().union(*(grants(r["rules"]) for r in of_kind(docs, "ClusterRole")))
+    assert {(g, r) for g, r, _ in cluster} <= CLUSTER_SCOPED, "namespaced rights cluster-wide"
+    roles = {r["metadata"]["namespace"]: r for r in of_kind(docs, "Role")}
+    assert set(roles) == {"team-a", "team-b"}
+    for ns, role in roles.items():
+        have = grants(role["rules"]) | cluster
+        assert need <= have, (ns, sorted(need - have))
+        binding = next(b for b in of_kind(docs, "RoleBinding") if b["metadata"]["namespace"] == ns)
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        assert binding["subjects"][0]["namespace"] == "roger-system"
+
+
+def _container(docs: list[dict]) -> dict:
+    (deployment,) = of_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_operator_flags_are_the_operator_cli_flags() -> None:
+    container = _container(render())
+    assert container["command"] == ["roger-operator"]
+    args = parse_args(container["args"])
+    assert args.all_namespaces and not args.namespace
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (args.metrics_port, args.health_port) == (ports["metrics"], ports["health"])
+
+    container = _container(render("watchNamespaces={team-a,team-b}"))
+    args = parse_args(container["args"])
+    assert args.namespace == ["team-a", "team-b"] and not args.all_namespaces
+
+
+def test_every_resource_has_the_standard_labels() -> None:
+    for doc in render(*MONITORING_ON):
+        labels = doc["metadata"]["labels"]
+        assert labels.keys() >= STANDARD_LABELS, (doc["kind"], STANDARD_LABELS - labels.keys())
+        assert labels["app.kubernetes.io/instance"] == "roger"
+        assert labels["app.kubernetes.io/part-of"] == "roger"
+    (deployment,) = of_kind(render(), "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    (service,) = of_kind(render(), "Service")
+    assert service["spec"]["selector"] == selector
+
+
+def test_pod_meets_the_restricted_pod_security_profile() -> None:
+    (deployment,) = of_kind(render(), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key)
+    assert all("hostPath" not in v for v in pod.get("volumes", []))
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert not sc["capabilities"].get("add")
+        assert not sc.get("privileged")
+        assert sc["readOnlyRootFilesystem"] is True
+        assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+        assert c["livenessProbe"] and c["readinessProbe"]
+
+
+def test_monitoring_is_off_unless_enabled() -> None:
+    kinds = {d["kind"] for d in render()}
+    assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"}
+    docs = render(*MONITORING_ON, "monitoring.serviceMonitor.labels.release=kps")
+    (sm,) = of_kind(docs, "ServiceMonitor")
+    (pm,) = of_kind(docs, "PodMonitor")
+    (service,) = of_kind(docs, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert sm["metadata"]["labels"]["release"] == "kps"
+    # The operator's worker pods: labels and port name from its manifest builders.
+    from roger_operator.builders import model
+
+    assert pm["spec"]["selector"]["matchLabels"][model.LABEL_NAME] == model.WORKER_APP
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    pm = of_kind(render(*MONITORING_ON, "watchNamespaces={a}"), "PodMonitor")[0]
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["a"]}
+
+
+def test_prometheus_rule_is_the_alert_rules_file() -> None:
+    (rule,) = of_kind(render(*MONITORING_ON), "PrometheusRule")
+    source = yaml.safe_load((CHART / "rules" / "roger-alerts.yaml").read_text())
+    assert rule["spec"] == source
+
+
+def test_dashboards_become_sidecar_config_maps() -> None:
+    maps = of_kind(render(*MONITORING_ON), "ConfigMap")
+    files = {p.name: p.read_text() for p in (CHART / "dashboards").glob("*.json")}
+    data = {}
+    for cm in maps:
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        data.update(cm["data"])
+    assert data.keys() == files.keys()
+    for name, text in files.items():
+        assert json.loads(data[name]) == json.loads(text)
+    (cm, *_) = of_kind(
+        render(*MONITORING_ON, "monitoring.dashboards.namespace=grafana"), "ConfigMap"
+    )
+    assert cm["metadata"]["namespace"] == "grafana"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "monitoring.serviceMonitor.enabld=true",
+        "watchNamespaces={Not_A_Namespace}",
+        "operator.metricsPort=0",
+        "image.pullPolicy=Sometimes",
+    ],
+)
+def test_values_schema_rejects_mistakes(bad: str) -> None:
+    with pytest.raises(AssertionError, match="schema"):
+        render(bad)
