@@ -7,6 +7,7 @@ messages that must never run.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 # Partition and queue names end up in queue names (max 255 bytes) and in Kubernetes
@@ -48,7 +49,12 @@ def invalid_queue_name(partition: str, queue: str) -> str:
 
 
 def execution_waiting_queue_name(partition: str, execution_key: str) -> str:
-    return f"{partition}-execution-waiting-{execution_key}"
+    """Where jobs wait while another job with their execution key runs (Roger's name).
+
+    A key that is not name-safe (or too long) is replaced by ``sha256.<digest>``; a safe
+    key never contains a dot, so the two forms never collide.
+    """
+    return f"{partition}-execution-waiting-{key_label(execution_key)}"
 
 
 def all_queue_names(partition: str, queue: str, retry_levels: tuple[int, ...]) -> list[str]:
@@ -70,3 +76,45 @@ def claim_exchange_name(partition: str) -> str:
     owner from the refusal. Nothing is ever published to it.
     """
     return f"roger.claim.{partition}"
+
+
+# -- partition-wide state (part 2): cancel, pause, queue keys, execution keys ----------
+# Keys (queue_key / execution_key) are arbitrary strings, so names derived from them use a
+# digest; the partition-wide objects live under ``<partition>.`` (never ``<partition>-``,
+# which is the namespace of partition queues).
+_SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+def key_digest(key: str) -> str:
+    """128 bits of SHA-256 of a key: collision-free in practice, short enough for names."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def key_label(key: str) -> str:
+    """The key itself when it is name-safe, else ``sha256.<digest>``."""
+    return key if _SAFE_KEY_RE.match(key) else f"sha256.{key_digest(key)}"
+
+
+def control_stream_name(partition: str) -> str:
+    """Stream of control events (cancel, cancel handled, execution key waiting)."""
+    return f"{partition}.control"
+
+
+def pause_stream_name(partition: str, queue: str) -> str:
+    """Stream whose last event is the pause state of one partition queue."""
+    return f"{partition}.pause.{queue}"
+
+
+def workers_stream_name(partition: str) -> str:
+    """Stream of worker status records (heartbeats with running jobs), for ``info``."""
+    return f"{partition}.workers"
+
+
+def queue_key_queue_name(partition: str, queue_key: str) -> str:
+    """Holds one token while a job with this queue_key is queued or running."""
+    return f"{partition}.qkey.{key_digest(queue_key)}"
+
+
+def execution_lock_queue_name(partition: str, execution_key: str) -> str:
+    """Exclusive queue declared by the connection running a job with this key: a lock."""
+    return f"{partition}.xkey.{key_digest(execution_key)}"

@@ -1,0 +1,202 @@
+"""Partition-wide state seen from a client (``roger.Client``, the CLI): blocking pika.
+
+Every function takes an open ``BlockingConnection`` and opens the channels it needs, so
+the client keeps one connection and a refusal (which closes a channel) never breaks it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from roger.core import naming
+from roger.core import state as st
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+READ_IDLE = 0.3  # seconds of silence that end a read of a stream's recent records
+
+
+class DuplicateJob(Exception):
+    """``enqueue`` refused: a job with the same queue_key is queued or running."""
+
+    def __init__(self, partition: str, queue_key: str, holder: str | None = None) -> None:
+        super().__init__(f"queue_key {queue_key!r} of partition {partition!r} is held")
+        self.partition = partition
+        self.queue_key = queue_key
+        self.holder = holder
+
+
+def issuer() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _confirm_channel(conn: Any) -> Any:
+    ch = conn.channel()
+    ch.confirm_delivery()
+    return ch
+
+
+def publish_control(conn: Any, partition: str, ev: st.ControlEvent) -> None:
+    """Publish one control event, confirmed (raises if the broker did not take it)."""
+    ch = _confirm_channel(conn)
+    try:
+        name = naming.control_stream_name(partition)
+        ch.queue_declare(name, durable=True, arguments=st.control_stream_arguments())
+        ch.basic_publish("", name, st.encode(ev), PERSISTENT, mandatory=True)
+    finally:
+        if ch.is_open:
+            ch.close()
+
+
+def cancel(conn: Any, partition: str, job_id: str) -> None:
+    """Cancel a job cluster-wide: queued jobs are skipped, running ones killed. The event
+    waits in the control stream for ``HORIZON`` (7 days) if no worker runs now."""
+    publish_control(conn, partition, st.cancel(job_id, time.time(), issuer()))
+
+
+def set_paused(conn: Any, partition: str, queue: str, paused: bool) -> None:
+    """The pause stream of the queue gets the new state (its last event is the state), then
+    the control stream gets a notice so that workers subscribe to a new pause stream."""
+    naming.validate_name("queue", queue)
+    now = time.time()
+    ev = st.pause(queue, now, issuer()) if paused else st.resume(queue, now, issuer())
+    ch = _confirm_channel(conn)
+    try:
+        name = naming.pause_stream_name(partition, queue)
+        ch.queue_declare(name, durable=True, arguments=st.pause_stream_arguments())
+        ch.basic_publish("", name, st.encode(ev), PERSISTENT, mandatory=True)
+    finally:
+        if ch.is_open:
+            ch.close()
+    publish_control(conn, partition, ev)
+
+
+def take_queue_key(conn: Any, partition: str, key: str, job_id: str, queue: str) -> bool:
+    """Atomic test-and-set of a queue key: True if taken for ``job_id``, False if held.
+
+    The key queue is classic with ``x-max-length: 1`` and ``reject-publish``: of concurrent
+    publishers exactly one is confirmed, the others are nacked. A key queue deleted between
+    our declare and publish (its last holder just released it) returns the message: retry.
+    """
+    name = naming.queue_key_queue_name(partition, key)
+    props = pika.BasicProperties(
+        delivery_mode=2, content_type="application/json", message_id=job_id
+    )
+    token = st.queue_key_token(job_id, queue, time.time())
+    for _ in range(5):
+        ch = _confirm_channel(conn)
+        try:
+            ch.queue_declare(name, durable=True, arguments=st.queue_key_arguments())
+            ch.basic_publish("", name, token, props, mandatory=True)
+            return True
+        except pika.exceptions.NackError:
+            return False
+        except pika.exceptions.UnroutableError:
+            continue
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+        finally:
+            if ch.is_open:
+                ch.close()
+    raise RuntimeError(f"could not take queue key {key!r}: its queue keeps disappearing")
+
+
+def release_queue_key(conn: Any, partition: str, key: str, job_id: str | None = None) -> bool:
+    """Free a key (only if held by ``job_id`` when given). True if it is free afterwards.
+
+    The client uses it when publishing the job failed after the key was taken; people use
+    it (``job_id=None``) to free a key by hand.
+    """
+    name = naming.queue_key_queue_name(partition, key)
+    ch = conn.channel()
+    try:
+        method, props, _body = ch.basic_get(name, auto_ack=False)
+        if method is not None:
+            if job_id is not None and props.message_id != job_id:
+                ch.basic_nack(method.delivery_tag, requeue=True)
+                return False
+            ch.basic_ack(method.delivery_tag)
+        ch.queue_delete(name, if_empty=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return bool(exc.reply_code == 404)  # 406: a new holder arrived after our ack
+    finally:
+        if ch.is_open:
+            ch.close()
+
+
+def queue_key_holder(conn: Any, partition: str, key: str) -> str | None:
+    """The job id holding ``key``, or None (peeks: get and requeue)."""
+    name = naming.queue_key_queue_name(partition, key)
+    ch = conn.channel()
+    try:
+        method, props, _body = ch.basic_get(name, auto_ack=False)
+        if method is None:
+            return None
+        ch.basic_nack(method.delivery_tag, requeue=True)
+        return str(props.message_id)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code == 404:
+            return None
+        raise
+    finally:
+        if ch.is_open:
+            ch.close()
+
+
+def _read_stream(conn: Any, name: str, offset: Any, idle: float = READ_IDLE) -> list[bytes]:
+    """Bodies from ``offset`` until the stream stays silent for ``idle`` seconds."""
+    ch = conn.channel()
+    out: list[bytes] = []
+    try:
+        ch.basic_qos(prefetch_count=1000)
+        for method, _props, body in ch.consume(
+            name, arguments={"x-stream-offset": offset}, inactivity_timeout=idle
+        ):
+            if method is None:
+                break
+            out.append(body)
+            ch.basic_ack(method.delivery_tag)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+    finally:
+        if ch.is_open:
+            ch.close()
+    return out
+
+
+def is_paused(conn: Any, partition: str, queue: str) -> bool:
+    """The queue's pause state: the last event of its pause stream (none: never paused)."""
+    bodies = _read_stream(conn, naming.pause_stream_name(partition, queue), "last")
+    events = []
+    for b in bodies:
+        try:
+            events.append(st.decode(b))
+        except st.InvalidEvent:
+            continue
+    return st.last_pause_state(events)
+
+
+def paused_queues(conn: Any, partition: str, queues: Iterable[str]) -> list[str]:
+    return [q for q in queues if is_paused(conn, partition, q)]
+
+
+def live_workers(conn: Any, partition: str) -> list[st.WorkerStatus]:
+    """Workers that published a status record recently, with their running jobs."""
+    now = time.time()
+    since = datetime.datetime.fromtimestamp(int(now - st.HEARTBEAT_STALE - 1), tz=datetime.UTC)
+    records = []
+    for body in _read_stream(conn, naming.workers_stream_name(partition), since):
+        rec = st.decode_status(body)
+        if rec is not None:
+            records.append(rec)
+    return st.live_workers(records, now)
