@@ -53,6 +53,10 @@ class Child:
         # (key, phase, callback, deadline): read by the watchdog, set by the main thread.
         self.watch: tuple[int, str, str, float] | None = None
         self.registry = JobRegistry(importlib.import_module(m) for m in spec["jobs"])
+        self.failures: list[list[str]] = []
+        # The outcome frame, held back while the hooks run so that outcome and done
+        # usually leave in one write; the watchdog sends it if the hooks take long.
+        self.deferred: bytes | None = None
         self.hooks: dict[str, list[Hook]] = {}
         for cb in spec["callbacks"]:
             module, _, cls_name = cb["path"].partition(":")
@@ -61,36 +65,57 @@ class Child:
                 if hook in cb["hooks"]:
                     self.hooks.setdefault(hook, []).append((cb["path"], getattr(obj, hook)))
 
+    def flush_outcome(self) -> None:
+        """Send a held-back outcome now (hooks are taking long, or one is late)."""
+        with self.lock:
+            data, self.deferred = self.deferred, None
+            if data is not None:
+                self._write(data)
+
+    def finish(self, done: dict[str, Any]) -> None:
+        """Send the outcome (if still held back) and ``done`` in one write."""
+        tail = frames.encode(done)
+        with self.lock:
+            data, self.deferred = self.deferred, None
+            self._write(data + tail if data is not None else tail)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.wfd, view) :]
+
     def send(self, obj: dict[str, Any]) -> None:
         data = frames.encode(obj)
         with self.lock:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self.wfd, view) :]
+            self._write(data)
 
     def watchdog(self) -> None:
         reported = None
         while True:
             time.sleep(WATCH_INTERVAL)
+            if self.deferred is not None:
+                self.flush_outcome()
             w = self.watch
             if w is not None and w is not reported and time.monotonic() > w[3]:
                 reported = w
                 self.send({"t": "late", "k": w[0], "phase": w[1], "cb": w[2]})
 
     def call_hooks(
-        self, key: int, hook: HookName, args: tuple[Any, ...], states: list[Any] | None
-    ) -> list[Any]:
-        """Run one hook on every callback; a failure is reported, never raised."""
-        out: list[Any] = []
-        for i, (name, fn) in enumerate(self.hooks.get(hook, ())):
+        self, key: int, hook: HookName, args: tuple[Any, ...], states: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Run one hook on every callback; a failure is reported, never raised.
+
+        ``states`` None means ``before_run`` (no state argument); it returns the states.
+        """
+        out: dict[str, Any] = {}
+        for name, fn in self.hooks.get(hook, ()):
             self.watch = (key, hook, name, time.monotonic() + self.callback_timeout)
             try:
                 if states is None:
-                    out.append(fn(self.partition, *args))
+                    out[name] = fn(self.partition, *args)
                 else:
-                    out.append(fn(self.partition, *args, states[i] if i < len(states) else None))
+                    fn(self.partition, *args, states.get(name))
             except BaseException as exc:  # a callback never changes the outcome
-                out.append(None)
                 self.failures.append([name, hook, "exception"])
                 print(
                     f"roger: callback {name}.{hook} raised {type(exc).__name__}: {exc}",
@@ -100,17 +125,20 @@ class Child:
         self.watch = None
         return out
 
+    def _done(self, key: int) -> dict[str, Any]:
+        return {"t": "d", "k": key, "f": self.failures} if self.failures else {"t": "d", "k": key}
+
     def run(self, frame: dict[str, Any]) -> None:
         key, data = frame["k"], frame["job"]
-        self.failures: list[list[str]] = []
+        self.failures = []
         found = self.registry.lookup(data["name"])
         if not isinstance(found, JobDefinition):
             self.send({"t": "o", "k": key, "invalid": found})
-            self.send({"t": "d", "k": key})
+            self.send(self._done(key))
             return
         started = time.time()
         job = Job.from_fields(data, started)
-        states = [] if frame.get("s") else self.call_hooks(key, "before_run", (job,), None)
+        states = {} if frame.get("s") else self.call_hooks(key, "before_run", (job,), None)
         met = data.get("max_execution_time") or found.max_execution_time
         t0 = time.monotonic()
         self.watch = (key, "job", "", t0 + met) if met else None
@@ -120,37 +148,28 @@ class Child:
             self.watch = None
             error = [type(exc).__name__, str(exc)[:2000]]
             stack = traceback.format_exc()[-8000:]
-            self.send(
-                {
-                    "t": "o",
-                    "k": key,
-                    "ok": False,
-                    "err": error,
-                    "st": stack,
-                    "d": time.monotonic() - t0,
-                    "at": started,
-                }
-            )
+            outcome = {"t": "o", "k": key, "ok": False, "err": error, "st": stack}
+            self.deferred = frames.encode({**outcome, "d": time.monotonic() - t0, "at": started})
             hook: HookName = "on_buried" if frame.get("b") else "on_error"
             self.call_hooks(key, hook, (job, tuple(error), stack), states)
         else:
             self.watch = None
-            self.send({"t": "o", "k": key, "ok": True, "d": time.monotonic() - t0, "at": started})
+            outcome = {"t": "o", "k": key, "ok": True, "d": time.monotonic() - t0, "at": started}
+            self.deferred = frames.encode(outcome)
             self.call_hooks(key, "after_run", (job, result), states)
-        self.send(
-            {"t": "d", "k": key, "f": self.failures} if self.failures else {"t": "d", "k": key}
-        )
+        self.finish(self._done(key))
 
     def hooks_only(self, frame: dict[str, Any]) -> None:
         """on_error / on_buried for a job whose process died (timeout, crash): no state."""
         key = frame["k"]
         self.failures = []
         job = Job.from_fields(frame["job"], frame.get("at"))
-        err = tuple(frame["err"])
-        self.call_hooks(key, frame["hook"], (job, err, frame.get("st")), [])
-        self.send(
-            {"t": "d", "k": key, "f": self.failures} if self.failures else {"t": "d", "k": key}
-        )
+        if frame["hook"] == "on_cancel":  # on_cancel(partition, job): no error, no state
+            self.call_hooks(key, "on_cancel", (job,), None)
+        else:
+            err = tuple(frame["err"])
+            self.call_hooks(key, frame["hook"], (job, err, frame.get("st")), {})
+        self.send(self._done(key))
 
     def serve(self) -> None:
         threading.Thread(target=self.watchdog, name="roger-watchdog", daemon=True).start()
