@@ -232,7 +232,7 @@ def worker_round(jobs: int, events_on: bool, namespace: str, concurrency: int) -
     partition = f"bench-{uuid.uuid4().hex[:8]}"
     with roger.Client(AMQP_URL) as client:
         for i in range(jobs):
-            client.enqueue(partition, "tests.jobs.basic.noop", {"n": i})
+            client.enqueue(partition, "tests.jobs.basic:noop", {"n": i})
     port = _free_port()
     cmd = [
         str(ROOT / ".venv" / "bin" / "roger"),
