@@ -70,7 +70,6 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     # kopf would post its log lines as Events; the operator posts its own, deliberate ones.
     settings.posting.enabled = False
     settings.execution.max_workers = args.workers
-    settings.scanning.disabled = True
     settings.networking.request_timeout = 60
     settings.watching.server_timeout = 600
     for group, _version, plural in CHILDREN:

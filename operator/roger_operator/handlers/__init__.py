@@ -153,6 +153,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def watch_child(event: Any, **_: Any) -> None:
         on_child_event(ctx, event)
 
+    kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
     kopf.on.event(*p, id="cache", registry=registry)(watch_partition)
     kopf.on.create(*p, id="reconcile", registry=registry)(reconcile_partition)
     kopf.on.update(*p, id="reconcile", registry=registry)(reconcile_partition)
