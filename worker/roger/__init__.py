@@ -14,8 +14,9 @@ from roger.core.message import Job
 
 if TYPE_CHECKING:
     from roger.broker.client import Client
+    from roger.broker.state_client import DuplicateJob
 
-__all__ = ["Callback", "Client", "Job", "JobDefinition", "job"]
+__all__ = ["Callback", "Client", "DuplicateJob", "Job", "JobDefinition", "job"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from roger.broker.client import Client
 
         return Client
+    if name == "DuplicateJob":
+        from roger.broker.state_client import DuplicateJob
+
+        return DuplicateJob
     raise AttributeError(name)

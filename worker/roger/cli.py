@@ -27,6 +27,7 @@ from roger.core.lifecycle import LifecycleObserver
 from roger.core.naming import DEFAULT_RETRY_LEVELS, InvalidName
 
 EXIT_USAGE = 2
+EXIT_DUPLICATE = 3  # enqueue: the job's queue_key is held by another job
 
 
 class UsageError(Exception):
@@ -75,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("job", metavar="JOB_NAME", help="module:function")
     e.add_argument("args", nargs="?", default="null", metavar="ARGS_JSON")
     e.add_argument("--queue")
+
+    for name, what in (
+        ("pause", "stop consuming QUEUE on every worker (persisted)"),
+        ("resume", "consume a paused QUEUE again"),
+    ):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("partition")
+        s.add_argument("queue")
+    c = sub.add_parser("cancel", help="cancel a job: skipped if queued, killed if running")
+    c.add_argument("partition")
+    c.add_argument("job_id")
 
     i = sub.add_parser("info", help="queue statistics of a partition")
     i.add_argument("partition")
@@ -212,13 +224,37 @@ def _enqueue(opts: argparse.Namespace) -> int:
         args = json.loads(opts.args)
     except ValueError as exc:
         raise UsageError(f"ARGS_JSON is not JSON: {exc}") from None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # the job's module gives its queue and keys
     from roger.broker.client import Client, EnqueueError
+    from roger.broker.state_client import DuplicateJob
 
     try:
         with Client(url) as client:
             print(client.enqueue(opts.partition, opts.job, args, queue=opts.queue))
     except EnqueueError as exc:
         raise UsageError(str(exc)) from None
+    except DuplicateJob as exc:
+        print(f"roger: duplicate: {exc}", file=sys.stderr)
+        return EXIT_DUPLICATE
+    return 0
+
+
+def _state_command(opts: argparse.Namespace) -> int:
+    """``cancel``, ``pause`` and ``resume``: one confirmed control event each."""
+    url = _amqp_url(opts)
+    from roger.broker.client import Client
+
+    with Client(url) as client:
+        if opts.command == "cancel":
+            client.cancel(opts.partition, opts.job_id)
+            print(f"cancel of {opts.job_id} published")
+        elif opts.command == "pause":
+            client.pause(opts.partition, opts.queue)
+            print(f"{opts.partition}-{opts.queue} paused")
+        else:
+            client.resume(opts.partition, opts.queue)
+            print(f"{opts.partition}-{opts.queue} resumed")
     return 0
 
 
@@ -234,6 +270,7 @@ def _info(opts: argparse.Namespace) -> int:
         return 0
     print(
         f"{'QUEUE':<20} {'READY':>8} {'CONSUMERS':>9} {'RETRYING':>8} {'BURIED':>7} {'INVALID':>7}"
+        f" {'PAUSED':>6}"
     )
     for q in info.queues.values():
         if not q.exists:
@@ -241,8 +278,15 @@ def _info(opts: argparse.Namespace) -> int:
             continue
         print(
             f"{q.queue:<20} {q.messages:>8} {q.consumers:>9} {q.retrying:>8} {q.buried:>7}"
-            f" {q.invalid:>7}"
+            f" {q.invalid:>7} {'yes' if q.paused else 'no':>6}"
         )
+    print(f"\npaused queues: {', '.join(info.paused) or 'none'}")
+    print(f"workers: {len(info.workers)}")
+    for w in info.workers:
+        print(f"  {w['worker']}: {len(w['running'])} running")
+        for r in w["running"]:
+            key = f" execution_key={r['execution_key']}" if r["execution_key"] else ""
+            print(f"    {r['id']} {r['name']} ({r['queue']}){key}")
     return 0
 
 
@@ -256,7 +300,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pika").setLevel(logging.ERROR)
     from pika.exceptions import AMQPConnectionError
 
-    commands = {"worker": _worker, "enqueue": _enqueue, "info": _info}
+    commands = {
+        "worker": _worker,
+        "enqueue": _enqueue,
+        "info": _info,
+        "cancel": _state_command,
+        "pause": _state_command,
+        "resume": _state_command,
+    }
     try:
         return commands[opts.command](opts)
     except (UsageError, ConfigError, InvalidName) as exc:

@@ -16,6 +16,8 @@ from typing import Any
 import pika
 from pika.exceptions import AMQPChannelError, AMQPConnectionError, UnroutableError
 
+from roger.broker import state_client
+from roger.broker.state_client import DuplicateJob
 from roger.core import naming, topology
 from roger.core.jobs import JobDefinition
 from roger.core.message import JOB_NAME_RE, JobMessage, encode, new_job_id, properties
@@ -37,12 +39,15 @@ class QueueInfo:
     retry: dict[int, int] = field(default_factory=dict)  # per level (seconds)
     buried: int = 0
     invalid: int = 0
+    paused: bool = False
 
 
 @dataclass
 class PartitionInfo:
     partition: str
     queues: dict[str, QueueInfo]
+    paused: list[str] = field(default_factory=list)
+    workers: list[dict[str, Any]] = field(default_factory=list)  # live, with running jobs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +113,11 @@ class Client:
         *,
         queue: str | None = None,
     ) -> str:
-        """Publish a job (persistent, confirmed) and return its id."""
+        """Publish a job (persistent, confirmed) and return its id.
+
+        A job with a queue_key first takes the key (atomic test-and-set, confirmed) and
+        raises ``roger.DuplicateJob`` while another job holds it.
+        """
         naming.validate_name("partition", partition)
         name, definition = _definition(job)
         queue = queue or (definition.queue if definition else "default")
@@ -137,11 +146,52 @@ class Client:
                 self._declared.add(target)
             ch.basic_publish("", target, body, props, mandatory=True)
 
+        if queue_key is not None:
+            taken = self._twice(
+                lambda _ch: state_client.take_queue_key(
+                    self._conn, partition, queue_key, msg.id, queue
+                )
+            )
+            if not taken:
+                raise DuplicateJob(partition, queue_key)
         try:
             self._twice(publish)
-        except UnroutableError:
-            raise EnqueueError(f"queue {target} does not exist") from None
+        except BaseException as exc:
+            if queue_key is not None:  # the job is not there: do not keep its key
+                with contextlib.suppress(*_RECOVERABLE):
+                    self._twice(
+                        lambda _ch: state_client.release_queue_key(
+                            self._conn, partition, queue_key, msg.id
+                        )
+                    )
+            if isinstance(exc, UnroutableError):
+                raise EnqueueError(f"queue {target} does not exist") from None
+            raise
         return msg.id
+
+    def cancel(self, partition: str, job_id: str) -> None:
+        """Cancel a job cluster-wide: skipped if queued, killed if running; ``on_cancel``
+        runs once. Remembered for 7 days, also when no worker runs now."""
+        naming.validate_name("partition", partition)
+        self._twice(lambda _ch: state_client.cancel(self._conn, partition, job_id))
+
+    def pause(self, partition: str, queue: str) -> None:
+        """Stop consuming ``queue`` on every worker (running jobs finish); persisted."""
+        naming.validate_name("partition", partition)
+        self._twice(lambda _ch: state_client.set_paused(self._conn, partition, queue, True))
+
+    def resume(self, partition: str, queue: str) -> None:
+        naming.validate_name("partition", partition)
+        self._twice(lambda _ch: state_client.set_paused(self._conn, partition, queue, False))
+
+    def release_queue_key(self, partition: str, queue_key: str) -> bool:
+        """Free a queue key by hand (a client died between taking it and publishing)."""
+        naming.validate_name("partition", partition)
+        return bool(
+            self._twice(
+                lambda _ch: state_client.release_queue_key(self._conn, partition, queue_key)
+            )
+        )
 
     def _count(self, name: str) -> tuple[int, int] | None:
         try:
@@ -173,4 +223,27 @@ class Client:
             info.buried = buried[0] if buried else 0
             info.invalid = invalid[0] if invalid else 0
             out[queue] = info
-        return PartitionInfo(partition=partition, queues=out)
+        conn = self._conn
+        paused = state_client.paused_queues(conn, partition, queues)
+        for name in paused:
+            out[name].paused = True
+        workers = [
+            {
+                "worker": w.worker,
+                "at": w.at,
+                "queues": w.queues,
+                "paused": list(w.paused),
+                "running": [
+                    {
+                        "id": r.id,
+                        "name": r.name,
+                        "queue": r.queue,
+                        "started_at": r.started_at,
+                        "execution_key": r.execution_key,
+                    }
+                    for r in w.running
+                ],
+            }
+            for w in state_client.live_workers(conn, partition)
+        ]
+        return PartitionInfo(partition=partition, queues=out, paused=paused, workers=workers)

@@ -28,6 +28,7 @@ from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
 from roger.core.message import InvalidMessage, decode, encode
 from roger.core.settle import Retry, on_failure
 from roger.worker.link import Link
+from roger.worker.partition import PartitionFeatures
 from roger.worker.pool import ChildProc
 from roger.worker.tasks import HookTask, QueueState, Task, original_properties
 from roger.worker.telemetry import NullTelemetry, Telemetry
@@ -63,6 +64,7 @@ class Worker:
             )
         ]
         self.link = Link(amqp_url, self.ioloop, decls, self._connected, self._lost, self._fatal)
+        self.features = PartitionFeatures(self)  # cancel, pause, queue and execution keys
         self.spec = json.dumps(
             {
                 "partition": self.partition,
@@ -107,7 +109,11 @@ class Worker:
         return (
             self.link.ready
             and not self.stopping
-            and all(q.channel is not None for q in self.queues.values() if q.max_workers)
+            and all(
+                q.channel is not None
+                for q in self.queues.values()
+                if q.max_workers and not self.features.is_paused(q.name)
+            )
         )
 
     def _signal(self, signum: int, _frame: Any) -> None:
@@ -171,15 +177,39 @@ class Worker:
         if self.stopping:
             self._finish()
             return
-        log.info("connected; consuming %s", ", ".join(q.rabbit for q in self.queues.values()))
+        # consuming starts once the partition state has caught up (_start_consuming)
+        self.features.attach(self.link.conn)
+
+    def _start_consuming(self) -> None:
+        if self.stopping:
+            return
+        names = [q.rabbit for q in self.queues.values() if q.max_workers > 0]
+        log.info("connected; consuming %s", ", ".join(names))
         for q in self.queues.values():
-            if q.max_workers > 0:
-                self.link.consume(
-                    q.rabbit,
-                    q.max_workers,
-                    partial(self._on_message, q),
-                    partial(self._consuming, q),
-                )
+            if q.max_workers > 0 and not self.features.is_paused(q.name):
+                self._consume(q)
+
+    def _consume(self, q: QueueState) -> None:
+        """Start (or, after a pause, resume) consuming; the channel is kept across pauses
+        so in-flight jobs are acknowledged on the channel that delivered them."""
+        if self.stopping or q.consumer_tag is not None:
+            return
+        if q.channel is not None and q.channel.is_open:
+            q.consumer_tag = q.channel.basic_consume(
+                q.rabbit, partial(self._on_message, q), auto_ack=False
+            )
+        elif self.link.ready:
+            self.link.consume(
+                q.rabbit, q.max_workers, partial(self._on_message, q), partial(self._consuming, q)
+            )
+
+    def _stop_consuming(self, q: QueueState) -> None:
+        """Pause: take no more jobs from ``q``; running ones finish, prefetched go back."""
+        if q.channel is not None and q.channel.is_open and q.consumer_tag:
+            q.channel.basic_cancel(q.consumer_tag)
+        q.consumer_tag = None
+        while q.pending:
+            self._requeue(q.pending.popleft())
 
     def _consuming(self, q: QueueState, channel: Any, consumer_tag: str) -> None:
         q.channel, q.consumer_tag, q.gen = channel, consumer_tag, self.link.generation
@@ -187,6 +217,7 @@ class Worker:
     def _lost(self) -> None:
         """Unacked deliveries go back to the broker; running jobs finish unacknowledged."""
         self.lost_once = True
+        self.features.detach()
         for q in self.queues.values():
             q.channel, q.consumer_tag = None, None
             q.tracker = type(q.tracker)()
@@ -292,6 +323,8 @@ class Worker:
             if cause == "hook":  # before_run hung: run the job again without it
                 task.skip_before = True
                 q.pending.appendleft(task)
+            elif cause == "cancel":
+                self.features.killed(task)
             elif cause == "timeout":
                 met = task.max_execution_time()
                 self._failed(
@@ -325,6 +358,7 @@ class Worker:
         if "invalid" in f:
             task.settled = True
             self.telemetry.running(task.queue.name, -1)
+            self.features.finished(task, leaving=True)
             self._park(
                 task.queue,
                 task.tag,
@@ -342,6 +376,7 @@ class Worker:
             self.telemetry.running(task.queue.name, -1)
             self._emit(task, "after_run", duration=duration)
             self.telemetry.outcome(task.queue.name, task.msg.name, "succeeded", duration)
+            self.features.finished(task, leaving=True)
             self._settle(task.queue, task.tag, task.gen)
         else:
             err = f.get("err") or ["Exception", ""]
@@ -391,6 +426,7 @@ class Worker:
             timestamp=int(msg.queued_at),
         )
         self._publish_then_settle(q, task.tag, task.gen, target, body, props)
+        self.features.finished(task, leaving=outcome == "buried")
         self._emit(task, hook, error=error, duration=duration)
         self.telemetry.outcome(q.name, msg.name, outcome, duration)
         if hooks_elsewhere and self.config.callbacks:
@@ -535,10 +571,16 @@ class Worker:
             return
         found = self.registry.lookup(msg.name)
         if not isinstance(found, JobDefinition):
+            self.features.parked(msg, q.gen)
             self._park(q, tag, q.gen, props, body, found, f"job {msg.name!r}")
             return
         bury = not isinstance(on_failure(found.retryable, msg.retry_count, self.levels), Retry)
         task = Task(next(self.keys), q, tag, q.gen, msg, body, props, found, bury)
+        if not self.features.intercept(task):  # cancelled, paused or keyed: handled there
+            self._accept(task)
+
+    def _accept(self, task: Task) -> None:
+        q = task.queue
         if q.idle:
             self._pump_one(q, task)
         else:
