@@ -35,6 +35,7 @@ OPERATOR_RECONCILES: Final = "roger_operator_reconciles"  # counter {kind,result
 OPERATOR_RECONCILE_DURATION: Final = "roger_operator_reconcile_duration_seconds"  # histogram
 OPERATOR_ERRORS: Final = "roger_operator_errors"  # counter {kind,stage}
 OPERATOR_PARTITIONS: Final = "roger_operator_partitions"  # gauge {namespace,phase}
+OPERATOR_API_REQUESTS: Final = "roger_operator_api_requests"  # counter {verb} (its own client)
 
 # prometheus-client appends "_total" to counters on exposition.
 COUNTERS: Final = (
@@ -49,4 +50,5 @@ COUNTERS: Final = (
     KUBE_EVENT_WRITES,
     OPERATOR_RECONCILES,
     OPERATOR_ERRORS,
+    OPERATOR_API_REQUESTS,
 )
