@@ -1,0 +1,170 @@
+"""The worker on the real broker: topology, concurrency, acks, retries, burial, hooks."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import roger
+from tests.integration.worker_harness import (
+    Broker,
+    Workers,
+    management,
+    queue_names,
+    read_json_lines,
+    read_lines,
+    wait_for,
+)
+from tests.jobs import basic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
+    b = Broker(amqp_url)
+    yield b
+    b.delete(*queue_names(unique_name, levels=(1, 2)))
+    b.close()
+
+
+@pytest.fixture
+def workers(amqp_url: str, unique_name: str, tmp_path: Path) -> Iterator[Workers]:
+    ws = Workers(amqp_url, unique_name, tmp_path)
+    yield ws
+    ws.stop_all()
+
+
+@pytest.fixture
+def client(amqp_url: str) -> Iterator[roger.Client]:
+    with roger.Client(amqp_url) as c:
+        yield c
+
+
+def test_topology_is_durable_quorum_with_ttl_retry_queues(
+    workers: Workers, unique_name: str
+) -> None:
+    workers.start(queues=["default=1"], extra=["--buried-max-length", "7"])
+    base = f"{unique_name}-default"
+    info = {q["name"]: q for q in management("/queues/%2F") if q["name"].startswith(base)}
+    assert set(info) == set(queue_names(unique_name))
+    for q in info.values():
+        assert q["durable"] and q["type"] == "quorum", q
+    for s in (1, 2):
+        args = info[f"{base}.retry.{s}"]["arguments"]
+        assert args["x-message-ttl"] == s * 1000
+        assert args["x-dead-letter-exchange"] == ""
+        assert args["x-dead-letter-routing-key"] == base
+        assert args["x-dead-letter-strategy"] == "at-least-once"
+        assert args["x-overflow"] == "reject-publish"
+    assert info[f"{base}.buried"]["arguments"]["x-max-length"] == 7
+
+
+def test_enqueue_is_persistent_and_confirmed(
+    client: roger.Client, broker: Broker, unique_name: str
+) -> None:
+    job_id = client.enqueue(unique_name, basic.ok, {"n": 1})
+    assert client._ch._delivery_confirmation  # publisher confirms are on
+    [(props, body)] = broker.drain(f"{unique_name}-default")
+    assert props.delivery_mode == 2
+    assert props.message_id == job_id
+    assert props.app_id == unique_name
+    assert props.content_type == "application/json"
+    assert props.type == "tests.jobs.basic:ok"
+    data = json.loads(body)
+    assert data["id"] == job_id and data["args"] == {"n": 1} and data["retry_count"] == 0
+    assert data["name"] == "tests.jobs.basic:ok" and data["queue"] == "default"
+
+
+def test_concurrency_is_max_workers_and_ack_waits_for_outcome(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    workers.start(queues=["default=3"])
+    for n in range(9):
+        client.enqueue(unique_name, basic.ok, {"out": str(out), "n": n, "sleep": 1.0})
+    # While the first three run, six are ready and three are unacknowledged (prefetch 3).
+    wait_for("6 ready", lambda: broker.count(f"{unique_name}-default") == 6, timeout=10)
+    time.sleep(0.3)
+    assert broker.count(f"{unique_name}-default") == 6
+    wait_for("9 jobs done", lambda: len(read_lines(out)) == 9, timeout=20)
+    ends = sorted(float(r[-1]) for r in read_lines(out))
+    # three at a time, about one second each: three waves
+    assert ends[-1] - ends[0] >= 1.5, ends
+    waves = [ends[i + 3] - ends[i] for i in range(6)]
+    assert min(waves) > 0.5, ends
+
+
+def test_success_runs_hooks_in_order_with_state(
+    workers: Workers, client: roger.Client, unique_name: str, tmp_path: Path
+) -> None:
+    hooks = tmp_path / "hooks"
+    w = workers.start(callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks)
+    job_id = client.enqueue(unique_name, basic.ok, {"n": 1})
+    wait_for("after_run", lambda: len(read_json_lines(hooks)) == 2)
+    before, after = read_json_lines(hooks)
+    assert before["hook"] == "before_run" and before["id"] == job_id
+    assert after == {
+        "hook": "after_run",
+        "id": job_id,
+        "result": "fine",
+        "state": {"token": job_id},
+    }
+    wait_for("metrics", lambda: w.metric("roger_job_outcomes_total", outcome="succeeded") == 1)
+    assert w.metric("roger_lifecycle_events_total", hook="before_run") == 1
+    assert w.metric("roger_lifecycle_events_total", hook="after_run") == 1
+
+
+def test_retries_through_ttl_queues_then_burial(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    hooks, out = tmp_path / "hooks", tmp_path / "out"
+    w = workers.start(callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks)
+    t0 = time.time()
+    job_id = client.enqueue(unique_name, basic.flaky, {"out": str(out), "n": 1})
+    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=20)
+    runs = [float(r[-1]) for r in read_lines(out)]
+    assert len(runs) == 3  # first run + two retries (levels 1,2)
+    assert runs[1] - runs[0] >= 0.9 and runs[2] - runs[1] >= 1.9, (runs, t0)
+    got = [(h["hook"], h.get("retry")) for h in read_json_lines(hooks)]
+    assert got == [
+        ("before_run", 0),
+        ("on_error", 0),
+        ("before_run", 1),
+        ("on_error", 1),
+        ("before_run", 2),
+        ("on_buried", 2),
+    ]
+    for h in read_json_lines(hooks):
+        if h["hook"] in ("on_error", "on_buried"):
+            assert h["error"] == ["ValueError", "boom 1"] and h["state"] == {"token": job_id}
+    [(props, body)] = broker.drain(f"{unique_name}-default.buried")
+    assert json.loads(body)["retry_count"] == 2 and props.message_id == job_id
+    assert props.headers["x-roger-error-kind"] == "ValueError"
+    assert broker.count(f"{unique_name}-default") == 0
+    assert w.metric("roger_job_retries_total") == 2
+    assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
+    assert w.metric("roger_lifecycle_events_total", hook="on_error") == 2
+
+
+def test_not_retryable_is_buried_at_once_and_buried_queue_is_bounded(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    hooks = tmp_path / "hooks"
+    workers.start(
+        callbacks=["tests.jobs.callbacks:Recorder"],
+        hooks_file=hooks,
+        extra=["--buried-max-length", "2"],
+    )
+    for n in range(3):
+        client.enqueue(unique_name, basic.fails_once_not_retryable, {"n": n})
+    wait_for(
+        "3 burials", lambda: sum(h["hook"] == "on_buried" for h in read_json_lines(hooks)) == 3
+    )
+    time.sleep(0.5)
+    assert broker.count(f"{unique_name}-default.buried") == 2  # bounded: oldest dropped
+    assert not any(h["hook"] == "on_error" for h in read_json_lines(hooks))
