@@ -12,7 +12,8 @@ import roger
 def _record(args: dict[str, Any], what: str) -> None:
     path = args.get("out")
     if path:
-        line = f"{what} {args.get('n', '')} {os.getpid()} {os.environ.get('ROGER_TEST_TAG', '')}"
+        tag = os.environ.get("ROGER_TEST_TAG") or "-"
+        line = f"{what} {args.get('n', '-')} {os.getpid()} {tag}"
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(f"{line} {time.time():.6f}\n")
 
@@ -51,3 +52,10 @@ def stuck(args: dict[str, Any]) -> None:
 def crash(args: dict[str, Any]) -> None:
     _record(args, "start")
     os._exit(7)
+
+
+@roger.job
+def slow(args: dict[str, Any]) -> None:
+    _record(args, "start")
+    time.sleep(args.get("sleep", 1))
+    _record(args, "end")

@@ -1,0 +1,272 @@
+"""The worker under failure: timeouts, crashes, signals, kill -9, bad input, bad callbacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import roger
+from tests.integration.worker_harness import (
+    Broker,
+    Workers,
+    queue_names,
+    read_json_lines,
+    read_lines,
+    wait_for,
+)
+from tests.jobs import basic
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
+    b = Broker(amqp_url)
+    yield b
+    b.delete(*queue_names(unique_name, levels=(1, 2)))
+    b.close()
+
+
+@pytest.fixture
+def workers(amqp_url: str, unique_name: str, tmp_path: Path) -> Iterator[Workers]:
+    ws = Workers(amqp_url, unique_name, tmp_path)
+    yield ws
+    ws.stop_all()
+
+
+@pytest.fixture
+def client(amqp_url: str) -> Iterator[roger.Client]:
+    with roger.Client(amqp_url) as c:
+        yield c
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purpose
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_timeout_stops_a_job_stuck_in_a_blocking_call(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    hooks, out = tmp_path / "hooks", tmp_path / "out"
+    w = workers.start(callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks)
+    t0 = time.monotonic()
+    job_id = client.enqueue(unique_name, basic.stuck, {"out": str(out)})
+    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=10)
+    assert time.monotonic() - t0 < 5
+    [start] = read_lines(out)
+    wait_for("stuck process killed", lambda: not alive(int(start[2])))
+    buried = wait_for(
+        "on_buried", lambda: [h for h in read_json_lines(hooks) if h["hook"] == "on_buried"]
+    )
+    assert buried[0]["id"] == job_id and buried[0]["error"][0] == "timeout"
+    assert buried[0]["state"] is None  # the process holding the state was killed
+    client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 2})
+    wait_for("the worker goes on", lambda: len(read_lines(out)) == 2)
+    assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
+
+
+def test_os_exit_is_a_worker_crash_and_the_worker_goes_on(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    hooks, out = tmp_path / "hooks", tmp_path / "out"
+    w = workers.start(
+        callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks, retry_levels="1"
+    )
+    client.enqueue(unique_name, basic.crash, {"out": str(out)})
+    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=15)
+    errors = wait_for(
+        "2 error hooks",
+        lambda: (
+            [
+                (h["hook"], h["error"][0])
+                for h in read_json_lines(hooks)
+                if h["hook"] in ("on_error", "on_buried")
+            ]
+            if len(read_json_lines(hooks)) >= 4
+            else None
+        ),
+    )
+    assert errors == [("on_error", "worker_crash"), ("on_buried", "worker_crash")]
+    assert len(read_lines(out)) == 2  # ran twice: first run and one retry
+    client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 3})
+    wait_for("the worker goes on", lambda: len(read_lines(out)) == 3)
+    assert w.proc.poll() is None
+
+
+def test_sigterm_lets_running_jobs_finish_and_puts_the_rest_back(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    w = workers.start(queues=["default=2"], extra=["--shutdown-timeout", "10"])
+    for n in range(5):
+        client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 1.5})
+    wait_for("2 started", lambda: len(read_lines(out)) == 2)
+    w.signal(signal.SIGTERM)
+    assert w.wait(15) == 0, w.output()
+    records = read_lines(out)
+    assert sorted(r[0] for r in records) == ["end", "end", "start", "start"]
+    assert broker.count(f"{unique_name}-default") == 3
+
+
+def test_sigterm_past_the_timeout_kills_and_requeues(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    w = workers.start(queues=["default=1"], extra=["--shutdown-timeout", "1"])
+    client.enqueue(unique_name, basic.slow, {"out": str(out), "sleep": 60})
+    [start] = wait_for("started", lambda: read_lines(out))
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.wait(15) == 0, w.output()
+    assert time.monotonic() - t0 < 5
+    wait_for("job process gone", lambda: not alive(int(start[2])))
+    wait_for("message back", lambda: broker.count(f"{unique_name}-default") == 1)
+
+
+def test_kill_9_mid_job_reruns_it_on_the_next_worker(
+    workers: Workers, client: roger.Client, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    a = workers.start(queues=["default=1"], tag="A")
+    client.enqueue(unique_name, basic.slow, {"out": str(out), "sleep": 1.0})
+    [start] = wait_for("started on A", lambda: read_lines(out))
+    assert start[0] == "start" and start[3] == "A"
+    a.kill9()
+    wait_for("A's job process died with it", lambda: not alive(int(start[2])))
+    workers.start(queues=["default=1"], tag="B")
+    wait_for("ended on B", lambda: [r for r in read_lines(out) if r[0] == "end"], timeout=20)
+    assert [(r[0], r[3]) for r in read_lines(out)] == [("start", "A"), ("start", "B"), ("end", "B")]
+
+
+BAD = [
+    (b"not json at all", "not_json"),
+    (b'{"id":"x1","name":"tests.jobs.basic:ok","args":NaN,"queue":"default"}', "not_json"),
+    (b"[1, 2, 3]", "not_object"),
+    (b'{"id":"x2","name":"tests.jobs.basic:ok","queue":"default"}', "missing_field"),
+    (
+        b'{"id":"x3","name":"tests.jobs.basic:ok","args":1,"queue":"default","retry_count":"x"}',
+        "invalid_field",
+    ),
+    (b'{"id":"x4","name":"tests.jobs.basic:nope","args":1,"queue":"default"}', "unknown_job"),
+]
+
+
+def test_bad_input_is_parked_counted_and_never_run(
+    workers: Workers, broker: Broker, client: roger.Client, unique_name: str, tmp_path: Path
+) -> None:
+    w = workers.start()
+    target = tmp_path / "pwned"
+    main = f"{unique_name}-default"
+    bad = [
+        *BAD,
+        (
+            json.dumps(
+                {"id": "x5", "name": "os:system", "args": f"touch {target}", "queue": "default"}
+            ).encode(),
+            "job_not_allowed",
+        ),
+    ]
+    for i, (body, _) in enumerate(bad):
+        broker.publish(main, body, message_id=f"m{i}", correlation_id="c", headers={"h": i})
+    wait_for("all parked", lambda: broker.count(f"{main}.invalid") == len(bad), timeout=15)
+    parked = broker.drain(f"{main}.invalid")
+    got = {}
+    for props, body in parked:
+        i = props.headers["h"]
+        assert body == bad[i][0]  # the original body, untouched
+        assert props.message_id == f"m{i}" and props.delivery_mode == 2
+        original = json.loads(props.headers["x-roger-original-properties"])
+        assert original["message_id"] == f"m{i}" and original["correlation_id"] == "c"
+        assert props.headers["x-roger-original-queue"] == main
+        got[i] = props.headers["x-roger-invalid-reason"]
+    assert got == {i: reason for i, (_, reason) in enumerate(bad)}
+    assert not target.exists()
+    for reason in {r for _, r in bad}:
+        expected = sum(r == reason for _, r in bad)
+        assert w.metric("roger_messages_parked_total", reason=reason) == expected
+    assert broker.count(main) == 0  # acknowledged, not redelivered
+    out = tmp_path / "out"
+    client.enqueue(unique_name, basic.ok, {"out": str(out)})
+    wait_for("the worker goes on", lambda: read_lines(out))
+    assert broker.count(f"{main}.invalid") == 0
+
+
+def test_raising_callbacks_change_nothing_and_are_counted(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    hooks, out = tmp_path / "hooks", tmp_path / "out"
+    w = workers.start(
+        callbacks=["tests.jobs.callbacks:Raises", "tests.jobs.callbacks:Recorder"],
+        hooks_file=hooks,
+    )
+    job_id = client.enqueue(unique_name, basic.ok, {"out": str(out)})
+    wait_for("done", lambda: w.metric("roger_job_outcomes_total", outcome="succeeded") == 1)
+    assert len(read_lines(out)) == 1
+    after = wait_for(
+        "after_run", lambda: [h for h in read_json_lines(hooks) if h["hook"] == "after_run"]
+    )
+    assert after[0]["state"] == {"token": job_id}  # the other callback's state is intact
+    wait_for("failures counted", lambda: w.metric("roger_callback_failures_total") == 2)
+    for hook in ("before_run", "after_run"):
+        assert (
+            w.metric(
+                "roger_callback_failures_total",
+                callback="tests.jobs.callbacks:Raises",
+                hook=hook,
+                reason="exception",
+            )
+            == 1
+        )
+    assert broker.count(f"{unique_name}-default.retry.1") == 0
+
+
+def test_hanging_callback_neither_changes_the_outcome_nor_stalls_others(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    w = workers.start(
+        queues=["default=2"],
+        callbacks=["tests.jobs.callbacks:HangsAfter"],
+        extra=["--callback-timeout", "1"],
+    )
+    client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 1, "hang": True})
+    wait_for("first job ran", lambda: read_lines(out))
+    for n in range(2, 6):
+        client.enqueue(unique_name, basic.ok, {"out": str(out), "n": n})
+    wait_for("others not stalled", lambda: len(read_lines(out)) == 5, timeout=5)
+    wait_for(
+        "hang counted",
+        lambda: w.metric("roger_callback_failures_total", hook="after_run", reason="timeout") == 1,
+    )
+    assert w.metric("roger_job_outcomes_total", outcome="succeeded") == 5
+    assert w.metric("roger_job_outcomes_total", outcome="retried") == 0
+    assert broker.count(f"{unique_name}-default") == 0
+    client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 6})
+    wait_for("replacement process works", lambda: len(read_lines(out)) == 6)
+
+
+def test_metrics_health_and_readiness_endpoints(workers: Workers) -> None:
+    w = workers.start()
+    assert w.get("/healthz")[0] == 200
+    assert w.get("/readyz")[0] == 200
+    status, text = w.get("/metrics")
+    assert status == 200
+    for name in ("roger_worker_info", "roger_jobs_running", "roger_queue_consumers"):
+        assert name in text
+    wait_for(
+        "queue sampled", lambda: w.metric("roger_queue_consumers", queue="default") == 1, timeout=10
+    )
