@@ -160,10 +160,11 @@ class PartitionFeatures:
         self.w._settle(q, task.tag, task.gen)
 
     def _run_on_cancel(self, q: QueueState, task: Task) -> None:
+        key = next(self.w.keys)  # the child answers with this key
         frame = frames.encode(
             {
                 "t": "hooks",
-                "k": task.key,
+                "k": key,
                 "hook": "on_cancel",
                 "err": ["cancelled", ""],
                 "st": None,
@@ -171,7 +172,7 @@ class PartitionFeatures:
                 "job": json.loads(task.body),
             }
         )
-        q.hook_backlog.append(HookTask(next(self.w.keys), q, "on_cancel", frame))
+        q.hook_backlog.append(HookTask(key, q, "on_cancel", frame))
         self.w._pump(q)
 
     # -- pause ------------------------------------------------------------------------

@@ -430,10 +430,11 @@ class Worker:
         self._emit(task, hook, error=error, duration=duration)
         self.telemetry.outcome(q.name, msg.name, outcome, duration)
         if hooks_elsewhere and self.config.callbacks:
+            hook_key = next(self.keys)  # the child answers with this key
             frame = frames.encode(
                 {
                     "t": "hooks",
-                    "k": task.key,
+                    "k": hook_key,
                     "hook": hook,
                     "err": list(error),
                     "st": stack,
@@ -441,7 +442,7 @@ class Worker:
                     "job": json.loads(task.body),
                 }
             )
-            q.hook_backlog.append(HookTask(next(self.keys), q, hook, frame))
+            q.hook_backlog.append(HookTask(hook_key, q, hook, frame))
 
     def _park(
         self,
