@@ -220,6 +220,19 @@ class Broker:
                 return out
             out.append((props, body))
 
+    def peek(self, queue: str) -> list[tuple[Any, bytes]]:
+        """Every ready message of a queue, left in place (requeued by the channel close)."""
+        ch = self.conn.channel()
+        out = []
+        try:
+            while True:
+                method, props, body = ch.basic_get(queue, auto_ack=False)
+                if method is None:
+                    return out
+                out.append((props, body))
+        finally:
+            ch.close()
+
     def delete(self, *queues: str) -> None:
         for q in queues:
             with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):

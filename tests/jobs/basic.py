@@ -59,3 +59,16 @@ def slow(args: dict[str, Any]) -> None:
     _record(args, "start")
     time.sleep(args.get("sleep", 1))
     _record(args, "end")
+
+
+@roger.job(retryable=True)
+def account(args: dict[str, Any]) -> None:
+    """ok: succeeds; flaky: fails the first time only; fail: always fails."""
+    _record(args, "start")
+    time.sleep(args.get("sleep", 0))
+    if args["kind"] == "fail":
+        raise ValueError("always")
+    if args["kind"] == "flaky" and not os.path.exists(args["marker"]):
+        open(args["marker"], "w").close()
+        raise ValueError("first time")
+    _record(args, "end")
