@@ -1,0 +1,114 @@
+"""`roger` on bad input: one line on stderr, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from roger import cli
+from tests.integration.worker_harness import env, roger
+
+pytestmark = pytest.mark.unit
+URL = "amqp://guest:guest@127.0.0.1:1/%2F"  # never reached: input is checked first
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["worker", "--queue", "default=1", "--jobs", "tests.jobs.basic"], "partition"),
+        (["worker", "--partition", "p", "--queue", "default", "--jobs", "x"], "NAME=MAX"),
+        (["worker", "--partition", "p", "--queue", "default=x", "--jobs", "x"], "integer"),
+        (["worker", "--partition", "P!", "--queue", "d=1", "--jobs", "x"], "partition name"),
+        (["worker", "--partition", "p", "--queue", "d=1"], "jobs module"),
+        (["worker", "--partition", "p", "--queue", "d=1", "--jobs", "no.such.mod"], "import"),
+        (["worker", "--partition", "p", "--queue", "d=1", "--jobs", "json"], "no @roger.job"),
+        (
+            [
+                "worker",
+                "--partition",
+                "p",
+                "--queue",
+                "d=1",
+                "--jobs",
+                "tests.jobs.basic",
+                "--retry-levels",
+                "1,x",
+            ],
+            "retry levels",
+        ),
+        (
+            [
+                "worker",
+                "--partition",
+                "p",
+                "--queue",
+                "d=1",
+                "--jobs",
+                "tests.jobs.basic",
+                "--callback",
+                "nope",
+            ],
+            "callback",
+        ),
+        (
+            [
+                "worker",
+                "--partition",
+                "p",
+                "--queue",
+                "d=1",
+                "--jobs",
+                "tests.jobs.basic",
+                "--callback",
+                "tests.jobs.callbacks:Missing",
+            ],
+            "not found",
+        ),
+        (["worker", "--partition", "p", "--config", "/nonexistent.yaml"], "cannot read"),
+        (["worker", "--bogus"], "unrecognized"),
+        (["enqueue", "p", "tests.jobs.basic:ok", "{not json"], "not JSON"),
+        (["enqueue", "p", "not a job name"], "module:function"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
+    r = roger(*args, amqp_url=URL)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("usage:")]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+def test_no_broker_url_is_a_usage_error() -> None:
+    environ = env()
+    environ.pop("ROGER_AMQP_URL", None)
+    r = roger("enqueue", "p", "tests.jobs.basic:ok", env=environ)
+    assert r.returncode == 2 and "ROGER_AMQP_URL" in r.stderr
+
+
+def test_config_file_is_overridden_by_flags(tmp_path: Path) -> None:
+    path = tmp_path / "worker.yaml"
+    path.write_text(
+        "partition: fromfile\nqueues: {default: 4, mail: 0}\njobs: [tests.jobs.basic]\n"
+        "retry_levels: [2, 4]\ncallbacks:\n  - class: tests.jobs.callbacks:Recorder\n"
+        "    config: {path: /tmp/x}\n"
+    )
+    parser = cli._parser()
+    opts = parser.parse_args(["worker", "--config", str(path), "--partition", "flag"])
+    config = cli.worker_config(opts)
+    assert config.partition == "flag"
+    assert dict(config.queues) == {"default": 4, "mail": 0}
+    assert config.retry_levels == (2, 4)
+    assert config.callbacks[0].config == {"path": "/tmp/x"}
+    opts = parser.parse_args(
+        ["worker", "--config", str(path), "--queue", "default=1", "--retry-levels", "1"]
+    )
+    config = cli.worker_config(opts)
+    assert dict(config.queues) == {"default": 1} and config.retry_levels == (1,)
+    assert isinstance(opts, argparse.Namespace)
+
+
+def test_extra_observers_hook_point_exists() -> None:
+    assert callable(cli.make_observers) and callable(cli._extra_observers)

@@ -1,0 +1,155 @@
+"""Pure rules of the worker: messages, frames, acks, retry decisions, job registry."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+
+import roger
+from roger.core import frames, message, topology
+from roger.core.jobs import JobDefinition, JobRegistry, module_jobs
+from roger.core.settle import AckTracker, Bury, Retry, on_failure
+
+pytestmark = pytest.mark.unit
+
+
+def body(**fields: object) -> bytes:
+    base: dict[str, object] = {"id": "j1", "name": "m.x:f", "args": {"a": 1}, "queue": "default"}
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not ...}).encode()
+
+
+def test_message_round_trip() -> None:
+    msg = message.JobMessage(
+        id="abc",
+        name="pkg.mod:fn",
+        args=[1, {"x": None}],
+        queue="q",
+        queue_key="k",
+        retry_count=2,
+        queued_at=12.5,
+        max_execution_time=3,
+    )
+    assert message.decode(message.encode(msg)) == msg
+    assert msg.retried().retry_count == 3
+    props = message.properties(msg, "part")
+    assert props["delivery_mode"] == 2 and props["message_id"] == "abc"
+    assert props["app_id"] == "part" and props["type"] == "pkg.mod:fn"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"\xff\xfe", message.NOT_JSON),
+        (b"{", message.NOT_JSON),
+        (b'{"id":"a","name":"m:f","args":NaN,"queue":"q"}', message.NOT_JSON),
+        (b'{"id":"a","name":"m:f","args":Infinity,"queue":"q"}', message.NOT_JSON),
+        (b"[1]", message.NOT_OBJECT),
+        (b'"s"', message.NOT_OBJECT),
+        (body(args=...), message.MISSING_FIELD),
+        (body(id=...), message.MISSING_FIELD),
+        (body(id=""), message.INVALID_FIELD),
+        (body(id="x" * 200), message.INVALID_FIELD),
+        (body(name="os.system"), message.INVALID_FIELD),
+        (body(name="a b:c"), message.INVALID_FIELD),
+        (body(queue=3), message.INVALID_FIELD),
+        (body(retry_count=-1), message.INVALID_FIELD),
+        (body(retry_count=True), message.INVALID_FIELD),
+        (body(queued_at="now"), message.INVALID_FIELD),
+        (body(max_execution_time=0.5), message.INVALID_FIELD),
+        (body(queue_key=5), message.INVALID_FIELD),
+    ],
+)
+def test_decode_rejects_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(message.InvalidMessage) as exc:
+        message.decode(raw)
+    assert exc.value.reason == reason
+
+
+def test_decode_ignores_unknown_fields() -> None:
+    assert message.decode(body(future="x")).id == "j1"
+
+
+def test_frames_split_and_join() -> None:
+    data = frames.encode({"t": "o", "k": 1}) + frames.encode({"t": "d", "k": 1})
+    reader = frames.FrameReader()
+    got = []
+    for i in range(len(data)):  # byte by byte: partial frames wait for the rest
+        got += reader.feed(data[i : i + 1])
+    assert got == [{"t": "o", "k": 1}, {"t": "d", "k": 1}]
+    raw = frames.encode_raw(b'{"t":"run","job":' + body() + b"}")
+    assert frames.FrameReader().feed(raw)[0]["job"]["id"] == "j1"
+
+
+def test_frames_reject_garbage() -> None:
+    with pytest.raises(frames.FrameError):
+        frames.FrameReader().feed(frames.encode_raw(b"[1]"))
+    with pytest.raises(frames.FrameError):
+        frames.FrameReader().feed(b"\xff\xff\xff\xff")
+
+
+def test_ack_tracker_batches_the_settled_prefix() -> None:
+    t = AckTracker()
+    for tag in range(1, 6):
+        t.delivered(tag)
+    t.settled(2)
+    t.settled(1)
+    t.settled(3)
+    assert t.flush() == [(3, True)]
+    t.settled(5)  # 4 is still running: 5 is acked alone, the window is not held back
+    assert t.flush() == [(5, False)]
+    assert t.pending() == 1
+    t.settled(4)
+    assert t.flush() == [(4, True)]
+    assert t.flush() == [] and t.pending() == 0
+
+
+def test_ack_tracker_never_acks_forgotten_tags() -> None:
+    t = AckTracker()
+    for tag in (1, 2, 3):
+        t.delivered(tag)
+    t.forget(1)  # nacked elsewhere
+    t.settled(2)
+    t.settled(3)
+    assert t.flush() == [(3, True)]
+
+
+def test_failures_retry_through_the_levels_then_bury() -> None:
+    levels = (1, 3, 5)
+    assert on_failure(True, 0, levels) == Retry(1)
+    assert on_failure(True, 2, levels) == Retry(5)
+    assert on_failure(True, 3, levels) == Bury()
+    assert on_failure(False, 0, levels) == Bury()
+
+
+def test_retry_queue_dead_letters_back_to_the_main_queue() -> None:
+    args = topology.retry_queue_arguments("p", "q", 3)
+    assert args["x-message-ttl"] == 3000 and args["x-dead-letter-routing-key"] == "p-q"
+    assert args["x-queue-type"] == "quorum"
+    names = [n for n, _ in topology.declarations("p", "q", (1, 3), 9)]
+    assert names == ["p-q", "p-q.retry.1", "p-q.retry.3", "p-q.buried", "p-q.invalid"]
+
+
+def test_job_decorator_and_registry() -> None:
+    mod = types.ModuleType("fake_jobs")
+
+    def f(args: object) -> object:
+        return args
+
+    f.__module__, f.__qualname__ = "fake_jobs", "f"
+    mod.plain = roger.job(f)
+    mod.tuned = roger.job(
+        queue="mail", retryable=True, max_execution_time=5, queue_key=lambda a: f"k{a}"
+    )(f)
+    mod.imported = JobDefinition(func=f, name="other:f")  # not defined here: not runnable
+    assert mod.plain(7) == 7 and mod.plain.name == "fake_jobs:f"
+    assert mod.tuned.queue == "mail" and mod.tuned.keys(3) == ("k3", None)
+    assert set(module_jobs(mod)) == {"fake_jobs:f"}
+    reg = JobRegistry([mod])
+    assert isinstance(reg.lookup("fake_jobs:f"), JobDefinition)
+    assert reg.lookup("fake_jobs:g") == "unknown_job"
+    assert reg.lookup("os:system") == "job_not_allowed"
+    with pytest.raises(ValueError):
+        roger.job(max_execution_time=0.5)(f)
