@@ -380,16 +380,17 @@ def partitions_dashboard() -> dict[str, Any]:
     )
     p.panel(
         "Workers up",
-        "Worker processes answering Prometheus, per partition, and broker reconnects.",
+        "Worker processes answering Prometheus, per partition.",
+        [(f"count by (partition) (roger_worker_info{{{W}}})", "{{partition}}")],
+    )
+    p.panel(
+        "Broker reconnects",
+        "AMQP reconnections of the workers, per interval.",
         [
             (
-                f"count by (partition) (roger_worker_info{{{W}}})",
-                "{{partition}} workers",
-            ),
-            (
                 f"sum by (partition) (increase(roger_broker_reconnects_total{{{W}}}[{RI}]))",
-                "{{partition}} reconnects",
-            ),
+                "{{partition}}",
+            )
         ],
     )
     return _dashboard(
