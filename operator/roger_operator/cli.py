@@ -83,8 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("pika", "kubernetes", "urllib3", "aiohttp", "kopf.objects"):
+    for noisy in ("kubernetes", "urllib3", "aiohttp", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pika").setLevel(logging.ERROR)  # 404s of passive declares are expected
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.bind_address)
     ctx = Context(

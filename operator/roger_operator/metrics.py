@@ -15,3 +15,6 @@ RECONCILE_DURATION = Histogram(
 )
 ERRORS = Counter(names.OPERATOR_ERRORS, "Reconcile errors", ["kind", "stage"])
 PARTITIONS = Gauge(names.OPERATOR_PARTITIONS, "Partitions by phase", ["namespace", "phase"])
+API_REQUESTS = Counter(
+    names.OPERATOR_API_REQUESTS, "Kubernetes API requests by the operator's client", ["verb"]
+)

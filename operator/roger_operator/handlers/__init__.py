@@ -103,10 +103,15 @@ def on_child_event(ctx: Context, event: Mapping[str, Any]) -> None:
     """Repair deleted or drifted children; follow the Deployment's rollout in status."""
     etype = event.get("type")
     body = event.get("object") or {}
-    if etype is None or etype == "ADDED":
-        return
     owner = owner_key(body)
     if owner is None:
+        return
+    if body.get("kind") == "Deployment":
+        if etype == "DELETED":
+            ctx.deployments.pop(owner, None)
+        else:
+            ctx.deployments[owner] = plain(body)
+    if etype is None or etype == "ADDED":
         return
     parent = ctx.partitions.get(owner)
     if parent is None:

@@ -27,6 +27,12 @@ class Context:
     # The status last written per Partition (only the operator writes status).
     written: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
     phases: dict[Key, str] = field(default_factory=dict)
+    # Latest Deployment of each Partition, from its watch and from apply responses.
+    deployments: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
+    # AMQP URL per (namespace, secret, key), with when it was read: used by the stats refresh
+    # only (every reconcile reads the Secret again). Memory only, never logged.
+    urls: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
+    url_ttl: float = 300.0
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -43,3 +49,4 @@ class Context:
             self.partitions.pop(key, None)
             self.written.pop(key, None)
             self.phases.pop(key, None)
+            self.deployments.pop(key, None)

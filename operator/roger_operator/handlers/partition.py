@@ -80,12 +80,22 @@ def read_amqp_url(ctx: Context, spec: PartitionSpec) -> tuple[str | None, st.Pro
             "add the amqp:// URL under that key; the running Deployment is left as it was",
         )
     try:
-        return base64.b64decode(raw).decode().strip(), None
+        url = base64.b64decode(raw).decode().strip()
+        ctx.urls[(spec.namespace, spec.secret_name, spec.secret_key)] = (url, time.monotonic())
+        return url, None
     except ValueError:
         return None, st.Problem(
             st.R_SECRET_NOT_FOUND,
             f"Secret {spec.secret_name} key {spec.secret_key} is not a valid text value",
         )
+
+
+def cached_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:
+    """The URL read by a recent reconcile, else from the Secret (status refresh only)."""
+    cached = ctx.urls.get((spec.namespace, spec.secret_name, spec.secret_key))
+    if cached and time.monotonic() - cached[1] < ctx.url_ttl:
+        return cached[0]
+    return read_amqp_url(ctx, spec)[0]
 
 
 def _remember(ctx: Context, live: Mapping[str, Any]) -> None:
@@ -113,6 +123,17 @@ def write_status(
     ctx.written[key] = status
     ready = st.condition(status, st.READY)
     ctx.phases[key] = "Ready" if ready and ready["status"] == "True" else "NotReady"
+    publish_phases(ctx, key[0])
+
+
+def publish_phases(ctx: Context, namespace: str) -> None:
+    """``roger_operator_partitions{namespace,phase}`` from the phases last written."""
+    counts = {"Ready": 0, "NotReady": 0}
+    for (ns, _name), phase in list(ctx.phases.items()):
+        if ns == namespace:
+            counts[phase] = counts.get(phase, 0) + 1
+    for phase, count in counts.items():
+        metrics.PARTITIONS.labels(namespace, phase).set(count)
 
 
 def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile") -> None:
@@ -181,6 +202,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
                 _remember(ctx, live)
                 if manifest["kind"] == "Deployment":
                     deployment = live
+                    ctx.deployments[key] = live
         except KubeError as exc:
             problems.append(st.Problem(st.R_APPLY_FAILED, f"server-side apply failed: {exc}"))
             metrics.ERRORS.labels("Partition", "apply").inc()
@@ -243,13 +265,13 @@ def refresh(
             reconcile(ctx, body, "refresh")
             return
         if deployment is None:
-            deployment = ctx.kube.get(_deployment_path(spec))
+            deployment = ctx.deployments.get(key) or ctx.kube.get(_deployment_path(spec))
             if deployment is None:
                 reconcile(ctx, body, "repair")
                 return
         stats = None
         if with_stats:
-            url, _problem = read_amqp_url(ctx, spec)
+            url = cached_amqp_url(ctx, spec)
             if url:
                 try:
                     stats = ctx.broker.stats(url, spec)
@@ -325,6 +347,7 @@ def delete(ctx: Context, body: Mapping[str, Any]) -> None:
         except BrokerError as exc:
             log.warning("Partition %s/%s: queues left in RabbitMQ: %s", *key, exc)
     ctx.forget(key)
+    publish_phases(ctx, spec.namespace)
     for kind in ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Deployment"):
         ctx.applied.pop((kind, spec.namespace, child_name(spec.name)), None)
 

@@ -18,6 +18,7 @@ from typing import Any, Final
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from roger_operator import metrics
 from roger_operator.builders.model import GROUP, MANAGER, PLURAL, VERSION
 
 APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"
@@ -95,6 +96,7 @@ class Kube:
         )
         with self._lock:
             self.requests += 1
+        metrics.API_REQUESTS.labels(method).inc()
         try:
             response = self.api.call_api(
                 method, url, header_params=headers, body=body, _request_timeout=timeout

@@ -1,0 +1,288 @@
+"""Operator at scale: N Partitions applied at once on the local cluster.
+
+Measures: seconds until every Deployment exists and until every Partition reports Ready,
+Kubernetes API requests (the operator's own client counter, and the API server's
+``apiserver_request_total`` diff for the resources the operator touches), operator peak
+RSS, and operator CPU while nothing changes. Then deletes everything and times that too.
+
+    .venv/bin/python bench/operator_scale.py [--partitions 200] [--idle-seconds 60]
+
+Needs ``make cluster-up rabbitmq-up``. Writes nothing; paste the output into
+bench/OPERATOR_RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KUBECONFIG = str(ROOT / ".cluster" / "kubeconfig")
+KUBECTL = str(ROOT / ".cluster" / "bin" / "kubectl")
+AMQP_URL = os.environ.get("ROGER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+RESOURCES = {
+    "partitions",
+    "configmaps",
+    "services",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+    "secrets",
+    "deployments",
+    "callbacks",
+}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def kubectl(*args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(
+        [KUBECTL, "--kubeconfig", KUBECONFIG, *args],
+        input=stdin,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+_SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def apiserver_requests() -> int:
+    """Requests the API server counted for the operator's resources: not Deployment status
+    (kube-controller-manager writes it) and not LISTs (this script polls with them)."""
+    total = 0.0
+    for line in kubectl("get", "--raw", "/metrics").splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m["labels"]))
+        if labels.get("resource") not in RESOURCES:
+            continue
+        if labels.get("resource") == "deployments" and labels.get("subresource") == "status":
+            continue
+        if labels.get("verb") == "LIST":  # this script's polling (the operator only watches)
+            continue
+        total += float(m["value"])
+    return int(total)
+
+
+def operator_requests(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("roger_operator_api_requests_total{")
+        )
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def manifests(ns: str, names: list[str]) -> tuple[str, str]:
+    """(the Secret, the Partitions) as YAML."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "rabbitmq", "namespace": ns},
+        "stringData": {"url": AMQP_URL},
+    }
+    docs = []
+    for name in names:
+        docs.append(
+            {
+                "apiVersion": "roger.dev/v1alpha1",
+                "kind": "Partition",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "amqp": {"secretRef": {"name": "rabbitmq"}},
+                    "worker": {"image": "example/jobs-worker:1.0", "replicas": 1},
+                    "jobs": ["myapp.jobs"],
+                    "queues": [{"name": "default", "maxWorkers": 4}],
+                    "retry": {"levels": [5]},
+                },
+            }
+        )
+    return yaml.safe_dump(secret), yaml.safe_dump_all(docs)
+
+
+def apply_parallel(ns: str, names: list[str], streams: int) -> None:
+    """``kubectl apply --server-side`` of all Partitions from ``streams`` processes at once."""
+    kubectl("apply", "-f", "-", stdin=manifests(ns, [])[0])
+    procs = []
+    for i in range(streams):
+        chunk = names[i::streams]
+        procs.append(
+            subprocess.Popen(
+                [KUBECTL, "--kubeconfig", KUBECONFIG, "apply", "--server-side", "-f", "-"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                text=True,
+            )
+        )
+        assert procs[-1].stdin is not None
+        procs[-1].stdin.write(manifests(ns, chunk)[1])
+        procs[-1].stdin.close()
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError("kubectl apply failed")
+
+
+def count_ready(ns: str) -> tuple[int, int]:
+    items = json.loads(kubectl("get", "partitions", "-n", ns, "-o", "json"))["items"]
+    ready = 0
+    for p in items:
+        for c in (p.get("status") or {}).get("conditions") or ():
+            if c["type"] == "Ready" and c["status"] == "True":
+                ready += 1
+    return len(items), ready
+
+
+def count_deployments(ns: str) -> int:
+    out = kubectl(
+        "get",
+        "deployments",
+        "-n",
+        ns,
+        "-l",
+        "app.kubernetes.io/managed-by=roger-operator",
+        "-o",
+        "name",
+    )
+    return len(out.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--partitions", type=int, default=200)
+    parser.add_argument("--idle-seconds", type=float, default=60.0)
+    parser.add_argument("--status-interval", type=float, default=30.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--apply-streams", type=int, default=4, help="parallel kubectl applies")
+    args = parser.parse_args(argv)
+
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    ns = f"bench-operator-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    metrics_port, health_port = free_port(), free_port()
+    log_path = Path(f"/tmp/{ns}.log")
+    op = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "roger-operator"),
+            "--namespace",
+            ns,
+            "--metrics-port",
+            str(metrics_port),
+            "--health-port",
+            str(health_port),
+            "--bind-address",
+            "127.0.0.1",
+            "--status-interval",
+            str(args.status_interval),
+        ],
+        env={**os.environ, "KUBECONFIG": KUBECONFIG},
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    names = [f"p{i:03d}-{uuid.uuid4().hex[:4]}" for i in range(args.partitions)]
+    result: dict[str, Any] = {"partitions": args.partitions, "namespace": ns}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        time.sleep(1)
+        api0, own0 = apiserver_requests(), operator_requests(metrics_port)
+        start = time.monotonic()
+        apply_parallel(ns, names, args.apply_streams)
+        result["apply_seconds"] = round(time.monotonic() - start, 2)
+        result["apply_streams"] = args.apply_streams
+        deployments_at = None
+        while time.monotonic() - start < args.timeout:
+            if deployments_at is None and count_deployments(ns) >= args.partitions:
+                deployments_at = time.monotonic() - start
+            _total, ready = count_ready(ns)
+            if deployments_at is not None and ready >= args.partitions:
+                break
+            time.sleep(0.5)
+        else:
+            raise SystemExit(f"timed out: {count_ready(ns)} (total, ready)")
+        result["all_deployments_seconds"] = round(deployments_at, 1)
+        result["all_ready_seconds"] = round(time.monotonic() - start, 1)
+        api1, own1 = apiserver_requests(), operator_requests(metrics_port)
+        result["apiserver_requests_to_ready"] = api1 - api0
+        result["operator_client_requests_to_ready"] = own1 - own0
+        result["requests_per_partition"] = round((api1 - api0) / args.partitions, 1)
+
+        time.sleep(3)  # let the last status events settle
+        cpu0, t0, own_idle0 = cpu_seconds(op.pid), time.monotonic(), operator_requests(metrics_port)
+        time.sleep(args.idle_seconds)
+        cpu1, t1 = cpu_seconds(op.pid), time.monotonic()
+        result["idle_window_seconds"] = round(t1 - t0, 1)
+        result["idle_cpu_percent"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)
+        result["idle_operator_requests_per_second"] = round(
+            (operator_requests(metrics_port) - own_idle0) / (t1 - t0), 2
+        )
+        result["status_interval_seconds"] = args.status_interval
+        result["peak_rss_mib"] = round(peak_rss_mib(op.pid), 1)
+
+        start = time.monotonic()
+        kubectl("delete", "partitions", "--all", "-n", ns, "--timeout=600s")
+        result["delete_all_seconds"] = round(time.monotonic() - start, 1)
+        result["peak_rss_mib"] = round(peak_rss_mib(op.pid), 1)
+    finally:
+        if op.poll() is None:
+            op.send_signal(signal.SIGTERM)
+            try:
+                op.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                op.kill()
+        result["operator_exit_code"] = op.returncode
+        subprocess.run(
+            [KUBECTL, "--kubeconfig", KUBECONFIG, "delete", "namespace", ns, "--wait=false"],
+            capture_output=True,
+            check=False,
+        )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
