@@ -143,3 +143,45 @@ def wait_for(check: Any, timeout: float, interval: float = 0.5) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+def partition_manifest(name: str, namespace: str, jobs: str = "tests.jobs.basic") -> str:
+    return json.dumps(
+        {
+            "apiVersion": "roger.dev/v1alpha1",
+            "kind": "Partition",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "amqp": {"secretRef": {"name": "rabbitmq", "key": "url"}},
+                "worker": {"image": "example/jobs-worker:1.0", "replicas": 1},
+                "jobs": [jobs],
+                "queues": [
+                    {"name": "default", "maxWorkers": 4},
+                    {"name": "email", "maxWorkers": 1},
+                ],
+                "retry": {"levels": [1, 2], "buriedMaxLength": 100},
+            },
+        }
+    )
+
+
+def secret_manifest(namespace: str, url: str) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "rabbitmq", "namespace": namespace},
+            "stringData": {"url": url},
+        }
+    )
+
+
+def apply_crds(kubectl: Any) -> None:
+    """The project's CRDs, unless the cluster has them already (other tests share them)."""
+    import yaml
+
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        if kubectl.run("get", "crd", name, check=False).returncode != 0:
+            kubectl.run("apply", "-f", str(path))
+        kubectl.run("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")

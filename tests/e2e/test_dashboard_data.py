@@ -20,16 +20,17 @@ from typing import Any
 
 import pika
 import pytest
-import yaml
 
 import roger
 from tests.e2e.observe_support import (
     BIN,
-    ROOT,
     Prometheus,
+    apply_crds,
     delete_rabbitmq_objects,
     free_port,
     http_ok,
+    partition_manifest,
+    secret_manifest,
     start_operator,
     start_process,
     stop,
@@ -67,45 +68,6 @@ def prometheus() -> Iterator[Prometheus]:
     prom = Prometheus()
     yield prom
     prom.remove_targets()
-
-
-def _apply_crds(kubectl: Kubectl) -> None:
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        if kubectl.run("get", "crd", name, check=False).returncode != 0:
-            kubectl.run("apply", "-f", str(path))
-        kubectl.run("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-
-
-def _partition(name: str, namespace: str) -> str:
-    return yaml.safe_dump(
-        {
-            "apiVersion": "roger.dev/v1alpha1",
-            "kind": "Partition",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "amqp": {"secretRef": {"name": "rabbitmq", "key": "url"}},
-                "worker": {"image": "example/jobs-worker:1.0", "replicas": 1},
-                "jobs": [JOBS],
-                "queues": [
-                    {"name": "default", "maxWorkers": 4},
-                    {"name": "email", "maxWorkers": 1},
-                ],
-                "retry": {"levels": [1, 2], "buriedMaxLength": 100},
-            },
-        }
-    )
-
-
-def _secret(namespace: str, url: str) -> str:
-    return json.dumps(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "rabbitmq", "namespace": namespace},
-            "stringData": {"url": url},
-        }
-    )
 
 
 def _has_values(result: list[Any]) -> tuple[bool, bool]:
@@ -201,14 +163,14 @@ def test_every_dashboard_panel_has_data(
     tmp_path: Path,
 ) -> None:
     kubectl = Kubectl(kubectl_bin, kubeconfig)
-    _apply_crds(kubectl)
+    apply_crds(kubectl)
     partition = unique_name[:40].rstrip("-")
     started = time.time() - 5
     procs = []
     scenario = None
     try:
         # The operator, watching only this namespace, reconciles the Partition.
-        kubectl.apply(_secret(namespace, amqp_url))
+        kubectl.apply(secret_manifest(namespace, amqp_url))
         op_metrics, op_health = free_port(), free_port()
         op_log = tmp_path / "operator.log"
         operator = start_operator(kubeconfig, [namespace], op_log, op_metrics, op_health)
@@ -222,7 +184,7 @@ def test_every_dashboard_panel_has_data(
             message="operator healthy",
         )
         assert operator.poll() is None, tail(op_log)
-        kubectl.apply(_partition(partition, namespace))
+        kubectl.apply(partition_manifest(partition, namespace))
         # A second Partition whose Deployment name is taken by someone else's Deployment
         # (another selector, immutable): every reconcile of it fails at apply.
         squatted = f"{partition}-sq"
@@ -235,7 +197,7 @@ def test_every_dashboard_panel_has_data(
             "--image=x",
             "--replicas=0",
         )
-        kubectl.apply(_partition(squatted, namespace))
+        kubectl.apply(partition_manifest(squatted, namespace))
 
         # Two workers: A records Events on the Partition, B on a missing one (dropped).
         ports = []
