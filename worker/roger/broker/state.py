@@ -354,6 +354,7 @@ class PartitionState:
         def run(ch: Any) -> None:
             def ok(_f: Any) -> None:
                 self._quiet_close(ch)
+                log.debug("execution key %r taken for %s", key, job_id)
                 if self._alive(gen) and key not in self.held:
                     self.held[key] = job_id
                     done(True)
@@ -422,13 +423,22 @@ class PartitionState:
         self.try_lock(key, token, locked)
 
     def release_next(self, key: str, done: Done = _noop) -> None:
-        """Move one job from the waiting room back to its queue, then free the key."""
+        """Free the key, then move one job from its waiting room back to its queue.
+
+        The key is freed first so that the job moved back can take it when it is
+        delivered (were it still held, that job would be parked again, and so on).
+        """
+        self.unlock(key, lambda _ok: self._move_one(key, done))
+
+    def _move_one(self, key: str, done: Done = _noop) -> None:
         gen = self.generation
         name = naming.execution_waiting_queue_name(self.partition, key)
         pub = self._pub
 
-        def finish(_code: int = 0) -> None:
-            self.unlock(key, done)
+        def finish(code: int = 0) -> None:
+            if code:
+                log.debug("moving a waiting job of %r refused (%s)", key, code)
+            done(code in (0, 404))
 
         def run(ch: Any) -> None:
             def got(_ch: Any, method: Any, props: Any, body: bytes) -> None:
@@ -439,6 +449,7 @@ class PartitionState:
                     self._quiet_close(ch)
                     finish()
                     return
+                log.debug("moving a waiting job of %r back to %s", key, target)
 
                 def moved(ok: bool) -> None:
                     if ok and ch.is_open:
@@ -452,6 +463,7 @@ class PartitionState:
                     finish()
 
             def empty() -> None:
+                log.debug("no job waits for %r", key)
                 self._quiet_close(ch)
                 finish()
 
@@ -477,6 +489,7 @@ class PartitionState:
 
     def _sweep_key(self, gen: int, key: str) -> None:
         """Free key with jobs waiting (a holder died, or a race): move one of them back."""
+        log.debug("sweeping waiting room of %r", key)
         name = naming.execution_waiting_queue_name(self.partition, key)
 
         def counted(ch: Any, frame: Any) -> None:

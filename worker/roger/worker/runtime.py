@@ -183,8 +183,12 @@ class Worker:
     def _start_consuming(self) -> None:
         if self.stopping:
             return
-        names = [q.rabbit for q in self.queues.values() if q.max_workers > 0]
-        log.info("connected; consuming %s", ", ".join(names))
+        names = [
+            q.rabbit
+            for q in self.queues.values()
+            if q.max_workers > 0 and not self.features.is_paused(q.name)
+        ]
+        log.info("connected; consuming %s", ", ".join(names) or "nothing (all paused)")
         for q in self.queues.values():
             if q.max_workers > 0 and not self.features.is_paused(q.name):
                 self._consume(q)

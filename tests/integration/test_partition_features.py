@@ -1,0 +1,222 @@
+"""Cancel, pause, queue keys and execution keys with two or more real worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+import roger
+from tests.helpers import eventually
+from tests.integration.partition_support import Workers
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def workers(
+    tmp_path: Path, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Workers]:
+    w = Workers(tmp_path, amqp_url, unique_name)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the client computes keys from pjobs
+    yield w
+    w.stop_all()
+
+
+@pytest.fixture
+def client(amqp_url: str) -> Iterator[roger.Client]:
+    with roger.Client(amqp_url) as c:
+        yield c
+
+
+def _count(url: str, queue: str) -> int:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def test_cancel_running_and_queued_jobs_across_two_workers(
+    workers: Workers, client: roger.Client, amqp_url: str
+) -> None:
+    p = workers.partition
+    a, b = workers.start("default=1"), workers.start("default=1")
+    workers.wait_consuming(a)
+    workers.wait_consuming(b)
+    rec = workers.recorder
+    running = [client.enqueue(p, "pjobs:sleepy", {"tag": f"r{i}", "s": 3600}) for i in range(2)]
+    eventually(lambda: len(rec.events("start")) == 2, 20, message="both running")
+    pids = {e["pid"] for e in rec.events("start")}
+    assert len(pids) == 2
+    queued = client.enqueue(p, "pjobs:sleepy", {"tag": "q", "s": 0})
+    client.cancel(p, queued)  # waits in the broker: both workers are busy
+    time.sleep(0.5)
+    latencies = []
+    for job_id in running:
+        t0 = time.time()
+        client.cancel(p, job_id)
+        got = eventually(lambda j=job_id: rec.events("on_cancel", job_id=j), 5)
+        latencies.append(got[0]["t"] - t0)
+    assert max(latencies) < 2.0, latencies
+    # the queued one is delivered once a slot frees up: skipped, on_cancel, never run
+    eventually(lambda: rec.events("on_cancel", job_id=queued), 10)
+    time.sleep(1.5)
+    for job_id in [*running, queued]:
+        assert len(rec.events("on_cancel", job_id=job_id)) == 1
+        assert not rec.events("on_error", job_id=job_id)
+    assert not rec.events("start", id="q") and not rec.events("before_run", job_id=queued)
+    for level in ("default.retry.1", "default.buried"):
+        assert _count(amqp_url, f"{p}-{level}") == 0  # not retried, not buried
+    assert _count(amqp_url, f"{p}-default") == 0
+
+
+def test_cancel_issued_while_no_worker_runs(
+    workers: Workers, client: roger.Client, amqp_url: str
+) -> None:
+    p = workers.partition
+    ids = [client.enqueue(p, "pjobs:sleepy", {"tag": f"j{i}", "s": 0}) for i in range(4)]
+    client.cancel(p, ids[0])
+    client.cancel(p, ids[2])
+    a, b = workers.start("default=2"), workers.start("default=2")
+    workers.wait_consuming(a)
+    workers.wait_consuming(b)
+    rec = workers.recorder
+    eventually(lambda: len(rec.events("after_run")) == 2, 20)
+    eventually(lambda: len(rec.events("on_cancel")) == 2, 20)
+    assert {e["job_id"] for e in rec.events("on_cancel")} == {ids[0], ids[2]}
+    assert {e["job_id"] for e in rec.events("after_run")} == {ids[1], ids[3]}
+    assert not rec.events("before_run", job_id=ids[0])
+
+
+def test_queue_key_refused_while_held_and_freed_when_the_job_leaves(
+    workers: Workers, client: roger.Client
+) -> None:
+    p = workers.partition
+    a, b = workers.start("default=2"), workers.start("default=2")
+    workers.wait_consuming(a)
+    workers.wait_consuming(b)
+    rec = workers.recorder
+    # held while running; freed on success
+    client.enqueue(p, "pjobs:keyed", {"qk": "ok", "tag": "ok1", "s": 1})
+    with pytest.raises(roger.DuplicateJob):
+        client.enqueue(p, "pjobs:keyed", {"qk": "ok", "tag": "ok2"})
+    eventually(lambda: rec.events("end", id="ok1"), 10)
+    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "ok", "tag": "ok3"}), 10)
+    # freed when buried (not retryable: first failure buries)
+    client.enqueue(p, "pjobs:keyed", {"qk": "bad", "tag": "b1", "fail": True})
+    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "bad", "tag": "b2"}), 10)
+    assert rec.events("on_buried")
+    # freed when cancelled (running)
+    jid = client.enqueue(p, "pjobs:keyed", {"qk": "cx", "tag": "c1", "s": 3600})
+    eventually(lambda: rec.events("start", id="c1"), 10)
+    with pytest.raises(roger.DuplicateJob):
+        client.enqueue(p, "pjobs:keyed", {"qk": "cx", "tag": "c2"})
+    client.cancel(p, jid)
+    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "cx", "tag": "c3"}), 10)
+    # freed when parked: a job name the workers may not run
+    client.enqueue(p, "pjobs:keyed", {"qk": "pk", "tag": "p1"}, queue="default")
+    # (same job, fine) - and a name outside the workers' modules, keyed by hand
+    from roger.broker import state_client
+
+    conn = client._conn
+    assert state_client.take_queue_key(conn, p, "parked-key", "parked-job", "default")
+    ch = conn.channel()
+    ch.basic_publish(
+        "",
+        f"{p}-default",
+        b'{"id":"parked-job","name":"os:system","args":"true","queue":"default",'
+        b'"queue_key":"parked-key"}',
+        pika.BasicProperties(delivery_mode=2),
+    )
+    eventually(lambda: state_client.queue_key_holder(conn, p, "parked-key") is None, 10)
+
+
+def _enqueue_ok(client: roger.Client, p: str, job: str, args: dict) -> bool:
+    try:
+        client.enqueue(p, job, args)
+    except roger.DuplicateJob:
+        return False
+    return True
+
+
+def _overlaps(spans: list[tuple[float, float]]) -> int:
+    spans = sorted(spans)
+    return sum(1 for (_s1, e1), (s2, _e2) in itertools.pairwise(spans) if s2 < e1)
+
+
+def test_execution_key_serialises_jobs_across_replicas(
+    workers: Workers, client: roger.Client
+) -> None:
+    p = workers.partition
+    procs = [workers.start("default=3") for _ in range(2)]
+    for w in procs:
+        workers.wait_consuming(w)
+    rec = workers.recorder
+    for i in range(6):
+        client.enqueue(p, "pjobs:keyed", {"xk": "acct-1", "tag": f"k{i}", "s": 0.4})
+    for i in range(3):
+        client.enqueue(p, "pjobs:keyed", {"xk": f"other-{i}", "tag": f"o{i}", "s": 0.4})
+    eventually(lambda: len(rec.events("end")) == 9, 40, message="all nine ran")
+    spans = []
+    for i in range(6):
+        start = rec.events("start", id=f"k{i}")
+        end = rec.events("end", id=f"k{i}")
+        assert len(start) == 1 and len(end) == 1
+        spans.append((start[0]["t"], end[0]["t"]))
+    assert _overlaps(spans) == 0, spans
+    assert len({e["pid"] for e in rec.events("start", xk="acct-1")}) >= 1
+
+
+def test_execution_key_jobs_not_lost_when_the_holder_is_killed(
+    workers: Workers, client: roger.Client
+) -> None:
+    p = workers.partition
+    a = workers.start("default=2")
+    workers.wait_consuming(a)
+    rec = workers.recorder
+    client.enqueue(p, "pjobs:keyed", {"xk": "solo", "tag": "first", "s": 8})
+    eventually(lambda: rec.events("start", id="first"), 10)
+    b = workers.start("default=2")
+    workers.wait_consuming(b)
+    for i in range(3):
+        client.enqueue(p, "pjobs:keyed", {"xk": "solo", "tag": f"w{i}", "s": 0.2})
+    time.sleep(2)  # they are parked in the waiting room (the key is busy)
+    assert not any(rec.events("start", id=f"w{i}") for i in range(3))
+    workers.kill9(a)  # dies holding the key; 'first' goes back to the queue
+    eventually(lambda: all(rec.events("end", id=f"w{i}") for i in range(3)), 60)
+    eventually(lambda: len(rec.events("start", id="first")) == 2, 30)
+
+
+def test_pause_and_resume_reach_running_workers_and_survive_restart(
+    workers: Workers, client: roger.Client, amqp_url: str
+) -> None:
+    p = workers.partition
+    a, b = workers.start("default=2"), workers.start("default=2")
+    workers.wait_consuming(a)
+    workers.wait_consuming(b)
+    rec = workers.recorder
+    client.enqueue(p, "pjobs:sleepy", {"tag": "inflight", "s": 2})
+    eventually(lambda: rec.events("start", id="inflight"), 10)
+    client.pause(p, "default")
+    eventually(lambda: client.info(p).queues["default"].consumers == 0, 5)
+    for i in range(5):
+        client.enqueue(p, "pjobs:sleepy", {"tag": f"p{i}", "s": 0})
+    eventually(lambda: rec.events("end", id="inflight"), 10)  # in-flight job finished
+    # a restarted worker still sees the pause
+    workers.kill9(a)
+    c = workers.start("default=2")
+    workers.wait_consuming(c)
+    time.sleep(2)
+    info = client.info(p)
+    assert info.paused == ["default"] and info.queues["default"].paused
+    assert info.queues["default"].messages == 5  # kept its jobs
+    assert not any(rec.events("start", id=f"p{i}") for i in range(5))
+    # the killed worker stays listed until its heartbeat is stale (HEARTBEAT_STALE)
+    assert len(info.workers) >= 2 and all(w["paused"] == ["default"] for w in info.workers)
+    client.resume(p, "default")
+    eventually(lambda: all(rec.events("end", id=f"p{i}") for i in range(5)), 10)
