@@ -105,11 +105,11 @@ def test_queue_key_refused_while_held_and_freed_when_the_job_leaves(
     client.enqueue(p, "pjobs:keyed", {"qk": "ok", "tag": "ok1", "s": 1})
     with pytest.raises(roger.DuplicateJob):
         client.enqueue(p, "pjobs:keyed", {"qk": "ok", "tag": "ok2"})
-    eventually(lambda: rec.events("end", id="ok1"), 10)
-    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "ok", "tag": "ok3"}), 10)
+    eventually(lambda: rec.events("end", id="ok1"), 20)
+    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "ok", "tag": "ok3"}), 20)
     # freed when buried (not retryable: first failure buries)
     client.enqueue(p, "pjobs:keyed", {"qk": "bad", "tag": "b1", "fail": True})
-    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "bad", "tag": "b2"}), 10)
+    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "bad", "tag": "b2"}), 20)
     assert rec.events("on_buried")
     # freed when cancelled (running)
     jid = client.enqueue(p, "pjobs:keyed", {"qk": "cx", "tag": "c1", "s": 3600})
@@ -117,7 +117,7 @@ def test_queue_key_refused_while_held_and_freed_when_the_job_leaves(
     with pytest.raises(roger.DuplicateJob):
         client.enqueue(p, "pjobs:keyed", {"qk": "cx", "tag": "c2"})
     client.cancel(p, jid)
-    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "cx", "tag": "c3"}), 10)
+    eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "cx", "tag": "c3"}), 20)
     # freed when parked: a job name the workers may not run
     client.enqueue(p, "pjobs:keyed", {"qk": "pk", "tag": "p1"}, queue="default")
     # (same job, fine) - and a name outside the workers' modules, keyed by hand

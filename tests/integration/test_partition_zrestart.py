@@ -1,0 +1,121 @@
+"""Broker restarted under load: workers reconnect, partition state intact, nothing lost.
+
+Runs last among the partition tests (the name sorts late): the restart is short but
+every other test using the broker would notice it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+
+import roger
+from roger.broker import state_client
+from tests.conftest import ROOT
+from tests.helpers import eventually
+from tests.integration.partition_support import Workers
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def workers(
+    tmp_path: Path, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Workers]:
+    w = Workers(tmp_path, amqp_url, unique_name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield w
+    w.stop_all()
+
+
+def _restart_broker() -> None:
+    subprocess.run(["bash", "hack/rabbitmq.sh", "down"], cwd=ROOT, check=True)
+    subprocess.run(["bash", "hack/rabbitmq.sh", "up"], cwd=ROOT, check=True)
+
+
+def _count(url: str, queue: str) -> int:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def test_accounting_across_worker_kills_and_a_broker_restart(
+    workers: Workers, amqp_url: str
+) -> None:
+    p = workers.partition
+    a, b = workers.start("default=4,mail=1"), workers.start("default=4,mail=1")
+    workers.wait_consuming(a)
+    workers.wait_consuming(b)
+    rec = workers.recorder
+    kinds: dict[str, str] = {}  # job id -> expected end: succeeded | buried | cancelled
+    with roger.Client(amqp_url) as client:
+        client.pause(p, "mail")
+        held = client.enqueue(p, "pjobs:keyed", {"qk": "held-key", "tag": "held"}, queue="mail")
+        for i in range(120):
+            if i % 10 == 3:
+                jid = client.enqueue(p, "pjobs:fast", {"tag": f"f{i}", "fail": True})
+                kinds[jid] = "buried"
+            elif i % 10 == 7:
+                jid = client.enqueue(p, "pjobs:sleepy", {"tag": f"c{i}", "s": 3600})
+                client.cancel(p, jid)
+                kinds[jid] = "cancelled"
+            elif i % 10 == 5:
+                jid = client.enqueue(p, "pjobs:keyed", {"tag": f"x{i}", "xk": "acct", "s": 0.05})
+                kinds[jid] = "succeeded"
+            else:
+                jid = client.enqueue(p, "pjobs:sleepy", {"tag": f"s{i}", "s": 0.2})
+                kinds[jid] = "succeeded"
+        time.sleep(2)
+        workers.kill9(a)  # mid-run: its unacked jobs go back to the queue
+        c = workers.start("default=4,mail=1")
+        workers.wait_consuming(c)
+        _restart_broker()  # workers and client reconnect by themselves
+        for i in range(120, 150):
+            jid = client.enqueue(p, "pjobs:sleepy", {"tag": f"s{i}", "s": 0.05})
+            kinds[jid] = "succeeded"
+
+        def ended() -> dict[str, set[str]]:
+            seen: dict[str, set[str]] = {}
+            for ev, kind in (
+                ("after_run", "succeeded"),
+                ("on_buried", "buried"),
+                ("on_cancel", "cancelled"),
+            ):
+                for e in rec.events(ev):
+                    seen.setdefault(e["job_id"], set()).add(kind)
+            return seen
+
+        def all_accounted() -> bool:
+            seen = ended()
+            return all(kind in seen.get(j, set()) for j, kind in kinds.items())
+
+        try:
+            eventually(all_accounted, 120, 1.0, message="every job ended")
+        except AssertionError:
+            seen = ended()
+            missing = {j: k for j, k in kinds.items() if k not in seen.get(j, set())}
+            raise AssertionError(
+                f"{len(missing)} not accounted: {missing}\n{workers.logs()}"
+            ) from None
+        seen = ended()
+        for j, kind in kinds.items():
+            assert seen[j] == {kind}, (j, kind, seen[j])  # one end each, the expected one
+        assert not rec.events("start", id="c7")  # cancelled while queued: never ran
+        assert len(rec.events("on_cancel")) == len([k for k in kinds.values() if k == "cancelled"])
+        assert _count(amqp_url, f"{p}-default") == 0
+        # partition state survived the restart
+        info = client.info(p, ("default", "mail"))
+        assert info.paused == ["mail"] and info.queues["mail"].messages == 1
+        with pytest.raises(roger.DuplicateJob):
+            client.enqueue(p, "pjobs:keyed", {"qk": "held-key"}, queue="mail")
+        assert state_client.queue_key_holder(client._conn, p, "held-key") == held
+        client.resume(p, "mail")
+        eventually(lambda: rec.events("after_run", job_id=held), 20)
+        eventually(lambda: client.enqueue(p, "pjobs:keyed", {"qk": "held-key"}, queue="mail"), 20)
