@@ -1,0 +1,410 @@
+"""Roger worker throughput against a bare pika consumer, Dramatiq and Celery.
+
+Same broker, same run, N no-op jobs each. Every system gets a pre-filled queue and is
+timed over the middle 80% of its drain (10% -> 90% consumed), sampled by passive declares,
+so start-up is excluded for all of them alike. Then Roger's enqueue rate (confirmed
+``Client.enqueue``) and its enqueue-to-start latency at half its measured peak.
+
+Usage: python bench/worker_throughput.py [--jobs 20000] [--workers 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pika
+from pika.adapters.select_connection import SelectConnection
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path[:0] = [str(ROOT / "worker"), str(BENCH)]
+
+from roger.core import message  # noqa: E402
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(ROOT), out.get("PYTHONPATH", "")])
+    out.update(extra)
+    return out
+
+
+class Broker:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.conn = pika.BlockingConnection(pika.URLParameters(url))
+        self.ch = self.conn.channel()
+
+    def count(self, queue: str) -> int:
+        return int(self.ch.queue_declare(queue, passive=True).method.message_count)
+
+    def fill(self, queue: str, bodies: Callable[[int], tuple[bytes, Any]], n: int) -> None:
+        for i in range(n):
+            body, props = bodies(i)
+            self.ch.basic_publish("", queue, body, props)
+        deadline = time.monotonic() + 120
+        while self.count(queue) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{queue}: only {self.count(queue)} of {n} arrived")
+            time.sleep(0.05)
+
+    def drain_rate(self, queue: str, n: int, timeout: float = 600) -> float:
+        """Jobs/s over the middle 80% of the drain of a pre-filled queue."""
+        lo, hi = int(n * 0.9), int(n * 0.1)
+        t_lo = t_hi = None
+        deadline = time.monotonic() + timeout
+        while t_hi is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{queue} did not drain: {self.count(queue)} left")
+            left = self.count(queue)
+            now = time.perf_counter()
+            if t_lo is None and left <= lo:
+                t_lo = now
+            if left <= hi:
+                t_hi = now
+            time.sleep(0.01)
+        assert t_lo is not None
+        return (lo - hi) / (t_hi - t_lo)
+
+    def delete(self, *queues: str) -> None:
+        for q in queues:
+            try:
+                self.ch.queue_delete(q)
+            except pika.exceptions.ChannelClosedByBroker:
+                self.ch = self.conn.channel()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} never answered 200")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def roger_body(partition: str) -> Callable[[int], tuple[bytes, Any]]:
+    def make(i: int) -> tuple[bytes, Any]:
+        msg = message.JobMessage(
+            id=uuid.uuid4().hex,
+            name="bench_roger_jobs:noop",
+            args=None,
+            queue="default",
+            queued_at=time.time(),
+        )
+        return message.encode(msg), pika.BasicProperties(**message.properties(msg, partition))
+
+    return make
+
+
+# -- the contenders --------------------------------------------------------------------
+def bench_pika(url: str, n: int, prefetch: int, qtype: str) -> float:
+    b = Broker(url)
+    q = f"bench-pika-{uuid.uuid4().hex[:6]}"
+    b.ch.queue_declare(q, durable=True, arguments={"x-queue-type": qtype})
+    props = pika.BasicProperties(delivery_mode=2)
+    b.fill(q, lambda i: (b'{"n":%d}' % i, props), n)
+    state = {"n": 0, "t": [0.0, 0.0]}
+    lo, hi = int(n * 0.1), int(n * 0.9)
+
+    def on_message(ch: Any, method: Any, _p: Any, _b: bytes) -> None:
+        ch.basic_ack(method.delivery_tag)
+        state["n"] += 1
+        if state["n"] == lo:
+            state["t"][0] = time.perf_counter()
+        elif state["n"] == hi:
+            state["t"][1] = time.perf_counter()
+        if state["n"] == n:
+            conn.close()
+
+    def on_channel(ch: Any) -> None:
+        ch.basic_qos(prefetch_count=prefetch, callback=lambda _f: ch.basic_consume(q, on_message))
+
+    conn = SelectConnection(
+        pika.URLParameters(url),
+        on_open_callback=lambda c: c.channel(on_open_callback=on_channel),
+        on_close_callback=lambda c, r: c.ioloop.stop(),
+    )
+    conn.ioloop.start()
+    b.delete(q)
+    return (hi - lo) / (state["t"][1] - state["t"][0])
+
+
+def start_roger(url: str, partition: str, workers: int, extra_env: dict[str, str]) -> Any:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "roger.cli",
+            "--amqp-url",
+            url,
+            "--log-level",
+            "WARNING",
+            "worker",
+            "--partition",
+            partition,
+            "--queue",
+            f"default={workers}",
+            "--jobs",
+            "bench_roger_jobs",
+            "--callback",
+            "bench_roger_jobs:AllHooks",
+            "--metrics-port",
+            str(port),
+            "--retry-levels",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env(**extra_env),
+    )
+    wait_http(f"http://127.0.0.1:{port}/readyz")
+    return proc
+
+
+def roger_queues(partition: str) -> list[str]:
+    base = f"{partition}-default"
+    return [base, f"{base}.retry.1", f"{base}.buried", f"{base}.invalid"]
+
+
+def bench_roger(url: str, n: int, workers: int) -> float:
+    b = Broker(url)
+    partition = f"bench-{uuid.uuid4().hex[:6]}"
+    proc = start_roger(url, partition, workers, {})  # declares the queues, then stop
+    stop(proc)
+    b.fill(f"{partition}-default", roger_body(partition), n)
+    proc = start_roger(url, partition, workers, {})
+    try:
+        return b.drain_rate(f"{partition}-default", n)
+    finally:
+        stop(proc)
+        b.delete(*roger_queues(partition))
+
+
+def bench_dramatiq(url: str, n: int) -> float:
+    import dramatiq
+
+    b = Broker(url)
+    q = f"bench-dramatiq-{uuid.uuid4().hex[:6]}"
+    b.ch.queue_declare(
+        q,
+        durable=True,
+        arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{q}.XQ"},
+    )
+    props = pika.BasicProperties(delivery_mode=2)
+
+    def body(i: int) -> tuple[bytes, Any]:
+        return dramatiq.Message(
+            queue_name=q, actor_name="noop", args=(), kwargs={}, options={}
+        ).encode(), props
+
+    b.fill(q, body, n)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dramatiq"),
+            "bench_dramatiq_app",
+            "--processes",
+            "2",
+            "--threads",
+            "8",
+        ],
+        cwd=BENCH,
+        env=env(BENCH_AMQP_URL=url, BENCH_QUEUE=q),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        return b.drain_rate(q, n)
+    finally:
+        stop(proc)
+        b.delete(q, f"{q}.DQ", f"{q}.XQ")
+
+
+def bench_celery(url: str, n: int) -> float:
+    from bench_celery_app import app
+
+    b = Broker(url)
+    q = f"bench-celery-{uuid.uuid4().hex[:6]}"
+    b.ch.queue_declare(q, durable=True)
+
+    def body(i: int) -> tuple[bytes, Any]:
+        tid = uuid.uuid4().hex
+        m = app.amqp.as_task_v2(tid, "bench_celery_app.noop", args=(), kwargs={})
+        props = pika.BasicProperties(
+            delivery_mode=2,
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=m.headers,
+            correlation_id=tid,
+            reply_to="",
+        )
+        return json.dumps(m.body).encode(), props
+
+    b.fill(q, body, n)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench_celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-Q",
+            q,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=BENCH,
+        env=env(BENCH_AMQP_URL=url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        return b.drain_rate(q, n)
+    finally:
+        stop(proc)
+        b.delete(q)
+
+
+def bench_enqueue(url: str, n: int) -> float:
+    import roger
+
+    partition = f"bench-{uuid.uuid4().hex[:6]}"
+    with roger.Client(url) as client:
+        client.enqueue(partition, "bench_roger_jobs:noop")  # connect + declare
+        t0 = time.perf_counter()
+        for _ in range(n):
+            client.enqueue(partition, "bench_roger_jobs:noop")
+        rate = n / (time.perf_counter() - t0)
+    Broker(url).delete(f"{partition}-default")
+    return rate
+
+
+def bench_latency(url: str, rate: float, seconds: float, workers: int) -> tuple[float, float, int]:
+    """p50/p99 enqueue-to-start (ms) with jobs published at ``rate`` per second."""
+    b = Broker(url)
+    partition = f"bench-{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "latency"
+        proc = start_roger(url, partition, workers, {"BENCH_LATENCY_FILE": str(path)})
+        try:
+            make = roger_body(partition)
+            total = int(rate * seconds)
+            t0 = time.perf_counter()
+            for i in range(total):
+                delay = t0 + i / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                body, props = make(i)
+                b.ch.basic_publish("", f"{partition}-default", body, props)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                lines = path.read_text().split() if path.exists() else []
+                if len(lines) >= total:
+                    break
+                time.sleep(0.2)
+        finally:
+            stop(proc)
+            b.delete(*roger_queues(partition))
+        values = sorted(float(x) * 1000 for x in lines)
+    q = statistics.quantiles(values, n=100)
+    return q[49], q[98], len(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--amqp-url",
+        default=os.environ.get("ROGER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    )
+    parser.add_argument("--jobs", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=16, help="Roger max_workers (prefetch)")
+    parser.add_argument("--skip", action="append", default=[], help="pika|roger|dramatiq|celery")
+    opts = parser.parse_args()
+    url, n, w = opts.amqp_url, opts.jobs, opts.workers
+    print(f"# {n} no-op jobs each, one RabbitMQ on this machine ({os.cpu_count()} cores)")
+    rows: list[tuple[str, float]] = []
+    runs = [
+        (
+            f"bare pika consumer, quorum queue, prefetch {w}",
+            lambda: bench_pika(url, n, w, "quorum"),
+        ),
+        (
+            "bare pika consumer, quorum queue, prefetch 256",
+            lambda: bench_pika(url, n, 256, "quorum"),
+        ),
+        (f"Roger worker, {w} job processes, 5 hooks, metrics", lambda: bench_roger(url, n, w)),
+        ("Dramatiq 2 processes x 8 threads", lambda: bench_dramatiq(url, n)),
+        ("Celery prefork, 2 processes", lambda: bench_celery(url, n)),
+    ]
+    skip = {s.lower() for s in opts.skip}
+    for name, fn in runs:
+        if any(s in name.lower() for s in skip):
+            continue
+        rate = fn()
+        rows.append((name, rate))
+        print(f"  {name:<55} {rate:8.0f} jobs/s", flush=True)
+    by = dict(rows)
+    roger_rate = next((r for k, r in rows if k.startswith("Roger")), None)
+    print()
+    print("| system | jobs/s | Roger / system |")
+    print("|---|---:|---:|")
+    for name, rate in rows:
+        ratio = f"{roger_rate / rate:.2f}x" if roger_rate else "-"
+        print(f"| {name} | {rate:.0f} | {ratio} |")
+    if roger_rate:
+        enq = bench_enqueue(url, 300)
+        p50, p99, count = bench_latency(url, roger_rate / 2, 5.0, w)
+        print()
+        print(f"Roger enqueue (Client.enqueue, persistent, confirmed one by one): {enq:.0f} jobs/s")
+        print(
+            f"Roger enqueue-to-start at {roger_rate / 2:.0f} jobs/s (half of peak), "
+            f"{count} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        )
+    del by
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
