@@ -11,6 +11,7 @@ Usage: python bench/worker_throughput.py [--jobs 20000] [--workers 16]
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -79,6 +80,19 @@ class Broker:
             time.sleep(0.01)
         assert t_lo is not None
         return (lo - hi) / (t_hi - t_lo)
+
+    def delete_partition(self, partition: str) -> None:
+        """Every queue named ``<partition>-...`` (listed by the management API)."""
+        req = urllib.request.Request(
+            "http://127.0.0.1:15672/api/queues/%2F?columns=name",
+            headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                names = [q["name"] for q in json.load(r)]
+        except OSError:
+            names = roger_queues(partition)
+        self.delete(*(n for n in names if n.startswith(f"{partition}-")))
 
     def delete(self, *queues: str) -> None:
         for q in queues:
@@ -212,7 +226,7 @@ def bench_roger(url: str, n: int, workers: int) -> float:
         return b.drain_rate(f"{partition}-default", n)
     finally:
         stop(proc)
-        b.delete(*roger_queues(partition))
+        b.delete_partition(partition)
 
 
 def bench_dramatiq(url: str, n: int) -> float:
@@ -317,7 +331,7 @@ def bench_enqueue(url: str, n: int) -> float:
         for _ in range(n):
             client.enqueue(partition, "bench_roger_jobs:noop")
         rate = n / (time.perf_counter() - t0)
-    Broker(url).delete(f"{partition}-default")
+    Broker(url).delete_partition(partition)
     return rate
 
 
@@ -346,7 +360,7 @@ def bench_latency(url: str, rate: float, seconds: float, workers: int) -> tuple[
                 time.sleep(0.2)
         finally:
             stop(proc)
-            b.delete(*roger_queues(partition))
+            b.delete_partition(partition)
         values = sorted(float(x) * 1000 for x in lines)
     q = statistics.quantiles(values, n=100)
     return q[49], q[98], len(values)

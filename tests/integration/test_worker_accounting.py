@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import roger
-from tests.integration.worker_harness import Broker, Workers, queue_names, read_lines, wait_for
+from tests.integration.worker_harness import Broker, Workers, read_lines, wait_for
 from tests.jobs import basic
 
 pytestmark = pytest.mark.integration
@@ -59,6 +59,12 @@ def test_every_job_is_accounted_for_when_a_worker_is_killed(
         a.kill9()
         killed_at = time.time()
 
+        def recently_on_a(n: str) -> bool:
+            """Ran on A just before the kill: its ack may have died with A (at-least-once)."""
+            return any(
+                r[1] == n and r[3] == "A" and killed_at - float(r[4]) < 1.5 for r in read_lines(out)
+            )
+
         def outcomes() -> dict[str, str] | None:
             if broker.count(main) or broker.count(f"{main}.retry.1"):
                 return None
@@ -69,7 +75,8 @@ def test_every_job_is_accounted_for_when_a_worker_is_killed(
             for queue, outcome in ((f"{main}.buried", "buried"), (f"{main}.invalid", "parked")):
                 for _, body in broker.peek(queue):
                     n = str(json.loads(body)["args"]["n"])
-                    assert n not in found, f"job {n} both {found[n]} and {outcome}"
+                    if n in found:  # a second copy: only from a settlement A did not ack
+                        assert found[n] == outcome and recently_on_a(n), (n, found[n], outcome)
                     found[n] = outcome
             return found if len(found) == len(expected) else None
 
@@ -78,6 +85,7 @@ def test_every_job_is_accounted_for_when_a_worker_is_killed(
 
         # None runs again after it succeeded, except a success by the killed worker whose
         # ack the kill itself may have lost (at-least-once: the window is the ack's flight).
+        # A job whose burial A confirmed but did not ack can likewise be buried twice.
         records = read_lines(out)
         ends = {r[1]: (float(r[4]), r[3]) for r in records if r[0] == "end"}
         for r in records:
@@ -87,5 +95,5 @@ def test_every_job_is_accounted_for_when_a_worker_is_killed(
                     assert by == "A" and killed_at - ended_at < 1.0, (r, ends[r[1]])
     finally:
         workers.stop_all()
-        broker.delete(*queue_names(unique_name, levels=(1,)))
+        broker.delete_partition(unique_name)
         broker.close()

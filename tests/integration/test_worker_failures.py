@@ -15,7 +15,6 @@ import roger
 from tests.integration.worker_harness import (
     Broker,
     Workers,
-    queue_names,
     read_json_lines,
     read_lines,
     wait_for,
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.integration
 def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
     b = Broker(amqp_url)
     yield b
-    b.delete(*queue_names(unique_name, levels=(1, 2)))
+    b.delete_partition(unique_name)
     b.close()
 
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
     b = Broker(amqp_url)
     yield b
-    b.delete(*queue_names(unique_name, levels=(1, 2)))
+    b.delete_partition(unique_name)
     b.close()
 
 

@@ -233,6 +233,11 @@ class Broker:
         finally:
             ch.close()
 
+    def delete_partition(self, partition: str) -> None:
+        """Every queue whose name starts with ``<partition>-`` (Roger's and the state's)."""
+        names = [q["name"] for q in management("/queues/%2F?columns=name")]
+        self.delete(*(n for n in names if n.startswith(f"{partition}-")))
+
     def delete(self, *queues: str) -> None:
         for q in queues:
             with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
@@ -243,7 +248,7 @@ def management(path: str, method: str = "GET") -> Any:
     """The RabbitMQ management API (guest/guest on loopback)."""
     req = urllib.request.Request(MGMT + path, method=method)
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(req, timeout=5) as r:
+    with urllib.request.urlopen(req, timeout=60) as r:
         body = r.read()
         return json.loads(body) if body else None
 

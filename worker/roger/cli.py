@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("pika").setLevel(logging.ERROR)
+    logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log what matters
     from pika.exceptions import AMQPConnectionError
 
     commands = {

@@ -72,9 +72,8 @@ class Child:
             if data is not None:
                 self._write(data)
 
-    def finish(self, done: dict[str, Any]) -> None:
+    def finish(self, tail: bytes) -> None:
         """Send the outcome (if still held back) and ``done`` in one write."""
-        tail = frames.encode(done)
         with self.lock:
             data, self.deferred = self.deferred, None
             self._write(data + tail if data is not None else tail)
@@ -94,11 +93,17 @@ class Child:
         while True:
             time.sleep(WATCH_INTERVAL)
             if self.deferred is not None:
-                self.flush_outcome()
+                try:
+                    self.flush_outcome()
+                except OSError:
+                    os._exit(0)
             w = self.watch
             if w is not None and w is not reported and time.monotonic() > w[3]:
                 reported = w
-                self.send({"t": "late", "k": w[0], "phase": w[1], "cb": w[2]})
+                try:
+                    self.send({"t": "late", "k": w[0], "phase": w[1], "cb": w[2]})
+                except OSError:
+                    os._exit(0)
 
     def call_hooks(
         self, key: int, hook: HookName, args: tuple[Any, ...], states: dict[str, Any] | None
@@ -128,6 +133,11 @@ class Child:
     def _done(self, key: int) -> dict[str, Any]:
         return {"t": "d", "k": key, "f": self.failures} if self.failures else {"t": "d", "k": key}
 
+    def _done_frame(self, key: int) -> bytes:
+        if self.failures:
+            return frames.encode(self._done(key))
+        return frames.encode_raw(b'{"t":"d","k":%d}' % key)  # the hot path: no json.dumps
+
     def run(self, frame: dict[str, Any]) -> None:
         key, data = frame["k"], frame["job"]
         self.failures = []
@@ -138,7 +148,11 @@ class Child:
             return
         started = time.time()
         job = Job.from_fields(data, started)
-        states = {} if frame.get("s") else self.call_hooks(key, "before_run", (job,), None)
+        states = (
+            self.call_hooks(key, "before_run", (job,), None)
+            if "before_run" in self.hooks and not frame.get("s")
+            else {}
+        )
         met = data.get("max_execution_time") or found.max_execution_time
         t0 = time.monotonic()
         self.watch = (key, "job", "", t0 + met) if met else None
@@ -154,10 +168,13 @@ class Child:
             self.call_hooks(key, hook, (job, tuple(error), stack), states)
         else:
             self.watch = None
-            outcome = {"t": "o", "k": key, "ok": True, "d": time.monotonic() - t0, "at": started}
-            self.deferred = frames.encode(outcome)
-            self.call_hooks(key, "after_run", (job, result), states)
-        self.finish(self._done(key))
+            self.deferred = frames.encode_raw(
+                b'{"t":"o","k":%d,"ok":true,"d":%.6f,"at":%.6f}'
+                % (key, time.monotonic() - t0, started)
+            )
+            if "after_run" in self.hooks:
+                self.call_hooks(key, "after_run", (job, result), states)
+        self.finish(self._done_frame(key))
 
     def hooks_only(self, frame: dict[str, Any]) -> None:
         """on_error / on_buried for a job whose process died (timeout, crash): no state."""
@@ -203,7 +220,10 @@ def main(argv: list[str] | None = None) -> None:
         msg = f"{type(exc).__name__}: {exc}"
         os.write(opts.wfd, frames.encode({"t": "fatal", "error": msg}))
         sys.exit(3)
-    child.serve()
+    try:
+        child.serve()
+    except BrokenPipeError:  # the worker is gone or shut down: nothing left to report to
+        os._exit(0)
 
 
 if __name__ == "__main__":

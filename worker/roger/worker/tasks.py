@@ -26,6 +26,8 @@ class QueueState:
     channel: Any = None
     consumer_tag: str | None = None
     gen: int = -1
+    warm: bool = False  # every first job process is ready: consuming may start
+    want: bool = False  # consuming was asked for before the pool was warm
 
     @classmethod
     def make(cls, partition: str, name: str, max_workers: int) -> QueueState:

@@ -1,0 +1,148 @@
+"""Where a settled delivery's message goes: retry queue, buried queue or ``.invalid``.
+
+Every publish is confirmed before the original delivery is acknowledged (the ``settle``
+callback), so a job is never both lost and acknowledged. A refused publish is tried again
+rather than dropped or redelivered in a loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+
+from roger.core import naming
+from roger.core.message import encode
+from roger.core.settle import Retry
+from roger.worker.link import Link
+from roger.worker.tasks import QueueState, Task, original_properties
+from roger.worker.telemetry import Telemetry
+
+log = logging.getLogger("roger.worker")
+
+Settle = Callable[[QueueState, int, int], None]
+
+
+class Outbox:
+    def __init__(
+        self, partition: str, link: Link, ioloop: Any, telemetry: Telemetry, settle: Settle
+    ) -> None:
+        self.partition, self.link, self.ioloop = partition, link, ioloop
+        self.telemetry, self.settle = telemetry, settle
+
+    def failed(
+        self, task: Task, decision: Retry | None, error: tuple[str, str], stack: str | None
+    ) -> None:
+        """Republish a failed job: to its retry level (retry_count + 1) or to ``.buried``."""
+        q, msg = task.queue, task.msg
+        if decision is not None:
+            target = naming.retry_queue_name(self.partition, q.name, decision.seconds)
+            body = encode(msg.retried())
+        else:
+            target = naming.buried_queue_name(self.partition, q.name)
+            body = task.body
+        headers = {"x-roger-error-kind": error[0], "x-roger-error-message": error[1][:1000]}
+        if stack and decision is None:
+            headers["x-roger-stacktrace"] = stack[-4000:]
+        props = pika.BasicProperties(
+            delivery_mode=2,
+            content_type="application/json",
+            message_id=msg.id,
+            app_id=self.partition,
+            type=msg.name,
+            headers=headers,
+            timestamp=int(msg.queued_at),
+        )
+        self.publish(q, task.tag, task.gen, target, body, props)
+
+    def park(
+        self, q: QueueState, tag: int, gen: int, props: Any, body: bytes, reason: str, detail: str
+    ) -> None:
+        """Never run, never lost, never redelivered in a loop: to ``.invalid``, then ack."""
+        log.warning(
+            "parked message %s from %s in .invalid: %s (%s)",
+            getattr(props, "message_id", None),
+            q.rabbit,
+            reason,
+            detail,
+        )
+        self.telemetry.parked(q.name, reason)
+        headers = dict(getattr(props, "headers", None) or {})
+        headers.update(
+            {
+                "x-roger-invalid-reason": reason,
+                "x-roger-invalid-detail": detail[:1000],
+                "x-roger-original-queue": q.rabbit,
+                "x-roger-original-properties": json.dumps(original_properties(props)),
+                "x-roger-parked-at": int(time.time()),
+            }
+        )
+        parked = pika.BasicProperties(
+            delivery_mode=2,
+            headers=headers,
+            content_type=getattr(props, "content_type", None),
+            content_encoding=getattr(props, "content_encoding", None),
+            message_id=getattr(props, "message_id", None),
+            correlation_id=getattr(props, "correlation_id", None),
+            timestamp=getattr(props, "timestamp", None),
+            type=getattr(props, "type", None),
+            app_id=getattr(props, "app_id", None),
+        )
+        target = naming.invalid_queue_name(self.partition, q.name)
+        self.publish(q, tag, gen, target, body, parked)
+
+    def publish(
+        self, q: QueueState, tag: int, gen: int, target: str, body: bytes, props: Any
+    ) -> None:
+        if gen != q.gen or gen != self.link.generation:
+            return  # the delivery died with its connection: the broker has it again
+
+        def confirmed(ok: bool) -> None:
+            if ok:
+                self.settle(q, tag, gen)
+            else:  # the broker refused it: try again rather than lose or loop
+                log.warning("publish to %s refused; retrying in 1s", target)
+                self.ioloop.call_later(1.0, lambda: self.publish(q, tag, gen, target, body, props))
+
+        self.link.publish(target, body, props, confirmed)
+
+
+def sample_queues(
+    link: Link,
+    partition: str,
+    queues: list[QueueState],
+    levels: tuple[int, ...],
+    telemetry: Telemetry,
+) -> None:
+    """Passive-declare each queue family and report its counts (off the hot path)."""
+    for q in queues:
+        kinds = {
+            q.rabbit: "ready",
+            naming.buried_queue_name(partition, q.name): "buried",
+            naming.invalid_queue_name(partition, q.name): "invalid",
+        }
+        for s in levels:
+            kinds[naming.retry_queue_name(partition, q.name, s)] = "retrying"
+        counts = {"ready": 0, "consumers": 0, "retrying": 0, "buried": 0, "invalid": 0}
+        link.sample(list(kinds), _Tally(q.name, kinds, counts, telemetry))
+
+
+class _Tally:
+    def __init__(
+        self, queue: str, kinds: dict[str, str], counts: dict[str, int], telemetry: Telemetry
+    ) -> None:
+        self.queue, self.kinds, self.counts, self.telemetry = queue, kinds, counts, telemetry
+        self.left = len(kinds)
+
+    def __call__(self, name: str, messages: int, consumers: int) -> None:
+        kind = self.kinds[name]
+        self.counts[kind] += messages
+        if kind == "ready":
+            self.counts["consumers"] = consumers
+        self.left -= 1
+        if self.left == 0:
+            self.telemetry.queue_sample(self.queue, self.counts)
