@@ -35,8 +35,8 @@ rabbitmq-down: ## Stop RabbitMQ
 	bash hack/rabbitmq.sh down
 
 lint: $(PY) ## ruff, mypy and the import-linter contracts
-	$(VENV)/bin/ruff check worker operator tests bench
-	$(VENV)/bin/ruff format --check worker operator tests bench
+	$(VENV)/bin/ruff check worker operator tests bench hack
+	$(VENV)/bin/ruff format --check worker operator tests bench hack
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
@@ -52,11 +52,18 @@ bench: $(PY) rabbitmq-up ## Benchmarks (not tests): prints ratios against peers
 demo: $(PY) rabbitmq-up cluster-up ## The one-command tour of the whole system
 	$(PY) hack/demo.py
 
+prometheus-up: ## Start Prometheus on 127.0.0.1:9090 (loopback targets, Roger's alert rules)
+	bash hack/prometheus.sh up
+
+prometheus-down: ## Stop Prometheus
+	bash hack/prometheus.sh down
+
 status: ## What is running
 	-bash hack/cluster.sh status
 	-bash hack/rabbitmq.sh status
+	-bash hack/prometheus.sh status
 
 down: ## Stop everything the project started
-	-bash hack/demo-down.sh 2>/dev/null
+	-bash hack/demo-down.sh
 	bash hack/cluster.sh down
 	bash hack/rabbitmq.sh down

@@ -28,16 +28,34 @@ HELM=$(mod_version helm helm.sh/helm/v3)
 [ -n "$K8S" ] && [ -n "$ETCD" ] && [ -n "$KWOK" ] && [ -n "$HELM" ] \
   || die "could not read pinned versions from hack/tools/*/go.mod"
 
-# build DIR OUT_DIR PACKAGE... : one `go build` per module so packages compile once.
+# Builds from a module carry no release metadata: stamp the versions the way release
+# builds do, so `kubectl version`, Helm's kubeVersion checks and `helm version` are right.
+k8s_minor=${K8S#v1.}; k8s_minor=${k8s_minor%%.*}
+K8S_LDFLAGS="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  K8S_LDFLAGS+=" -X $p.gitVersion=$K8S -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor"
+  K8S_LDFLAGS+=" -X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z"
+done
+HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM"
+HELM_LDFLAGS+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+
+# build DIR OUT_DIR LDFLAGS PACKAGE... : one `go build` per module so packages compile once.
+# A cached binary is reused only if it reports the pinned version (STAMP, when given).
 build() {
-  local moddir=$1 out=$2; shift 2
+  local moddir=$1 out=$2 ldflags=$3; shift 3
   local missing=()
-  for pkg in "$@"; do [ -x "$out/$(basename "$pkg")" ] || missing+=("$pkg"); done
+  for pkg in "$@"; do
+    local b
+    b=$out/$(basename "$pkg")
+    if [ ! -x "$b" ] || { [ -n "${STAMP:-}" ] && ! "$b" --version 2>/dev/null | grep -q -- "$STAMP"; }; then
+      missing+=("$pkg")
+    fi
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   mkdir -p "$out.tmp"
   log "building ${missing[*]##*/} in hack/tools/$moddir (cold: minutes; cached afterwards in $out)"
   local start=$SECONDS
-  if ! (cd "$TOOLS/$moddir" && go build -trimpath -o "$out.tmp/" "${missing[@]}") >"$out.log" 2>&1; then
+  if ! (cd "$TOOLS/$moddir" && go build -ldflags "$ldflags" -o "$out.tmp/" "${missing[@]}") >"$out.log" 2>&1; then
     tail -n 30 "$out.log" >&2
     die "go build failed in hack/tools/$moddir (full log: $out.log). If the module proxy refused a
        module, the line above names it; try another pinned version in hack/tools/$moddir/go.mod."
@@ -48,6 +66,9 @@ build() {
 }
 
 mkdir -p "$BIN" "$CACHE"
+# One build at a time per machine: parallel test sessions all call this script.
+exec 9>"$CACHE/.lock"
+flock 9
 k8s_out=$CACHE/k8s-$K8S
 mkdir -p "$k8s_out"
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ] \
@@ -57,8 +78,8 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver"
     [ -x "$KUBEBUILDER_ASSETS/$b" ] && ln -sf "$KUBEBUILDER_ASSETS/$b" "$k8s_out/$b"
   done
 fi
-build kube "$k8s_out" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+STAMP=$K8S build kube "$k8s_out" "$K8S_LDFLAGS" k8s.io/kubernetes/cmd/kube-apiserver \
+  k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
 
 etcd_out=$CACHE/etcd-$ETCD
 mkdir -p "$etcd_out"
@@ -68,12 +89,20 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ] && [ ! 
 fi
 if [ ! -x "$etcd_out/etcd" ]; then
   # The module's root package is etcd's main package; build it under the name etcd.
-  build etcd "$etcd_out" go.etcd.io/etcd/server/v3
+  build etcd "$etcd_out" "-s -w" go.etcd.io/etcd/server/v3
   for n in server v3; do if [ -x "$etcd_out/$n" ]; then mv "$etcd_out/$n" "$etcd_out/etcd"; fi; done
 fi
 
-build kwok "$CACHE/kwok-$KWOK" sigs.k8s.io/kwok/cmd/kwok
-build helm "$CACHE/helm-$HELM" helm.sh/helm/v3/cmd/helm
+# kubectl --version is not a flag; its stamp is checked through `kubectl version --client`.
+if [ -x "$k8s_out/kubectl" ] && ! "$k8s_out/kubectl" version --client 2>/dev/null | grep -q "$K8S"; then
+  rm -f "$k8s_out/kubectl"
+fi
+build kube "$k8s_out" "$K8S_LDFLAGS" k8s.io/kubernetes/cmd/kubectl
+build kwok "$CACHE/kwok-$KWOK" "-s -w" sigs.k8s.io/kwok/cmd/kwok
+if [ -x "$CACHE/helm-$HELM/helm" ] && ! "$CACHE/helm-$HELM/helm" version --short | grep -q "^$HELM"; then
+  rm -f "$CACHE/helm-$HELM/helm"
+fi
+build helm "$CACHE/helm-$HELM" "$HELM_LDFLAGS" helm.sh/helm/v3/cmd/helm
 
 # kwok needs Stages (how fake nodes and pods move through their lifecycle). Use the ones
 # its module ships: node init + heartbeat (so nodes stay Ready) and the fast pod stages.
