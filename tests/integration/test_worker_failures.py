@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import roger
 from tests.integration.worker_harness import (
     Broker,
     Workers,
+    management,
     read_json_lines,
     read_lines,
     wait_for,
@@ -269,3 +271,26 @@ def test_metrics_health_and_readiness_endpoints(workers: Workers) -> None:
     wait_for(
         "queue sampled", lambda: w.metric("roger_queue_consumers", queue="default") == 1, timeout=10
     )
+
+
+def test_reconnects_after_the_connection_is_closed(
+    workers: Workers, client: roger.Client, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    w = workers.start()
+    name = f"roger-worker {unique_name} {os.uname().nodename} {w.proc.pid}"
+    conns = wait_for(
+        "connection listed",
+        lambda: [
+            c
+            for c in management("/connections?columns=name,client_properties")
+            if c.get("client_properties", {}).get("connection_name") == name
+        ],
+        timeout=30,
+        every=1,
+    )
+    management("/connections/" + urllib.parse.quote(conns[0]["name"], safe=""), "DELETE")
+    wait_for("reconnected", lambda: w.metric("roger_broker_reconnects_total") == 1, timeout=30)
+    client.enqueue(unique_name, basic.ok, {"out": str(out)})
+    wait_for("jobs run again", lambda: read_lines(out), timeout=20)
+    assert w.proc.poll() is None

@@ -30,8 +30,11 @@ class Link:
         on_ready: Callable[[], None],
         on_lost: Callable[[], None],
         on_fatal: Callable[[str], None],
+        name: str = "roger-worker",
     ) -> None:
         self.params = pika.URLParameters(url)
+        # Named so that operators (and tests) can find this worker's connection.
+        self.params.client_properties = {"connection_name": name}
         self.ioloop = ioloop
         self.declarations = declarations
         self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal

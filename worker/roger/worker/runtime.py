@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -62,7 +63,15 @@ class Worker(JobProcesses):
                 self.partition, name, config.retry_levels, config.buried_max_length
             )
         ]
-        self.link = Link(amqp_url, self.ioloop, decls, self._connected, self._lost, self._fatal)
+        self.link = Link(
+            amqp_url,
+            self.ioloop,
+            decls,
+            self._connected,
+            self._lost,
+            self._fatal,
+            name=f"roger-worker {self.partition} {os.uname().nodename} {os.getpid()}",
+        )
         self.outbox = Outbox(self.partition, self.link, self.ioloop, self.telemetry, self._settle)
         self.features = PartitionFeatures(self)  # cancel, pause, queue and execution keys
         self.spec = json.dumps(
