@@ -1,0 +1,159 @@
+"""A job process on its own, driven over its pipes like the worker does (no broker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from roger.core import frames
+from tests.integration.worker_harness import ROOT
+
+pytestmark = pytest.mark.unit
+HOOKS = ["before_run", "after_run", "on_error", "on_cancel", "on_buried"]
+
+
+class Pipe:
+    def __init__(self, callbacks: list[str], callback_timeout: float = 30) -> None:
+        to_r, self.to_w = os.pipe()
+        self.from_r, from_w = os.pipe()
+        spec = {
+            "partition": "p",
+            "jobs": ["tests.jobs.basic"],
+            "callbacks": [{"path": c, "hooks": HOOKS, "config": {}} for c in callbacks],
+            "callback_timeout": callback_timeout,
+            "sys_path": [str(ROOT), *sys.path],
+        }
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "roger.worker.child",
+                "--rfd",
+                str(to_r),
+                "--wfd",
+                str(from_w),
+                "--parent",
+                str(os.getpid()),
+                "--spec",
+                json.dumps(spec),
+            ],
+            pass_fds=(to_r, from_w),
+            cwd=ROOT,
+        )
+        os.close(to_r)
+        os.close(from_w)
+        self.reader = frames.FrameReader()
+        self.buffer: list[dict[str, Any]] = []
+
+    def recv(self, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while not self.buffer:
+            assert time.monotonic() < deadline, "no frame from the job process"
+            data = os.read(self.from_r, 65536)
+            assert data, f"job process exited: {self.proc.poll()}"
+            self.buffer += self.reader.feed(data)
+        return self.buffer.pop(0)
+
+    def run(self, key: int, name: str, args: Any = None, bury: bool = False) -> None:
+        job = json.dumps({"id": f"j{key}", "name": name, "args": args, "queue": "default"})
+        os.write(
+            self.to_w,
+            frames.encode_raw(
+                b'{"t":"run","k":%d,"b":%d,"s":0,"job":%s}' % (key, bury, job.encode())
+            ),
+        )
+
+    def close(self) -> None:
+        os.close(self.to_w)  # an idle child exits; a busy one (stuck job) is killed
+        try:
+            self.proc.wait(3)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        os.close(self.from_r)
+
+
+@pytest.fixture
+def pipe(request: pytest.FixtureRequest) -> Iterator[Pipe]:
+    p = Pipe(getattr(request, "param", []))
+    assert p.recv()["t"] == "ready"
+    yield p
+    p.close()
+
+
+def test_outcome_then_done(pipe: Pipe) -> None:
+    pipe.run(1, "tests.jobs.basic:noop")
+    outcome, done = pipe.recv(), pipe.recv()
+    assert outcome["t"] == "o" and outcome["k"] == 1 and outcome["ok"] is True
+    assert done == {"t": "d", "k": 1}
+
+
+def test_failure_outcome_carries_kind_message_and_stack(pipe: Pipe) -> None:
+    pipe.run(2, "tests.jobs.basic:flaky", {"n": 7})
+    outcome = pipe.recv()
+    assert outcome["ok"] is False and outcome["err"] == ["ValueError", "boom 7"]
+    assert "Traceback" in outcome["st"]
+    assert pipe.recv()["t"] == "d"
+
+
+def test_the_child_refuses_jobs_outside_its_modules(pipe: Pipe) -> None:
+    pipe.run(3, "os:system", "true")
+    assert pipe.recv() == {"t": "o", "k": 3, "invalid": "job_not_allowed"}
+    pipe.run(4, "tests.jobs.basic:nope")
+    assert pipe.recv()["t"] == "d"
+    assert pipe.recv() == {"t": "o", "k": 4, "invalid": "unknown_job"}
+
+
+@pytest.mark.parametrize("pipe", [["tests.jobs.callbacks:Raises"]], indirect=True)
+def test_callback_failures_are_reported_in_done(pipe: Pipe) -> None:
+    pipe.run(5, "tests.jobs.basic:noop")
+    assert pipe.recv()["ok"] is True
+    done = pipe.recv()
+    assert done["f"] == [
+        ["tests.jobs.callbacks:Raises", "before_run", "exception"],
+        ["tests.jobs.callbacks:Raises", "after_run", "exception"],
+    ]
+
+
+def test_a_job_past_its_deadline_is_reported_late(pipe: Pipe) -> None:
+    t0 = time.monotonic()
+    pipe.run(6, "tests.jobs.basic:stuck", {})
+    late = pipe.recv(timeout=5)
+    assert late == {"t": "late", "k": 6, "phase": "job", "cb": ""}
+    assert 0.9 < time.monotonic() - t0 < 3
+
+
+def test_the_child_dies_with_its_worker() -> None:
+    code = (
+        "import subprocess, sys, json, os, time\n"
+        f"sys.path[:0] = [{str(ROOT)!r}]\n"
+        "from tests.unit.test_worker_child import Pipe\n"
+        "p = Pipe([])\n"
+        "print(p.proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=ROOT)
+    assert parent.stdout is not None
+    pid = int(parent.stdout.readline())
+    time.sleep(0.5)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(") ", 1)[1][0] == "Z":
+                    break
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("job process outlived its worker")
