@@ -166,7 +166,8 @@ class JobProcesses:
         if self.finished or cause == "shutdown":
             return
         if isinstance(task, HookTask):
-            self.telemetry.callback_failed("unknown", task.hook, "timeout" if cause else "crash")
+            if cause is None:  # a hang was counted (with its callback) when reported late
+                self.telemetry.callback_failed("unknown", task.hook, "crash")
         elif isinstance(task, Task) and task.settled and cause is None:
             self.telemetry.callback_failed("unknown", "unknown", "crash")
         elif isinstance(task, Task) and not task.settled:
