@@ -275,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 op.kill()
         result["operator_exit_code"] = op.returncode
+        # After a failure, leftover Partitions would hold the namespace in Terminating.
+        for obj in kubectl("get", "partitions", "-n", ns, "-o", "name").split():
+            kubectl(
+                "patch", "-n", ns, obj, "--type=merge", "-p", '{"metadata":{"finalizers":null}}'
+            )
         subprocess.run(
             [KUBECTL, "--kubeconfig", KUBECONFIG, "delete", "namespace", ns, "--wait=false"],
             capture_output=True,

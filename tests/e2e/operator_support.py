@@ -160,7 +160,7 @@ def wait_condition(
     ctype: str,
     status: str,
     reason: str | None = None,
-    timeout: float = 40,
+    timeout: float = 60,
 ) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         obj = k.get_json("-n", ns, "partition", name)

@@ -99,18 +99,18 @@ def on_callback_event(ctx: Context, event: Mapping[str, Any]) -> None:
             partition.reconcile(ctx, pbody, "callback")
 
 
-def on_child_event(ctx: Context, event: Mapping[str, Any]) -> None:
+def on_child_event(ctx: Context, event: Mapping[str, Any], plural: str = "") -> None:
     """Repair deleted or drifted children; follow the Deployment's rollout in status."""
     etype = event.get("type")
     body = event.get("object") or {}
     owner = owner_key(body)
     if owner is None:
         return
-    if body.get("kind") == "Deployment":
+    if plural == "deployments" or body.get("kind") == "Deployment":
         if etype == "DELETED":
             ctx.deployments.pop(owner, None)
         else:
-            ctx.deployments[owner] = plain(body)
+            ctx.remember_deployment(owner, plain(body))
     if etype is None or etype == "ADDED":
         return
     parent = ctx.partitions.get(owner)
@@ -155,8 +155,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def watch_callback(event: Any, **_: Any) -> None:
         on_callback_event(ctx, event)
 
-    def watch_child(event: Any, **_: Any) -> None:
-        on_child_event(ctx, event)
+    def watch_child(event: Any, resource: Any = None, **_: Any) -> None:
+        on_child_event(ctx, event, str(getattr(resource, "plural", "")))
 
     kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
     kopf.on.event(*p, id="cache", registry=registry)(watch_partition)

@@ -32,9 +32,18 @@ class Context:
     # AMQP URL per (namespace, secret, key), with when it was read: used by the stats refresh
     # only (every reconcile reads the Secret again). Memory only, never logged.
     urls: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
-    url_ttl: float = 300.0
+    url_ttl: float = 3600.0  # dropped at once when the broker refuses it
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def remember_deployment(self, key: Key, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Keep the newest Deployment seen (watch events and apply responses race)."""
+        with self._guard:
+            old = self.deployments.get(key)
+            if old is None or _rv(body) >= _rv(old):
+                self.deployments[key] = body
+                return body
+            return old
 
     def lock(self, key: Key) -> threading.RLock:
         with self._guard:
@@ -50,3 +59,11 @@ class Context:
             self.written.pop(key, None)
             self.phases.pop(key, None)
             self.deployments.pop(key, None)
+
+
+def _rv(body: Mapping[str, Any]) -> int:
+    """resourceVersion as a number (etcd revisions); unparsable ones sort first."""
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0

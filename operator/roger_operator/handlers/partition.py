@@ -201,8 +201,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
                 live = ctx.kube.apply(manifest)
                 _remember(ctx, live)
                 if manifest["kind"] == "Deployment":
-                    deployment = live
-                    ctx.deployments[key] = live
+                    deployment = ctx.remember_deployment(key, live)
         except KubeError as exc:
             problems.append(st.Problem(st.R_APPLY_FAILED, f"server-side apply failed: {exc}"))
             metrics.ERRORS.labels("Partition", "apply").inc()
@@ -264,7 +263,9 @@ def refresh(
             # Blocked or never finished: retry the whole reconcile (level-triggered).
             reconcile(ctx, body, "refresh")
             return
-        if deployment is None:
+        if deployment is not None:
+            deployment = ctx.remember_deployment(key, deployment)
+        else:
             deployment = ctx.deployments.get(key) or ctx.kube.get(_deployment_path(spec))
             if deployment is None:
                 reconcile(ctx, body, "repair")
@@ -277,6 +278,7 @@ def refresh(
                     stats = ctx.broker.stats(url, spec)
                 except BrokerError:
                     stats = None
+                    ctx.urls.pop((spec.namespace, spec.secret_name, spec.secret_key), None)
         problems = tuple(
             st.Problem(c["reason"], c["message"], blocking=False)
             for c in [st.condition(previous, st.DEGRADED) or {}]

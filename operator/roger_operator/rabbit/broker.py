@@ -97,6 +97,7 @@ class Broker:
         self.timeout = timeout
         self._local = threading.local()
         self._declared: dict[tuple[str, str], str] = {}
+        self._paused: dict[tuple[str, str], set[str]] = {}  # as last read/set in the broker
         self._lock = threading.Lock()
 
     # -- connections ---------------------------------------------------------------------
@@ -262,7 +263,8 @@ class Broker:
         pid = spec.partition_id
         names = [n for n, _ in self.declarations(spec)]
         mgmt = self._management(url, names, f"{pid}-")
-        paused_now = pause.paused_queues(url, pid)
+        with self._lock:
+            paused_now = self._paused.get((url, pid))
         out = []
         for q in spec.queues:
             main = naming.queue_name(pid, q.name)
@@ -285,11 +287,27 @@ class Broker:
 
     def set_paused(self, url: str, spec: PartitionSpec) -> None:
         """Bring the broker's paused state to ``spec.queues[].paused``."""
-        current = pause.paused_queues(url, spec.partition_id)
+        key = (url, spec.partition_id)
+        wanted = {q.name for q in spec.queues if q.paused}
+        with self._lock:
+            known = self._paused.get(key)
+        if known == wanted:
+            return
+        try:
+            current = pause.paused_queues(url, spec.partition_id, [q.name for q in spec.queues])
+        except Exception as exc:  # the worker's client raises its own errors
+            raise BrokerError(redact(f"reading paused queues: {exc}", url)) from None
+        applied = True
         for q in spec.queues:
             if current is not None and (q.name in current) == q.paused:
                 continue
-            pause.set_paused(url, spec.partition_id, q.name, q.paused)
+            try:
+                applied = pause.set_paused(url, spec.partition_id, q.name, q.paused) and applied
+            except Exception as exc:
+                raise BrokerError(redact(f"pause/resume {q.name}: {exc}", url)) from None
+        if applied and current is not None:
+            with self._lock:
+                self._paused[key] = wanted
 
     def delete_empty(self, url: str, spec: PartitionSpec) -> tuple[list[str], list[str]]:
         """Delete the partition's queues that hold no message; (deleted, kept-with-jobs).
@@ -309,4 +327,6 @@ class Broker:
             self.run(url, functools.partial(_delete_queue, name=name))
             deleted.append(name)
         self.forget(url, spec.partition_id)
+        with self._lock:
+            self._paused.pop((url, spec.partition_id), None)
         return deleted, kept

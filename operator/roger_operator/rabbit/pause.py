@@ -1,14 +1,15 @@
 """Pause/resume of a partition queue, stored in RabbitMQ by the worker's own client.
 
 The worker owns where paused state lives (``roger.Client(url).pause(partition, queue)`` /
-``.resume(...)``; running workers watch it). Every call goes through this module so the
-operator follows the worker's storage, whatever it is.
+``.resume(...)``, read back with ``.info(...).paused``; running workers watch it). Every
+call goes through this module so the operator follows the worker's storage, whatever it is.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -51,16 +52,13 @@ def set_paused(url: str, partition: str, queue: str, paused: bool) -> bool:
     return True
 
 
-def paused_queues(url: str, partition: str) -> set[str] | None:
+def paused_queues(url: str, partition: str, queues: Iterable[str]) -> set[str] | None:
     """The queues paused in the broker, or None when that cannot be read."""
     client = _client(url)
-    if client is None:
+    if client is None or not hasattr(client, "info"):
         return None
     try:
-        for name in ("paused", "paused_queues"):
-            reader = getattr(client, name, None)
-            if callable(reader):
-                return set(reader(partition))
-        return None
+        info = client.info(partition, queues=tuple(queues), retry_levels=())
+        return set(getattr(info, "paused", ()) or ())
     finally:
         _close(client)
