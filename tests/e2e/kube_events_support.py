@@ -1,13 +1,19 @@
-"""Shared pieces of the Kubernetes Events e2e tests: the Partition CRD, objects, listing."""
+"""Shared pieces of the Kubernetes Events e2e tests: the Partition CRD, objects, listing,
+and a private kube-apiserver that a test may stop, freeze (SIGSTOP) and restart."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
 import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client import CollectorRegistry
 
 from roger.core.config import parse_config
@@ -19,6 +25,8 @@ from tests.helpers import Kubectl, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "partitions.roger.dev.yaml"
+STATE = Path(os.environ.get("ROGER_STATE_DIR", ROOT / ".cluster"))
+ETCD_PORT = os.environ.get("ROGER_ETCD_PORT", "12379")
 
 # Only used when the project's CRD file is not there (yet).
 MINIMAL_CRD = textwrap.dedent(
@@ -134,3 +142,92 @@ def wait_events(
         timeout=timeout,
         message=f"{n} Events about Partition {name}",
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateApiServer:
+    """A kube-apiserver of the test's own: the local cluster's binary, etcd and certificates
+    on another port, so stopping or freezing it does not disturb tests that share the
+    cluster's main API server. ``kubeconfig`` is the admin kubeconfig pointed at it."""
+
+    def __init__(self, workdir: Path, kubectl_bin: str) -> None:
+        self.port = _free_port()
+        self.workdir = workdir
+        self.kubectl_bin = kubectl_bin
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.frozen = False
+        pki = STATE / "pki"
+        self.args = [
+            str(STATE / "bin" / "kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{ETCD_PORT}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.port}",
+            "--endpoint-reconciler-type=none",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--authorization-mode=Node,RBAC",
+            f"--cert-dir={workdir / 'certs'}",
+            "--profiling=false",
+            "--event-ttl=1h",
+        ]
+        config = yaml.safe_load((STATE / "kubeconfig").read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
+        self.kubeconfig = str(workdir / "kubeconfig")
+        Path(self.kubeconfig).write_text(yaml.safe_dump(config))
+
+    def start(self) -> None:
+        log = open(self.workdir / "kube-apiserver.log", "ab")  # noqa: SIM115 - child owns it
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        log.close()
+        self.frozen = False
+        eventually(self.ready, timeout=120, interval=0.5, message="private kube-apiserver ready")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def ready(self) -> bool:
+        assert self.running(), "kube-apiserver exited"
+        return (
+            subprocess.run(
+                [self.kubectl_bin, "--kubeconfig", self.kubeconfig, "get", "--raw", "/readyz"],
+                capture_output=True,
+                timeout=10,
+            ).returncode
+            == 0
+        )
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections are still accepted by the kernel, nothing is answered."""
+        assert self.proc is not None and self.running()
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.frozen:
+            self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def stop(self) -> None:
+        self.thaw()  # a stopped process would not act on SIGTERM
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)

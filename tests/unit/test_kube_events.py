@@ -1,9 +1,14 @@
-"""The pure Events builder: reasons, messages, truncation, aggregation key, budget, table."""
+"""The pure Events builder: reasons, messages, truncation, aggregation key, budget, table;
+and the pure parts of the worker's Events settings (namespace, name, instance, hooks).
+
+The observer's threads and I/O are tested against a real kube-apiserver in
+tests/e2e/test_kube_events_{observer,outage,rbac,worker}.py."""
 
 from __future__ import annotations
 
 import pytest
 
+from roger.core.config import KubeSettings, parse_config
 from roger.core.hooks import HOOKS, HookName
 from roger.core.kube_events import (
     HOOK_EVENTS,
@@ -27,6 +32,7 @@ from roger.core.kube_events import (
 )
 from roger.core.lifecycle import LifecycleEvent
 from roger.core.rbac import WORKER_RULES
+from roger.kube import instance, kube_namespace
 
 pytestmark = pytest.mark.unit
 
@@ -235,3 +241,28 @@ def test_worker_rules_are_least_privilege() -> None:
         for r in rule["resources"]
     }
     assert verbs == {("", "events"): {"create", "patch"}, ("roger.dev", "partitions"): {"get"}}
+
+
+def test_kube_settings_from_config() -> None:
+    base = {"partition": "tenant-a", "queues": {"default": 1}, "jobs": ["m"]}
+    assert parse_config(base).kube == KubeSettings(None, None, HOOKS)
+    config = parse_config(
+        {**base, "kube": {"namespace": "ns1", "name": "obj", "events": ["on_error", "on_buried"]}}
+    )
+    assert config.kube == KubeSettings("ns1", "obj", ("on_error", "on_buried"))
+
+
+def test_namespace_flag_or_config_first_then_the_pods_env() -> None:
+    base = {"partition": "tenant-a", "queues": {"default": 1}, "jobs": ["m"]}
+    none = parse_config(base)
+    assert kube_namespace(none, {}) is None
+    assert kube_namespace(none, {"POD_NAMESPACE": "p"}) == "p"
+    assert kube_namespace(none, {"ROGER_KUBE_NAMESPACE": "r", "POD_NAMESPACE": "p"}) == "r"
+    configured = parse_config({**base, "kube": {"namespace": "c"}})
+    assert kube_namespace(configured, {"ROGER_KUBE_NAMESPACE": "r", "POD_NAMESPACE": "p"}) == "c"
+
+
+def test_reporting_instance_is_the_pod_then_the_host() -> None:
+    assert instance({"POD_NAME": "pod-7", "HOSTNAME": "h"}) == "pod-7"
+    assert instance({"HOSTNAME": "h"}) == "h"
+    assert instance({})  # the host name

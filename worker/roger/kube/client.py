@@ -142,12 +142,16 @@ class KubeEventsApi:
             )
             response = self._api.call_api(*request, _request_timeout=self._timeout)
             data = response.read()  # type: ignore[no-untyped-call]
+        except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too)
+            raise ApiFailure("unreachable", str(exc)) from exc
         except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
             raise ApiFailure("timeout", str(exc)) from exc
         except urllib3.exceptions.MaxRetryError as exc:
             reason = exc.reason
-            cause = "timeout" if isinstance(reason, urllib3.exceptions.TimeoutError) else None
-            raise ApiFailure(cause or "unreachable", str(reason or exc)) from exc
+            timed_out = isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(
+                reason, urllib3.exceptions.NewConnectionError
+            )
+            raise ApiFailure("timeout" if timed_out else "unreachable", str(reason or exc)) from exc
         except (urllib3.exceptions.HTTPError, OSError, self._api_exception) as exc:
             raise ApiFailure("unreachable", str(exc)) from exc
         status = int(response.status)
