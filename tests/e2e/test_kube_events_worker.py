@@ -131,3 +131,47 @@ def test_worker_hooks_become_events_and_counts_stay_exact(
     # and the budget's ceiling: 25 + 1/s.
     assert len(events) == 4
     assert writes <= len(events) * (2 + elapsed / 10) and writes <= 25 + elapsed
+
+
+def test_cancelled_running_job_becomes_a_job_cancelled_event(
+    worker: tuple[str, int, Kubectl], amqp_url: str, namespace: str
+) -> None:
+    """roger.Client.cancel on a running job: the worker kills it, runs on_cancel once, and
+    that hook is a Normal JobCancelled Event about the Partition."""
+    partition, port, kubectl = worker
+    with roger.Client(amqp_url) as client:
+        job_id = client.enqueue(partition, "tests.jobs.basic:slow", {"sleep": 600})
+        eventually(
+            lambda: _metric(port, "roger_lifecycle_events_total", hook="before_run") >= 1,
+            timeout=60,
+            message="the job running",
+        )
+        client.cancel(partition, job_id)
+    eventually(
+        lambda: _metric(port, "roger_lifecycle_events_total", hook="on_cancel") >= 1,
+        timeout=30,
+        message="on_cancel",
+    )
+    cancelled = eventually(
+        lambda: [
+            e for e in list_events(kubectl, namespace, partition) if e["reason"] == "JobCancelled"
+        ],
+        timeout=30,
+        message="a JobCancelled Event",
+    )
+    (event,) = cancelled
+    assert event["type"] == "Normal" and event["count"] == 1
+    assert event["involvedObject"]["kind"] == "Partition"
+    assert event["involvedObject"]["name"] == partition
+    assert event["reportingInstance"] == "worker-pod-0"
+    assert f"id {job_id}" in event["message"] and "tests.jobs.basic" in event["message"]
+    eventually(
+        lambda: _metric(port, "roger_kube_events_emitted_total") >= 2,
+        timeout=30,
+        message="both hooks on Events",
+    )
+    reasons = sorted(e["reason"] for e in list_events(kubectl, namespace, partition))
+    assert reasons == ["JobCancelled", "JobStarted"]  # not succeeded, failed nor buried
+    assert _metric(port, "roger_lifecycle_events_total") == 2  # before_run, on_cancel
+    assert _metric(port, "roger_kube_events_emitted_total") == 2
+    assert _metric(port, "roger_kube_events_dropped_total") == 0
