@@ -294,3 +294,23 @@ def test_reconnects_after_the_connection_is_closed(
     client.enqueue(unique_name, basic.ok, {"out": str(out)})
     wait_for("jobs run again", lambda: read_lines(out), timeout=20)
     assert w.proc.poll() is None
+
+
+def test_a_deleted_queue_is_declared_again_and_consumed(
+    workers: Workers, broker: Broker, amqp_url: str, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    w = workers.start()
+    broker.delete(f"{unique_name}-default")
+    wait_for("reconnected", lambda: w.metric("roger_broker_reconnects_total") == 1, timeout=30)
+    wait_for(
+        "consumer back",
+        lambda: (
+            broker.count(f"{unique_name}-default") == 0
+            and broker.consumers(f"{unique_name}-default") == 1
+        ),
+        timeout=30,
+    )
+    with roger.Client(amqp_url) as c:
+        c.enqueue(unique_name, basic.ok, {"out": str(out)})
+    wait_for("jobs run again", lambda: read_lines(out), timeout=20)

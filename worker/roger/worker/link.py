@@ -153,6 +153,7 @@ class Link:
     ) -> None:
         def opened(channel: Any) -> None:
             channel.add_on_close_callback(self._channel_closed)
+            channel.add_on_cancel_callback(lambda _frame: self._cancelled_by_broker(queue))
             channel.basic_qos(prefetch_count=prefetch, callback=lambda _f: start(channel))
 
         def start(channel: Any) -> None:
@@ -161,6 +162,12 @@ class Link:
 
         assert self.conn is not None
         self.conn.channel(on_open_callback=opened)
+
+    def _cancelled_by_broker(self, queue: str) -> None:
+        """The broker dropped our consumer (queue deleted, node moved): start over."""
+        log.warning("RabbitMQ cancelled the consumer of %s; reconnecting to re-declare", queue)
+        if self.conn is not None and self.conn.is_open and not self.closing:
+            self.conn.close()
 
     def sample(self, names: list[str], on_counts: Callable[[str, int, int], None]) -> None:
         """Passive-declare queues on a throwaway channel; off the hot path."""
