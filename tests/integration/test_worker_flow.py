@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,3 +169,25 @@ def test_not_retryable_is_buried_at_once_and_buried_queue_is_bounded(
     time.sleep(0.5)
     assert broker.count(f"{unique_name}-default.buried") == 2  # bounded: oldest dropped
     assert not any(h["hook"] == "on_error" for h in read_json_lines(hooks))
+
+
+def test_client_survives_a_dropped_connection(
+    amqp_url: str, broker: Broker, unique_name: str
+) -> None:
+    name = f"roger-client {unique_name}"
+    with roger.Client(amqp_url, name=name) as c:
+        c.enqueue(unique_name, basic.ok, {"n": 1})
+        conns = wait_for(
+            "client connection listed",
+            lambda: [
+                x
+                for x in management("/connections?columns=name,client_properties")
+                if x.get("client_properties", {}).get("connection_name") == name
+            ],
+            timeout=30,
+            every=1,
+        )
+        management("/connections/" + urllib.parse.quote(conns[0]["name"], safe=""), "DELETE")
+        time.sleep(1)  # the broker closes it; the client only learns on its next call
+        c.enqueue(unique_name, basic.ok, {"n": 2})  # reconnects once, transparently
+    assert broker.count(f"{unique_name}-default") == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
@@ -68,8 +69,10 @@ def _definition(job: JobDefinition | str) -> tuple[str, JobDefinition | None]:
 
 
 class Client:
-    def __init__(self, amqp_url: str) -> None:
+    def __init__(self, amqp_url: str, name: str | None = None) -> None:
         self.params = pika.URLParameters(amqp_url)
+        # How this client shows in RabbitMQ's connection list.
+        self.params.client_properties = {"connection_name": name or f"roger-client {os.getpid()}"}
         self._conn: Any = None
         self._ch: Any = None
         self._declared: set[str] = set()
