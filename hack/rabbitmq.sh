@@ -15,6 +15,7 @@ export RABBITMQ_PID_FILE=$STATE/rabbitmq.pid
 export RABBITMQ_CONFIG_FILE=$STATE/rabbitmq   # .conf appended by rabbitmq
 export RABBITMQ_ENABLED_PLUGINS_FILE=$STATE/enabled_plugins
 export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+export ERL_CRASH_DUMP=$STATE/erl_crash.dump
 export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 
 # Debian's /usr/sbin wrappers switch to the rabbitmq user and drop this environment;
@@ -35,6 +36,11 @@ running() { rabbitmqctl -n "$RABBITMQ_NODENAME" -q await_startup --timeout 2 >/d
 
 up() {
   ensure_installed
+  mkdir -p "$STATE"
+  # Parallel callers (test sessions, make) wait for one start instead of racing a second
+  # broker onto the same ports.
+  exec 9>"$STATE/.lock"
+  flock 9
     if running; then log "already running on 127.0.0.1:$RABBITMQ_NODE_PORT"; return 0; fi
   mkdir -p "$STATE/log" "$STATE/mnesia"
   cat > "$STATE/rabbitmq.conf" <<CONF
