@@ -56,9 +56,9 @@ disk_free_limit.absolute = 500MB
 CONF
   echo '[rabbitmq_management,rabbitmq_prometheus].' > "$STATE/enabled_plugins"
   # epmd must listen on loopback only; start it ourselves before the broker does.
-  epmd -address 127.0.0.1 -daemon
+  epmd -address 127.0.0.1 -daemon 9>&-
   log "starting rabbitmq-server (state in $STATE)"
-  nohup rabbitmq-server >"$STATE/log/startup.log" 2>&1 &
+  nohup rabbitmq-server >"$STATE/log/startup.log" 2>&1 9>&- &
   for _ in $(seq 1 120); do
     if running; then log "ready on 127.0.0.1:$RABBITMQ_NODE_PORT"; return 0; fi
     sleep 0.5
