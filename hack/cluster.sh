@@ -99,7 +99,7 @@ start() { # name args...
   local name=$1; shift
   alive "$name" && return 0
   [ -x "$BIN/$name" ] || die "$BIN/$name is missing: run 'make tools' (hack/tools.sh)"
-  setsid "$BIN/$name" "$@" >>"$LOGS/$name.log" 2>&1 < /dev/null &
+  setsid "$BIN/$name" "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDS/$name.pid"
 }
 
@@ -202,6 +202,9 @@ up() {
   local start_s=$SECONDS
   bash "$ROOT/hack/tools.sh"
   mkdir -p "$LOGS" "$PIDS"
+  # Parallel callers wait for one start instead of racing a second control plane.
+  exec 9>"$S/.lock"
+  flock 9
   if all_alive && api_ready; then log "already running (kubeconfig: $KUBECONFIG_OUT)"; return 0; fi
   all_alive || { down_quiet; }
   pki
