@@ -374,23 +374,20 @@ def main() -> int:
     )
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=16, help="Roger max_workers (prefetch)")
+    parser.add_argument("--big-workers", type=int, default=64, help="a second, larger pool")
     parser.add_argument("--skip", action="append", default=[], help="pika|roger|dramatiq|celery")
     opts = parser.parse_args()
     url, n, w = opts.amqp_url, opts.jobs, opts.workers
     print(f"# {n} no-op jobs each, one RabbitMQ on this machine ({os.cpu_count()} cores)")
     rows: list[tuple[str, float]] = []
+    big = opts.big_workers
     runs = [
-        (
-            f"bare pika consumer, quorum queue, prefetch {w}",
-            lambda: bench_pika(url, n, w, "quorum"),
-        ),
-        (
-            "bare pika consumer, quorum queue, prefetch 256",
-            lambda: bench_pika(url, n, 256, "quorum"),
-        ),
-        (f"Roger worker, {w} job processes, 5 hooks, metrics", lambda: bench_roger(url, n, w)),
-        ("Dramatiq 2 processes x 8 threads", lambda: bench_dramatiq(url, n)),
-        ("Celery prefork, 2 processes", lambda: bench_celery(url, n)),
+        (f"bare pika consumer, quorum, prefetch {w}", lambda: bench_pika(url, n, w, "quorum")),
+        (f"Roger worker, {w} job processes (prefetch {w})", lambda: bench_roger(url, n, w)),
+        (f"bare pika consumer, quorum, prefetch {big}", lambda: bench_pika(url, n, big, "quorum")),
+        (f"Roger worker, {big} job processes (prefetch {big})", lambda: bench_roger(url, n, big)),
+        ("Dramatiq 2 processes x 8 threads (classic queue)", lambda: bench_dramatiq(url, n)),
+        ("Celery prefork, 2 processes (classic queue)", lambda: bench_celery(url, n)),
     ]
     skip = {s.lower() for s in opts.skip}
     for name, fn in runs:
@@ -399,24 +396,34 @@ def main() -> int:
         rate = fn()
         rows.append((name, rate))
         print(f"  {name:<55} {rate:8.0f} jobs/s", flush=True)
-    by = dict(rows)
-    roger_rate = next((r for k, r in rows if k.startswith("Roger")), None)
     print()
-    print("| system | jobs/s | Roger / system |")
-    print("|---|---:|---:|")
+    print("| system | jobs/s |")
+    print("|---|---:|")
     for name, rate in rows:
-        ratio = f"{roger_rate / rate:.2f}x" if roger_rate else "-"
-        print(f"| {name} | {rate:.0f} | {ratio} |")
-    if roger_rate:
+        print(f"| {name} | {rate:.0f} |")
+    rate = dict(rows)
+
+    def ratio(a: str, b: str) -> None:
+        if a in rate and b in rate:
+            print(f"- {a} / {b}: {rate[a] / rate[b]:.2f}")
+
+    print()
+    for workers in (w, big):
+        roger_row = f"Roger worker, {workers} job processes (prefetch {workers})"
+        ratio(roger_row, f"bare pika consumer, quorum, prefetch {workers}")
+        ratio(roger_row, "Dramatiq 2 processes x 8 threads (classic queue)")
+        ratio(roger_row, "Celery prefork, 2 processes (classic queue)")
+    peak = rate.get(f"Roger worker, {w} job processes (prefetch {w})")
+    if peak:
         enq = bench_enqueue(url, 300)
-        p50, p99, count = bench_latency(url, roger_rate / 2, 5.0, w)
         print()
         print(f"Roger enqueue (Client.enqueue, persistent, confirmed one by one): {enq:.0f} jobs/s")
-        print(
-            f"Roger enqueue-to-start at {roger_rate / 2:.0f} jobs/s (half of peak), "
-            f"{count} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
-        )
-    del by
+        for share in (0.25, 0.5):
+            p50, p99, count = bench_latency(url, peak * share, 5.0, w)
+            print(
+                f"Roger enqueue-to-start at {peak * share:.0f} jobs/s ({share:.0%} of the"
+                f" {w}-process peak), {count} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            )
     return 0
 
 
