@@ -191,3 +191,16 @@ def test_client_survives_a_dropped_connection(
         time.sleep(1)  # the broker closes it; the client only learns on its next call
         c.enqueue(unique_name, basic.ok, {"n": 2})  # reconnects once, transparently
     assert broker.count(f"{unique_name}-default") == 2
+
+
+def test_zero_max_workers_declares_but_does_not_consume(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str
+) -> None:
+    workers.start(queues=["default=1", "idle=0"])
+    idle = f"{unique_name}-idle"
+    assert broker.count(idle) == 0 and broker.count(f"{idle}.buried") == 0  # declared
+    assert broker.consumers(idle) == 0
+    client.enqueue(unique_name, basic.ok, {"n": 1}, queue="idle")
+    time.sleep(1)
+    assert broker.count(idle) == 1  # nobody takes it
+    assert broker.consumers(f"{unique_name}-default") == 1
