@@ -43,6 +43,9 @@ from roger.kube.observer import KubeEventsObserver  # noqa: E402
 KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
 KUBECTL = ROOT / ".cluster" / "bin" / "kubectl"
 AMQP_URL = os.environ.get("ROGER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+# Seconds between the last enqueue and the worker's start, in both modes. (Before, only
+# the Events-on rounds paused here, for kubectl, and so started on a quieter broker.)
+SETTLE = 2.0
 
 
 class NoopObserver:
@@ -230,9 +233,12 @@ def worker_round(jobs: int, events_on: bool, namespace: str, concurrency: int) -
     import roger
 
     partition = f"bench-{uuid.uuid4().hex[:8]}"
+    if events_on:  # before enqueueing, so that both modes start their worker alike
+        prepare_partition(namespace, partition)
     with roger.Client(AMQP_URL) as client:
         for i in range(jobs):
             client.enqueue(partition, "tests.jobs.basic:noop", {"n": i})
+    time.sleep(SETTLE)  # let the broker finish with the publishes, in both modes
     port = _free_port()
     cmd = [
         str(ROOT / ".venv" / "bin" / "roger"),
@@ -249,7 +255,6 @@ def worker_round(jobs: int, events_on: bool, namespace: str, concurrency: int) -
     env = {**os.environ, "ROGER_AMQP_URL": AMQP_URL, "KUBECONFIG": str(KUBECONFIG)}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     if events_on:
-        prepare_partition(namespace, partition)
         cmd += ["--kube-namespace", namespace]
     log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the worker
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log, cwd=ROOT)
@@ -288,6 +293,7 @@ def bench_worker(results: dict[str, Any], jobs: int, rounds: int, concurrency: i
     namespace = f"bench-events-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    load_before = [round(x, 2) for x in os.getloadavg()]
     try:
         for r in range(rounds):
             order = ("off", "on") if r % 2 == 0 else ("on", "off")
@@ -297,15 +303,35 @@ def bench_worker(results: dict[str, Any], jobs: int, rounds: int, concurrency: i
     finally:
         kubectl("delete", "namespace", namespace, "--wait=false")
     off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    # Each round ran off and on back to back: the per-round difference cancels slow drifts
+    # of the machine's load that the two medians do not.
+    paired = [(a - b) / a * 100 for a, b in zip(rates["off"], rates["on"], strict=True)]
+
+    def spread(xs: list[float]) -> dict[str, float]:
+        q = statistics.quantiles(xs, n=4) if len(xs) >= 2 else [xs[0]] * 3
+        return {
+            "min": round(min(xs)),
+            "q1": round(q[0]),
+            "median": round(statistics.median(xs)),
+            "q3": round(q[2]),
+            "max": round(max(xs)),
+            "cv_pct": round(statistics.pstdev(xs) / statistics.mean(xs) * 100, 1),
+        }
+
     results["worker"] = {
         "jobs_per_round": jobs,
         "rounds": rounds,
         "concurrency": concurrency,
         "jobs_per_s_off": [round(x) for x in rates["off"]],
         "jobs_per_s_on": [round(x) for x in rates["on"]],
+        "spread_off": spread(rates["off"]),
+        "spread_on": spread(rates["on"]),
         "median_off": round(off),
         "median_on": round(on),
         "difference_pct": round((off - on) / off * 100, 2),
+        "paired_difference_pct": [round(d, 1) for d in paired],
+        "paired_difference_median_pct": round(statistics.median(paired), 2),
+        "load_average_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "event_objects": len(listed["items"]),
         "event_count_sum": sum(e.get("count") or 0 for e in listed["items"]),
     }
