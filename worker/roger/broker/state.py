@@ -6,11 +6,22 @@ runs on that connection's ioloop thread and never blocks.
 
 - Control stream ``<p>.control``: consumed from ``now - HORIZON`` and followed live; a
   ``sync`` nonce this worker publishes on attach tells it when it has caught up (only then
-  is ``ready`` true: a worker must know every cancel before it runs jobs).
+  is ``ready`` true: a worker must know every cancel before it runs jobs). The nonce is
+  published and *confirmed before* the consumer attaches: RabbitMQ (3.10) resolves a
+  timestamp offset on a stream whose log is still empty (several workers creating it at
+  once) to "the next offset", which may already lie past events being written, the nonce
+  included; a confirmed nonce makes the log non-empty first. A nonce not back within
+  ``SYNC_TIMEOUT`` subscribes again (folding is idempotent) with a new nonce; after
+  ``SYNC_ATTEMPTS`` the connection is dropped (the runtime reconnects).
 - Pause streams ``<p>.pause.<queue>``: created by the first pause/resume of a queue; a
   worker subscribes from the last chunk (the last event is the state) and follows live. A
   queue whose stream does not exist was never paused; the ``pause``/``resume`` notice in
-  the control stream makes workers subscribe when it appears.
+  the control stream makes workers subscribe when it appears. A subscription that yields
+  no event within ``PAUSE_RESOLVE_TIMEOUT`` is made again (``PAUSE_ATTEMPTS`` in all)
+  before the queue is taken as not paused (a stream declared by a client that died before
+  publishing); a passive declare refused other than 404 is retried.
+- Startup never waits silently: ``waiting_for()`` says what is missing (the runtime logs
+  it) and after ``STARTUP_DEADLINE`` without being ready the connection is dropped.
 - Execution locks: exclusive queues on this connection, so they die with the deliveries
   they protect (a lost connection requeues the job and frees its key at once).
 - Queue keys and waiting rooms: see ``release_queue_key``, ``park``, ``release_next``.
@@ -42,7 +53,12 @@ log = logging.getLogger("roger.state")
 Done = Callable[[bool], None]
 SWEEP_INTERVAL = 10.0
 EXPIRE_INTERVAL = 600.0
-PAUSE_RESOLVE_TIMEOUT = 5.0
+PAUSE_RESOLVE_TIMEOUT = 5.0  # a pause subscription silent this long is made again
+PAUSE_ATTEMPTS = 3  # subscriptions before a silent pause stream counts as "not paused"
+SYNC_TIMEOUT = 10.0  # a sync nonce not back (or not confirmed) by then: subscribe again
+SYNC_ATTEMPTS = 3  # nonces before the connection is dropped
+RETRY_DELAY = 1.0  # before retrying a refused passive declare or a nacked nonce
+STARTUP_DEADLINE = 60.0  # not ready this long after attach: drop the connection
 
 
 def _noop(_ok: bool) -> None:
@@ -112,10 +128,16 @@ class PartitionState:
         self.held: dict[str, str] = {}  # execution key -> job id, locks this connection holds
         self._cons: Any = None  # channel consuming the streams
         self._pub: _Confirms | None = None
-        self._sync: str | None = None
-        self._pause_subscribed: set[str] = set()
+        self._sync: str | None = None  # the nonce in flight
+        self._synced = False  # our nonce came back: every older control event is folded
+        self._sync_attempt = 0
+        self._control_tag: str | None = None
+        self._pause_tags: dict[str, str] = {}  # queue -> consumer tag of its pause stream
+        self._pause_seen: set[str] = set()  # queues whose pause subscription delivered
         self._pause_resolved: set[str] = set()
         self._last_sweep: dict[str, float] = {}
+        self._stage = "the AMQP connection"
+        self._attached_at = 0.0
 
     # -- lifecycle --------------------------------------------------------------------
     def attach(self, conn: Any) -> None:
@@ -124,18 +146,45 @@ class PartitionState:
         self.conn = conn
         self.generation += 1
         gen = self.generation
+        self._attached_at = time.monotonic()
+        self._stage = "the state publish channel"
         conn.channel(on_open_callback=lambda ch: self._pub_opened(gen, ch))
+        self._later(STARTUP_DEADLINE, lambda: self._deadline(gen))
 
     def detach(self) -> None:
         """The connection is gone: locks went with it; keep folded state (it stays valid)."""
         self.ready = False
         self.held.clear()
-        self._pause_subscribed.clear()
+        self._pause_tags.clear()
+        self._pause_seen.clear()
         self._pause_resolved.clear()
         if self._pub is not None:
             self._pub.fail_all()
         self._pub, self._cons, self._sync = None, None, None
+        self._sync_attempt, self._control_tag, self._synced = 0, None, False
+        self._stage = "the AMQP connection"
         self.conn = None
+
+    def waiting_for(self) -> str:
+        """What startup waits for now (empty once ready), for people reading the log."""
+        if self.ready:
+            return ""
+        parts = [self._stage] if self._stage else []
+        pending = [q for q in self.queues if q not in self._pause_resolved]
+        if self._cons is not None and pending:
+            parts.append("the pause state of queue(s) " + ", ".join(pending))
+        return "; ".join(parts) or "nothing (about to be ready)"
+
+    def _deadline(self, gen: int) -> None:
+        if self._alive(gen) and not self.ready:
+            log.error(
+                "partition state of %s not ready %.0fs after connecting (waiting for %s); "
+                "dropping the connection to start over",
+                self.partition,
+                time.monotonic() - self._attached_at,
+                self.waiting_for(),
+            )
+            self.conn.close()
 
     def _alive(self, gen: int) -> bool:
         return gen == self.generation and self.conn is not None and self.conn.is_open
@@ -150,6 +199,7 @@ class PartitionState:
             return
         pub = _Confirms(ch)
         self._pub = pub
+        self._stage = "the partition streams to be declared"
         ch.add_on_close_callback(lambda _c, reason: self._lost_channel(gen, "publish", reason))
         ch.confirm_delivery(
             ack_nack_callback=pub.on_confirm,
@@ -171,6 +221,7 @@ class PartitionState:
         def one(_f: Any) -> None:
             left[0] -= 1
             if left[0] == 0 and self._alive(gen):
+                self._stage = "the stream consumer channel"
                 self.conn.channel(on_open_callback=lambda c: self._cons_opened(gen, c))
 
         for name, args in decls:
@@ -183,29 +234,87 @@ class PartitionState:
         ch.add_on_close_callback(lambda _c, reason: self._lost_channel(gen, "stream", reason))
         ch.basic_qos(prefetch_count=500, callback=lambda _f: self._start_control(gen, ch))
 
-    def _start_control(self, gen: int, ch: Any) -> None:
-        since = self.clock() - self.control.horizon
-        start = datetime.datetime.fromtimestamp(int(since), tz=datetime.UTC)
-        ch.basic_consume(
-            naming.control_stream_name(self.partition),
-            self._on_control,
-            arguments={"x-stream-offset": start},
-        )
+    def _start_control(self, gen: int, _ch: Any) -> None:
+        if not self._alive(gen):
+            return
         for q in self.queues:
             self._check_pause_stream(gen, q)
-        self._sync = uuid.uuid4().hex
-        body = b'{"type":"sync","nonce":"%s"}' % self._sync.encode()
-        assert self._pub is not None
-        self._pub.publish(naming.control_stream_name(self.partition), body, PERSISTENT, _noop)
+        self._sync_round(gen)
         self._later(SWEEP_INTERVAL, lambda: self._sweep_tick(gen))
         self._later(EXPIRE_INTERVAL, lambda: self._expire_tick(gen))
+
+    def _sync_round(self, gen: int) -> None:
+        """Publish a fresh nonce; once confirmed, (re)subscribe to the control stream from
+        the horizon and wait for the nonce to come back (then every older event is read).
+
+        Confirmed first: the log is then non-empty when the consumer attaches, so its
+        timestamp offset resolves to a chunk (on an empty log RabbitMQ attaches at "next",
+        which can skip events being written at that moment, this nonce among them).
+        """
+        if not self._alive(gen) or self.ready or self._pub is None or self._cons is None:
+            return
+        if self._sync_attempt >= SYNC_ATTEMPTS:
+            log.error(
+                "control stream %s: sync nonce not back after %d attempts; "
+                "dropping the connection to start over",
+                naming.control_stream_name(self.partition),
+                self._sync_attempt,
+            )
+            self.conn.close()
+            return
+        self._sync_attempt += 1
+        attempt = self._sync_attempt
+        cons, name = self._cons, naming.control_stream_name(self.partition)
+        if self._control_tag is not None:
+            if cons.is_open:
+                cons.basic_cancel(self._control_tag)
+            self._control_tag = None
+        nonce = uuid.uuid4().hex
+        self._sync = nonce
+        self._stage = f"the confirm of sync nonce {attempt}/{SYNC_ATTEMPTS} on {name}"
+
+        def confirmed(ok: bool) -> None:
+            if not self._alive(gen) or self._sync != nonce:
+                return
+            if not ok:
+                log.warning("sync nonce on %s refused (nack); trying again", name)
+                self._later(RETRY_DELAY, lambda: self._sync_round(gen))
+                return
+            since = self.clock() - self.control.horizon
+            start = datetime.datetime.fromtimestamp(int(since), tz=datetime.UTC)
+            self._stage = (
+                f"sync nonce {attempt}/{SYNC_ATTEMPTS} to come back through {name} "
+                "(reading the control stream)"
+            )
+            self._control_tag = cons.basic_consume(
+                name, self._on_control, arguments={"x-stream-offset": start}
+            )
+
+        body = b'{"type":"sync","nonce":"%s"}' % nonce.encode()
+        if not self._pub.publish(name, body, PERSISTENT, confirmed):
+            return  # the publish channel is closed: the connection goes with it
+        self._later(SYNC_TIMEOUT, lambda: self._sync_timeout(gen, nonce))
+
+    def _sync_timeout(self, gen: int, nonce: str) -> None:
+        if self._alive(gen) and self._sync == nonce and not self.ready:
+            log.warning(
+                "partition %s: sync nonce %d/%d not back after %.0fs (waiting for %s); "
+                "subscribing to the control stream again",
+                self.partition,
+                self._sync_attempt,
+                SYNC_ATTEMPTS,
+                SYNC_TIMEOUT,
+                self._stage,
+            )
+            self._sync_round(gen)
 
     # -- control stream -----------------------------------------------------------------
     def _on_control(self, ch: Any, method: Any, _props: Any, body: bytes) -> None:
         ch.basic_ack(method.delivery_tag)
-        if self._sync is not None and body.startswith(b'{"type":"sync"'):
-            if self._sync.encode() in body:
-                self._sync = None
+        if body.startswith(b'{"type":"sync"'):
+            if self._sync is not None and self._sync.encode() in body:
+                self._sync, self._synced = None, True
+                self._stage = ""
                 self._maybe_ready()
             return
         try:
@@ -215,8 +324,13 @@ class PartitionState:
                 log.warning("skipping invalid control event %r", body[:200])
             return
         if ev.type in st.PAUSE_TYPES:
-            if ev.queue in self.queues and ev.queue not in self._pause_subscribed:
-                self._check_pause_stream(self.generation, ev.queue)
+            if ev.queue in self.queues and ev.queue is not None:
+                if ev.queue not in self._pause_tags:
+                    self._check_pause_stream(self.generation, ev.queue)
+                elif self._synced and ev.queue not in self._pause_seen:
+                    # a live notice, yet our subscription never delivered: it may have
+                    # attached past the event (stream created at that moment); again
+                    self._subscribe_pause(self.generation, ev.queue, 1)
             return
         if self.control.apply(ev, self.clock()) and ev.type == "cancel" and ev.job_id:
             self.on_cancel(ev.job_id)
@@ -224,7 +338,7 @@ class PartitionState:
     def _maybe_ready(self) -> None:
         if (
             not self.ready
-            and self._sync is None
+            and self._synced
             and self._cons is not None
             and all(q in self._pause_resolved for q in self.queues)
         ):
@@ -263,26 +377,65 @@ class PartitionState:
 
         def exists(_f: Any, ch: Any) -> None:
             self._quiet_close(ch)
-            if self._alive(gen) and queue not in self._pause_subscribed:
-                self._pause_subscribed.add(queue)
-                self._cons.basic_consume(
-                    name,
-                    lambda c, m, p, b: self._on_pause(queue, c, m, b),
-                    arguments={"x-stream-offset": "last"},
-                )
-                # the stream has events (its creator publishes right after declaring it);
-                # if it somehow has none, do not wait forever to start
-                self._later(PAUSE_RESOLVE_TIMEOUT, lambda: self._resolve(queue))
+            if self._alive(gen) and queue not in self._pause_tags:
+                self._subscribe_pause(gen, queue, 1)
 
         def refused(code: int) -> None:
             if code == 404:  # never paused
                 self._resolve(queue)
+            elif code and self._alive(gen) and queue not in self._pause_tags:
+                log.warning(
+                    "checking pause stream %s refused (%s); retrying in %.0fs",
+                    name,
+                    code,
+                    RETRY_DELAY,
+                )
+                self._later(RETRY_DELAY, lambda: self._recheck_pause(gen, queue))
 
         self._one_shot(
             gen,
             lambda ch: ch.queue_declare(name, passive=True, callback=lambda f: exists(f, ch)),
             refused,
         )
+
+    def _recheck_pause(self, gen: int, queue: str) -> None:
+        if self._alive(gen) and queue not in self._pause_tags:
+            self._check_pause_stream(gen, queue)
+
+    def _subscribe_pause(self, gen: int, queue: str, attempt: int) -> None:
+        """Consume the pause stream from its last chunk (again, if subscribed already)."""
+        cons = self._cons
+        if not self._alive(gen) or cons is None or not cons.is_open:
+            return
+        old = self._pause_tags.pop(queue, None)
+        if old is not None:
+            cons.basic_cancel(old)
+        tag = cons.basic_consume(
+            naming.pause_stream_name(self.partition, queue),
+            lambda c, m, p, b: self._on_pause(queue, c, m, b),
+            arguments={"x-stream-offset": "last"},
+        )
+        self._pause_tags[queue] = tag
+        self._later(PAUSE_RESOLVE_TIMEOUT, lambda: self._pause_silent(gen, queue, tag, attempt))
+
+    def _pause_silent(self, gen: int, queue: str, tag: str, attempt: int) -> None:
+        """No event from the pause subscription ``tag`` yet."""
+        if not self._alive(gen) or self._pause_tags.get(queue) != tag or queue in self._pause_seen:
+            return
+        name = naming.pause_stream_name(self.partition, queue)
+        if attempt < PAUSE_ATTEMPTS:
+            log.info("no event yet from pause stream %s; subscribing again", name)
+            self._subscribe_pause(gen, queue, attempt + 1)
+        elif queue not in self._pause_resolved:
+            # the stream exists without events (its creator died before publishing);
+            # the subscription stays: an event arriving later still applies
+            log.warning(
+                "pause stream %s has no event after %d subscriptions: queue %s taken as not paused",
+                name,
+                attempt,
+                queue,
+            )
+            self._resolve(queue)
 
     def _resolve(self, queue: str) -> None:
         if queue not in self._pause_resolved:
@@ -291,6 +444,7 @@ class PartitionState:
 
     def _on_pause(self, queue: str, ch: Any, method: Any, body: bytes) -> None:
         ch.basic_ack(method.delivery_tag)
+        self._pause_seen.add(queue)
         try:
             ev = st.decode(body)
         except st.InvalidEvent:

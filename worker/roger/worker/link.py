@@ -17,6 +17,7 @@ from pika.adapters.select_connection import SelectConnection
 
 log = logging.getLogger("roger.worker")
 BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
+DECLARE_DEADLINE = 30.0  # connection open but queue declarations unanswered: start over
 
 Confirm = Callable[[bool], None]
 
@@ -44,6 +45,7 @@ class Link:
         self.ready = False
         self.closing = False
         self.failures = 0
+        self.opened = 0  # connections opened so far
         self._seq = 0
         self._confirms: dict[int, Confirm] = {}
 
@@ -59,6 +61,19 @@ class Link:
 
     def _opened(self, conn: SelectConnection) -> None:
         conn.channel(on_open_callback=self._pub_opened)
+        opened = self.opened = self.opened + 1
+        self.ioloop.call_later(DECLARE_DEADLINE, lambda: self._declare_deadline(opened))
+
+    def _declare_deadline(self, opened: int) -> None:
+        conn = self.conn
+        if opened != self.opened or conn is None or self.ready or self.closing:
+            return  # declared, or a later connection is the current one
+        if conn.is_open:
+            log.error(
+                "queue declarations unanswered %.0fs after connecting; reconnecting",
+                DECLARE_DEADLINE,
+            )
+            conn.close()
 
     def _open_failed(self, conn: Any, error: Exception) -> None:
         log.warning("cannot connect to RabbitMQ: %s", error)

@@ -36,6 +36,7 @@ from roger.worker.telemetry import NullTelemetry, Telemetry
 
 log = logging.getLogger("roger.worker")
 SAMPLE_EVERY = 5.0
+WAIT_LOG_EVERY = 5.0  # while not ready, say what the worker waits for this often
 
 
 class Worker(JobProcesses):
@@ -92,6 +93,8 @@ class Worker(JobProcesses):
         self.flush_scheduled = False
         self.last_tick = time.monotonic()
         self.lost_once = False
+        self.unready_since: float | None = time.monotonic()
+        self.wait_logged = 0.0
 
     # -- lifecycle -----------------------------------------------------------------
     def run(self) -> int:
@@ -130,7 +133,39 @@ class Worker(JobProcesses):
 
     def _tick(self) -> None:
         self.last_tick = time.monotonic()
+        self._watch_ready(self.last_tick)
         self.ioloop.call_later(1.0, self._tick)
+
+    def waiting_for(self) -> str:
+        """What keeps the worker from being ready (empty when it is)."""
+        if self.stopping:
+            return "nothing (stopping)"
+        if not self.link.ready:
+            return "the AMQP connection and the queue declarations"
+        if not self.features.state.ready:
+            return f"partition state: {self.features.state.waiting_for()}"
+        consumed = [
+            q for q in self.queues.values() if q.max_workers and not self.features.is_paused(q.name)
+        ]
+        cold = [q.name for q in consumed if not q.warm]
+        if cold:
+            return "the job processes of queue(s) " + ", ".join(cold) + " to start"
+        idle = [q.name for q in consumed if q.channel is None]
+        if idle:
+            return "the consumer(s) of queue(s) " + ", ".join(idle)
+        return ""
+
+    def _watch_ready(self, now: float) -> None:
+        """Never an idle hang: while not ready, log every few seconds what is missing."""
+        if self.stopping or self.ready():
+            self.unready_since = None
+            return
+        if self.unready_since is None:
+            self.unready_since = now
+        waited = now - self.unready_since
+        if waited >= WAIT_LOG_EVERY and now - self.wait_logged >= WAIT_LOG_EVERY:
+            self.wait_logged = now
+            log.warning("not ready after %.0fs: waiting for %s", waited, self.waiting_for())
 
     def _fatal(self, why: str) -> None:
         log.error("%s", why)
