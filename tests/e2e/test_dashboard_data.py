@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from tests.e2e.observe_support import (
     tail,
 )
 from tests.helpers import Kubectl, eventually
+from tests.integration.worker_harness import management
 from tests.monitoring import DASHBOARDS, load_dashboard, panels, substitute
 
 pytestmark = pytest.mark.e2e
@@ -45,14 +47,10 @@ RATE_INTERVAL = "30s"  # Grafana's $__rate_interval for a 5s scrape interval
 JOBS = "tests.jobs.basic"
 
 # Panels that cannot have data yet, and why. The test fails if one of them has data (then
-# delete the entry) or if any other panel has none.
-KNOWN_GAPS: dict[str, str] = {
-    "Paused queues": "the worker does not export roger_queue_paused yet (no such gauge in"
-    " roger.metrics.worker.WorkerMetrics)",
-    "Broker reconnects": "no reconnection happens in this test, and the worker creates the"
-    " roger_broker_reconnects_total series only on the first reconnection (a counter"
-    " initialised at 0 would show data)",
-}
+# delete the entry) or if any other panel has none. "Paused queues" (roger_queue_paused,
+# 0/1 from the start) and "Broker reconnects" (roger_broker_reconnects_total, at 0 from the
+# start) have data now: the scenario pauses a queue and drops a worker's connection.
+KNOWN_GAPS: dict[str, str] = {}
 WAVES = 3
 
 
@@ -102,6 +100,21 @@ def _missing(evaluation: dict[str, dict[str, tuple[bool, bool]]]) -> dict[str, s
         elif not any(positive for _, positive in targets.values()):
             missing[key] = "only zeros"
     return missing
+
+
+def drop_worker_connection(partition: str) -> None:
+    """Close one worker's AMQP connection from the broker side (it reconnects)."""
+    prefix = f"roger-worker {partition} "
+
+    def find() -> list[dict[str, Any]]:
+        return [
+            c
+            for c in management("/connections?columns=name,client_properties")
+            if str(c.get("client_properties", {}).get("connection_name", "")).startswith(prefix)
+        ]
+
+    conns = eventually(find, timeout=30, message="a worker connection listed")
+    management("/connections/" + urllib.parse.quote(conns[0]["name"], safe=""), "DELETE")
 
 
 class Scenario:
@@ -228,8 +241,13 @@ def test_every_dashboard_panel_has_data(
 
         scenario = Scenario(amqp_url, partition)
         for wave in range(WAVES):
+            if wave == 1:  # "Paused queues" at 1 and one reconnection, for three scrapes
+                scenario.client.pause(partition, "email")
+                drop_worker_connection(partition)
             if wave:
                 time.sleep(15)  # three scrapes: the series exist before the next wave
+            if wave == 1:
+                scenario.client.resume(partition, "email")
             scenario.wave()
             for name in (partition, squatted):  # a spec change: the operator reconciles
                 kubectl.run(

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from roger.core import metric_names as names
 from roger.core.lifecycle import LifecycleEvent
+from roger.core.message import PARK_REASONS
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 _SAMPLED = {
@@ -65,10 +66,14 @@ class WorkerMetrics:
             for key, name in _SAMPLED.items()
         }
         self.reconnects = Counter(names.BROKER_RECONNECTS, "AMQP reconnects", p, registry=r)
+        self.paused = Gauge(
+            names.QUEUE_PAUSED, "Queue paused (1) or consumed (0)", [*p, "queue"], registry=r
+        )
         Info(names.WORKER_INFO, "Worker", p, registry=r).labels(partition).info(
             {"version": version}
         )
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self._child(self.reconnects)  # a counter at 0 from the start, not at the first one
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)
@@ -104,6 +109,17 @@ class WorkerMetrics:
 
     def reconnected(self) -> None:
         self._child(self.reconnects).inc()
+
+    def prepare(self, queues: list[str]) -> None:
+        """Series of the known label sets at 0, so that dashboards show 0, not "No data"."""
+        for queue in queues:
+            self._child(self.paused, queue).set(0)
+            self._child(self.jobs_running, queue)
+            for reason in PARK_REASONS:
+                self._child(self.parked_total, queue, reason)
+
+    def queue_paused(self, queue: str, paused: bool) -> None:
+        self._child(self.paused, queue).set(1 if paused else 0)
 
     def close(self, timeout: float) -> None:
         pass

@@ -75,6 +75,7 @@ class Worker(JobProcesses):
         )
         self.outbox = Outbox(self.partition, self.link, self.ioloop, self.telemetry, self._settle)
         self.features = PartitionFeatures(self)  # cancel, pause, queue and execution keys
+        self.telemetry.prepare([n for n, q in self.queues.items() if q.max_workers > 0])
         self.spec = json.dumps(
             {
                 "partition": self.partition,

@@ -19,6 +19,8 @@ class Telemetry(Protocol):
     def callback_failed(self, callback: str, hook: str, reason: str) -> None: ...
     def queue_sample(self, queue: str, counts: dict[str, int]) -> None: ...
     def reconnected(self) -> None: ...
+    def prepare(self, queues: list[str]) -> None: ...
+    def queue_paused(self, queue: str, paused: bool) -> None: ...
     def close(self, timeout: float) -> None: ...
 
 
@@ -42,6 +44,12 @@ class NullTelemetry:
         pass
 
     def reconnected(self) -> None:
+        pass
+
+    def prepare(self, queues: list[str]) -> None:
+        pass
+
+    def queue_paused(self, queue: str, paused: bool) -> None:
         pass
 
     def close(self, timeout: float) -> None:
