@@ -89,3 +89,14 @@ def test_status_records_and_liveness() -> None:
     gone = st.WorkerStatus("h:3", 100.0, {}, stopping=True)
     newer = st.WorkerStatus("h:1", 101.0, {"default": 2})
     assert st.live_workers([rec, old, gone, newer], now=101.0) == [newer]
+
+
+def test_status_records_tell_the_partition_topology() -> None:
+    new = st.WorkerStatus("h:1", 100.0, {"default": 2, "mail": 0}, retry_levels=(1, 5))
+    other = st.WorkerStatus("h:2", 101.0, {"reports": 1}, retry_levels=(3,))
+    old = st.WorkerStatus("h:3", 102.0, {"default": 1})  # a record without retry levels
+    for rec in (new, other, old):
+        assert st.decode_status(st.encode_status(rec)) == rec
+    assert st.learned_topology([new, other, old]) == (("default", "mail", "reports"), (1, 3, 5))
+    assert st.learned_topology([old]) == (("default",), None)
+    assert st.learned_topology([]) == (None, None)

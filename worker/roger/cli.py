@@ -24,7 +24,7 @@ from roger.core.config import (
     parse_retry_levels,
 )
 from roger.core.lifecycle import LifecycleObserver
-from roger.core.naming import DEFAULT_RETRY_LEVELS, InvalidName
+from roger.core.naming import InvalidName
 
 EXIT_USAGE = 2
 EXIT_DUPLICATE = 3  # enqueue: the job's queue_key is held by another job
@@ -260,11 +260,12 @@ def _state_command(opts: argparse.Namespace) -> int:
 
 def _info(opts: argparse.Namespace) -> int:
     url = _amqp_url(opts)
-    levels = parse_retry_levels(opts.retry_levels) if opts.retry_levels else DEFAULT_RETRY_LEVELS
+    # left out: learned from the partition's workers (Client.info), else the defaults
+    levels = parse_retry_levels(opts.retry_levels) if opts.retry_levels else None
     from roger.broker.client import Client
 
     with Client(url) as client:
-        info = client.info(opts.partition, tuple(opts.queue) or ("default",), levels)
+        info = client.info(opts.partition, tuple(opts.queue) or None, levels)
     if opts.json:
         print(json.dumps(info.to_dict(), indent=2))
         return 0

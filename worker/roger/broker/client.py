@@ -20,6 +20,7 @@ from pika.exceptions import AMQPChannelError, AMQPConnectionError, UnroutableErr
 from roger.broker import state_client
 from roger.broker.state_client import DuplicateJob
 from roger.core import naming, topology
+from roger.core import state as st
 from roger.core.jobs import JobDefinition
 from roger.core.message import JOB_NAME_RE, JobMessage, encode, new_job_id, properties
 
@@ -206,11 +207,24 @@ class Client:
     def info(
         self,
         partition: str,
-        queues: tuple[str, ...] = ("default",),
-        retry_levels: tuple[int, ...] = naming.DEFAULT_RETRY_LEVELS,
+        queues: tuple[str, ...] | None = None,
+        retry_levels: tuple[int, ...] | None = None,
     ) -> PartitionInfo:
-        """Messages and consumers of each queue and its retry, buried and invalid queues."""
+        """Messages and consumers of each queue and its retry, buried and invalid queues.
+
+        ``queues`` and ``retry_levels`` left out are learned from the status records of
+        the partition's running workers (stream ``<p>.workers``); with no worker running,
+        they are ``("default",)`` and Roger's default retry levels.
+        """
         naming.validate_name("partition", partition)
+        records = self._twice(lambda _ch: state_client.status_records(self._conn, partition))
+        learned_queues, learned_levels = st.learned_topology(records)
+        if queues is None:
+            queues = learned_queues or ("default",)
+        if retry_levels is None:
+            retry_levels = (
+                learned_levels if learned_levels is not None else naming.DEFAULT_RETRY_LEVELS
+            )
         out: dict[str, QueueInfo] = {}
         for queue in queues:
             main = self._twice(lambda _ch, q=queue: self._count(naming.queue_name(partition, q)))
@@ -247,6 +261,6 @@ class Client:
                     for r in w.running
                 ],
             }
-            for w in state_client.live_workers(conn, partition)
+            for w in state_client.live_workers(conn, partition, records)
         ]
         return PartitionInfo(partition=partition, queues=out, paused=paused, workers=workers)

@@ -190,13 +190,24 @@ def paused_queues(conn: Any, partition: str, queues: Iterable[str]) -> list[str]
     return [q for q in queues if is_paused(conn, partition, q)]
 
 
-def live_workers(conn: Any, partition: str) -> list[st.WorkerStatus]:
-    """Workers that published a status record recently, with their running jobs."""
-    now = time.time()
-    since = datetime.datetime.fromtimestamp(int(now - st.HEARTBEAT_STALE - 1), tz=datetime.UTC)
+def status_records(conn: Any, partition: str) -> list[st.WorkerStatus]:
+    """The status records of the last ``HEARTBEAT_STALE`` seconds (every worker that ran
+    then, stopping ones included)."""
+    since = datetime.datetime.fromtimestamp(
+        int(time.time() - st.HEARTBEAT_STALE - 1), tz=datetime.UTC
+    )
     records = []
     for body in _read_stream(conn, naming.workers_stream_name(partition), since):
         rec = st.decode_status(body)
         if rec is not None:
             records.append(rec)
-    return st.live_workers(records, now)
+    return records
+
+
+def live_workers(
+    conn: Any, partition: str, records: list[st.WorkerStatus] | None = None
+) -> list[st.WorkerStatus]:
+    """Workers that published a status record recently, with their running jobs."""
+    if records is None:
+        records = status_records(conn, partition)
+    return st.live_workers(records, time.time())

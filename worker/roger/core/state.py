@@ -312,6 +312,7 @@ class WorkerStatus:
     paused: tuple[str, ...] = ()
     running: tuple[RunningJob, ...] = ()
     stopping: bool = False
+    retry_levels: tuple[int, ...] | None = None  # None: a record from before they were sent
 
 
 def encode_status(st: WorkerStatus) -> bytes:
@@ -332,6 +333,7 @@ def encode_status(st: WorkerStatus) -> bytes:
                 for r in st.running
             ],
             "stopping": st.stopping,
+            **({} if st.retry_levels is None else {"retry_levels": list(st.retry_levels)}),
         },
         separators=(",", ":"),
     ).encode()
@@ -357,9 +359,31 @@ def decode_status(body: bytes) -> WorkerStatus | None:
                 for r in d.get("running") or ()
             ),
             stopping=bool(d.get("stopping", False)),
+            retry_levels=(
+                None if d.get("retry_levels") is None else tuple(int(s) for s in d["retry_levels"])
+            ),
         )
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
+
+
+def learned_topology(
+    records: Iterable[WorkerStatus],
+) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:
+    """The partition's queues and retry levels as its workers report them (sorted unions),
+    None for what no record tells."""
+    queues: set[str] = set()
+    levels: set[int] = set()
+    any_levels = False
+    for r in records:
+        queues.update(r.queues)
+        if r.retry_levels is not None:
+            any_levels = True
+            levels.update(r.retry_levels)
+    return (
+        tuple(sorted(queues)) if queues else None,
+        tuple(sorted(levels)) if any_levels else None,
+    )
 
 
 def live_workers(records: Iterable[WorkerStatus], now: float) -> list[WorkerStatus]:

@@ -61,6 +61,8 @@ class PartitionFeatures:
             len(self.state.control.cancelled),
             ", ".join(self.state.pause.paused_queues()) or "none",
         )
+        for name in self.state.queues:
+            self.w.telemetry.queue_paused(name, self.state.is_paused(name))
         self.w._start_consuming()
         if self._heartbeat_gen != self.state.generation:
             self._heartbeat_gen = self.state.generation
@@ -178,6 +180,8 @@ class PartitionFeatures:
     # -- pause ------------------------------------------------------------------------
     def _pause_event(self, queue: str, paused: bool) -> None:
         q = self.w.queues.get(queue)
+        if q is not None and q.max_workers > 0:
+            self.w.telemetry.queue_paused(queue, paused)
         if q is None or q.max_workers == 0 or not self.state.ready:
             return  # before ready, _start_consuming reads the state
         log.info("queue %s %s", queue, "paused" if paused else "resumed")
@@ -209,6 +213,7 @@ class PartitionFeatures:
             paused=tuple(self.state.pause.paused_queues()),
             running=tuple(running),
             stopping=self.w.stopping,
+            retry_levels=tuple(self.w.levels),
         )
 
     def _heartbeat(self, gen: int) -> None:
