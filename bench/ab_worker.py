@@ -1,0 +1,86 @@
+"""Interleaved A/B rounds of the Roger worker's drain rate (and bare pika as the ceiling).
+
+Each variant is a name plus extra environment for the ``roger worker`` process (e.g. a
+PYTHONPATH that puts another tree's ``worker/`` first). Rounds are interleaved (A B C, A B
+C, ...) so a change in the machine's load hits every variant alike; prints each round, then
+the median and the spread (min..max) per variant, and the load average.
+
+Usage: python bench/ab_worker.py --rounds 3 --jobs 20000 \\
+    --variant off= --variant on=ROGER_X=1 [--pika]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import worker_throughput as wt
+
+
+def roger_rate(url: str, n: int, workers: int, extra_env: dict[str, str]) -> float:
+    b = wt.Broker(url)
+    partition = f"bench-{uuid.uuid4().hex[:6]}"
+    proc = wt.start_roger(url, partition, workers, extra_env)  # declares the queues
+    wt.stop(proc)
+    b.fill(f"{partition}-default", wt.roger_body(partition), n)
+    proc = wt.start_roger(url, partition, workers, extra_env)
+    try:
+        return b.drain_rate(f"{partition}-default", n)
+    finally:
+        wt.stop(proc)
+        b.delete_partition(partition)
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = spec.partition("=")
+    extra: dict[str, str] = {}
+    for item in filter(None, rest.split(",")):
+        k, _, v = item.partition("=")
+        extra[k] = v
+    return name, extra
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--amqp-url",
+        default=os.environ.get("ROGER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    )
+    p.add_argument("--jobs", type=int, default=20000)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V")
+    p.add_argument("--pika", action="store_true", help="also bare pika, same prefetch")
+    opts = p.parse_args()
+    variants = [parse_variant(v) for v in opts.variant]
+    names = [n for n, _ in variants] + (["pika"] if opts.pika else [])
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    print(f"# {opts.jobs} jobs, {opts.workers} job processes, load {os.getloadavg()}")
+    for r in range(opts.rounds):
+        for name, extra in variants:
+            rates[name].append(roger_rate(opts.amqp_url, opts.jobs, opts.workers, extra))
+            print(f"round {r + 1} {name:<12} {rates[name][-1]:7.0f}/s", flush=True)
+        if opts.pika:
+            rates["pika"].append(wt.bench_pika(opts.amqp_url, opts.jobs, opts.workers, "quorum"))
+            print(f"round {r + 1} {'pika':<12} {rates['pika'][-1]:7.0f}/s", flush=True)
+        print(f"  load {os.getloadavg()}", flush=True)
+    print()
+    print("| variant | median jobs/s | min..max | rounds |")
+    print("|---|---:|---:|---|")
+    for name in names:
+        v = rates[name]
+        print(
+            f"| {name} | {statistics.median(v):.0f} | {min(v):.0f}..{max(v):.0f} |"
+            f" {' '.join(f'{x:.0f}' for x in v)} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
