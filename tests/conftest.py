@@ -60,8 +60,15 @@ def namespace(kubeconfig: str, kubectl_bin: str, unique_name: str) -> Iterator[s
     )
     yield unique_name
     subprocess.run(
-        [kubectl_bin, "--kubeconfig", kubeconfig, "delete", "namespace", unique_name,
-         "--wait=false"],
+        [
+            kubectl_bin,
+            "--kubeconfig",
+            kubeconfig,
+            "delete",
+            "namespace",
+            unique_name,
+            "--wait=false",
+        ],
         check=False,
         capture_output=True,
     )
