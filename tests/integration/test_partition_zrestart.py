@@ -107,7 +107,8 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
         seen = ended()
         for j, kind in kinds.items():
             assert seen[j] == {kind}, (j, kind, seen[j])  # one end each, the expected one
-        assert not rec.events("start", id="c7")  # cancelled while queued: never ran
+        # (A job cancelled right after its enqueue may already be running on a free slot, so
+        # whether c7 started is a race; queued cancels are proven in test_partition_features.)
         assert len(rec.events("on_cancel")) == len([k for k in kinds.values() if k == "cancelled"])
         assert _count(amqp_url, f"{p}-default") == 0
         # partition state survived the restart
