@@ -244,23 +244,5 @@ class Client:
         paused = state_client.paused_queues(conn, partition, queues)
         for name in paused:
             out[name].paused = True
-        workers = [
-            {
-                "worker": w.worker,
-                "at": w.at,
-                "queues": w.queues,
-                "paused": list(w.paused),
-                "running": [
-                    {
-                        "id": r.id,
-                        "name": r.name,
-                        "queue": r.queue,
-                        "started_at": r.started_at,
-                        "execution_key": r.execution_key,
-                    }
-                    for r in w.running
-                ],
-            }
-            for w in state_client.live_workers(conn, partition, records)
-        ]
+        workers = [st.status_view(w) for w in state_client.live_workers(conn, partition, records)]
         return PartitionInfo(partition=partition, queues=out, paused=paused, workers=workers)

@@ -315,28 +315,33 @@ class WorkerStatus:
     retry_levels: tuple[int, ...] | None = None  # None: a record from before they were sent
 
 
+def status_view(st: WorkerStatus) -> dict[str, Any]:
+    """A status record as plain data: what ``info`` shows and what the stream carries."""
+    return {
+        "worker": st.worker,
+        "at": st.at,
+        "queues": st.queues,
+        "paused": list(st.paused),
+        "running": [
+            {
+                "id": r.id,
+                "name": r.name,
+                "queue": r.queue,
+                "started_at": r.started_at,
+                "execution_key": r.execution_key,
+            }
+            for r in st.running
+        ],
+    }
+
+
 def encode_status(st: WorkerStatus) -> bytes:
-    return json.dumps(
-        {
-            "worker": st.worker,
-            "at": st.at,
-            "queues": st.queues,
-            "paused": list(st.paused),
-            "running": [
-                {
-                    "id": r.id,
-                    "name": r.name,
-                    "queue": r.queue,
-                    "started_at": r.started_at,
-                    "execution_key": r.execution_key,
-                }
-                for r in st.running
-            ],
-            "stopping": st.stopping,
-            **({} if st.retry_levels is None else {"retry_levels": list(st.retry_levels)}),
-        },
-        separators=(",", ":"),
-    ).encode()
+    record = {
+        **status_view(st),
+        "stopping": st.stopping,
+        **({} if st.retry_levels is None else {"retry_levels": list(st.retry_levels)}),
+    }
+    return json.dumps(record, separators=(",", ":")).encode()
 
 
 def decode_status(body: bytes) -> WorkerStatus | None:
