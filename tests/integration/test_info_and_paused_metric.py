@@ -27,12 +27,6 @@ def workers(tmp_path: Path, amqp_url: str, unique_name: str) -> Iterator[Workers
     w.stop_all()
 
 
-@pytest.fixture
-def client(amqp_url: str) -> Iterator[roger.Client]:
-    with roger.Client(amqp_url) as c:
-        yield c
-
-
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

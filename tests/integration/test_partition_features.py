@@ -27,12 +27,6 @@ def workers(
     w.stop_all()
 
 
-@pytest.fixture
-def client(amqp_url: str) -> Iterator[roger.Client]:
-    with roger.Client(amqp_url) as c:
-        yield c
-
-
 def _count(url: str, queue: str) -> int:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,27 +23,6 @@ from tests.integration.worker_harness import (
 from tests.jobs import basic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
-    b = Broker(amqp_url)
-    yield b
-    b.delete_partition(unique_name)
-    b.close()
-
-
-@pytest.fixture
-def workers(amqp_url: str, unique_name: str, tmp_path: Path) -> Iterator[Workers]:
-    ws = Workers(amqp_url, unique_name, tmp_path)
-    yield ws
-    ws.stop_all()
-
-
-@pytest.fixture
-def client(amqp_url: str) -> Iterator[roger.Client]:
-    with roger.Client(amqp_url) as c:
-        yield c
 
 
 def alive(pid: int) -> bool:

@@ -1,0 +1,36 @@
+"""Fixtures shared by the integration tests (real RabbitMQ).
+
+``workers`` here runs plain ``roger worker`` processes (tests/integration/worker_harness.py);
+the partition-feature tests override it with their own recorder-backed harness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import roger
+from tests.integration.worker_harness import Broker, Workers
+
+
+@pytest.fixture
+def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
+    b = Broker(amqp_url)
+    yield b
+    b.delete_partition(unique_name)
+    b.close()
+
+
+@pytest.fixture
+def workers(amqp_url: str, unique_name: str, tmp_path: Path) -> Iterator[Workers]:
+    ws = Workers(amqp_url, unique_name, tmp_path)
+    yield ws
+    ws.stop_all()
+
+
+@pytest.fixture
+def client(amqp_url: str) -> Iterator[roger.Client]:
+    with roger.Client(amqp_url) as c:
+        yield c
