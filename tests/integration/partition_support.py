@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pika
+
 JOBS = """
 import json, os, time
 import roger
@@ -172,3 +174,25 @@ class Workers:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait(5)
+
+
+def message_count(url: str, queue: str) -> int:
+    """Ready messages in ``queue`` (a passive declare on a connection of its own)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def delete_queues(conn: pika.BlockingConnection, names: list[str]) -> None:
+    """Delete each queue that exists, one channel each (a refusal closes its channel)."""
+    for name in names:
+        ch = conn.channel()
+        try:
+            ch.queue_delete(name)
+        except pika.exceptions.ChannelClosedByBroker:
+            pass
+        finally:
+            if ch.is_open:
+                ch.close()

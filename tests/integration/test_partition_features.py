@@ -12,7 +12,7 @@ import pytest
 
 import roger
 from tests.helpers import eventually
-from tests.integration.partition_support import Workers
+from tests.integration.partition_support import Workers, message_count
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,6 @@ def workers(
     monkeypatch.syspath_prepend(str(tmp_path))  # the client computes keys from pjobs
     yield w
     w.stop_all()
-
-
-def _count(url: str, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        conn.close()
 
 
 def test_cancel_running_and_queued_jobs_across_two_workers(
@@ -65,8 +57,8 @@ def test_cancel_running_and_queued_jobs_across_two_workers(
         assert not rec.events("on_error", job_id=job_id)
     assert not rec.events("start", id="q") and not rec.events("before_run", job_id=queued)
     for level in ("default.retry.1", "default.buried"):
-        assert _count(amqp_url, f"{p}-{level}") == 0  # not retried, not buried
-    assert _count(amqp_url, f"{p}-default") == 0
+        assert message_count(amqp_url, f"{p}-{level}") == 0  # not retried, not buried
+    assert message_count(amqp_url, f"{p}-default") == 0
 
 
 def test_cancel_issued_while_no_worker_runs(

@@ -33,7 +33,7 @@ from roger.broker import state_client as sc
 from roger.broker.state import PartitionState
 from roger.core import naming, topology
 from tests.helpers import eventually
-from tests.integration.partition_support import Workers
+from tests.integration.partition_support import Workers, delete_queues
 
 pytestmark = pytest.mark.integration
 
@@ -43,15 +43,7 @@ QUEUES = ["default", "email", "reports"]
 def _delete(url: str, names: list[str]) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        for name in names:
-            ch = conn.channel()
-            try:
-                ch.queue_delete(name)
-            except pika.exceptions.ChannelClosedByBroker:
-                pass
-            finally:
-                if ch.is_open:
-                    ch.close()
+        delete_queues(conn, names)
     finally:
         conn.close()
 

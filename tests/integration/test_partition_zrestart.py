@@ -11,14 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pika
 import pytest
 
 import roger
 from roger.broker import state_client
 from tests.conftest import ROOT
 from tests.helpers import eventually
-from tests.integration.partition_support import Workers
+from tests.integration.partition_support import Workers, message_count
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +35,6 @@ def workers(
 def _restart_broker() -> None:
     subprocess.run(["bash", "hack/rabbitmq.sh", "down"], cwd=ROOT, check=True)
     subprocess.run(["bash", "hack/rabbitmq.sh", "up"], cwd=ROOT, check=True)
-
-
-def _count(url: str, queue: str) -> int:
-    conn = pika.BlockingConnection(pika.URLParameters(url))
-    try:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        conn.close()
 
 
 def test_accounting_across_worker_kills_and_a_broker_restart(
@@ -110,7 +101,7 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
         # (A job cancelled right after its enqueue may already be running on a free slot, so
         # whether c7 started is a race; queued cancels are proven in test_partition_features.)
         assert len(rec.events("on_cancel")) == len([k for k in kinds.values() if k == "cancelled"])
-        assert _count(amqp_url, f"{p}-default") == 0
+        assert message_count(amqp_url, f"{p}-default") == 0
         # partition state survived the restart
         info = client.info(p, ("default", "mail"))
         assert info.paused == ["mail"] and info.queues["mail"].messages == 1

@@ -14,6 +14,7 @@ from roger.broker import state_client as sc
 from roger.core import naming
 from roger.core import state as st
 from tests.helpers import eventually
+from tests.integration.partition_support import delete_queues
 from tests.integration.state_loop import StateLoop
 
 pytestmark = pytest.mark.integration
@@ -33,18 +34,6 @@ def loops() -> Iterator[list[StateLoop]]:
     yield made
     for loop in made:
         loop.close()
-
-
-def _cleanup(conn: pika.BlockingConnection, names: list[str]) -> None:
-    for name in names:
-        ch = conn.channel()
-        try:
-            ch.queue_delete(name)
-        except pika.exceptions.ChannelClosedByBroker:
-            pass
-        finally:
-            if ch.is_open:
-                ch.close()
 
 
 def test_queue_key_test_and_set_under_8_concurrent_producers(
@@ -151,7 +140,7 @@ def test_waiting_room_parks_and_releases_one_at_a_time(
     _m, _p, body = ch.basic_get(main, auto_ack=True)
     assert json.loads(body)["id"] == "w0"
     assert "k" not in a.state.held
-    _cleanup(conn, [main, waiting])
+    delete_queues(conn, [main, waiting])
 
 
 def test_waiting_jobs_are_swept_back_when_the_holder_died(
@@ -180,7 +169,7 @@ def test_waiting_jobs_are_swept_back_when_the_holder_died(
     assert "k" in sweeper.state.control.waiting
     ch = conn.channel()
     eventually(lambda: ch.queue_declare(main, passive=True).method.message_count == 1, 15)
-    _cleanup(conn, [main, naming.execution_waiting_queue_name(unique_name, "k")])
+    delete_queues(conn, [main, naming.execution_waiting_queue_name(unique_name, "k")])
 
 
 def test_cancel_issued_before_any_worker_runs_is_replayed(
