@@ -35,6 +35,8 @@ BENCH = ROOT / "bench"
 sys.path[:0] = [str(ROOT / "worker"), str(BENCH)]
 
 from roger.core import message  # noqa: E402
+from roger.core.config import split_slots  # noqa: E402
+from roger.worker.processes import available_cpus  # noqa: E402
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -178,7 +180,13 @@ def bench_pika(url: str, n: int, prefetch: int, qtype: str) -> float:
     return (hi - lo) / (state["t"][1] - state["t"][0])
 
 
-def start_roger(url: str, partition: str, workers: int, extra_env: dict[str, str]) -> Any:
+def start_roger(
+    url: str,
+    partition: str,
+    workers: int,
+    extra_env: dict[str, str],
+    processes: int | None = None,
+) -> Any:
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -202,6 +210,7 @@ def start_roger(url: str, partition: str, workers: int, extra_env: dict[str, str
             str(port),
             "--retry-levels",
             "1",
+            *(["--job-processes", str(processes)] if processes else []),
         ],
         cwd=ROOT,
         env=env(**extra_env),
@@ -215,13 +224,19 @@ def roger_queues(partition: str) -> list[str]:
     return [base, f"{base}.retry.1", f"{base}.buried", f"{base}.invalid"]
 
 
-def bench_roger(url: str, n: int, workers: int) -> float:
+def roger_label(workers: int, processes: int | None = None) -> str:
+    split = split_slots(workers, processes or available_cpus())
+    shape = f"{len(split)} processes x {split[0]} slots" if split[0] > 1 else "a process per slot"
+    return f"Roger worker, max_workers {workers} ({shape})"
+
+
+def bench_roger(url: str, n: int, workers: int, processes: int | None = None) -> float:
     b = Broker(url)
     partition = f"bench-{uuid.uuid4().hex[:6]}"
-    proc = start_roger(url, partition, workers, {})  # declares the queues, then stop
+    proc = start_roger(url, partition, workers, {}, processes)  # declares the queues
     stop(proc)
     b.fill(f"{partition}-default", roger_body(partition), n)
-    proc = start_roger(url, partition, workers, {})
+    proc = start_roger(url, partition, workers, {}, processes)
     try:
         return b.drain_rate(f"{partition}-default", n)
     finally:
@@ -381,13 +396,24 @@ def main() -> int:
     print(f"# {n} no-op jobs each, one RabbitMQ on this machine ({os.cpu_count()} cores)")
     rows: list[tuple[str, float]] = []
     big = opts.big_workers
+    pika_w, pika_big = (
+        f"bare pika consumer, quorum, prefetch {w}",
+        f"bare pika consumer, quorum, prefetch {big}",
+    )
+    roger_w, roger_big = roger_label(w), roger_label(big)
+    roger_isolated = roger_label(w, w)
+    dramatiq, celery = (
+        "Dramatiq 2 processes x 8 threads (classic queue)",
+        "Celery prefork, 2 processes (classic queue)",
+    )
     runs = [
-        (f"bare pika consumer, quorum, prefetch {w}", lambda: bench_pika(url, n, w, "quorum")),
-        (f"Roger worker, {w} job processes (prefetch {w})", lambda: bench_roger(url, n, w)),
-        (f"bare pika consumer, quorum, prefetch {big}", lambda: bench_pika(url, n, big, "quorum")),
-        (f"Roger worker, {big} job processes (prefetch {big})", lambda: bench_roger(url, n, big)),
-        ("Dramatiq 2 processes x 8 threads (classic queue)", lambda: bench_dramatiq(url, n)),
-        ("Celery prefork, 2 processes (classic queue)", lambda: bench_celery(url, n)),
+        (pika_w, lambda: bench_pika(url, n, w, "quorum")),
+        (roger_w, lambda: bench_roger(url, n, w)),
+        (roger_isolated, lambda: bench_roger(url, n, w, w)),
+        (pika_big, lambda: bench_pika(url, n, big, "quorum")),
+        (roger_big, lambda: bench_roger(url, n, big)),
+        (dramatiq, lambda: bench_dramatiq(url, n)),
+        (celery, lambda: bench_celery(url, n)),
     ]
     skip = {s.lower() for s in opts.skip}
     for name, fn in runs:
@@ -395,7 +421,7 @@ def main() -> int:
             continue
         rate = fn()
         rows.append((name, rate))
-        print(f"  {name:<55} {rate:8.0f} jobs/s", flush=True)
+        print(f"  {name:<62} {rate:8.0f} jobs/s", flush=True)
     print()
     print("| system | jobs/s |")
     print("|---|---:|")
@@ -408,12 +434,11 @@ def main() -> int:
             print(f"- {a} / {b}: {rate[a] / rate[b]:.2f}")
 
     print()
-    for workers in (w, big):
-        roger_row = f"Roger worker, {workers} job processes (prefetch {workers})"
-        ratio(roger_row, f"bare pika consumer, quorum, prefetch {workers}")
-        ratio(roger_row, "Dramatiq 2 processes x 8 threads (classic queue)")
-        ratio(roger_row, "Celery prefork, 2 processes (classic queue)")
-    peak = rate.get(f"Roger worker, {w} job processes (prefetch {w})")
+    for roger_row, ceiling in ((roger_w, pika_w), (roger_isolated, pika_w), (roger_big, pika_big)):
+        ratio(roger_row, ceiling)
+        ratio(roger_row, dramatiq)
+        ratio(roger_row, celery)
+    peak = rate.get(roger_w)
     if peak:
         enq = bench_enqueue(url, 300)
         print()
@@ -422,7 +447,7 @@ def main() -> int:
             p50, p99, count = bench_latency(url, peak * share, 5.0, w)
             print(
                 f"Roger enqueue-to-start at {peak * share:.0f} jobs/s ({share:.0%} of the"
-                f" {w}-process peak), {count} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                f" max_workers {w} peak), {count} jobs: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
             )
     return 0
 

@@ -58,6 +58,48 @@ def test_timeout_stops_a_job_stuck_in_a_blocking_call(
     assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
 
 
+def test_a_timeout_kills_its_process_and_the_jobs_beside_it_run_again(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    """Slots of one job process share its fate: the stuck job times out (and is buried),
+    the two jobs running beside it are put back and run again to success elsewhere."""
+    hooks, out = tmp_path / "hooks", tmp_path / "out"
+    w = workers.start(
+        queues=["default=3"],
+        extra=["--job-processes", "1"],
+        callbacks=["tests.jobs.callbacks:Recorder"],
+        hooks_file=hooks,
+    )
+    for n in (1, 2):
+        client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 2})
+    wait_for("both running", lambda: len(read_lines(out)) == 2)
+    stuck_id = client.enqueue(unique_name, basic.stuck, {"out": str(out), "n": 3})
+    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=10)
+    ends = wait_for(
+        "both ended", lambda: [r for r in read_lines(out) if r[0] == "end"] or None, timeout=10
+    )
+    wait_for("both ended", lambda: len([r for r in read_lines(out) if r[0] == "end"]) == 2)
+    lines = read_lines(out)
+    first_pid = {r[2] for r in lines if r[0] == "start"} - {r[2] for r in ends}
+    for n in ("1", "2"):
+        starts = [r for r in lines if r[0] == "start" and r[1] == n]
+        assert len(starts) == 2, lines  # interrupted once, then run to the end
+        assert starts[0][2] in first_pid and starts[1][2] != starts[0][2]
+    done = wait_for(
+        "hooks",
+        lambda: (
+            [(h["hook"], h["id"]) for h in read_json_lines(hooks) if h["hook"] != "before_run"]
+            if len([h for h in read_json_lines(hooks) if h["hook"] != "before_run"]) >= 3
+            else None
+        ),
+    )
+    assert sorted(hook for hook, _ in done) == ["after_run", "after_run", "on_buried"]
+    assert ("on_buried", stuck_id) in done
+    assert w.metric("roger_job_outcomes_total", outcome="succeeded") == 2
+    assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
+    assert w.metric("roger_jobs_running") == 0
+
+
 def test_os_exit_is_a_worker_crash_and_the_worker_goes_on(
     workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
 ) -> None:

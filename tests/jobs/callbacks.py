@@ -63,6 +63,13 @@ class HangsAfter:
             time.sleep(3600)
 
 
+class SlowAfterRun:
+    """after_run takes a second: the outcome must not wait for it."""
+
+    def after_run(self, partition: str, job: Any, result: Any, state: Any) -> None:
+        time.sleep(1)
+
+
 class AllHooks:
     """No-op implementation of all five hooks (the benchmark's callback)."""
 

@@ -20,7 +20,7 @@ HOOKS = ["before_run", "after_run", "on_error", "on_cancel", "on_buried"]
 
 
 class Pipe:
-    def __init__(self, callbacks: list[str], callback_timeout: float = 30) -> None:
+    def __init__(self, callbacks: list[str], callback_timeout: float = 30, slots: int = 1) -> None:
         to_r, self.to_w = os.pipe()
         self.from_r, from_w = os.pipe()
         spec = {
@@ -41,6 +41,8 @@ class Pipe:
                 str(from_w),
                 "--parent",
                 str(os.getpid()),
+                "--slots",
+                str(slots),
                 "--spec",
                 json.dumps(spec),
             ],
@@ -88,11 +90,23 @@ def pipe(request: pytest.FixtureRequest) -> Iterator[Pipe]:
     p.close()
 
 
-def test_outcome_then_done(pipe: Pipe) -> None:
+def test_a_success_with_quick_hooks_is_one_ok_done_frame(pipe: Pipe) -> None:
     pipe.run(1, "tests.jobs.basic:noop")
-    outcome, done = pipe.recv(), pipe.recv()
-    assert outcome["t"] == "o" and outcome["k"] == 1 and outcome["ok"] is True
-    assert done == {"t": "d", "k": 1}
+    frame = pipe.recv()
+    assert frame["t"] == "od" and frame["k"] == 1
+    assert 0 <= frame["d"] < 1 and abs(frame["at"] - time.time()) < 5
+
+
+@pytest.mark.parametrize("pipe", [["tests.jobs.callbacks:SlowAfterRun"]], indirect=True)
+def test_the_outcome_leaves_before_slow_hooks_finish(pipe: Pipe) -> None:
+    """The worker settles (acks) a job as soon as it returns, not after after_run."""
+    pipe.run(1, "tests.jobs.basic:noop")
+    t0 = time.monotonic()
+    outcome = pipe.recv()
+    assert outcome["t"] == "o" and outcome["ok"] is True
+    assert time.monotonic() - t0 < 0.5
+    assert pipe.recv() == {"t": "d", "k": 1}
+    assert time.monotonic() - t0 >= 0.9
 
 
 def test_failure_outcome_carries_kind_message_and_stack(pipe: Pipe) -> None:
@@ -157,3 +171,48 @@ def test_the_child_dies_with_its_worker() -> None:
         time.sleep(0.05)
     else:
         raise AssertionError("job process outlived its worker")
+
+
+@pytest.fixture
+def slotted(request: pytest.FixtureRequest) -> Iterator[Pipe]:
+    p = Pipe([], slots=request.param)
+    assert p.recv() == {"t": "ready", "pid": p.proc.pid, "slots": request.param}
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("slotted", [3], indirect=True)
+def test_a_process_runs_as_many_jobs_at_once_as_it_has_slots(slotted: Pipe) -> None:
+    t0 = time.monotonic()
+    for key in (1, 2, 3):
+        slotted.run(key, "tests.jobs.basic:slow", {"sleep": 1})
+    done = {slotted.recv(timeout=5)["k"] for _ in range(3)}
+    assert done == {1, 2, 3}
+    assert time.monotonic() - t0 < 1.8  # together, not one after the other (3 s)
+
+
+@pytest.mark.parametrize("slotted", [2], indirect=True)
+def test_a_stuck_job_does_not_hold_up_a_short_one_behind_it(slotted: Pipe) -> None:
+    """Both frames arrive in one write; the second must not wait for the first."""
+    os.write(
+        slotted.to_w,
+        b"".join(
+            frames.encode_raw(
+                b'{"t":"run","k":%d,"b":0,"s":0,"job":{"id":"j%d","name":"%s","args":{},'
+                b'"queue":"default"}}' % (k, k, name)
+            )
+            for k, name in ((1, b"tests.jobs.basic:stuck"), (2, b"tests.jobs.basic:noop"))
+        ),
+    )
+    t0 = time.monotonic()
+    assert slotted.recv(timeout=3)["k"] == 2
+    assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.parametrize("slotted", [8], indirect=True)
+def test_a_burst_of_short_jobs_all_come_back(slotted: Pipe) -> None:
+    for round_ in range(50):
+        for key in range(8):
+            slotted.run(round_ * 8 + key, "tests.jobs.basic:noop")
+        got = sorted(slotted.recv()["k"] for _ in range(8))
+        assert got == [round_ * 8 + key for key in range(8)]

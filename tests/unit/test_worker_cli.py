@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from roger import cli
+from roger.core.config import ConfigError, parse_config
 from tests.integration.worker_harness import env, roger
 
 pytestmark = pytest.mark.unit
@@ -108,6 +109,29 @@ def test_config_file_is_overridden_by_flags(tmp_path: Path) -> None:
     config = cli.worker_config(opts)
     assert dict(config.queues) == {"default": 1} and config.retry_levels == (1,)
     assert isinstance(opts, argparse.Namespace)
+
+
+def test_job_processes_from_the_file_or_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "worker.yaml"
+    path.write_text("partition: p\nqueues: {default: 8}\njobs: [m]\njob_processes: 2\n")
+    parser = cli._parser()
+    assert (
+        cli.worker_config(parser.parse_args(["worker", "--config", str(path)])).job_processes == 2
+    )
+    opts = parser.parse_args(["worker", "--config", str(path), "--job-processes", "8"])
+    assert cli.worker_config(opts).job_processes == 8
+    path.write_text("partition: p\nqueues: {default: 8}\njobs: [m]\n")
+    assert (
+        cli.worker_config(parser.parse_args(["worker", "--config", str(path)])).job_processes
+        is None
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", True, 1025])
+def test_job_processes_must_be_a_sensible_count(bad: object) -> None:
+    data = {"partition": "p", "queues": {"default": 1}, "jobs": ["m"], "job_processes": bad}
+    with pytest.raises(ConfigError, match=r"job_processes must be an integer 1\.\.1024"):
+        parse_config(data)
 
 
 def test_extra_observers_hook_point_exists() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 import roger
 from roger.core import frames, message, topology
+from roger.core.config import split_slots
 from roger.core.jobs import JobDefinition, JobRegistry, module_jobs
 from roger.core.settle import AckTracker, Bury, Retry, on_failure
 
@@ -88,6 +89,31 @@ def test_frames_reject_garbage() -> None:
         frames.FrameReader().feed(frames.encode_raw(b"[1]"))
     with pytest.raises(frames.FrameError):
         frames.FrameReader().feed(b"\xff\xff\xff\xff")
+    with pytest.raises(frames.FrameError):
+        frames.FrameReader().feed(frames.encode_raw(b"S12 zero 1.0"))
+
+
+def test_the_ok_done_frame_reads_as_a_dict() -> None:
+    data = frames.encode_ok_done(42, 0.0000125, 1795889042.931717) + frames.encode({"t": "d"})
+    got = frames.FrameReader().feed(data)
+    assert got[0] == {"t": "od", "k": 42, "d": 0.000013, "at": 1795889042.931717}
+    assert got[1] == {"t": "d"}
+
+
+@pytest.mark.parametrize(
+    ("max_workers", "processes", "split"),
+    [
+        (10, 3, [4, 3, 3]),
+        (16, 2, [8, 8]),
+        (3, 8, [1, 1, 1]),  # never more processes than slots
+        (1, 1, [1]),
+        (5, 0, [5]),  # at least one process
+        (0, 4, []),  # a declared-only queue runs nothing
+    ],
+)
+def test_split_slots(max_workers: int, processes: int, split: list[int]) -> None:
+    assert split_slots(max_workers, processes) == split
+    assert sum(split) == max_workers
 
 
 def test_ack_tracker_batches_the_settled_prefix() -> None:

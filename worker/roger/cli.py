@@ -56,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--shutdown-timeout", type=float)
     w.add_argument("--callback-timeout", type=float)
     w.add_argument(
+        "--job-processes",
+        type=int,
+        metavar="N",
+        help="job processes per queue; a queue's MAX slots run as threads spread over them "
+        "(default: one per usable CPU; N >= MAX gives every slot a process of its own)",
+    )
+    w.add_argument(
         "--kube-namespace",
         metavar="NS",
         help="emit lifecycle Events about the Partition in NS "
@@ -135,6 +142,7 @@ def worker_config(opts: argparse.Namespace) -> WorkerConfig:
         "metrics_port": opts.metrics_port,
         "shutdown_timeout": opts.shutdown_timeout,
         "callback_timeout": opts.callback_timeout,
+        "job_processes": opts.job_processes,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
     kube = {

@@ -59,6 +59,20 @@ class WorkerConfig:
     shutdown_timeout: float = 10.0
     callback_timeout: float = 30.0
     kube: KubeSettings = KubeSettings()
+    # Job processes per queue (its slots are split over them); None: one per usable CPU.
+    job_processes: int | None = None
+
+
+def split_slots(max_workers: int, processes: int) -> list[int]:
+    """A queue's slots spread over at most ``processes`` job processes, as evenly as can be.
+
+    ``split_slots(10, 3) == [4, 3, 3]``; one process per slot when ``processes >= max_workers``.
+    """
+    count = min(max_workers, max(1, processes))
+    if count <= 0:
+        return []
+    base, extra = divmod(max_workers, count)
+    return [base + 1 if i < extra else base for i in range(count)]
 
 
 def _hooks(value: Any, where: str) -> tuple[HookName, ...]:
@@ -154,6 +168,7 @@ _FILE_KEYS = {
     "shutdown_timeout",
     "callback_timeout",
     "kube",
+    "job_processes",
 }
 
 
@@ -179,6 +194,11 @@ def parse_config(data: Mapping[str, Any]) -> WorkerConfig:
     port = data.get("metrics_port")
     if port is not None and (not isinstance(port, int) or not 0 <= port <= 65535):
         raise ConfigError(f"metrics_port must be 0..65535; got {port!r}")
+    processes = data.get("job_processes")
+    if processes is not None and (
+        not isinstance(processes, int) or isinstance(processes, bool) or not 1 <= processes <= 1024
+    ):
+        raise ConfigError(f"job_processes must be an integer 1..1024; got {processes!r}")
     timeouts = {}
     for key, default in (("shutdown_timeout", 10.0), ("callback_timeout", 30.0)):
         value = data.get(key, default)
@@ -194,5 +214,6 @@ def parse_config(data: Mapping[str, Any]) -> WorkerConfig:
         buried_max_length=buried,
         metrics_port=port,
         kube=kube,
+        job_processes=processes,
         **timeouts,
     )

@@ -131,11 +131,10 @@ class PartitionFeatures:
         """A cancel arrived: kill the job if it runs here, drop it if it waits here."""
         for q in self.w.queues.values():
             for child in list(q.children):
-                task = child.task
-                if isinstance(task, Task) and task.msg.id == job_id and not task.settled:
-                    log.info("cancelling running job %s: killing process %d", job_id, child.pid)
-                    child.cause = "cancel"
-                    child.kill()  # the runtime's exit handler calls killed(task)
+                for task in list(child.tasks.values()):
+                    if isinstance(task, Task) and task.msg.id == job_id and not task.settled:
+                        log.info("cancelling running job %s: killing process %d", job_id, child.pid)
+                        child.kill("cancel", task.key)  # the exit handler calls killed(task)
             for task in [t for t in q.pending if t.msg.id == job_id]:
                 q.pending.remove(task)
                 self._skip_cancelled(task, holding=True)
@@ -175,7 +174,7 @@ class PartitionFeatures:
             }
         )
         q.hook_backlog.append(HookTask(key, q, "on_cancel", frame))
-        self.w._pump(q)
+        self.w._pump_soon(q)
 
     # -- pause ------------------------------------------------------------------------
     def _pause_event(self, queue: str, paused: bool) -> None:
@@ -194,8 +193,7 @@ class PartitionFeatures:
     def status(self) -> st.WorkerStatus:
         running = []
         for q in self.w.queues.values():
-            for child in q.children:
-                task = child.task
+            for task in (t for child in q.children for t in child.tasks.values()):
                 if isinstance(task, Task) and not task.settled:
                     running.append(
                         st.RunningJob(

@@ -23,11 +23,12 @@ READ = 0x0001  # pika.adapters.select_connection.READ
 
 
 class ChildProc:
-    """One job process: its pipes, its readiness and the task it is running."""
+    """One job process: its pipes, its readiness and the tasks its slots are running."""
 
     def __init__(
         self,
         queue: str,
+        slots: int,
         spec_json: str,
         ioloop: Any,
         on_frames: Callable[[ChildProc, list[dict[str, Any]]], None],
@@ -50,6 +51,8 @@ class ChildProc:
                     str(from_child_w),
                     "--parent",
                     str(os.getpid()),
+                    "--slots",
+                    str(slots),
                     "--spec",
                     spec_json,
                 ],
@@ -60,17 +63,33 @@ class ChildProc:
             os.close(to_child_r)
             os.close(from_child_w)
         self.pid = self.proc.pid
+        self.slots = slots
         self.reader = frames.FrameReader()
         self.ready = False
         self.alive = True
         self.killed = False  # by us: a deadline or shutdown, not the child's own doing
-        self.cause: str | None = None  # why we killed it: "timeout", "hook", "shutdown"
-        self.task: Any = None  # the Task or HookTask it runs
+        self.cause: str | None = None  # why we killed it: "timeout", "hook", "cancel", ...
+        self.cause_key: int | None = None  # the task it was killed for (others are bystanders)
+        self.tasks: dict[int, Any] = {}  # key -> the Task or HookTask a slot runs
+        self.unsent: list[bytes] = []  # frames queued by the current loop turn
         os.set_blocking(self.rfd, False)
         ioloop.add_handler(self.rfd, self._readable, READ)
 
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.tasks) if self.alive and self.ready else 0
+
+    def queue_frame(self, data: bytes) -> None:
+        """Send with the next ``flush`` (one write per loop turn, not per job)."""
+        self.unsent.append(data)
+
+    def flush(self) -> bool:
+        """Write the queued frames; False if the child is gone."""
+        data, self.unsent = b"".join(self.unsent), []
+        return self.send(data) if data else True
+
     def send(self, data: bytes) -> bool:
-        """Write a whole frame; False if the child is gone (its EOF handler cleans up)."""
+        """Write whole frames; False if the child is gone (its EOF handler cleans up)."""
         view = memoryview(data)
         try:
             while view:
@@ -93,13 +112,18 @@ class ChildProc:
             batch = self.reader.feed(data)
         except frames.FrameError as exc:
             log.error("job process %d wrote garbage (%s); killing it", self.pid, exc)
-            self.kill()
+            self.kill("crash")  # every task in it is treated as crashed
             return
         self.on_frames(self, batch)
 
-    def kill(self) -> None:
-        """SIGKILL: the only way to stop a job stuck in a blocking call."""
+    def kill(self, cause: str, key: int | None = None) -> None:
+        """SIGKILL: the only way to stop a job stuck in a blocking call.
+
+        ``key`` names the task it is killed for; the other tasks of its slots are
+        bystanders, put back by the exit handler.
+        """
         if self.alive:
+            self.cause, self.cause_key = cause, key
             self.killed = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
+import os
 import time
 from functools import partial
 from typing import Any
@@ -25,7 +27,22 @@ from roger.worker.tasks import HookTask, QueueState, Task
 from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 BACKSTOP = 5.0  # seconds after the child's own watchdog should have reported
+
+
+def available_cpus() -> int:
+    """CPUs this worker may use: its affinity mask, capped by a cgroup v2 CPU limit (a
+    pod's ``resources.limits.cpu``), at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota, _, period = f.read().partition(" ")
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 class JobProcesses:
@@ -71,22 +88,27 @@ class JobProcesses:
     def _fatal(self, why: str) -> None:
         raise NotImplementedError
 
+    def _requeue(self, task: Task) -> None:
+        raise NotImplementedError
+
     # -- children ------------------------------------------------------------------
-    def _spawn(self, q: QueueState) -> None:
-        child = ChildProc(q.name, self.spec, self.ioloop, self._frames, self._child_exit)
+    def _spawn(self, q: QueueState, slots: int) -> None:
+        child = ChildProc(q.name, slots, self.spec, self.ioloop, self._frames, self._child_exit)
         q.children.append(child)
 
     def _frames(self, child: ChildProc, batch: list[dict[str, Any]]) -> None:
         q = self.queues[child.queue]
         for f in batch:
             kind = f.get("t")
-            if kind == "o":
+            if kind == "od":
+                self._outcome(child, f, ok=True)
+                self._done(child, f)
+            elif kind == "o":
                 self._outcome(child, f)
             elif kind == "d":
-                self._done(q, child, f)
+                self._done(child, f)
             elif kind == "ready":
                 child.ready = True
-                q.idle.append(child)
                 if not q.warm and all(c.ready for c in q.children):
                     q.warm = True
                     if q.want:
@@ -97,33 +119,66 @@ class JobProcesses:
             elif kind == "fatal":
                 self._fatal(f"a job process could not start: {f.get('error')}")
                 return
-        self._pump(q)
+        self._pump_soon(q)
+
+    def _pump_soon(self, q: QueueState) -> None:
+        """Dispatch at the end of this loop turn, so every delivery and outcome read in
+        one turn goes out in one write per job process."""
+        if not q.pump_scheduled:
+            q.pump_scheduled = True
+            self.ioloop.call_later(0, partial(self._pump, q))
 
     def _pump(self, q: QueueState) -> None:
-        while q.idle and (q.hook_backlog or q.pending):
-            child = q.idle.popleft()
-            if not child.alive or child.task is not None:
-                continue
-            if q.hook_backlog:
-                hook_task = q.hook_backlog.popleft()
-                child.task = hook_task
-                child.send(hook_task.frame)
-            else:
-                self._dispatch(child, q.pending.popleft())
+        """Fill free slots, spreading jobs over the job processes (one write each)."""
+        q.pump_scheduled = False
+        if not (q.hook_backlog or q.pending):
+            return
+        open_children = [c for c in q.children if c.free > 0]
+        touched: list[ChildProc] = []
+        while open_children and (q.hook_backlog or q.pending):
+            still_open = []
+            for child in open_children:
+                if q.hook_backlog:
+                    hook_task = q.hook_backlog.popleft()
+                    child.tasks[hook_task.key] = hook_task
+                    child.queue_frame(hook_task.frame)
+                elif q.pending:
+                    self._dispatch(child, q.pending.popleft())
+                else:
+                    break
+                if child not in touched:
+                    touched.append(child)
+                if child.free > 0:
+                    still_open.append(child)
+            open_children = still_open
+        for child in touched:
+            sent = [t for t in child.tasks.values() if isinstance(t, Task) and not t.started]
+            if child.flush():
+                for task in sent:
+                    self._started(child, task)
+            else:  # it died before reading them: they never started
+                for task in child.tasks.values():
+                    if isinstance(task, HookTask):
+                        q.hook_backlog.appendleft(task)
+                    elif not task.started:
+                        q.pending.appendleft(task)
+                child.tasks = {
+                    k: t for k, t in child.tasks.items() if isinstance(t, Task) and t.started
+                }
 
     def _dispatch(self, child: ChildProc, task: Task) -> None:
-        task.started, task.started_at = time.monotonic(), time.time()
         frame = b'{"t":"run","k":%d,"b":%d,"s":%d,"job":%b}' % (
             task.key,
             task.bury,
             task.skip_before,
             task.body,
         )
-        child.task = task
-        if not child.send(frames.encode_raw(frame)):
-            child.task = None
-            task.queue.pending.appendleft(task)
-            return
+        child.tasks[task.key] = task
+        child.queue_frame(frames.encode_raw(frame))
+
+    def _started(self, child: ChildProc, task: Task) -> None:
+        """The job process has the job: it runs from now."""
+        task.started, task.started_at = time.monotonic(), time.time()
         self.telemetry.running(task.queue.name, 1)
         if not task.skip_before:
             self._emit(task, "before_run")
@@ -133,79 +188,110 @@ class JobProcesses:
             task.timer = self.ioloop.call_later(delay, partial(self._backstop, child, task))
 
     def _backstop(self, child: ChildProc, task: Task) -> None:
-        if child.task is task and not task.settled:
+        if child.tasks.get(task.key) is task and not task.settled:
             log.warning("job %s did not stop at its deadline: killing %d", task.msg.id, child.pid)
-            child.cause = "timeout"
-            child.kill()
+            child.kill("timeout", task.key)
 
     def _late(self, child: ChildProc, f: dict[str, Any]) -> None:
-        task = child.task
-        if task is None or task.key != f.get("k"):
+        task = child.tasks.get(f.get("k"))  # type: ignore[arg-type]
+        if task is None:
             return
         phase, callback = str(f.get("phase")), str(f.get("cb"))
         if phase == "job":
-            child.cause = "timeout"
-        else:
-            log.warning(
-                "callback %s.%s hung past %ss: killing job process %d",
-                callback,
-                phase,
-                self.config.callback_timeout,
-                child.pid,
-            )
-            self.telemetry.callback_failed(callback, phase, "timeout")
-            child.cause = "hook"
-        child.kill()
+            if task.settled:
+                return
+            child.kill("timeout", task.key)
+            return
+        log.warning(
+            "callback %s.%s hung past %ss: killing job process %d",
+            callback,
+            phase,
+            self.config.callback_timeout,
+            child.pid,
+        )
+        self.telemetry.callback_failed(callback, phase, "timeout")
+        child.kill("hook", task.key)
 
     def _child_exit(self, child: ChildProc) -> None:
         q = self.queues[child.queue]
         if child in q.children:
             q.children.remove(child)
-        task, child.task = child.task, None
+        tasks, child.tasks = child.tasks, {}
         cause = child.cause
         if self.finished or cause == "shutdown":
             return
-        if isinstance(task, HookTask):
-            if cause is None:  # a hang was counted (with its callback) when reported late
-                self.telemetry.callback_failed("unknown", task.hook, "crash")
-        elif isinstance(task, Task) and task.settled and cause is None:
-            self.telemetry.callback_failed("unknown", "unknown", "crash")
-        elif isinstance(task, Task) and not task.settled:
-            self.telemetry.running(q.name, -1)
-            if cause == "hook":  # before_run hung: run the job again without it
-                task.skip_before = True
-                q.pending.appendleft(task)
-            elif cause == "cancel":
-                self.features.killed(task)
-            elif cause == "timeout":
-                met = task.max_execution_time()
-                self._failed(
-                    task,
-                    (TIMEOUT, f"exceeded max_execution_time of {met:g}s"),
-                    None,
-                    time.monotonic() - task.started,
-                    hooks_elsewhere=True,
-                )
-            else:
-                code = child.exit_code()
-                self._failed(
-                    task,
-                    (WORKER_CRASH, f"job process exited (code {code})"),
-                    None,
-                    time.monotonic() - task.started,
-                    hooks_elsewhere=True,
-                )
-        if cause is None:
+        crashed = cause in (None, "crash")
+        if crashed:
             log.warning(
                 "job process %d exited (code %s); starting another", child.pid, child.exit_code()
             )
-        self._spawn(q)
+        for key, task in tasks.items():
+            if crashed or key == child.cause_key:
+                self._lost_task(child, task, "crash" if crashed else str(cause))
+            else:
+                self._bystander(task)
+        self._spawn(q, child.slots)
+        self._pump_soon(q)
         self._maybe_finish()
 
+    def _lost_task(self, child: ChildProc, task: Task | HookTask, cause: str) -> None:
+        """The task its process died of (or with, when we cannot tell which one it was)."""
+        q = task.queue
+        if isinstance(task, HookTask):
+            if cause == "crash":  # a hang was counted (with its callback) when reported late
+                self.telemetry.callback_failed("unknown", task.hook, "crash")
+            return
+        if task.settled:
+            if cause == "crash":
+                self.telemetry.callback_failed("unknown", "unknown", "crash")
+            return
+        self.telemetry.running(q.name, -1)
+        if cause == "hook":  # before_run hung: run the job again without it
+            self._cancel_timer(task)
+            task.skip_before = True
+            task.started = 0.0
+            q.pending.appendleft(task)
+        elif cause == "cancel":
+            self.features.killed(task)
+        elif cause == "timeout":
+            met = task.max_execution_time()
+            self._failed(
+                task,
+                (TIMEOUT, f"exceeded max_execution_time of {met:g}s"),
+                None,
+                time.monotonic() - task.started,
+                hooks_elsewhere=True,
+            )
+        else:
+            code = child.exit_code()
+            self._failed(
+                task,
+                (WORKER_CRASH, f"job process exited (code {code})"),
+                None,
+                time.monotonic() - task.started,
+                hooks_elsewhere=True,
+            )
+
+    def _bystander(self, task: Task | HookTask) -> None:
+        """Another task of a process killed for one job: not its fault, so it runs again
+        (a job from the start, on another slot; hooks likewise)."""
+        q = task.queue
+        if isinstance(task, HookTask):
+            q.hook_backlog.appendleft(task)
+            return
+        if task.settled:  # only its after_run / on_error / on_buried were cut short
+            self.telemetry.callback_failed("unknown", "unknown", "interrupted")
+            return
+        self.telemetry.running(q.name, -1)
+        self._cancel_timer(task)
+        log.info("job %s interrupted by a process kill for another job: requeued", task.msg.id)
+        self.features.finished(task, leaving=False)
+        self._requeue(task)
+
     # -- outcomes ------------------------------------------------------------------
-    def _outcome(self, child: ChildProc, f: dict[str, Any]) -> None:
-        task = child.task
-        if not isinstance(task, Task) or task.key != f.get("k") or task.settled:
+    def _outcome(self, child: ChildProc, f: dict[str, Any], ok: bool = False) -> None:
+        task = child.tasks.get(f.get("k"))  # type: ignore[arg-type]
+        if not isinstance(task, Task) or task.settled:
             return
         if "invalid" in f:
             task.settled = True
@@ -222,7 +308,7 @@ class JobProcesses:
             )
             return
         duration = float(f.get("d", 0.0))
-        if f.get("ok"):
+        if ok or f.get("ok"):
             task.settled = True
             self._cancel_timer(task)
             self.telemetry.running(task.queue.name, -1)
@@ -235,15 +321,12 @@ class JobProcesses:
             self.telemetry.running(task.queue.name, -1)
             self._failed(task, (str(err[0]), str(err[1])), f.get("st"), duration)
 
-    def _done(self, q: QueueState, child: ChildProc, f: dict[str, Any]) -> None:
-        task = child.task
-        if task is None or task.key != f.get("k"):
+    def _done(self, child: ChildProc, f: dict[str, Any]) -> None:
+        task = child.tasks.pop(f.get("k"), None)  # type: ignore[arg-type]
+        if task is None:
             return
         for callback, hook, reason in f.get("f") or ():
             self.telemetry.callback_failed(str(callback), str(hook), str(reason))
-        child.task = None
-        if child.alive:
-            q.idle.append(child)
         self._maybe_finish()
 
     def _failed(

@@ -21,7 +21,7 @@ from typing import Any
 from pika.adapters.select_connection import IOLoop
 
 from roger.core import topology
-from roger.core.config import WorkerConfig
+from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
 from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
@@ -30,12 +30,13 @@ from roger.core.settle import Retry, on_failure
 from roger.worker.link import Link
 from roger.worker.outbox import Outbox, sample_queues
 from roger.worker.partition import PartitionFeatures
-from roger.worker.processes import JobProcesses
+from roger.worker.processes import JobProcesses, available_cpus
 from roger.worker.tasks import QueueState, Task
 from roger.worker.telemetry import NullTelemetry, Telemetry
 
 log = logging.getLogger("roger.worker")
 SAMPLE_EVERY = 5.0
+DISPATCH_GROUP = 8  # deliveries handed on at once while pika decodes a burst
 WAIT_LOG_EVERY = 5.0  # while not ready, say what the worker waits for this often
 
 
@@ -102,8 +103,8 @@ class Worker(JobProcesses):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._signal)
         for q in self.queues.values():
-            for _ in range(q.max_workers):
-                self._spawn(q)
+            for slots in split_slots(q.max_workers, self.config.job_processes or available_cpus()):
+                self._spawn(q, slots)
         self.link.connect()
         self.ioloop.call_later(1.0, self._tick)
         self.ioloop.call_later(1.0, self._sample)
@@ -192,11 +193,7 @@ class Worker(JobProcesses):
         if (
             self.stopping
             and self.link.unconfirmed() == 0
-            and not any(
-                c.task is not None or q.hook_backlog
-                for q in self.queues.values()
-                for c in q.children
-            )
+            and not any(c.tasks or q.hook_backlog for q in self.queues.values() for c in q.children)
         ):
             self._finish()
 
@@ -207,10 +204,9 @@ class Worker(JobProcesses):
         self._flush()
         for q in self.queues.values():
             for child in list(q.children):
-                if child.task is not None:
+                if child.tasks:
                     log.warning("job process %d still busy at shutdown: killed", child.pid)
-                    child.cause = "shutdown"
-                    child.kill()  # its delivery stays unacked: back to the queue on close
+                    child.kill("shutdown")  # its deliveries stay unacked: back on close
                 else:
                     child.close()
         self.link.close()
@@ -360,14 +356,11 @@ class Worker(JobProcesses):
 
     def _accept(self, task: Task) -> None:
         q = task.queue
-        if q.idle:
-            self._pump_one(q, task)
-        else:
-            q.pending.append(task)
-
-    def _pump_one(self, q: QueueState, task: Task) -> None:
         q.pending.append(task)
-        self._pump(q)
+        if len(q.pending) >= DISPATCH_GROUP:
+            self._pump(q)  # pika may be decoding many more: let the job processes start
+        else:
+            self._pump_soon(q)
 
     # -- sampling ------------------------------------------------------------------
     def _sample(self) -> None:

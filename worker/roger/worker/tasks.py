@@ -19,7 +19,6 @@ class QueueState:
     rabbit: str  # "<partition>-<queue>"
     max_workers: int
     children: list[Any] = field(default_factory=list)
-    idle: deque[Any] = field(default_factory=deque)
     pending: deque[Task] = field(default_factory=deque)
     hook_backlog: deque[HookTask] = field(default_factory=deque)
     tracker: AckTracker = field(default_factory=AckTracker)
@@ -28,6 +27,7 @@ class QueueState:
     gen: int = -1
     warm: bool = False  # every first job process is ready: consuming may start
     want: bool = False  # consuming was asked for before the pool was warm
+    pump_scheduled: bool = False  # a dispatch is due at the end of this loop turn
 
     @classmethod
     def make(cls, partition: str, name: str, max_workers: int) -> QueueState:
