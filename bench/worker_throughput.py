@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 sys.path[:0] = [str(ROOT / "worker"), str(BENCH)]
 
-from roger.core import message  # noqa: E402
+from roger.core import message, naming  # noqa: E402
 from roger.core.config import split_slots  # noqa: E402
 from roger.worker.processes import available_cpus  # noqa: E402
 
@@ -94,7 +94,7 @@ class Broker:
                 names = [q["name"] for q in json.load(r)]
         except OSError:
             names = roger_queues(partition)
-        self.delete(*(n for n in names if n.startswith(f"{partition}-")))
+        self.delete(*(n for n in names if naming.belongs_to_partition(n, partition)))
 
     def delete(self, *queues: str) -> None:
         for q in queues:

@@ -73,6 +73,7 @@ def test_a_timeout_kills_its_process_and_the_jobs_beside_it_run_again(
     for n in (1, 2):
         client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 2})
     wait_for("both running", lambda: len(read_lines(out)) == 2)
+    wait_for("the running gauge", lambda: w.metric("roger_jobs_running") == 2)
     stuck_id = client.enqueue(unique_name, basic.stuck, {"out": str(out), "n": 3})
     wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=10)
     ends = wait_for(

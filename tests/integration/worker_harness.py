@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 import pika
 from prometheus_client.parser import text_string_to_metric_families
 
+from roger.core import naming
+
 ROOT = Path(__file__).resolve().parents[2]
 MGMT = "http://127.0.0.1:15672/api"
 T = TypeVar("T")
@@ -236,7 +238,7 @@ class Broker:
     def delete_partition(self, partition: str) -> None:
         """Every queue whose name starts with ``<partition>-`` (Roger's and the state's)."""
         names = [q["name"] for q in management("/queues/%2F?columns=name")]
-        self.delete(*(n for n in names if n.startswith(f"{partition}-")))
+        self.delete(*(n for n in names if naming.belongs_to_partition(n, partition)))
 
     def delete(self, *queues: str) -> None:
         for q in queues:

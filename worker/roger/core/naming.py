@@ -67,6 +67,12 @@ def all_queue_names(partition: str, queue: str, retry_levels: tuple[int, ...]) -
     ]
 
 
+def belongs_to_partition(name: str, partition: str) -> bool:
+    """Whether a queue or stream name is one of ``partition``'s: its job queues
+    (``<p>-...``) or its state (``<p>.control``, ``<p>.pause.<q>``, keys, ...)."""
+    return name.startswith((f"{partition}-", f"{partition}."))
+
+
 def claim_exchange_name(partition: str) -> str:
     """A durable exchange whose ``alternate-exchange`` argument names the Partition object
     (``<namespace>/<name>``) that owns ``partition`` on this broker.

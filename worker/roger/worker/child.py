@@ -49,6 +49,13 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def _batch_scheduling() -> None:
+    """SCHED_BATCH: same CPU share, but a job process woken by the worker's write does not
+    preempt the worker's event loop (which keeps consuming, acking and heartbeating)."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 def _exit(code: int) -> None:
     """End the whole process now (other slot threads included), output flushed."""
     for stream in (sys.stdout, sys.stderr):
@@ -212,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     _die_with_parent(opts.parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the worker to handle
     spec = json.loads(opts.spec)
+    _batch_scheduling()
     sys.path[:] = spec["sys_path"]
     try:
         child = Child(opts.rfd, opts.wfd, spec, opts.slots)

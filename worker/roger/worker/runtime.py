@@ -36,7 +36,9 @@ from roger.worker.telemetry import NullTelemetry, Telemetry
 
 log = logging.getLogger("roger.worker")
 SAMPLE_EVERY = 5.0
-DISPATCH_GROUP = 8  # deliveries handed on at once while pika decodes a burst
+# While pika decodes a burst of deliveries, hand them on in groups this big (not one write
+# per job, not only at the end of the burst): bench/RESULTS.md has the A/B (8 vs 32).
+DISPATCH_GROUP = 32
 WAIT_LOG_EVERY = 5.0  # while not ready, say what the worker waits for this often
 
 
