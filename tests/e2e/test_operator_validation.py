@@ -95,6 +95,7 @@ CASES: list[tuple[str, str, Edit, str]] = [
         "less than or equal to 10000",
     ),
     ("negative-replicas", P, worker(replicas=-1), "greater than or equal to 0"),
+    ("zero-job-processes", P, worker(jobProcesses=0), "greater than or equal to 1"),
     ("bad-job-module", P, spec(jobs=["my-app.jobs"]), "must be a Python import path"),
     ("no-jobs", P, spec(jobs=[]), "should have at least 1 items"),
     ("zero-retry-level", P, spec(retry={"levels": [0, 5]}), "greater than or equal to 1"),

@@ -98,6 +98,15 @@ def test_defaults_match_roger() -> None:
     assert spec.grace_period == 30
 
 
+def test_job_processes_reach_the_worker_config_only_when_set() -> None:
+    spec = parse_partition(partition(worker={"image": "img", "jobProcesses": 4}))
+    text = config_text(render_config(spec, []))
+    assert parse_config(yaml.safe_load(text)).job_processes == 4
+    unset = config_text(render_config(parse_partition(partition()), []))
+    assert "job_processes" not in unset  # existing Partitions keep their config hash
+    assert parse_config(yaml.safe_load(unset)).job_processes is None
+
+
 def test_partition_id_and_event_hooks() -> None:
     spec = parse_partition(partition(partitionId="acme_a", events={"hooks": ["on_buried"]}))
     cfg = parse_config(yaml.safe_load(config_text(render_config(spec, []))))

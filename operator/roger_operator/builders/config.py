@@ -18,7 +18,7 @@ from roger_operator.builders.model import CallbackResource, PartitionSpec
 
 def render_config(spec: PartitionSpec, callbacks: Sequence[CallbackResource]) -> dict[str, Any]:
     """The config mapping; ``callbacks`` are the resolved ones, in ``spec.callbacks`` order."""
-    return {
+    config: dict[str, Any] = {
         "partition": spec.partition_id,
         "queues": {q.name: q.max_workers for q in spec.queues},
         "jobs": list(spec.jobs),
@@ -37,6 +37,9 @@ def render_config(spec: PartitionSpec, callbacks: Sequence[CallbackResource]) ->
             "events": list(spec.event_hooks),
         },
     }
+    if spec.job_processes is not None:  # absent: the text (and rollout hash) stays as before
+        config["job_processes"] = spec.job_processes
+    return config
 
 
 def config_text(config: dict[str, Any]) -> str:

@@ -95,6 +95,7 @@ class PartitionSpec:
     resources: Mapping[str, Any] = field(default_factory=dict)
     env: tuple[Mapping[str, Any], ...] = ()
     pod_template: Mapping[str, Any] = field(default_factory=dict)
+    job_processes: int | None = None  # None: the worker's default (one per usable CPU)
 
     @property
     def child_name(self) -> str:
@@ -177,6 +178,7 @@ def parse_partition(obj: Mapping[str, Any]) -> PartitionSpec:
         resources=_mapping(worker.get("resources"), "spec.worker.resources"),
         env=tuple(worker.get("env") or ()),
         pod_template=_mapping(worker.get("podTemplate"), "spec.worker.podTemplate"),
+        job_processes=int(worker["jobProcesses"]) if worker.get("jobProcesses") else None,
     )
 
 
