@@ -8,12 +8,14 @@ import signal
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import roger
 from tests.integration.worker_harness import (
     Broker,
+    WorkerProc,
     Workers,
     management,
     read_json_lines,
@@ -58,18 +60,24 @@ def test_timeout_stops_a_job_stuck_in_a_blocking_call(
     assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
 
 
+def one_process_three_slots(workers: Workers, hooks: Path, **kw: Any) -> WorkerProc:
+    """A worker whose queue runs its 3 slots in one job process, hooks recorded."""
+    return workers.start(
+        queues=["default=3"],
+        extra=["--job-processes", "1"],
+        callbacks=["tests.jobs.callbacks:Recorder"],
+        hooks_file=hooks,
+        **kw,
+    )
+
+
 def test_a_timeout_kills_its_process_and_the_jobs_beside_it_run_again(
     workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
 ) -> None:
     """Slots of one job process share its fate: the stuck job times out (and is buried),
     the two jobs running beside it are put back and run again to success elsewhere."""
     hooks, out = tmp_path / "hooks", tmp_path / "out"
-    w = workers.start(
-        queues=["default=3"],
-        extra=["--job-processes", "1"],
-        callbacks=["tests.jobs.callbacks:Recorder"],
-        hooks_file=hooks,
-    )
+    w = one_process_three_slots(workers, hooks)
     for n in (1, 2):
         client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 2})
     wait_for("both running", lambda: len(read_lines(out)) == 2)
@@ -99,6 +107,42 @@ def test_a_timeout_kills_its_process_and_the_jobs_beside_it_run_again(
     assert w.metric("roger_job_outcomes_total", outcome="succeeded") == 2
     assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
     assert w.metric("roger_jobs_running") == 0
+
+
+def test_a_crash_beside_other_jobs_is_charged_to_its_culprit_alone(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
+) -> None:
+    """A process running three jobs dies of one of them: nobody can tell which, so all
+    three go back and each runs alone once (quarantine); only the crasher is charged."""
+    hooks, out = tmp_path / "hooks", tmp_path / "out"
+    w = one_process_three_slots(workers, hooks, retry_levels="1")
+    slow_ids = [
+        client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 1})
+        for n in (1, 2)
+    ]
+    wait_for("both running", lambda: len(read_lines(out)) == 2)
+    crash_id = client.enqueue(unique_name, basic.crash, {"out": str(out), "n": 3})
+    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=30)
+    wait_for("both ended", lambda: len([r for r in read_lines(out) if r[0] == "end"]) == 2)
+    settled = wait_for(
+        "hooks",
+        lambda: (
+            sorted((h["hook"], h["id"], (h.get("error") or [""])[0]) for h in hs)
+            if len(hs := [h for h in read_json_lines(hooks) if h["hook"] != "before_run"]) >= 4
+            else None
+        ),
+    )
+    assert settled == sorted(
+        [
+            ("after_run", slow_ids[0], ""),
+            ("after_run", slow_ids[1], ""),
+            ("on_error", crash_id, "worker_crash"),
+            ("on_buried", crash_id, "worker_crash"),
+        ]
+    )
+    assert w.metric("roger_job_outcomes_total", outcome="succeeded") == 2
+    assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
+    assert w.metric("roger_job_outcomes_total", outcome="retried") == 1
 
 
 def test_os_exit_is_a_worker_crash_and_the_worker_goes_on(

@@ -135,9 +135,10 @@ class PartitionFeatures:
                     if isinstance(task, Task) and task.msg.id == job_id and not task.settled:
                         log.info("cancelling running job %s: killing process %d", job_id, child.pid)
                         child.kill("cancel", task.key)  # the exit handler calls killed(task)
-            for task in [t for t in q.pending if t.msg.id == job_id]:
-                q.pending.remove(task)
-                self._skip_cancelled(task, holding=True)
+            for waiting in (q.pending, q.suspect_pending):
+                for task in [t for t in waiting if t.msg.id == job_id]:
+                    waiting.remove(task)
+                    self._skip_cancelled(task, holding=True)
 
     def killed(self, task: Task) -> None:
         """The runtime reaped the child we killed for a cancel."""

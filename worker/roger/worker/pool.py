@@ -72,6 +72,7 @@ class ChildProc:
         self.cause_key: int | None = None  # the task it was killed for (others are bystanders)
         self.tasks: dict[int, Any] = {}  # key -> the Task or HookTask a slot runs
         self.unsent: list[bytes] = []  # frames queued by the current loop turn
+        self.quarantine = False  # runs suspects one at a time, never regular jobs
         os.set_blocking(self.rfd, False)
         ioloop.add_handler(self.rfd, self._readable, READ)
 

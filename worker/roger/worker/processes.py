@@ -131,9 +131,11 @@ class JobProcesses:
     def _pump(self, q: QueueState) -> None:
         """Fill free slots, spreading jobs over the job processes (one write each)."""
         q.pump_scheduled = False
+        if q.suspect_pending:
+            self._pump_suspect(q)
         if not (q.hook_backlog or q.pending):
             return
-        open_children = [c for c in q.children if c.free > 0]
+        open_children = [c for c in q.children if c.free > 0 and not c.quarantine]
         touched: list[ChildProc] = []
         while open_children and (q.hook_backlog or q.pending):
             still_open = []
@@ -165,6 +167,23 @@ class JobProcesses:
                 child.tasks = {
                     k: t for k, t in child.tasks.items() if isinstance(t, Task) and t.started
                 }
+
+    def _pump_suspect(self, q: QueueState) -> None:
+        """One suspect at a time in the quarantine process, started on demand."""
+        if q.quarantine is None or not q.quarantine.alive:
+            child = ChildProc(q.name, 1, self.spec, self.ioloop, self._frames, self._child_exit)
+            child.quarantine = True
+            q.quarantine = child
+            q.children.append(child)
+            return  # its "ready" frame pumps again
+        if q.quarantine.free:
+            task = q.suspect_pending.popleft()
+            self._dispatch(q.quarantine, task)
+            if q.quarantine.flush():
+                self._started(q.quarantine, task)
+            else:
+                q.quarantine.tasks.pop(task.key, None)
+                q.suspect_pending.appendleft(task)
 
     def _dispatch(self, child: ChildProc, task: Task) -> None:
         frame = b'{"t":"run","k":%d,"b":%d,"s":%d,"job":%b}' % (
@@ -225,11 +244,25 @@ class JobProcesses:
             log.warning(
                 "job process %d exited (code %s); starting another", child.pid, child.exit_code()
             )
+        unsettled = [t for t in tasks.values() if isinstance(t, Task) and not t.settled]
+        # Several jobs and no way to tell which one killed it: none is charged; each of
+        # them runs alone once (quarantine), where a crash names its culprit.
+        unknown_culprit = crashed and not child.quarantine and len(unsettled) > 1
         for key, task in tasks.items():
-            if crashed or key == child.cause_key:
+            if unknown_culprit and task in unsettled:
+                assert isinstance(task, Task)
+                q.suspect(task.msg.id)
+                self._bystander(task)
+            elif crashed or key == child.cause_key:
                 self._lost_task(child, task, "crash" if crashed else str(cause))
             else:
                 self._bystander(task)
+            if isinstance(task, Task) and child.quarantine:
+                q.suspects.pop(task.msg.id, None)
+        if child.quarantine:
+            self._pump_soon(q)
+            self._maybe_finish()
+            return
         self._spawn(q, child.slots)
         self._pump_soon(q)
         self._maybe_finish()
@@ -253,28 +286,18 @@ class JobProcesses:
             q.pending.appendleft(task)
         elif cause == "cancel":
             self.features.killed(task)
-        elif cause == "timeout":
-            met = task.max_execution_time()
-            self._failed(
-                task,
-                (TIMEOUT, f"exceeded max_execution_time of {met:g}s"),
-                None,
-                time.monotonic() - task.started,
-                hooks_elsewhere=True,
-            )
         else:
-            code = child.exit_code()
-            self._failed(
-                task,
-                (WORKER_CRASH, f"job process exited (code {code})"),
-                None,
-                time.monotonic() - task.started,
-                hooks_elsewhere=True,
+            error = (
+                (TIMEOUT, f"exceeded max_execution_time of {task.max_execution_time():g}s")
+                if cause == "timeout"
+                else (WORKER_CRASH, f"job process exited (code {child.exit_code()})")
             )
+            duration = time.monotonic() - task.started
+            self._failed(task, error, None, duration, hooks_elsewhere=True)
 
     def _bystander(self, task: Task | HookTask) -> None:
-        """Another task of a process killed for one job: not its fault, so it runs again
-        (a job from the start, on another slot; hooks likewise)."""
+        """A task of a process killed for another job (or that died of an unknown one):
+        not charged, it runs again (a job from the start, on another slot; hooks too)."""
         q = task.queue
         if isinstance(task, HookTask):
             q.hook_backlog.appendleft(task)
@@ -284,7 +307,7 @@ class JobProcesses:
             return
         self.telemetry.running(q.name, -1)
         self._cancel_timer(task)
-        log.info("job %s interrupted by a process kill for another job: requeued", task.msg.id)
+        log.info("job %s interrupted (its job process was killed or died): requeued", task.msg.id)
         self.features.finished(task, leaving=False)
         self._requeue(task)
 
@@ -325,6 +348,13 @@ class JobProcesses:
         task = child.tasks.pop(f.get("k"), None)  # type: ignore[arg-type]
         if task is None:
             return
+        q = self.queues[child.queue]
+        if child.quarantine and isinstance(task, Task):
+            q.suspects.pop(task.msg.id, None)  # it ran alone and did not crash
+            if not q.suspect_pending and not child.tasks and child in q.children:
+                q.children.remove(child)  # no more suspects: let it go
+                q.quarantine = None
+                child.close()
         for callback, hook, reason in f.get("f") or ():
             self.telemetry.callback_failed(str(callback), str(hook), str(reason))
         self._maybe_finish()

@@ -186,8 +186,7 @@ class Worker(JobProcesses):
         for q in self.queues.values():
             if q.channel is not None and q.channel.is_open and q.consumer_tag:
                 q.channel.basic_cancel(q.consumer_tag)
-            while q.pending:
-                self._requeue(q.pending.popleft())
+            self._requeue_waiting(q)
         self.ioloop.call_later(self.config.shutdown_timeout, self._finish)
         self._maybe_finish()
 
@@ -258,8 +257,7 @@ class Worker(JobProcesses):
         if q.channel is not None and q.channel.is_open and q.consumer_tag:
             q.channel.basic_cancel(q.consumer_tag)
         q.consumer_tag = None
-        while q.pending:
-            self._requeue(q.pending.popleft())
+        self._requeue_waiting(q)
 
     def _consuming(self, q: QueueState, channel: Any, consumer_tag: str) -> None:
         q.channel, q.consumer_tag, q.gen = channel, consumer_tag, self.link.generation
@@ -272,6 +270,7 @@ class Worker(JobProcesses):
             q.channel, q.consumer_tag = None, None
             q.tracker = type(q.tracker)()
             q.pending.clear()
+            q.suspect_pending.clear()
         if self.stopping:
             self._finish()
 
@@ -295,6 +294,12 @@ class Worker(JobProcesses):
                 for tag, multiple in q.tracker.flush():
                     q.channel.basic_ack(tag, multiple)
         self._maybe_finish()
+
+    def _requeue_waiting(self, q: QueueState) -> None:
+        """Deliveries not handed to a job process yet go back to the broker."""
+        for waiting in (q.pending, q.suspect_pending):
+            while waiting:
+                self._requeue(waiting.popleft())
 
     def _requeue(self, task: Task) -> None:
         q = task.queue
@@ -358,6 +363,10 @@ class Worker(JobProcesses):
 
     def _accept(self, task: Task) -> None:
         q = task.queue
+        if task.msg.id in q.suspects:
+            q.suspect_pending.append(task)
+            self._pump_soon(q)
+            return
         q.pending.append(task)
         if len(q.pending) >= DISPATCH_GROUP:
             self._pump(q)  # pika may be decoding many more: let the job processes start

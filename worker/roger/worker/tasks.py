@@ -12,6 +12,8 @@ from roger.core.jobs import JobDefinition
 from roger.core.message import JobMessage
 from roger.core.settle import AckTracker
 
+MAX_SUSPECTS = 10_000
+
 
 @dataclass(slots=True, eq=False)
 class QueueState:
@@ -28,6 +30,16 @@ class QueueState:
     warm: bool = False  # every first job process is ready: consuming may start
     want: bool = False  # consuming was asked for before the pool was warm
     pump_scheduled: bool = False  # a dispatch is due at the end of this loop turn
+    # Jobs that were in a job process that died on its own with several jobs: each runs
+    # once alone in the quarantine process (one slot) to find out which one kills it.
+    suspects: dict[str, None] = field(default_factory=dict)
+    suspect_pending: deque[Task] = field(default_factory=deque)
+    quarantine: Any = None  # the one-slot ChildProc, started when a suspect arrives
+
+    def suspect(self, job_id: str) -> None:
+        self.suspects[job_id] = None
+        while len(self.suspects) > MAX_SUSPECTS:  # bounded: forget the oldest
+            del self.suspects[next(iter(self.suspects))]
 
     @classmethod
     def make(cls, partition: str, name: str, max_workers: int) -> QueueState:
