@@ -69,6 +69,12 @@ def test_decode_rejects_with_a_reason(raw: bytes, reason: str) -> None:
     assert exc.value.reason == reason
 
 
+def test_decode_reads_json_in_any_of_its_encodings() -> None:
+    text = body().decode()
+    for raw in (text.encode("utf-8-sig"), text.encode("utf-16"), text.encode("utf-32-le")):
+        assert message.decode(raw).id == "j1"
+
+
 def test_decode_ignores_unknown_fields() -> None:
     assert message.decode(body(future="x")).id == "j1"
 

@@ -7,14 +7,15 @@ that calls them is the one that consumes and acknowledges jobs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from roger.core.hooks import HookName
 
 
-@dataclass(frozen=True, slots=True)
-class LifecycleEvent:
+class LifecycleEvent(NamedTuple):
+    """Immutable; a named tuple because the loop makes two per job (cheaper than a frozen
+    dataclass)."""
+
     hook: HookName
     partition: str
     queue: str

@@ -82,39 +82,64 @@ def properties(msg: JobMessage, partition: str) -> dict[str, Any]:
     }
 
 
-_OPTIONAL_STR = ("queue_key", "execution_key")
-
-
 def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return type(value) in (int, float)  # JSON gives exact types; bool is not a number
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+_VALID_NAMES: dict[str, None] = {}  # names seen valid; the check runs once per job name
+_MAX_VALID_NAMES: Final = 4096
+
+
+def _valid_name(name: str) -> bool:
+    if name in _VALID_NAMES:
+        return True
+    if not JOB_NAME_RE.match(name):
+        return False
+    if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+        _VALID_NAMES[name] = None
+    return True
+
+
+def _parse(body: bytes) -> Any:
+    """UTF-8 first (what clients send); json's own encoding detection (UTF-16/32, a byte
+    order mark) only when that fails, so garbage is parsed twice, valid jobs once."""
+    try:
+        return _DECODER.decode(body.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError is one
+        return json.loads(body, parse_constant=_reject_constant)
 
 
 def decode(body: bytes) -> JobMessage:
     """Parse and validate a body; raises ``InvalidMessage`` with a park reason.
 
     Unknown fields are ignored so that older workers read messages of newer clients.
+    It runs once per delivery on the worker's loop, hence exact type checks (JSON only
+    produces exact types) and a cache of valid job names.
     """
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = _parse(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidMessage(NOT_JSON, str(exc)[:200]) from None
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise InvalidMessage(NOT_OBJECT, f"body is a JSON {type(data).__name__}")
-    for key in ("id", "name", "args", "queue"):
-        if key not in data:
-            raise InvalidMessage(MISSING_FIELD, f"no {key!r}")
-    ident, name, queue = data["id"], data["name"], data["queue"]
-    if not isinstance(ident, str) or not 0 < len(ident) <= MAX_ID_LENGTH:
+    try:
+        ident, name, args, queue = data["id"], data["name"], data["args"], data["queue"]
+    except KeyError as exc:
+        raise InvalidMessage(MISSING_FIELD, f"no {exc.args[0]!r}") from None
+    if type(ident) is not str or not 0 < len(ident) <= MAX_ID_LENGTH:
         raise InvalidMessage(INVALID_FIELD, "id must be a string of 1-128 characters")
-    if not isinstance(name, str) or not JOB_NAME_RE.match(name):
+    if type(name) is not str or not _valid_name(name):
         raise InvalidMessage(INVALID_FIELD, "name must look like 'module:function'")
-    if not isinstance(queue, str) or not queue:
+    if type(queue) is not str or not queue:
         raise InvalidMessage(INVALID_FIELD, "queue must be a non-empty string")
-    for key in _OPTIONAL_STR:
-        if data.get(key) is not None and not isinstance(data[key], str):
-            raise InvalidMessage(INVALID_FIELD, f"{key} must be a string or null")
+    queue_key, execution_key = data.get("queue_key"), data.get("execution_key")
+    if queue_key is not None and type(queue_key) is not str:
+        raise InvalidMessage(INVALID_FIELD, "queue_key must be a string or null")
+    if execution_key is not None and type(execution_key) is not str:
+        raise InvalidMessage(INVALID_FIELD, "execution_key must be a string or null")
     retry_count = data.get("retry_count", 0)
-    if not isinstance(retry_count, int) or isinstance(retry_count, bool) or retry_count < 0:
+    if type(retry_count) is not int or retry_count < 0:
         raise InvalidMessage(INVALID_FIELD, "retry_count must be an integer >= 0")
     queued_at = data.get("queued_at", 0.0)
     if not _number(queued_at):
@@ -123,15 +148,15 @@ def decode(body: bytes) -> JobMessage:
     if met is not None and (not _number(met) or met < 1):
         raise InvalidMessage(INVALID_FIELD, "max_execution_time must be null or >= 1")
     return JobMessage(
-        id=ident,
-        name=name,
-        args=data["args"],
-        queue=queue,
-        queue_key=data.get("queue_key"),
-        execution_key=data.get("execution_key"),
-        retry_count=retry_count,
-        queued_at=float(queued_at),
-        max_execution_time=None if met is None else float(met),
+        ident,
+        name,
+        args,
+        queue,
+        queue_key,
+        execution_key,
+        retry_count,
+        float(queued_at),
+        None if met is None else float(met),
     )
 
 
