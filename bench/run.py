@@ -7,14 +7,22 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ["worker_throughput.py"]
+# (script, arguments): every peer side by side once, then the headline comparison in
+# interleaved rounds, whose per-round ratios are what bench/RESULTS.md reports.
+BENCHES = [
+    ("worker_throughput.py", []),
+    (
+        "ab_worker.py",
+        ["--rounds", "5", "--workers", "64", "--variant", "roger64=", "--pika", "--dramatiq"],
+    ),
+]
 
 
 def main() -> int:
     code = 0
-    for name in BENCHES:
-        print(f"## {name}", flush=True)
-        code |= subprocess.call([sys.executable, str(HERE / name), *sys.argv[1:]])
+    for name, args in BENCHES:
+        print(f"## {name} {' '.join(args)}", flush=True)
+        code |= subprocess.call([sys.executable, str(HERE / name), *args, *sys.argv[1:]])
     return code
 
 
