@@ -22,6 +22,7 @@ from roger.core import frames
 
 HANDOFF = 0.001  # a queued frame waits at most about this long for a busy slot
 FLUSH_AFTER = 0.002  # a buffered outcome never waits longer than this behind a busy slot
+LINGER = 0.02  # how long the last busy slot waits on the pipe itself before going idle
 FLUSH_EVERY = 8  # outcomes of a burst leave in groups this big, so acks flow steadily
 
 
@@ -99,6 +100,7 @@ class Inbox:
         self.waking = 0  # slots notified that have not woken up yet
         self.idle = 0  # slots waiting for work
         self.last_take = 0.0
+        self.pipe_waiter = False  # a slot out of work is waiting on the pipe (LINGER)
         self.closed = False
 
     def _drain(self) -> None:
@@ -124,15 +126,31 @@ class Inbox:
         return None
 
     def take(self) -> dict[str, Any] | None:
-        """The next frame for a slot, or None once the worker closed the pipe."""
+        """The next frame for a slot, or None once the worker closed the pipe.
+
+        The last active slot to run out of work waits on the pipe itself for ``LINGER``
+        (the next group usually comes sooner) before it goes idle: no thread hop per group.
+        """
         with self.cond:
             frame = self._pop()
-            if frame is None:
+            linger = frame is None and self.active == 1 and not self.pipe_waiter
+            if linger:
+                self.pipe_waiter = True
+            elif frame is None:
                 self.active -= 1
         if frame is not None:
             self.results.flush_if_many()
             return frame
         self.results.flush()  # out of work: the worker may be waiting for these
+        if linger:
+            select.select([self.rfd], [], [], LINGER)
+            with self.cond:
+                self.pipe_waiter = False
+                frame = self._pop()
+                if frame is None:
+                    self.active -= 1
+            if frame is not None:
+                return frame
         with self.cond:
             while True:
                 frame = self._pop()
@@ -160,7 +178,11 @@ class Inbox:
             else:
                 select.select([self.rfd], [], [], FLUSH_AFTER if self.results.parts else None)
             with self.cond:
-                if not watching or time.monotonic() - self.last_take >= HANDOFF:
+                # A slot lingering on the pipe reads it for itself; frames already queued
+                # still get slots woken for them.
+                if not self.pipe_waiter and (
+                    not watching or time.monotonic() - self.last_take >= HANDOFF
+                ):
                     self._drain()
                 self._wake_slots()
             self.results.flush_if_older(FLUSH_AFTER)
