@@ -1,11 +1,13 @@
 """Inside a job process: the pipe ends shared by its slot threads, and their watchdog.
 
 A job process runs up to N jobs at once, one per slot thread, yet short jobs should not
-pay a thread hand-off each. So one reader thread owns the pipe and queues frames; the
-first free slot runs them back to back, and another slot is woken only when a frame has
-waited ``HANDOFF`` seconds (the running slots are busy with something long) — the way
-Go's scheduler hands work off a blocked thread. Outcome frames are buffered and leave in
-one write when a slot runs out of work, or within ``FLUSH_AFTER`` otherwise.
+pay a thread hand-off each. So the busy slot reads the pipe itself and runs frames back to
+back, and when it runs out it waits on the pipe for the next group (``LINGER``) before it
+goes idle; a reader thread watches the pipe while every slot is idle, and wakes another
+slot only when a frame has waited ``HANDOFF`` seconds (the running slots are busy with
+something long) — the way Go's scheduler hands work off a blocked thread. Outcome frames
+are buffered and leave in groups of ``FLUSH_EVERY``, when a slot runs out of work, or
+within ``FLUSH_AFTER`` otherwise.
 """
 
 from __future__ import annotations
