@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from functools import partial
 from typing import Any
 
@@ -129,46 +130,16 @@ class JobProcesses:
             self.ioloop.call_later(0, partial(self._pump, q))
 
     def _pump(self, q: QueueState) -> None:
-        """Fill free slots, spreading jobs over the job processes (one write each)."""
+        """Hand waiting work to free slots: suspects to the quarantine, the rest to the
+        regular job processes."""
         q.pump_scheduled = False
         if q.suspect_pending:
-            self._pump_suspect(q)
-        if not (q.hook_backlog or q.pending):
-            return
-        open_children = [c for c in q.children if c.free > 0 and not c.quarantine]
-        touched: list[ChildProc] = []
-        while open_children and (q.hook_backlog or q.pending):
-            still_open = []
-            for child in open_children:
-                if q.hook_backlog:
-                    hook_task = q.hook_backlog.popleft()
-                    child.tasks[hook_task.key] = hook_task
-                    child.queue_frame(hook_task.frame)
-                elif q.pending:
-                    self._dispatch(child, q.pending.popleft())
-                else:
-                    break
-                if child not in touched:
-                    touched.append(child)
-                if child.free > 0:
-                    still_open.append(child)
-            open_children = still_open
-        for child in touched:
-            sent = [t for t in child.tasks.values() if isinstance(t, Task) and not t.started]
-            if child.flush():
-                for task in sent:
-                    self._started(child, task)
-            else:  # it died before reading them: they never started
-                for task in child.tasks.values():
-                    if isinstance(task, HookTask):
-                        q.hook_backlog.appendleft(task)
-                    elif not task.started:
-                        q.pending.appendleft(task)
-                child.tasks = {
-                    k: t for k, t in child.tasks.items() if isinstance(t, Task) and t.started
-                }
+            self._pump_suspects(q)
+        if q.hook_backlog or q.pending:
+            regular = [c for c in q.children if c.free > 0 and not c.quarantine]
+            self._fill(regular, q.hook_backlog, q.pending)
 
-    def _pump_suspect(self, q: QueueState) -> None:
+    def _pump_suspects(self, q: QueueState) -> None:
         """One suspect at a time in the quarantine process, started on demand."""
         if q.quarantine is None or not q.quarantine.alive:
             child = ChildProc(q.name, 1, self.spec, self.ioloop, self._frames, self._child_exit)
@@ -177,13 +148,43 @@ class JobProcesses:
             q.children.append(child)
             return  # its "ready" frame pumps again
         if q.quarantine.free:
-            task = q.suspect_pending.popleft()
-            self._dispatch(q.quarantine, task)
-            if q.quarantine.flush():
-                self._started(q.quarantine, task)
-            else:
-                q.quarantine.tasks.pop(task.key, None)
-                q.suspect_pending.appendleft(task)
+            self._fill([q.quarantine], deque(), q.suspect_pending)
+
+    def _fill(self, children: list[ChildProc], hooks: deque[HookTask], jobs: deque[Task]) -> None:
+        """Fill the free slots of ``children`` from ``hooks``, then ``jobs``, spreading the
+        work over the processes, with one write each. What a process that died never read
+        goes back where it came from."""
+        touched: list[ChildProc] = []
+        while children and (hooks or jobs):
+            still_open = []
+            for child in children:
+                if hooks:
+                    hook_task = hooks.popleft()
+                    child.tasks[hook_task.key] = hook_task
+                    child.queue_frame(hook_task.frame)
+                elif jobs:
+                    self._dispatch(child, jobs.popleft())
+                else:
+                    break
+                if child not in touched:
+                    touched.append(child)
+                if child.free > 0:
+                    still_open.append(child)
+            children = still_open
+        for child in touched:
+            sent = [t for t in child.tasks.values() if isinstance(t, Task) and not t.started]
+            if child.flush():
+                for task in sent:
+                    self._started(child, task)
+            else:  # it died before reading them: they never started
+                for task in child.tasks.values():
+                    if isinstance(task, HookTask):
+                        hooks.appendleft(task)
+                    elif not task.started:
+                        jobs.appendleft(task)
+                child.tasks = {
+                    k: t for k, t in child.tasks.items() if isinstance(t, Task) and t.started
+                }
 
     def _dispatch(self, child: ChildProc, task: Task) -> None:
         frame = b'{"t":"run","k":%d,"b":%d,"s":%d,"job":%b}' % (

@@ -213,8 +213,7 @@ class Slot:
 
 
 class Watchdog:
-    """Reports a job or hook past its deadline (the worker then kills the process) and
-    sends outcomes that sit in the buffer while their slot runs long hooks."""
+    """Reports a job or hook past its deadline; the worker then kills the process."""
 
     def __init__(
         self, slots: list[Slot], results: Results, interval: float, on_dead_pipe: Callable[[], None]
@@ -227,7 +226,6 @@ class Watchdog:
         while True:
             time.sleep(self.interval)
             try:
-                self.results.flush_if_older(FLUSH_AFTER)
                 now = time.monotonic()
                 for slot in self.slots:
                     w = slot.watch
