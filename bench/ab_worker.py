@@ -15,26 +15,11 @@ import argparse
 import os
 import statistics
 import sys
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import worker_throughput as wt
-
-
-def roger_rate(url: str, n: int, workers: int, extra_env: dict[str, str]) -> float:
-    b = wt.Broker(url)
-    partition = f"bench-{uuid.uuid4().hex[:6]}"
-    proc = wt.start_roger(url, partition, workers, extra_env)  # declares the queues
-    wt.stop(proc)
-    b.fill(f"{partition}-default", wt.roger_body(partition), n)
-    proc = wt.start_roger(url, partition, workers, extra_env)
-    try:
-        return b.drain_rate(f"{partition}-default", n)
-    finally:
-        wt.stop(proc)
-        b.delete_partition(partition)
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
@@ -48,10 +33,7 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--amqp-url",
-        default=os.environ.get("ROGER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-    )
+    wt.add_amqp_url(p)
     p.add_argument("--jobs", type=int, default=20000)
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
@@ -66,7 +48,9 @@ def main() -> int:
     print(f"# {opts.jobs} jobs, {opts.workers} job processes, load {os.getloadavg()}")
     for r in range(opts.rounds):
         for name, extra in variants:
-            rates[name].append(roger_rate(opts.amqp_url, opts.jobs, opts.workers, extra))
+            rates[name].append(
+                wt.bench_roger(opts.amqp_url, opts.jobs, opts.workers, extra_env=extra)
+            )
             print(f"round {r + 1} {name:<12} {rates[name][-1]:7.0f}/s", flush=True)
         if opts.pika:
             rates["pika"].append(wt.bench_pika(opts.amqp_url, opts.jobs, opts.workers, "quorum"))

@@ -104,6 +104,13 @@ class Broker:
                 self.ch = self.conn.channel()
 
 
+def add_amqp_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--amqp-url",
+        default=os.environ.get("ROGER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -131,6 +138,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def drain_and_stop(
+    b: Broker, proc: subprocess.Popen[bytes], queue: str, n: int, *extra_queues: str
+) -> float:
+    """A peer's drain rate of ``queue``; then the peer is stopped and its queues deleted."""
+    try:
+        return b.drain_rate(queue, n)
+    finally:
+        stop(proc)
+        b.delete(queue, *extra_queues)
 
 
 def roger_body(partition: str) -> Callable[[int], tuple[bytes, Any]]:
@@ -230,13 +248,20 @@ def roger_label(workers: int, processes: int | None = None) -> str:
     return f"Roger worker, max_workers {workers} ({shape})"
 
 
-def bench_roger(url: str, n: int, workers: int, processes: int | None = None) -> float:
+def bench_roger(
+    url: str,
+    n: int,
+    workers: int,
+    processes: int | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> float:
     b = Broker(url)
     partition = f"bench-{uuid.uuid4().hex[:6]}"
-    proc = start_roger(url, partition, workers, {}, processes)  # declares the queues
+    extra = extra_env or {}
+    proc = start_roger(url, partition, workers, extra, processes)  # declares the queues
     stop(proc)
     b.fill(f"{partition}-default", roger_body(partition), n)
-    proc = start_roger(url, partition, workers, {}, processes)
+    proc = start_roger(url, partition, workers, extra, processes)
     try:
         return b.drain_rate(f"{partition}-default", n)
     finally:
@@ -276,11 +301,7 @@ def bench_dramatiq(url: str, n: int) -> float:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        return b.drain_rate(q, n)
-    finally:
-        stop(proc)
-        b.delete(q, f"{q}.DQ", f"{q}.XQ")
+    return drain_and_stop(b, proc, q, n, f"{q}.DQ", f"{q}.XQ")
 
 
 def bench_celery(url: str, n: int) -> float:
@@ -329,11 +350,7 @@ def bench_celery(url: str, n: int) -> float:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    try:
-        return b.drain_rate(q, n)
-    finally:
-        stop(proc)
-        b.delete(q)
+    return drain_and_stop(b, proc, q, n)
 
 
 def bench_enqueue(url: str, n: int) -> float:
@@ -383,10 +400,7 @@ def bench_latency(url: str, rate: float, seconds: float, workers: int) -> tuple[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--amqp-url",
-        default=os.environ.get("ROGER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
-    )
+    add_amqp_url(parser)
     parser.add_argument("--jobs", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=16, help="Roger max_workers (prefetch)")
     parser.add_argument("--big-workers", type=int, default=64, help="a second, larger pool")
