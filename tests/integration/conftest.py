@@ -1,7 +1,8 @@
 """Fixtures shared by the integration tests (real RabbitMQ).
 
-``workers`` here runs plain ``roger worker`` processes (tests/integration/worker_harness.py);
-the partition-feature tests override it with their own recorder-backed harness.
+``workers`` runs plain ``roger worker`` processes (tests/integration/worker_harness.py);
+``partition_workers`` runs them on a generated ``pjobs`` module with a recorder
+(tests/integration/partition_support.py), for the partition-wide features.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import roger
+from tests.integration import partition_support
 from tests.integration.worker_harness import Broker, Workers
 
 
@@ -28,6 +30,16 @@ def workers(amqp_url: str, unique_name: str, tmp_path: Path) -> Iterator[Workers
     ws = Workers(amqp_url, unique_name, tmp_path)
     yield ws
     ws.stop_all()
+
+
+@pytest.fixture
+def partition_workers(
+    tmp_path: Path, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[partition_support.Workers]:
+    w = partition_support.Workers(tmp_path, amqp_url, unique_name)
+    monkeypatch.syspath_prepend(str(tmp_path))  # the client computes keys from pjobs
+    yield w
+    w.stop_all()
 
 
 @pytest.fixture

@@ -143,6 +143,15 @@ class Workers:
         self.procs.append(proc)
         return proc
 
+    def start_consuming(
+        self, queues: str = "default=2", count: int = 1, extra: tuple[str, ...] = ()
+    ) -> list[subprocess.Popen[bytes]]:
+        """Start ``count`` workers, then wait until each has caught up with the state."""
+        procs = [self.start(queues, extra) for _ in range(count)]
+        for proc in procs:
+            self.wait_consuming(proc)
+        return procs
+
     def wait_consuming(self, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         n = self.procs.index(proc)
         deadline = time.monotonic() + timeout

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import socket
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,13 +16,6 @@ from tests.helpers import eventually
 from tests.integration.partition_support import Workers
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def workers(tmp_path: Path, amqp_url: str, unique_name: str) -> Iterator[Workers]:
-    w = Workers(tmp_path, amqp_url, unique_name)
-    yield w
-    w.stop_all()
 
 
 def _port() -> int:
@@ -44,15 +35,14 @@ def _metric(port: int, name: str, **labels: str) -> float | None:
 
 
 def test_info_learns_queues_and_retry_levels_from_the_workers(
-    workers: Workers, client: roger.Client, unique_name: str
+    partition_workers: Workers, client: roger.Client, unique_name: str
 ) -> None:
     p = unique_name
     before = client.info(p)  # no worker: the default queue and Roger's default levels
     assert list(before.queues) == ["default"]
     assert sorted(before.queues["default"].retry) == sorted(naming.DEFAULT_RETRY_LEVELS)
 
-    proc = workers.start("default=1,email=1,idle=0", extra=("--retry-levels", "2,7"))
-    workers.wait_consuming(proc)
+    partition_workers.start_consuming("default=1,email=1,idle=0", extra=("--retry-levels", "2,7"))
 
     def learned() -> PartitionInfo | None:
         info = client.info(p)
@@ -70,11 +60,10 @@ def test_info_learns_queues_and_retry_levels_from_the_workers(
 
 
 def test_paused_gauge_and_reconnect_counter(
-    workers: Workers, client: roger.Client, unique_name: str
+    partition_workers: Workers, client: roger.Client, unique_name: str
 ) -> None:
     p, port = unique_name, _port()
-    proc = workers.start("default=1,email=1", extra=("--metrics-port", str(port)))
-    workers.wait_consuming(proc)
+    partition_workers.start_consuming("default=1,email=1", extra=("--metrics-port", str(port)))
     paused, reconnects = names.QUEUE_PAUSED, names.BROKER_RECONNECTS + "_total"
     assert _metric(port, reconnects, partition=p) == 0  # at 0 before any reconnection
     for q in ("default", "email"):

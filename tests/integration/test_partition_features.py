@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pika
 import pytest
@@ -17,24 +15,12 @@ from tests.integration.partition_support import Workers, message_count
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def workers(
-    tmp_path: Path, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Workers]:
-    w = Workers(tmp_path, amqp_url, unique_name)
-    monkeypatch.syspath_prepend(str(tmp_path))  # the client computes keys from pjobs
-    yield w
-    w.stop_all()
-
-
 def test_cancel_running_and_queued_jobs_across_two_workers(
-    workers: Workers, client: roger.Client, amqp_url: str
+    partition_workers: Workers, client: roger.Client, amqp_url: str
 ) -> None:
-    p = workers.partition
-    a, b = workers.start("default=1"), workers.start("default=1")
-    workers.wait_consuming(a)
-    workers.wait_consuming(b)
-    rec = workers.recorder
+    p = partition_workers.partition
+    partition_workers.start_consuming("default=1", count=2)
+    rec = partition_workers.recorder
     running = [client.enqueue(p, "pjobs:sleepy", {"tag": f"r{i}", "s": 3600}) for i in range(2)]
     eventually(lambda: len(rec.events("start")) == 2, 20, message="both running")
     pids = {e["pid"] for e in rec.events("start")}
@@ -62,16 +48,14 @@ def test_cancel_running_and_queued_jobs_across_two_workers(
 
 
 def test_cancel_issued_while_no_worker_runs(
-    workers: Workers, client: roger.Client, amqp_url: str
+    partition_workers: Workers, client: roger.Client, amqp_url: str
 ) -> None:
-    p = workers.partition
+    p = partition_workers.partition
     ids = [client.enqueue(p, "pjobs:sleepy", {"tag": f"j{i}", "s": 0}) for i in range(4)]
     client.cancel(p, ids[0])
     client.cancel(p, ids[2])
-    a, b = workers.start("default=2"), workers.start("default=2")
-    workers.wait_consuming(a)
-    workers.wait_consuming(b)
-    rec = workers.recorder
+    partition_workers.start_consuming("default=2", count=2)
+    rec = partition_workers.recorder
     eventually(lambda: len(rec.events("after_run")) == 2, 20)
     eventually(lambda: len(rec.events("on_cancel")) == 2, 20)
     assert {e["job_id"] for e in rec.events("on_cancel")} == {ids[0], ids[2]}
@@ -80,13 +64,11 @@ def test_cancel_issued_while_no_worker_runs(
 
 
 def test_queue_key_refused_while_held_and_freed_when_the_job_leaves(
-    workers: Workers, client: roger.Client
+    partition_workers: Workers, client: roger.Client
 ) -> None:
-    p = workers.partition
-    a, b = workers.start("default=2"), workers.start("default=2")
-    workers.wait_consuming(a)
-    workers.wait_consuming(b)
-    rec = workers.recorder
+    p = partition_workers.partition
+    partition_workers.start_consuming("default=2", count=2)
+    rec = partition_workers.recorder
     # held while running; freed on success
     client.enqueue(p, "pjobs:keyed", {"qk": "ok", "tag": "ok1", "s": 1})
     with pytest.raises(roger.DuplicateJob):
@@ -136,13 +118,11 @@ def _overlaps(spans: list[tuple[float, float]]) -> int:
 
 
 def test_execution_key_serialises_jobs_across_replicas(
-    workers: Workers, client: roger.Client
+    partition_workers: Workers, client: roger.Client
 ) -> None:
-    p = workers.partition
-    procs = [workers.start("default=3") for _ in range(2)]
-    for w in procs:
-        workers.wait_consuming(w)
-    rec = workers.recorder
+    p = partition_workers.partition
+    partition_workers.start_consuming("default=3", count=2)
+    rec = partition_workers.recorder
     for i in range(6):
         client.enqueue(p, "pjobs:keyed", {"xk": "acct-1", "tag": f"k{i}", "s": 0.4})
     for i in range(3):
@@ -159,33 +139,29 @@ def test_execution_key_serialises_jobs_across_replicas(
 
 
 def test_execution_key_jobs_not_lost_when_the_holder_is_killed(
-    workers: Workers, client: roger.Client
+    partition_workers: Workers, client: roger.Client
 ) -> None:
-    p = workers.partition
-    a = workers.start("default=2")
-    workers.wait_consuming(a)
-    rec = workers.recorder
+    p = partition_workers.partition
+    [a] = partition_workers.start_consuming("default=2")
+    rec = partition_workers.recorder
     client.enqueue(p, "pjobs:keyed", {"xk": "solo", "tag": "first", "s": 8})
     eventually(lambda: rec.events("start", id="first"), 10)
-    b = workers.start("default=2")
-    workers.wait_consuming(b)
+    partition_workers.start_consuming("default=2")
     for i in range(3):
         client.enqueue(p, "pjobs:keyed", {"xk": "solo", "tag": f"w{i}", "s": 0.2})
     time.sleep(2)  # they are parked in the waiting room (the key is busy)
     assert not any(rec.events("start", id=f"w{i}") for i in range(3))
-    workers.kill9(a)  # dies holding the key; 'first' goes back to the queue
+    partition_workers.kill9(a)  # dies holding the key; 'first' goes back to the queue
     eventually(lambda: all(rec.events("end", id=f"w{i}") for i in range(3)), 60)
     eventually(lambda: len(rec.events("start", id="first")) == 2, 30)
 
 
 def test_pause_and_resume_reach_running_workers_and_survive_restart(
-    workers: Workers, client: roger.Client, amqp_url: str
+    partition_workers: Workers, client: roger.Client, amqp_url: str
 ) -> None:
-    p = workers.partition
-    a, b = workers.start("default=2"), workers.start("default=2")
-    workers.wait_consuming(a)
-    workers.wait_consuming(b)
-    rec = workers.recorder
+    p = partition_workers.partition
+    a, _ = partition_workers.start_consuming("default=2", count=2)
+    rec = partition_workers.recorder
     client.enqueue(p, "pjobs:sleepy", {"tag": "inflight", "s": 2})
     eventually(lambda: rec.events("start", id="inflight"), 10)
     client.pause(p, "default")
@@ -194,9 +170,8 @@ def test_pause_and_resume_reach_running_workers_and_survive_restart(
         client.enqueue(p, "pjobs:sleepy", {"tag": f"p{i}", "s": 0})
     eventually(lambda: rec.events("end", id="inflight"), 10)  # in-flight job finished
     # a restarted worker still sees the pause
-    workers.kill9(a)
-    c = workers.start("default=2")
-    workers.wait_consuming(c)
+    partition_workers.kill9(a)
+    partition_workers.start_consuming("default=2")
     time.sleep(2)
     info = client.info(p)
     assert info.paused == ["default"] and info.queues["default"].paused

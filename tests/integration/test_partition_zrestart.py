@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -22,29 +20,17 @@ from tests.integration.partition_support import Workers, message_count
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def workers(
-    tmp_path: Path, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Workers]:
-    w = Workers(tmp_path, amqp_url, unique_name)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield w
-    w.stop_all()
-
-
 def _restart_broker() -> None:
     subprocess.run(["bash", "hack/rabbitmq.sh", "down"], cwd=ROOT, check=True)
     subprocess.run(["bash", "hack/rabbitmq.sh", "up"], cwd=ROOT, check=True)
 
 
 def test_accounting_across_worker_kills_and_a_broker_restart(
-    workers: Workers, amqp_url: str
+    partition_workers: Workers, amqp_url: str
 ) -> None:
-    p = workers.partition
-    a, b = workers.start("default=4,mail=1"), workers.start("default=4,mail=1")
-    workers.wait_consuming(a)
-    workers.wait_consuming(b)
-    rec = workers.recorder
+    p = partition_workers.partition
+    a, _ = partition_workers.start_consuming("default=4,mail=1", count=2)
+    rec = partition_workers.recorder
     kinds: dict[str, str] = {}  # job id -> expected end: succeeded | buried | cancelled
     with roger.Client(amqp_url) as client:
         client.pause(p, "mail")
@@ -64,9 +50,8 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
                 jid = client.enqueue(p, "pjobs:sleepy", {"tag": f"s{i}", "s": 0.2})
                 kinds[jid] = "succeeded"
         time.sleep(2)
-        workers.kill9(a)  # mid-run: its unacked jobs go back to the queue
-        c = workers.start("default=4,mail=1")
-        workers.wait_consuming(c)
+        partition_workers.kill9(a)  # mid-run: its unacked jobs go back to the queue
+        partition_workers.start_consuming("default=4,mail=1")
         _restart_broker()  # workers and client reconnect by themselves
         for i in range(120, 150):
             jid = client.enqueue(p, "pjobs:sleepy", {"tag": f"s{i}", "s": 0.05})
@@ -93,7 +78,7 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
             seen = ended()
             missing = {j: k for j, k in kinds.items() if k not in seen.get(j, set())}
             raise AssertionError(
-                f"{len(missing)} not accounted: {missing}\n{workers.logs()}"
+                f"{len(missing)} not accounted: {missing}\n{partition_workers.logs()}"
             ) from None
         seen = ended()
         for j, kind in kinds.items():
