@@ -67,8 +67,8 @@ class ChildProc:
         self.reader = frames.FrameReader()
         self.ready = False
         self.alive = True
-        self.killed = False  # by us: a deadline or shutdown, not the child's own doing
-        self.cause: str | None = None  # why we killed it: "timeout", "hook", "cancel", ...
+        # Why we killed it ("timeout", "hook", "cancel", "shutdown", "crash"); None: it died.
+        self.cause: str | None = None
         self.cause_key: int | None = None  # the task it was killed for (others are bystanders)
         self.tasks: dict[int, Any] = {}  # key -> the Task or HookTask a slot runs
         self.unsent: list[bytes] = []  # frames queued by the current loop turn
@@ -125,7 +125,6 @@ class ChildProc:
         """
         if self.alive:
             self.cause, self.cause_key = cause, key
-            self.killed = True
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             self._gone()

@@ -104,8 +104,9 @@ class Worker(JobProcesses):
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._signal)
+        processes = self.config.job_processes or available_cpus()
         for q in self.queues.values():
-            for slots in split_slots(q.max_workers, self.config.job_processes or available_cpus()):
+            for slots in split_slots(q.max_workers, processes):
                 self._spawn(q, slots)
         self.link.connect()
         self.ioloop.call_later(1.0, self._tick)
