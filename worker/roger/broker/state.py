@@ -482,10 +482,17 @@ class PartitionState:
         self.conn.channel(on_open_callback=opened)
 
     @staticmethod
-    def _quiet_close(ch: Any) -> None:
+    def _quiet_close(ch: Any, then: Callable[[], None] | None = None) -> None:
+        """Close a one-shot channel as done; ``then`` runs at the broker's Close-Ok, so
+        every frame sent on the channel before (an ack, a requeue) has taken effect."""
         finished = getattr(ch, "_roger_finished", None)
         if finished is not None:
             finished[0] = True
+        if then is not None:
+            if ch.is_closed:
+                then()
+            else:  # open or closing: the close callback comes
+                ch.add_on_close_callback(lambda _ch, _reason: then())
         if ch.is_open:
             ch.close()
 
@@ -674,10 +681,9 @@ class PartitionState:
                 if props.message_id == job_id:
                     ch.basic_ack(method.delivery_tag)
                     ch.queue_delete(name, if_empty=True, callback=deleted)
-                else:
+                else:  # not ours: put the token back, and answer once the broker has it
                     ch.basic_nack(method.delivery_tag, requeue=True)
-                    self._quiet_close(ch)
-                    done(False)
+                    self._quiet_close(ch, then=lambda: done(False))
 
             def deleted(_f: Any) -> None:
                 self._quiet_close(ch)
