@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT / "worker"), str(BENCH)]
 
 from roger.core import message, naming  # noqa: E402
 from roger.core.config import split_slots  # noqa: E402
-from roger.worker.processes import available_cpus  # noqa: E402
+from roger.worker.pool import available_cpus  # noqa: E402
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -73,8 +73,8 @@ def test_example_jobs_reach_their_outcomes(amqp_url: str, unique_name: str, tmp_
             ("mailbox", "on_error"),
             ("mailbox", "after_run"),
             ("charge", "on_buried"),
-            ("import", "on_buried"),
-            ("timeout", "on_buried"),
+            ("import", "on_error"),  # not retryable: on_error, kept in .buried
+            ("timeout", "on_error"),
             ("cancel", "on_cancel"),
         }
         by_id = {v: k for k, v in ids.items()}
@@ -90,11 +90,12 @@ def test_example_jobs_reach_their_outcomes(amqp_url: str, unique_name: str, tmp_
         )
         records = _audit(out)
         assert all(r["channel"] == "#jobs" for r in records)
-        timeout = next(r for r in records if r["id"] == ids["timeout"] and r["hook"] == "on_buried")
+        timeout = next(r for r in records if r["id"] == ids["timeout"] and r["hook"] == "on_error")
         assert timeout["error"] == "timeout"
         charge = [r for r in records if r["id"] == ids["charge"]]
         assert [r["hook"] for r in charge] == ["on_error", "on_error", "on_buried"]
         assert ("welcome", "on_buried") not in seen() and ("cancel", "after_run") not in seen()
+        assert ("import", "on_buried") not in seen() and ("timeout", "on_buried") not in seen()
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -75,10 +75,10 @@ def test_queue_key_refused_while_held_and_freed_when_the_job_leaves(
         client.enqueue(p, "pjobs:keyed", {"qk": "ok", "tag": "ok2"})
     eventually(lambda: rec.events("end", id="ok1"), 20)
     eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "ok", "tag": "ok3"}), 20)
-    # freed when buried (not retryable: first failure buries)
+    # freed when it fails for good (not retryable: on_error, kept in .buried)
     client.enqueue(p, "pjobs:keyed", {"qk": "bad", "tag": "b1", "fail": True})
     eventually(lambda: _enqueue_ok(client, p, "pjobs:keyed", {"qk": "bad", "tag": "b2"}), 20)
-    assert rec.events("on_buried")
+    assert rec.events("on_error") and not rec.events("on_buried")
     # freed when cancelled (running)
     jid = client.enqueue(p, "pjobs:keyed", {"qk": "cx", "tag": "c1", "s": 3600})
     eventually(lambda: rec.events("start", id="c1"), 10)
@@ -144,12 +144,13 @@ def test_execution_key_jobs_not_lost_when_the_holder_is_killed(
     p = partition_workers.partition
     [a] = partition_workers.start_consuming("default=2")
     rec = partition_workers.recorder
-    client.enqueue(p, "pjobs:keyed", {"xk": "solo", "tag": "first", "s": 8})
+    client.enqueue(p, "pjobs:keyed", {"xk": "solo", "tag": "first", "s": 20})
     eventually(lambda: rec.events("start", id="first"), 10)
     partition_workers.start_consuming("default=2")
     for i in range(3):
         client.enqueue(p, "pjobs:keyed", {"xk": "solo", "tag": f"w{i}", "s": 0.2})
     time.sleep(2)  # they are parked in the waiting room (the key is busy)
+    assert not rec.events("end", id="first"), "the holder must still hold the key here"
     assert not any(rec.events("start", id=f"w{i}") for i in range(3))
     partition_workers.kill9(a)  # dies holding the key; 'first' goes back to the queue
     eventually(lambda: all(rec.events("end", id=f"w{i}") for i in range(3)), 60)

@@ -61,7 +61,7 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
             seen: dict[str, set[str]] = {}
             for ev, kind in (
                 ("after_run", "succeeded"),
-                ("on_buried", "buried"),
+                ("on_error", "buried"),  # pjobs:fast is not retryable: kept in .buried
                 ("on_cancel", "cancelled"),
             ):
                 for e in rec.events(ev):

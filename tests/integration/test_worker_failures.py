@@ -50,11 +50,12 @@ def test_timeout_stops_a_job_stuck_in_a_blocking_call(
     assert time.monotonic() - t0 < 5
     [start] = read_lines(out)
     wait_for("stuck process killed", lambda: not alive(int(start[2])))
-    buried = wait_for(
-        "on_buried", lambda: [h for h in read_json_lines(hooks) if h["hook"] == "on_buried"]
+    failed = wait_for(  # not retryable: on_error (as in Roger), kept in .buried
+        "on_error", lambda: [h for h in read_json_lines(hooks) if h["hook"] == "on_error"]
     )
-    assert buried[0]["id"] == job_id and buried[0]["error"][0] == "timeout"
-    assert buried[0]["state"] is None  # the process holding the state was killed
+    assert failed[0]["id"] == job_id and failed[0]["error"][0] == "timeout"
+    assert failed[0]["state"] is None  # the process holding the state was killed
+    assert not [h for h in read_json_lines(hooks) if h["hook"] == "on_buried"]
     client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 2})
     wait_for("the worker goes on", lambda: len(read_lines(out)) == 2)
     assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
@@ -102,8 +103,8 @@ def test_a_timeout_kills_its_process_and_the_jobs_beside_it_run_again(
             else None
         ),
     )
-    assert sorted(hook for hook, _ in done) == ["after_run", "after_run", "on_buried"]
-    assert ("on_buried", stuck_id) in done
+    assert sorted(hook for hook, _ in done) == ["after_run", "after_run", "on_error"]
+    assert ("on_error", stuck_id) in done  # not retryable: on_error, kept in .buried
     assert w.metric("roger_job_outcomes_total", outcome="succeeded") == 2
     assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
     assert w.metric("roger_jobs_running") == 0

@@ -124,15 +124,18 @@ def test_retries_through_ttl_queues_then_burial(
     [(props, body)] = broker.drain(f"{unique_name}-default.buried")
     assert json.loads(body)["retry_count"] == 2 and props.message_id == job_id
     assert props.headers["x-roger-error-kind"] == "ValueError"
+    assert props.headers["x-roger-buried-reason"] == "retries_exhausted"
     assert broker.count(f"{unique_name}-default") == 0
     assert w.metric("roger_job_retries_total") == 2
     assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
     assert w.metric("roger_lifecycle_events_total", hook="on_error") == 2
 
 
-def test_not_retryable_is_buried_at_once_and_buried_queue_is_bounded(
+def test_not_retryable_failure_runs_on_error_and_is_kept_in_buried(
     workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
 ) -> None:
+    """As in Roger, a job without a retry sequence gets ``on_error`` (never ``on_buried``);
+    its message is kept in the bounded ``.buried`` queue, marked ``not_retryable``."""
     hooks = tmp_path / "hooks"
     workers.start(
         callbacks=["tests.jobs.callbacks:Recorder"],
@@ -142,11 +145,13 @@ def test_not_retryable_is_buried_at_once_and_buried_queue_is_bounded(
     for n in range(3):
         client.enqueue(unique_name, basic.fails_once_not_retryable, {"n": n})
     wait_for(
-        "3 burials", lambda: sum(h["hook"] == "on_buried" for h in read_json_lines(hooks)) == 3
+        "3 failures", lambda: sum(h["hook"] == "on_error" for h in read_json_lines(hooks)) == 3
     )
     time.sleep(0.5)
     assert broker.count(f"{unique_name}-default.buried") == 2  # bounded: oldest dropped
-    assert not any(h["hook"] == "on_error" for h in read_json_lines(hooks))
+    assert not any(h["hook"] == "on_buried" for h in read_json_lines(hooks))
+    for props, _ in broker.peek(f"{unique_name}-default.buried"):
+        assert props.headers["x-roger-buried-reason"] == "not_retryable"
 
 
 def test_client_survives_a_dropped_connection(

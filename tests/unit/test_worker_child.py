@@ -51,10 +51,10 @@ class Pipe:
         )
         os.close(to_r)
         os.close(from_w)
-        self.reader = frames.FrameReader()
-        self.buffer: list[dict[str, Any]] = []
+        self.reader = frames.parent_reader()
+        self.buffer: list[frames.ToParent] = []
 
-    def recv(self, timeout: float = 10) -> dict[str, Any]:
+    def recv(self, timeout: float = 10) -> frames.ToParent:
         deadline = time.monotonic() + timeout
         while not self.buffer:
             assert time.monotonic() < deadline, "no frame from the job process"
@@ -63,14 +63,9 @@ class Pipe:
             self.buffer += self.reader.feed(data)
         return self.buffer.pop(0)
 
-    def run(self, key: int, name: str, args: Any = None, bury: bool = False) -> None:
+    def run(self, key: int, name: str, args: Any = None) -> None:
         job = json.dumps({"id": f"j{key}", "name": name, "args": args, "queue": "default"})
-        os.write(
-            self.to_w,
-            frames.encode_raw(
-                b'{"t":"run","k":%d,"b":%d,"s":0,"job":%s}' % (key, bury, job.encode())
-            ),
-        )
+        os.write(self.to_w, frames.encode_run(key, "on_error", False, job.encode()))
 
     def close(self) -> None:
         os.close(self.to_w)  # an idle child exits; a busy one (stuck job) is killed
@@ -82,10 +77,15 @@ class Pipe:
         os.close(self.from_r)
 
 
+def _key(frame: frames.ToParent) -> int:
+    assert isinstance(frame, frames.OkDone | frames.Outcome | frames.Done | frames.Late)
+    return frame.key
+
+
 @pytest.fixture
 def pipe(request: pytest.FixtureRequest) -> Iterator[Pipe]:
     p = Pipe(getattr(request, "param", []))
-    assert p.recv()["t"] == "ready"
+    assert isinstance(p.recv(), frames.Ready)
     yield p
     p.close()
 
@@ -93,8 +93,8 @@ def pipe(request: pytest.FixtureRequest) -> Iterator[Pipe]:
 def test_a_success_with_quick_hooks_is_one_ok_done_frame(pipe: Pipe) -> None:
     pipe.run(1, "tests.jobs.basic:noop")
     frame = pipe.recv()
-    assert frame["t"] == "od" and frame["k"] == 1
-    assert 0 <= frame["d"] < 1 and abs(frame["at"] - time.time()) < 5
+    assert isinstance(frame, frames.OkDone) and frame.key == 1
+    assert 0 <= frame.duration < 1 and abs(frame.started_at - time.time()) < 5
 
 
 @pytest.mark.parametrize("pipe", [["tests.jobs.callbacks:SlowAfterRun"]], indirect=True)
@@ -103,44 +103,47 @@ def test_the_outcome_leaves_before_slow_hooks_finish(pipe: Pipe) -> None:
     pipe.run(1, "tests.jobs.basic:noop")
     t0 = time.monotonic()
     outcome = pipe.recv()
-    assert outcome["t"] == "o" and outcome["ok"] is True
+    assert isinstance(outcome, frames.Outcome) and outcome.ok
     assert time.monotonic() - t0 < 0.5
-    assert pipe.recv() == {"t": "d", "k": 1}
+    assert pipe.recv() == frames.Done(1)
     assert time.monotonic() - t0 >= 0.9
 
 
 def test_failure_outcome_carries_kind_message_and_stack(pipe: Pipe) -> None:
     pipe.run(2, "tests.jobs.basic:flaky", {"n": 7})
     outcome = pipe.recv()
-    assert outcome["ok"] is False and outcome["err"] == ["ValueError", "boom 7"]
-    assert "Traceback" in outcome["st"]
-    assert pipe.recv()["t"] == "d"
+    assert isinstance(outcome, frames.Outcome) and not outcome.ok
+    assert outcome.error == ("ValueError", "boom 7")
+    assert outcome.stack is not None and "Traceback" in outcome.stack
+    assert isinstance(pipe.recv(), frames.Done)
 
 
 def test_the_child_refuses_jobs_outside_its_modules(pipe: Pipe) -> None:
     pipe.run(3, "os:system", "true")
-    assert pipe.recv() == {"t": "o", "k": 3, "invalid": "job_not_allowed"}
+    assert pipe.recv() == frames.Outcome(3, invalid="job_not_allowed")
     pipe.run(4, "tests.jobs.basic:nope")
-    assert pipe.recv()["t"] == "d"
-    assert pipe.recv() == {"t": "o", "k": 4, "invalid": "unknown_job"}
+    assert pipe.recv() == frames.Done(3)
+    assert pipe.recv() == frames.Outcome(4, invalid="unknown_job")
 
 
 @pytest.mark.parametrize("pipe", [["tests.jobs.callbacks:Raises"]], indirect=True)
 def test_callback_failures_are_reported_in_done(pipe: Pipe) -> None:
     pipe.run(5, "tests.jobs.basic:noop")
-    assert pipe.recv()["ok"] is True
+    outcome = pipe.recv()
+    assert isinstance(outcome, frames.Outcome) and outcome.ok
     done = pipe.recv()
-    assert done["f"] == [
-        ["tests.jobs.callbacks:Raises", "before_run", "exception"],
-        ["tests.jobs.callbacks:Raises", "after_run", "exception"],
-    ]
+    assert isinstance(done, frames.Done)
+    assert done.failures == (
+        ("tests.jobs.callbacks:Raises", "before_run", "exception"),
+        ("tests.jobs.callbacks:Raises", "after_run", "exception"),
+    )
 
 
 def test_a_job_past_its_deadline_is_reported_late(pipe: Pipe) -> None:
     t0 = time.monotonic()
     pipe.run(6, "tests.jobs.basic:stuck", {})
     late = pipe.recv(timeout=5)
-    assert late == {"t": "late", "k": 6, "phase": "job", "cb": ""}
+    assert late == frames.Late(6, "job", "")
     assert 0.9 < time.monotonic() - t0 < 3
 
 
@@ -176,7 +179,7 @@ def test_the_child_dies_with_its_worker() -> None:
 @pytest.fixture
 def slotted(request: pytest.FixtureRequest) -> Iterator[Pipe]:
     p = Pipe([], slots=request.param)
-    assert p.recv() == {"t": "ready", "pid": p.proc.pid, "slots": request.param}
+    assert p.recv() == frames.Ready(p.proc.pid, request.param)
     yield p
     p.close()
 
@@ -186,7 +189,7 @@ def test_a_process_runs_as_many_jobs_at_once_as_it_has_slots(slotted: Pipe) -> N
     t0 = time.monotonic()
     for key in (1, 2, 3):
         slotted.run(key, "tests.jobs.basic:slow", {"sleep": 1})
-    done = {slotted.recv(timeout=5)["k"] for _ in range(3)}
+    done = {_key(slotted.recv(timeout=5)) for _ in range(3)}
     assert done == {1, 2, 3}
     assert time.monotonic() - t0 < 1.8  # together, not one after the other (3 s)
 
@@ -197,15 +200,17 @@ def test_a_stuck_job_does_not_hold_up_a_short_one_behind_it(slotted: Pipe) -> No
     os.write(
         slotted.to_w,
         b"".join(
-            frames.encode_raw(
-                b'{"t":"run","k":%d,"b":0,"s":0,"job":{"id":"j%d","name":"%s","args":{},'
-                b'"queue":"default"}}' % (k, k, name)
+            frames.encode_run(
+                k,
+                "on_error",
+                False,
+                b'{"id":"j%d","name":"%s","args":{},"queue":"default"}' % (k, name),
             )
             for k, name in ((1, b"tests.jobs.basic:stuck"), (2, b"tests.jobs.basic:noop"))
         ),
     )
     t0 = time.monotonic()
-    assert slotted.recv(timeout=3)["k"] == 2
+    assert _key(slotted.recv(timeout=3)) == 2
     assert time.monotonic() - t0 < 0.5
 
 
@@ -214,5 +219,5 @@ def test_a_burst_of_short_jobs_all_come_back(slotted: Pipe) -> None:
     for round_ in range(50):
         for key in range(8):
             slotted.run(round_ * 8 + key, "tests.jobs.basic:noop")
-        got = sorted(slotted.recv()["k"] for _ in range(8))
+        got = sorted(_key(slotted.recv()) for _ in range(8))
         assert got == [round_ * 8 + key for key in range(8)]

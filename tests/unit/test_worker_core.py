@@ -1,4 +1,5 @@
-"""Pure rules of the worker: messages, frames, acks, retry decisions, job registry."""
+"""Pure rules of the worker: messages, acks, topology, job registry (frames and fates
+have their own test modules)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import types
 import pytest
 
 import roger
-from roger.core import frames, message, topology
+from roger.core import message, topology
 from roger.core.config import split_slots
 from roger.core.jobs import JobDefinition, JobRegistry, module_jobs
-from roger.core.settle import AckTracker, Bury, Retry, on_failure
+from roger.core.settle import AckTracker
 
 pytestmark = pytest.mark.unit
 
@@ -79,33 +80,6 @@ def test_decode_ignores_unknown_fields() -> None:
     assert message.decode(body(future="x")).id == "j1"
 
 
-def test_frames_split_and_join() -> None:
-    data = frames.encode({"t": "o", "k": 1}) + frames.encode({"t": "d", "k": 1})
-    reader = frames.FrameReader()
-    got = []
-    for i in range(len(data)):  # byte by byte: partial frames wait for the rest
-        got += reader.feed(data[i : i + 1])
-    assert got == [{"t": "o", "k": 1}, {"t": "d", "k": 1}]
-    raw = frames.encode_raw(b'{"t":"run","job":' + body() + b"}")
-    assert frames.FrameReader().feed(raw)[0]["job"]["id"] == "j1"
-
-
-def test_frames_reject_garbage() -> None:
-    with pytest.raises(frames.FrameError):
-        frames.FrameReader().feed(frames.encode_raw(b"[1]"))
-    with pytest.raises(frames.FrameError):
-        frames.FrameReader().feed(b"\xff\xff\xff\xff")
-    with pytest.raises(frames.FrameError):
-        frames.FrameReader().feed(frames.encode_raw(b"S12 zero 1.0"))
-
-
-def test_the_ok_done_frame_reads_as_a_dict() -> None:
-    data = frames.encode_ok_done(42, 0.0000125, 1795889042.931717) + frames.encode({"t": "d"})
-    got = frames.FrameReader().feed(data)
-    assert got[0] == {"t": "od", "k": 42, "d": 0.000013, "at": 1795889042.931717}
-    assert got[1] == {"t": "d"}
-
-
 @pytest.mark.parametrize(
     ("max_workers", "processes", "split"),
     [
@@ -146,14 +120,6 @@ def test_ack_tracker_never_acks_forgotten_tags() -> None:
     t.settled(2)
     t.settled(3)
     assert t.flush() == [(3, True)]
-
-
-def test_failures_retry_through_the_levels_then_bury() -> None:
-    levels = (1, 3, 5)
-    assert on_failure(True, 0, levels) == Retry(1)
-    assert on_failure(True, 2, levels) == Retry(5)
-    assert on_failure(True, 3, levels) == Bury()
-    assert on_failure(False, 0, levels) == Bury()
 
 
 def test_retry_queue_dead_letters_back_to_the_main_queue() -> None:

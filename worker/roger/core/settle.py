@@ -1,34 +1,11 @@
-"""How a job's outcome is settled, and which deliveries can be acknowledged.
+"""Which deliveries of one channel can be acknowledged, cheaply.
 
-Pure rules used by the worker's event loop: where a failure goes (retry level or burial)
-and the batched acknowledgements (one ``multiple`` ack for the settled prefix).
+Where a failure goes (retry level or burial) is decided in ``roger.core.fate``.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    seconds: int  # the retry level, i.e. which ``.retry.<seconds>`` queue
-
-
-@dataclass(frozen=True, slots=True)
-class Bury:
-    pass
-
-
-def on_failure(retryable: bool, retry_count: int, levels: tuple[int, ...]) -> Retry | Bury:
-    """A failed attempt number ``retry_count`` (0 = first run) is retried or buried.
-
-    A job that is not retryable has an empty retry sequence, so its first failure buries
-    it: the message is kept in ``.buried`` (Roger dropped it) and ``on_buried`` runs.
-    """
-    if retryable and retry_count < len(levels):
-        return Retry(levels[retry_count])
-    return Bury()
 
 
 class AckTracker:

@@ -64,10 +64,8 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def _done_frame(key: int, failures: list[list[str]]) -> bytes:
-    if failures:
-        return frames.encode({"t": "d", "k": key, "f": failures})
-    return frames.encode_raw(b'{"t":"d","k":%d}' % key)  # the hot path: no json.dumps
+def _done_frame(key: int, failures: list[frames.CallbackFailure]) -> bytes:
+    return frames.encode(frames.Done(key, tuple(failures)))
 
 
 class Child:
@@ -93,7 +91,7 @@ class Child:
         hook: HookName,
         args: tuple[Any, ...],
         states: dict[str, Any] | None,
-        failures: list[list[str]],
+        failures: list[frames.CallbackFailure],
     ) -> dict[str, Any]:
         """Run one hook on every callback; a failure is recorded, never raised.
 
@@ -108,7 +106,7 @@ class Child:
                 else:
                     fn(self.partition, *args, states.get(name))
             except BaseException as exc:  # a callback never changes the outcome
-                failures.append([name, hook, "exception"])
+                failures.append((name, hook, "exception"))
                 print(
                     f"roger: callback {name}.{hook} raised {type(exc).__name__}: {exc}",
                     file=sys.stderr,
@@ -117,19 +115,19 @@ class Child:
         slot.watch = None
         return out
 
-    def run(self, slot: Slot, frame: dict[str, Any]) -> None:
-        key, data = frame["k"], frame["job"]
-        failures: list[list[str]] = []
+    def run(self, slot: Slot, frame: frames.Run) -> None:
+        key, data = frame.key, frame.job
+        failures: list[frames.CallbackFailure] = []
         found = self.registry.lookup(data["name"])
         if not isinstance(found, JobDefinition):
-            self.results.add(frames.encode({"t": "o", "k": key, "invalid": found}))
+            self.results.add(frames.encode(frames.Outcome(key, invalid=found)))
             self.results.add(_done_frame(key, failures))
             return
         started = time.time()
         job = Job.from_fields(data, started)
         states = (
             self.call_hooks(slot, key, "before_run", (job,), None, failures)
-            if "before_run" in self.hooks and not frame.get("s")
+            if "before_run" in self.hooks and not frame.skip_before
             else {}
         )
         met = data.get("max_execution_time") or found.max_execution_time
@@ -139,39 +137,35 @@ class Child:
             result = found.func(data["args"])
         except BaseException as exc:  # every failure is an outcome
             slot.watch = None
-            error = [type(exc).__name__, str(exc)[:2000]]
+            error = (type(exc).__name__, str(exc)[:2000])
             stack = traceback.format_exc()[-8000:]
-            outcome = {"t": "o", "k": key, "ok": False, "err": error, "st": stack}
-            self.results.add(frames.encode({**outcome, "d": time.monotonic() - t0, "at": started}))
-            hook: HookName = "on_buried" if frame.get("b") else "on_error"
-            self.call_hooks(slot, key, hook, (job, tuple(error), stack), states, failures)
+            duration = time.monotonic() - t0
+            self.results.add(frames.encode(frames.Outcome(key, duration, started, error, stack)))
+            hook = frame.failure_hook
+            self.call_hooks(slot, key, hook, (job, error, stack), states, failures)
         else:
             slot.watch = None
             duration = time.monotonic() - t0
-            token = self.results.add(
-                frames.encode_raw(
-                    b'{"t":"o","k":%d,"ok":true,"d":%.6f,"at":%.6f}' % (key, duration, started)
-                )
-            )
+            token = self.results.add(frames.encode(frames.Outcome(key, duration, started)))
             if "after_run" in self.hooks:
                 self.call_hooks(slot, key, "after_run", (job, result), states, failures)
             # The usual case: the outcome has not left yet, so outcome and done go as one.
             if not failures and self.results.replace(
-                token, frames.encode_ok_done(key, duration, started)
+                token, frames.encode(frames.OkDone(key, duration, started))
             ):
                 return
         self.results.add(_done_frame(key, failures))
 
-    def hooks_only(self, slot: Slot, frame: dict[str, Any]) -> None:
+    def hooks_only(self, slot: Slot, frame: frames.RunHooks) -> None:
         """on_error / on_buried / on_cancel of a job whose process was killed: no state."""
-        key = frame["k"]
-        failures: list[list[str]] = []
-        job = Job.from_fields(frame["job"], frame.get("at"))
-        if frame["hook"] == "on_cancel":  # on_cancel(partition, job): no error, no state
+        key = frame.key
+        failures: list[frames.CallbackFailure] = []
+        job = Job.from_fields(frame.job, frame.started_at)
+        if frame.hook == "on_cancel":  # on_cancel(partition, job): no error, no state
             self.call_hooks(slot, key, "on_cancel", (job,), None, failures)
         else:
-            err = tuple(frame["err"])
-            self.call_hooks(slot, key, frame["hook"], (job, err, frame.get("st")), {}, failures)
+            err = frame.error or ("", "")
+            self.call_hooks(slot, key, frame.hook, (job, err, frame.stack), {}, failures)
         self.results.add(_done_frame(key, failures))
 
     def slot_loop(self, slot: Slot) -> None:
@@ -179,9 +173,9 @@ class Child:
         the worker sees it (EOF) instead of waiting for a slot that died quietly."""
         try:
             while (frame := self.inbox.take()) is not None:
-                if frame["t"] == "run":
+                if isinstance(frame, frames.Run):
                     self.run(slot, frame)
-                elif frame["t"] == "hooks":
+                else:
                     self.hooks_only(slot, frame)
         except OSError:  # the worker is gone or shut down: nothing left to report to
             _exit(0)
@@ -197,7 +191,7 @@ class Child:
         for i, slot in enumerate(self.slots):
             name = f"roger-slot-{i}"
             threading.Thread(target=self.slot_loop, args=(slot,), name=name, daemon=True).start()
-        self.results.send({"t": "ready", "pid": os.getpid(), "slots": len(self.slots)})
+        self.results.send(frames.Ready(os.getpid(), len(self.slots)))
         try:
             self.inbox.read_forever()
         except OSError:  # the worker is gone: nothing left to report to
@@ -225,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         child = Child(opts.rfd, opts.wfd, spec, opts.slots)
     except BaseException as exc:  # reported to the worker, which exits
         msg = f"{type(exc).__name__}: {exc}"
-        os.write(opts.wfd, frames.encode({"t": "fatal", "error": msg}))
+        os.write(opts.wfd, frames.encode(frames.Fatal(msg)))
         sys.exit(3)
     try:
         child.serve()

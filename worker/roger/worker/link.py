@@ -159,21 +159,13 @@ class Link:
         return len(self._confirms)
 
     # -- consumers -----------------------------------------------------------------
-    def consume(
-        self,
-        queue: str,
-        prefetch: int,
-        on_message: Callable[..., None],
-        on_consuming: Callable[[Any, str], None],
-    ) -> None:
+    def consume(self, queue: str, prefetch: int, on_channel: Callable[[Any], None]) -> None:
+        """Open a consumer channel for ``queue`` with ``prefetch``; the caller consumes."""
+
         def opened(channel: Any) -> None:
             channel.add_on_close_callback(self._channel_closed)
             channel.add_on_cancel_callback(lambda _frame: self._cancelled_by_broker(queue))
-            channel.basic_qos(prefetch_count=prefetch, callback=lambda _f: start(channel))
-
-        def start(channel: Any) -> None:
-            tag = channel.basic_consume(queue, on_message, auto_ack=False)
-            on_consuming(channel, tag)
+            channel.basic_qos(prefetch_count=prefetch, callback=lambda _f: on_channel(channel))
 
         assert self.conn is not None
         self.conn.channel(on_open_callback=opened)

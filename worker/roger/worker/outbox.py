@@ -15,16 +15,16 @@ from typing import Any
 
 import pika
 
-from roger.core import naming
+from roger.core import fate, naming
 from roger.core.message import encode
-from roger.core.settle import Retry
+from roger.worker.ledger import Epoch
 from roger.worker.link import Link
 from roger.worker.tasks import QueueState, Task, original_properties
 from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
 
-Settle = Callable[[QueueState, int, int], None]
+Settle = Callable[[Epoch, int], None]
 
 
 class Outbox:
@@ -34,20 +34,19 @@ class Outbox:
         self.partition, self.link, self.ioloop = partition, link, ioloop
         self.telemetry, self.settle = telemetry, settle
 
-    def failed(
-        self, task: Task, decision: Retry | None, error: tuple[str, str], stack: str | None
-    ) -> None:
+    def failed(self, task: Task, decision: fate.Retry | fate.Bury, stack: str | None) -> None:
         """Republish a failed job: to its retry level (retry_count + 1) or to ``.buried``."""
-        q, msg = task.queue, task.msg
-        if decision is not None:
+        q, msg, error = task.queue, task.msg, decision.error
+        headers = {"x-roger-error-kind": error[0], "x-roger-error-message": error[1][:1000]}
+        if isinstance(decision, fate.Retry):
             target = naming.retry_queue_name(self.partition, q.name, decision.seconds)
             body = encode(msg.retried())
         else:
             target = naming.buried_queue_name(self.partition, q.name)
             body = task.body
-        headers = {"x-roger-error-kind": error[0], "x-roger-error-message": error[1][:1000]}
-        if stack and decision is None:
-            headers["x-roger-stacktrace"] = stack[-4000:]
+            headers["x-roger-buried-reason"] = decision.reason
+            if stack:
+                headers["x-roger-stacktrace"] = stack[-4000:]
         props = pika.BasicProperties(
             delivery_mode=2,
             content_type="application/json",
@@ -57,10 +56,17 @@ class Outbox:
             headers=headers,
             timestamp=int(msg.queued_at),
         )
-        self.publish(q, task.tag, task.gen, target, body, props)
+        self.publish(task.epoch, task.tag, target, body, props)
 
     def park(
-        self, q: QueueState, tag: int, gen: int, props: Any, body: bytes, reason: str, detail: str
+        self,
+        q: QueueState,
+        epoch: Epoch,
+        tag: int,
+        props: Any,
+        body: bytes,
+        reason: str,
+        detail: str,
     ) -> None:
         """Never run, never lost, never redelivered in a loop: to ``.invalid``, then ack."""
         log.warning(
@@ -93,20 +99,19 @@ class Outbox:
             app_id=getattr(props, "app_id", None),
         )
         target = naming.invalid_queue_name(self.partition, q.name)
-        self.publish(q, tag, gen, target, body, parked)
+        self.publish(epoch, tag, target, body, parked)
 
-    def publish(
-        self, q: QueueState, tag: int, gen: int, target: str, body: bytes, props: Any
-    ) -> None:
-        if gen != q.gen or gen != self.link.generation:
+    def publish(self, epoch: Epoch, tag: int, target: str, body: bytes, props: Any) -> None:
+        """Publish, and acknowledge the delivery ``tag`` once the broker confirms."""
+        if not epoch.alive:
             return  # the delivery died with its connection: the broker has it again
 
         def confirmed(ok: bool) -> None:
             if ok:
-                self.settle(q, tag, gen)
+                self.settle(epoch, tag)
             else:  # the broker refused it: try again rather than lose or loop
                 log.warning("publish to %s refused; retrying in 1s", target)
-                self.ioloop.call_later(1.0, lambda: self.publish(q, tag, gen, target, body, props))
+                self.ioloop.call_later(1.0, lambda: self.publish(epoch, tag, target, body, props))
 
         self.link.publish(target, body, props, confirmed)
 

@@ -1,46 +1,86 @@
 """Partition-wide features in the worker: cancel, pause, queue keys, execution keys.
 
-The runtime (``roger.worker.runtime.Worker``) consults one ``PartitionFeatures`` at named
-points and otherwise does not know about partition state:
+The worker's runtime consults one ``PartitionFeatures`` at named points and otherwise does
+not know about partition state; the features talk back only through ``FeatureHost``:
 
-- ``attach(conn)`` / ``detach()``: on each connection ready / lost. The runtime starts
-  consuming only when ``_start_consuming`` is called back (state caught up: every cancel
+- ``attach(conn)`` / ``detach()``: on each connection ready / lost. The host starts
+  consuming only when ``start_consuming`` is called back (state caught up: every cancel
   and pause known before the first job is taken).
 - ``intercept(task)`` on each valid delivery: True when the delivery was handled here
-  (cancelled: skipped; queue paused: put back; execution key busy: parked) or will be
-  handed back later through ``Worker._accept`` (execution key taken).
-- ``finished(task, leaving)`` when a job's outcome is decided: frees its execution key
+  (cancelled, paused, execution key busy) or will be handed back through ``accept``.
+- ``finished(task, leaving)`` when a job's fate is decided: frees its execution key
   (moving one waiting job back) and, when the job leaves the partition, its queue key.
-- ``killed(task)`` when the runtime reaped a child it killed for a cancel.
+- ``cancelled(task)``: the fate of a cancelled job (on_cancel once across replicas).
 
 Everything runs on the worker's ioloop thread.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from roger.broker.state import PartitionState
-from roger.core import frames
+from roger.core import fate
 from roger.core import state as st
+from roger.core.hooks import HookName
 from roger.core.message import JobMessage
-from roger.worker.tasks import HookTask, QueueState, Task
-
-if TYPE_CHECKING:
-    from roger.worker.runtime import Worker
+from roger.worker.tasks import QueueState, Task
+from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
 
 
+class FeatureHost(Protocol):
+    """What the partition features need from the worker."""
+
+    queues: dict[str, QueueState]
+    telemetry: Telemetry
+    stopping: bool
+    levels: tuple[int, ...]
+    ioloop: Any
+
+    def accept(self, task: Task) -> None:
+        """Run this job (its execution key is taken)."""
+
+    def happened(self, task: Task, happened: fate.Happened) -> None:
+        """Something decides the fate of a job that is not running (paused, cancelled)."""
+
+    def settle(self, task: Task) -> None:
+        """Acknowledge the delivery once this loop turn's acks go out."""
+
+    def emit(self, task: Task, hook: HookName) -> None:
+        """Report a lifecycle event (metrics, Kubernetes Events)."""
+
+    def run_hooks(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
+        """Run the callbacks' ``hook`` for a job that is not running."""
+
+    def start_consuming(self) -> None: ...
+
+    def set_consuming(self, q: QueueState, consume: bool) -> None:
+        """Resume or pause one queue."""
+
+    def kill(self, job_id: str, cause: str) -> bool:
+        """Kill the job process running ``job_id``; True if one was."""
+
+    def take_waiting(self, q: QueueState, job_id: str | None) -> list[Task]: ...
+
+    def running(self) -> Iterable[Task]: ...
+
+
 class PartitionFeatures:
-    def __init__(self, worker: Worker) -> None:
-        self.w = worker
-        consumed = [n for n, q in worker.queues.items() if q.max_workers > 0]
-        self.state = PartitionState(
-            worker.partition,
+    def __init__(
+        self,
+        partition: str,
+        host: FeatureHost,
+        make_state: Callable[..., PartitionState] = PartitionState,
+    ) -> None:
+        self.w = host
+        consumed = [n for n, q in host.queues.items() if q.max_workers > 0]
+        self.state = make_state(
+            partition,
             consumed,
             on_ready=self._ready,
             on_cancel=self._cancel_event,
@@ -63,7 +103,7 @@ class PartitionFeatures:
         )
         for name in self.state.queues:
             self.w.telemetry.queue_paused(name, self.state.is_paused(name))
-        self.w._start_consuming()
+        self.w.start_consuming()
         if self._heartbeat_gen != self.state.generation:
             self._heartbeat_gen = self.state.generation
             self._heartbeat(self.state.generation)
@@ -75,45 +115,47 @@ class PartitionFeatures:
     def intercept(self, task: Task) -> bool:
         msg = task.msg
         if self.state.is_cancelled(msg.id):
-            self._skip_cancelled(task)
+            self.w.happened(task, fate.Cancelled())
             return True
         if self.state.is_paused(task.queue.name):
-            self.w._requeue(task)  # arrived just as the queue was paused
+            self.w.happened(task, fate.Paused())  # arrived just as the queue was paused
             return True
         key = msg.execution_key
         if key is None:
             return False
-        gen = task.gen
 
         def locked(ok: bool) -> None:
-            if gen != task.queue.gen:
+            if not task.epoch.alive:
                 if ok:
                     self.state.unlock(key)
                 return  # the delivery died with its connection
-            if ok:
-                if self.state.is_cancelled(msg.id):  # cancelled while we waited
-                    self._skip_cancelled(task, holding=True)
-                else:
-                    self.w._accept(task)
+            if not ok:
+                self._wait(task, key)
+            elif self.state.is_cancelled(msg.id):  # cancelled while we waited
+                self.w.happened(task, fate.Cancelled())
+            elif self.state.is_paused(task.queue.name):  # paused while we waited
+                self.w.happened(task, fate.Paused())
             else:
-                self._park(task, key)
+                self.w.accept(task)
 
         self.state.try_lock(key, msg.id, locked)
         return True
 
-    def _park(self, task: Task, key: str) -> None:
+    def _wait(self, task: Task, key: str) -> None:
+        """The execution key is busy: into its waiting room (acked once it is there)."""
+
         def parked(ok: bool) -> None:
             if ok:
-                self.w._settle(task.queue, task.tag, task.gen)
+                self.w.settle(task)
                 self.state.recheck(key)
             else:
-                self.w._requeue(task)
+                self.w.happened(task, fate.MoveRefused())
 
         self.state.park(key, task.body, task.props, parked)
 
     def finished(self, task: Task, leaving: bool) -> None:
-        """The job's outcome is decided (``leaving``: it will not run again)."""
-        if task.gen != self.state.generation or task.gen != self.w.link.generation:
+        """The job's fate is decided (``leaving``: it will not run again)."""
+        if not task.epoch.alive:
             return  # redelivered after a reconnect: the next attempt frees the keys
         msg = task.msg
         if msg.execution_key is not None and self.state.held.get(msg.execution_key) == msg.id:
@@ -121,61 +163,29 @@ class PartitionFeatures:
         if leaving and msg.queue_key is not None:
             self.state.release_queue_key(msg.queue_key, msg.id)
 
-    def parked(self, msg: JobMessage, gen: int) -> None:
+    def parked(self, msg: JobMessage) -> None:
         """A valid message that must never run was parked in ``.invalid``: it left."""
-        if msg.queue_key is not None and gen == self.state.generation:
+        if msg.queue_key is not None and self.state.conn is not None:
             self.state.release_queue_key(msg.queue_key, msg.id)
 
     # -- cancel -----------------------------------------------------------------------
     def _cancel_event(self, job_id: str) -> None:
         """A cancel arrived: kill the job if it runs here, drop it if it waits here."""
+        self.w.kill(job_id, "cancel")  # the pool reports it Cancelled once reaped
         for q in self.w.queues.values():
-            for child in list(q.children):
-                for task in list(child.tasks.values()):
-                    if isinstance(task, Task) and task.msg.id == job_id and not task.settled:
-                        log.info("cancelling running job %s: killing process %d", job_id, child.pid)
-                        child.kill("cancel", task.key)  # the exit handler calls killed(task)
-            for waiting in (q.pending, q.suspect_pending):
-                for task in [t for t in waiting if t.msg.id == job_id]:
-                    waiting.remove(task)
-                    self._skip_cancelled(task, holding=True)
+            for task in self.w.take_waiting(q, job_id):
+                self.w.happened(task, fate.Cancelled())
 
-    def killed(self, task: Task) -> None:
-        """The runtime reaped the child we killed for a cancel."""
-        task.settled = True
-        self.w._cancel_timer(task)
-        self._skip_cancelled(task, holding=True)
-
-    def _skip_cancelled(self, task: Task, holding: bool = False) -> None:
+    def cancelled(self, task: Task) -> None:
         """Never run (again): ``on_cancel`` once, keys freed, acknowledged, not retried."""
         msg, q = task.msg, task.queue
         if not self.state.cancel_handled(msg.id):
-            self.w._emit(task, "on_cancel")
+            self.w.emit(task, "on_cancel")
             self.w.telemetry.outcome(q.name, msg.name, "cancelled", None)
-            if self.w.config.callbacks:
-                self._run_on_cancel(q, task)
+            self.w.run_hooks(task, "on_cancel", None)
             self.state.cancel_done(msg.id)
-        if holding:
-            self.finished(task, leaving=True)
-        elif msg.queue_key is not None and task.gen == self.state.generation:
-            self.state.release_queue_key(msg.queue_key, msg.id)
-        self.w._settle(q, task.tag, task.gen)
-
-    def _run_on_cancel(self, q: QueueState, task: Task) -> None:
-        key = next(self.w.keys)  # the child answers with this key
-        frame = frames.encode(
-            {
-                "t": "hooks",
-                "k": key,
-                "hook": "on_cancel",
-                "err": ["cancelled", ""],
-                "st": None,
-                "at": task.started_at or None,
-                "job": json.loads(task.body),
-            }
-        )
-        q.hook_backlog.append(HookTask(key, q, "on_cancel", frame))
-        self.w._pump_soon(q)
+        self.finished(task, leaving=True)
+        self.w.settle(task)
 
     # -- pause ------------------------------------------------------------------------
     def _pause_event(self, queue: str, paused: bool) -> None:
@@ -185,32 +195,22 @@ class PartitionFeatures:
         if q is None or q.max_workers == 0 or not self.state.ready:
             return  # before ready, _start_consuming reads the state
         log.info("queue %s %s", queue, "paused" if paused else "resumed")
-        if paused:
-            self.w._stop_consuming(q)
-        else:
-            self.w._consume(q)
+        self.w.set_consuming(q, not paused)
 
     # -- status -----------------------------------------------------------------------
     def status(self) -> st.WorkerStatus:
-        running = []
-        for q in self.w.queues.values():
-            for task in (t for child in q.children for t in child.tasks.values()):
-                if isinstance(task, Task) and not task.settled:
-                    running.append(
-                        st.RunningJob(
-                            task.msg.id,
-                            task.msg.name,
-                            q.name,
-                            task.started_at,
-                            task.msg.execution_key,
-                        )
-                    )
+        running = tuple(
+            st.RunningJob(
+                task.msg.id, task.msg.name, task.queue.name, task.started_at, task.msg.execution_key
+            )
+            for task in self.w.running()
+        )
         return st.WorkerStatus(
             worker=self.state.ident,
             at=time.time(),
             queues={n: q.max_workers for n, q in self.w.queues.items()},
             paused=tuple(self.state.pause.paused_queues()),
-            running=tuple(running),
+            running=running,
             stopping=self.w.stopping,
             retry_levels=tuple(self.w.levels),
         )

@@ -1,15 +1,24 @@
-"""The worker's event loop: consume, hand jobs to child processes, settle, acknowledge.
+"""The worker: consume, hand jobs to the job-process pool, carry out each job's fate.
 
 Everything here runs on one thread (pika's ioloop): deliveries, child pipes, timers and
-publisher confirms are all callbacks on the same loop, so there are no locks. A message
-is acknowledged only once its outcome is settled: success, retry published and confirmed,
-burial confirmed, or parked in ``.invalid`` and confirmed.
+publisher confirms are all callbacks on the same loop, so there are no locks. The worker
+is a coordinator of narrow collaborators:
+
+- ``Link`` (link.py): the AMQP connection, its publish channel and consumer channels;
+- ``Ledger`` (ledger.py): which delivery may be acknowledged, on which channel;
+- ``JobPool`` (pool.py): job processes, dispatch, deadlines and deaths, reported as
+  ``Happened`` events;
+- ``PartitionFeatures`` (partition.py): cancel, pause, queue and execution keys;
+- ``Outbox`` (outbox.py): retry, burial and parking publishes, confirmed before the ack.
+
+What a job's fate is after anything happens to it is decided in one place,
+``roger.core.fate.decide``; ``_carry_out`` here only does it. A message is acknowledged
+only once its fate is safe: success, retry or burial published and confirmed, parked in
+``.invalid`` and confirmed, or cancelled.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import os
 import signal
@@ -18,21 +27,19 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from pika.adapters.select_connection import IOLoop
-
-from roger.core import topology
+from roger.core import fate, topology
 from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
-from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
+from roger.core.lifecycle import LifecycleObserver
 from roger.core.message import InvalidMessage, decode
-from roger.core.settle import Retry, on_failure
-from roger.worker.link import Link
+from roger.worker.edges import REAL_EDGES, Edges
+from roger.worker.ledger import Epoch, Ledger
 from roger.worker.outbox import Outbox, sample_queues
 from roger.worker.partition import PartitionFeatures
-from roger.worker.processes import JobProcesses, available_cpus
+from roger.worker.pool import JobPool, available_cpus, job_process_spec
 from roger.worker.tasks import QueueState, Task
-from roger.worker.telemetry import NullTelemetry, Telemetry
+from roger.worker.telemetry import NullTelemetry, Telemetry, fan_out
 
 log = logging.getLogger("roger.worker")
 SAMPLE_EVERY = 5.0
@@ -42,7 +49,7 @@ DISPATCH_GROUP = 32
 WAIT_LOG_EVERY = 5.0  # while not ready, say what the worker waits for this often
 
 
-class Worker(JobProcesses):
+class Worker:
     def __init__(
         self,
         config: WorkerConfig,
@@ -51,6 +58,7 @@ class Worker(JobProcesses):
         observers: Sequence[LifecycleObserver] = (),
         telemetry: Telemetry | None = None,
         sys_path: Sequence[str] = (),
+        edges: Edges = REAL_EDGES,
     ) -> None:
         self.config = config
         self.partition = config.partition
@@ -58,7 +66,7 @@ class Worker(JobProcesses):
         self.registry = registry
         self.telemetry: Telemetry = telemetry or NullTelemetry()
         self.observers: list[LifecycleObserver] = [self.telemetry, *observers]
-        self.ioloop = IOLoop()
+        self.ioloop = edges.ioloop()
         self.queues = {n: QueueState.make(self.partition, n, w) for n, w in config.queues.items()}
         decls = [
             d
@@ -67,35 +75,34 @@ class Worker(JobProcesses):
                 self.partition, name, config.retry_levels, config.buried_max_length
             )
         ]
-        self.link = Link(
+        self.link = edges.link(
             amqp_url,
             self.ioloop,
             decls,
             self._connected,
             self._lost,
-            self._fatal,
+            self.fatal,
             name=f"roger-worker {self.partition} {os.uname().nodename} {os.getpid()}",
         )
-        self.outbox = Outbox(self.partition, self.link, self.ioloop, self.telemetry, self._settle)
-        self.features = PartitionFeatures(self)  # cancel, pause, queue and execution keys
-        self.telemetry.prepare([n for n, q in self.queues.items() if q.max_workers > 0])
-        self.spec = json.dumps(
-            {
-                "partition": self.partition,
-                "jobs": list(config.jobs),
-                "callbacks": [
-                    {"path": c.path, "hooks": list(c.hooks), "config": dict(c.config)}
-                    for c in config.callbacks
-                ],
-                "callback_timeout": config.callback_timeout,
-                "sys_path": list(sys_path),
-            }
+        self.ledger = Ledger(lambda fn: self.ioloop.call_later(0, fn))
+        self.ledger.after_flush = self._maybe_finish
+        self.outbox = Outbox(
+            self.partition, self.link, self.ioloop, self.telemetry, self.ledger.settle
         )
-        self.keys = itertools.count(1)
+        self.features = PartitionFeatures(self.partition, self, edges.partition_state)
+        self.telemetry.prepare([n for n, q in self.queues.items() if q.max_workers > 0])
+        self.pool = JobPool(
+            job_process_spec(config, sys_path),
+            self.ioloop,
+            self.telemetry,
+            config.callback_timeout,
+            self,
+            edges.job_process,
+        )
         self.stopping = self.finished = False
         self.exit_code = 0
-        self.flush_scheduled = False
         self.last_tick = time.monotonic()
+        self.wedged = ""  # why a job process is wedged, checked every tick
         self.lost_once = False
         self.unready_since: float | None = time.monotonic()
         self.wait_logged = 0.0
@@ -106,8 +113,7 @@ class Worker(JobProcesses):
             signal.signal(sig, self._signal)
         processes = self.config.job_processes or available_cpus()
         for q in self.queues.values():
-            for slots in split_slots(q.max_workers, processes):
-                self._spawn(q, slots)
+            self.pool.start(q, split_slots(q.max_workers, processes))
         self.link.connect()
         self.ioloop.call_later(1.0, self._tick)
         self.ioloop.call_later(1.0, self._sample)
@@ -120,14 +126,15 @@ class Worker(JobProcesses):
         return self.exit_code
 
     def healthy(self) -> bool:
-        return self.exit_code == 0 and time.monotonic() - self.last_tick < 15
+        """For /healthz (another thread): the loop turns, and no job process is wedged."""
+        return self.exit_code == 0 and time.monotonic() - self.last_tick < 15 and not self.wedged
 
     def ready(self) -> bool:
         return (
             self.link.ready
             and not self.stopping
             and all(
-                q.channel is not None
+                q.consumer_tag is not None
                 for q in self.queues.values()
                 if q.max_workers and not self.features.is_paused(q.name)
             )
@@ -138,6 +145,10 @@ class Worker(JobProcesses):
 
     def _tick(self) -> None:
         self.last_tick = time.monotonic()
+        wedged = self.pool.wedged(self.last_tick)
+        if wedged and not self.wedged:
+            log.error("unhealthy: %s", wedged)
+        self.wedged = wedged
         self._watch_ready(self.last_tick)
         self.ioloop.call_later(1.0, self._tick)
 
@@ -155,7 +166,7 @@ class Worker(JobProcesses):
         cold = [q.name for q in consumed if not q.warm]
         if cold:
             return "the job processes of queue(s) " + ", ".join(cold) + " to start"
-        idle = [q.name for q in consumed if q.channel is None]
+        idle = [q.name for q in consumed if q.consumer_tag is None]
         if idle:
             return "the consumer(s) of queue(s) " + ", ".join(idle)
         return ""
@@ -172,7 +183,8 @@ class Worker(JobProcesses):
             self.wait_logged = now
             log.warning("not ready after %.0fs: waiting for %s", waited, self.waiting_for())
 
-    def _fatal(self, why: str) -> None:
+    def fatal(self, why: str) -> None:
+        """The worker cannot run (refused declarations, a job process that cannot start)."""
         log.error("%s", why)
         self.exit_code = 1
         self._finish()
@@ -185,32 +197,22 @@ class Worker(JobProcesses):
         self.stopping = True
         log.info("shutting down: waiting up to %ss for running jobs", self.config.shutdown_timeout)
         for q in self.queues.values():
-            if q.channel is not None and q.channel.is_open and q.consumer_tag:
-                q.channel.basic_cancel(q.consumer_tag)
-            self._requeue_waiting(q)
+            self._cancel_consumer(q)
+            for task in self.pool.take_waiting(q):
+                self.happened(task, fate.ShuttingDown())
         self.ioloop.call_later(self.config.shutdown_timeout, self._finish)
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if (
-            self.stopping
-            and self.link.unconfirmed() == 0
-            and not any(c.tasks or q.hook_backlog for q in self.queues.values() for c in q.children)
-        ):
+        if self.stopping and self.link.unconfirmed() == 0 and not self.pool.busy():
             self._finish()
 
     def _finish(self) -> None:
         if self.finished:
             return
         self.finished = self.stopping = True
-        self._flush()
-        for q in self.queues.values():
-            for child in list(q.children):
-                if child.tasks:
-                    log.warning("job process %d still busy at shutdown: killed", child.pid)
-                    child.kill("shutdown")  # its deliveries stay unacked: back on close
-                else:
-                    child.close()
+        self.ledger.flush()
+        self.pool.stop()  # busy jobs' deliveries stay unacked: back on close
         self.link.close()
 
     # -- connection ----------------------------------------------------------------
@@ -223,7 +225,8 @@ class Worker(JobProcesses):
         # consuming starts once the partition state has caught up (_start_consuming)
         self.features.attach(self.link.conn)
 
-    def _start_consuming(self) -> None:
+    def start_consuming(self) -> None:
+        """The partition state caught up: consume every queue that is not paused."""
         if self.stopping:
             return
         names = [
@@ -236,6 +239,21 @@ class Worker(JobProcesses):
             if q.max_workers > 0 and not self.features.is_paused(q.name):
                 self._consume(q)
 
+    def set_consuming(self, q: QueueState, consume: bool) -> None:
+        """Resume, or pause: take no more jobs from ``q``; running ones finish, waiting
+        ones go back (and free the execution keys they hold)."""
+        if consume:
+            self._consume(q)
+            return
+        self._cancel_consumer(q)
+        for task in self.pool.take_waiting(q):
+            self.happened(task, fate.Paused())
+
+    def queue_warm(self, q: QueueState) -> None:
+        if q.want:
+            q.want = False
+            self._consume(q)
+
     def _consume(self, q: QueueState) -> None:
         """Start (or, after a pause, resume) consuming; the channel is kept across pauses
         so in-flight jobs are acknowledged on the channel that delivered them."""
@@ -244,135 +262,150 @@ class Worker(JobProcesses):
         if not q.warm:  # take no job before the job processes can run it
             q.want = True
             return
-        if q.channel is not None and q.channel.is_open:
-            q.consumer_tag = q.channel.basic_consume(
-                q.rabbit, partial(self._on_message, q), auto_ack=False
+        if q.epoch is not None and q.epoch.usable():
+            epoch = q.epoch
+            q.consumer_tag = epoch.channel.basic_consume(
+                q.rabbit, partial(self._on_message, q, epoch), auto_ack=False
             )
         elif self.link.ready:
-            self.link.consume(
-                q.rabbit, q.max_workers, partial(self._on_message, q), partial(self._consuming, q)
-            )
+            self.link.consume(q.rabbit, q.max_workers, partial(self._consuming, q))
 
-    def _stop_consuming(self, q: QueueState) -> None:
-        """Pause: take no more jobs from ``q``; running ones finish, prefetched go back."""
-        if q.channel is not None and q.channel.is_open and q.consumer_tag:
-            q.channel.basic_cancel(q.consumer_tag)
+    def _consuming(self, q: QueueState, channel: Any) -> None:
+        """A new consumer channel for ``q``: a new epoch of deliveries."""
+        epoch = q.epoch = self.ledger.open(channel)
+        if self.stopping or q.consumer_tag is not None or self.features.is_paused(q.name):
+            return  # paused while the channel opened: kept for the resume
+        q.consumer_tag = channel.basic_consume(
+            q.rabbit, partial(self._on_message, q, epoch), auto_ack=False
+        )
+
+    def _cancel_consumer(self, q: QueueState) -> None:
+        if q.epoch is not None and q.epoch.usable() and q.consumer_tag:
+            q.epoch.channel.basic_cancel(q.consumer_tag)
         q.consumer_tag = None
-        self._requeue_waiting(q)
-
-    def _consuming(self, q: QueueState, channel: Any, consumer_tag: str) -> None:
-        q.channel, q.consumer_tag, q.gen = channel, consumer_tag, self.link.generation
 
     def _lost(self) -> None:
         """Unacked deliveries go back to the broker; running jobs finish unacknowledged."""
         self.lost_once = True
         self.features.detach()
+        self.ledger.lost()  # every delivery so far: never acked on a later channel
         for q in self.queues.values():
-            q.channel, q.consumer_tag = None, None
-            q.tracker = type(q.tracker)()
-            q.pending.clear()
-            q.suspect_pending.clear()
+            q.epoch, q.consumer_tag = None, None
+            for task in self.pool.take_waiting(q):
+                self.happened(task, fate.ConnectionLost())
         if self.stopping:
             self._finish()
 
-    def _park(
-        self, q: QueueState, tag: int, gen: int, props: Any, body: bytes, reason: str, detail: str
-    ) -> None:
-        self.outbox.park(q, tag, gen, props, body, reason, detail)
+    # -- what the pool and the features report -------------------------------------
+    def job_started(self, task: Task) -> None:
+        self.telemetry.running(task.queue.name, 1)
+        if not task.skip_before:
+            self.emit(task, "before_run")
 
-    def _settle(self, q: QueueState, tag: int, gen: int) -> None:
-        if gen != q.gen:
-            return
-        q.tracker.settled(tag)
-        if not self.flush_scheduled:
-            self.flush_scheduled = True
-            self.ioloop.call_later(0, self._flush)
+    def job_ended(self, task: Task, happened: fate.Happened, duration: float) -> None:
+        self.telemetry.running(task.queue.name, -1)
+        self._carry_out(task, happened, duration)
 
-    def _flush(self) -> None:
-        self.flush_scheduled = False
-        for q in self.queues.values():
-            if q.channel is not None and q.channel.is_open:
-                for tag, multiple in q.tracker.flush():
-                    q.channel.basic_ack(tag, multiple)
+    def happened(self, task: Task, happened: fate.Happened) -> None:
+        """The fate of a job that is not running (waiting, paused, cancelled)."""
+        self._carry_out(task, happened, None)
+
+    def settled_work(self) -> None:
         self._maybe_finish()
 
-    def _requeue_waiting(self, q: QueueState) -> None:
-        """Deliveries not handed to a job process yet go back to the broker."""
-        for waiting in (q.pending, q.suspect_pending):
-            while waiting:
-                self._requeue(waiting.popleft())
+    def accept(self, task: Task) -> None:
+        self.pool.submit(task)
 
-    def _requeue(self, task: Task) -> None:
-        q = task.queue
-        if task.gen == q.gen and q.channel is not None and q.channel.is_open:
-            q.channel.basic_nack(task.tag, requeue=True)
-            q.tracker.forget(task.tag)
+    def settle(self, task: Task) -> None:
+        self.ledger.settle(task.epoch, task.tag)
 
-    def _cancel_timer(self, task: Task) -> None:
-        if task.timer is not None:
-            self.ioloop.remove_timeout(task.timer)
-            task.timer = None
+    def kill(self, job_id: str, cause: str) -> bool:
+        return self.pool.kill(job_id, cause)
 
-    def _emit(
+    def take_waiting(self, q: QueueState, job_id: str | None) -> list[Task]:
+        return self.pool.take_waiting(q, job_id)
+
+    def running(self) -> list[Task]:
+        return [task for _, task in self.pool.running()]
+
+    def run_hooks(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
+        if self.config.callbacks:
+            self.pool.run_hooks(task, hook, error)
+
+    # -- fates -------------------------------------------------------------------------
+    def _carry_out(self, task: Task, happened: fate.Happened, duration: float | None) -> None:
+        """Do what ``fate.decide`` says. The only place a job's fate is acted on."""
+        decided = fate.decide(happened, task.facts)
+        q, msg = task.queue, task.msg
+        task.settled = not isinstance(decided, fate.Rerun)
+        match decided:
+            case fate.Ack():
+                self.emit(task, "after_run", duration=duration)
+                self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
+                self.features.finished(task, leaving=True)
+                self.settle(task)
+            case fate.Retry() | fate.Bury():
+                stack = happened.stack if isinstance(happened, fate.Raised) else None
+                self.outbox.failed(task, decided, stack)
+                self.features.finished(task, leaving=isinstance(decided, fate.Bury))
+                self.emit(task, decided.hook, error=decided.error, duration=duration)
+                self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
+                if not isinstance(happened, fate.Raised):  # its process is gone
+                    self.run_hooks(task, decided.hook, decided.error)
+            case fate.Park(reason=reason):
+                self.features.finished(task, leaving=True)
+                detail = "refused by the job process"
+                self.outbox.park(q, task.epoch, task.tag, task.props, task.body, reason, detail)
+            case fate.CancelJob():
+                self.features.cancelled(task)
+            case fate.Requeue(why=why):
+                log.info("job %s back to its queue: %s", msg.id, why)
+                self.features.finished(task, leaving=False)
+                self.ledger.requeue(task.epoch, task.tag)
+            case fate.Quarantine():
+                q.suspect(msg.id)
+                self.features.finished(task, leaving=False)
+                self.ledger.requeue(task.epoch, task.tag)
+            case fate.Rerun():
+                self.pool.rerun(task)
+            case fate.Abandon():
+                pass
+
+    def emit(
         self,
         task: Task,
         hook: HookName,
         error: tuple[str, str] | None = None,
         duration: float | None = None,
     ) -> None:
-        event = LifecycleEvent(
-            hook=hook,
-            partition=self.partition,
-            queue=task.queue.name,
-            job_id=task.msg.id,
-            job_name=task.msg.name,
-            retry_count=task.msg.retry_count,
-            at=time.time(),
-            error=error,
-            duration=duration,
-        )
-        for o in self.observers:
-            try:
-                o.observe(event)
-            except Exception:  # an observer never stops the loop
-                log.exception("lifecycle observer %r failed", o)
+        fan_out(self.observers, task.lifecycle_event(hook, error, duration))
 
     # -- deliveries ----------------------------------------------------------------
     def _on_message(
-        self, q: QueueState, channel: Any, method: Any, props: Any, body: bytes
+        self, q: QueueState, epoch: Epoch, channel: Any, method: Any, props: Any, body: bytes
     ) -> None:
         tag = method.delivery_tag
-        q.tracker.delivered(tag)
+        self.ledger.delivered(epoch, tag)
         if self.stopping:
-            channel.basic_nack(tag, requeue=True)
-            q.tracker.forget(tag)
+            self.ledger.requeue(epoch, tag)
             return
         try:
             msg = decode(body)
         except InvalidMessage as exc:
-            self._park(q, tag, q.gen, props, body, exc.reason, exc.detail)
+            self.outbox.park(q, epoch, tag, props, body, exc.reason, exc.detail)
             return
         found = self.registry.lookup(msg.name)
         if not isinstance(found, JobDefinition):
-            self.features.parked(msg, q.gen)
-            self._park(q, tag, q.gen, props, body, found, f"job {msg.name!r}")
+            self.features.parked(msg)
+            self.outbox.park(q, epoch, tag, props, body, found, f"job {msg.name!r}")
             return
-        bury = not isinstance(on_failure(found.retryable, msg.retry_count, self.levels), Retry)
-        task = Task(next(self.keys), q, tag, q.gen, msg, body, props, found, bury)
+        facts = fate.JobFacts(found.retryable, msg.retry_count, self.levels)
+        task = Task(
+            next(self.pool.keys), q, tag, epoch, msg, body, props, found, facts,
+            fate.failure_hook(facts),
+        )  # fmt: skip
         if not self.features.intercept(task):  # cancelled, paused or keyed: handled there
-            self._accept(task)
-
-    def _accept(self, task: Task) -> None:
-        q = task.queue
-        if task.msg.id in q.suspects:
-            q.suspect_pending.append(task)
-            self._pump_soon(q)
-            return
-        q.pending.append(task)
-        if len(q.pending) >= DISPATCH_GROUP:
-            self._pump(q)  # pika may be decoding many more: let the job processes start
-        else:
-            self._pump_soon(q)
+            self.pool.submit(task)
 
     # -- sampling ------------------------------------------------------------------
     def _sample(self) -> None:

@@ -18,7 +18,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
 
 from roger.core import frames
 
@@ -58,9 +57,9 @@ class Results:
             self.parts[token[1]] = data
             return True
 
-    def send(self, obj: dict[str, Any]) -> None:
+    def send(self, frame: frames.ToParent) -> None:
         """Buffer and write now (everything buffered before goes first, in order)."""
-        self.add(frames.encode(obj))
+        self.add(frames.encode(frame))
         self.flush()
 
     def flush(self) -> None:
@@ -96,8 +95,8 @@ class Inbox:
         os.set_blocking(rfd, False)
         self.results = results
         self.cond = threading.Condition(threading.Lock())
-        self.reader = frames.FrameReader()
-        self.ready: deque[dict[str, Any]] = deque()
+        self.reader = frames.child_reader()
+        self.ready: deque[frames.ToChild] = deque()
         self.active = slots  # slots running a frame or about to take one
         self.waking = 0  # slots notified that have not woken up yet
         self.idle = 0  # slots waiting for work
@@ -118,7 +117,7 @@ class Inbox:
                 return
             self.ready.extend(self.reader.feed(data))
 
-    def _pop(self) -> dict[str, Any] | None:
+    def _pop(self) -> frames.ToChild | None:
         """The next frame (lock held), reading the pipe if nothing is queued."""
         if not self.ready:
             self._drain()
@@ -127,7 +126,7 @@ class Inbox:
             return self.ready.popleft()
         return None
 
-    def take(self) -> dict[str, Any] | None:
+    def take(self) -> frames.ToChild | None:
         """The next frame for a slot, or None once the worker closed the pipe.
 
         The last active slot to run out of work waits on the pipe itself for ``LINGER``
@@ -231,6 +230,6 @@ class Watchdog:
                     w = slot.watch
                     if w is not None and w not in self.reported and now > w[3]:
                         self.reported.add(w)
-                        self.results.send({"t": "late", "k": w[0], "phase": w[1], "cb": w[2]})
+                        self.results.send(frames.Late(w[0], w[1], w[2]))
             except OSError:
                 self.on_dead_pipe()

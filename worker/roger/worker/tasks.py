@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from roger.core import naming
+from roger.core.fate import JobFacts
+from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition
+from roger.core.lifecycle import LifecycleEvent
 from roger.core.message import JobMessage
-from roger.core.settle import AckTracker
+from roger.worker.ledger import Epoch
 
 MAX_SUSPECTS = 10_000
 
 
 @dataclass(slots=True, eq=False)
 class QueueState:
+    partition: str
     name: str  # Roger's queue name, e.g. "default"
     rabbit: str  # "<partition>-<queue>"
     max_workers: int
-    children: list[Any] = field(default_factory=list)
+    children: list[Any] = field(default_factory=list)  # its ChildProcs
     pending: deque[Task] = field(default_factory=deque)
     hook_backlog: deque[HookTask] = field(default_factory=deque)
-    tracker: AckTracker = field(default_factory=AckTracker)
-    channel: Any = None
+    epoch: Epoch | None = None  # the consumer channel (kept across pauses)
     consumer_tag: str | None = None
-    gen: int = -1
     warm: bool = False  # every first job process is ready: consuming may start
     want: bool = False  # consuming was asked for before the pool was warm
     pump_scheduled: bool = False  # a dispatch is due at the end of this loop turn
@@ -43,7 +46,8 @@ class QueueState:
 
     @classmethod
     def make(cls, partition: str, name: str, max_workers: int) -> QueueState:
-        return cls(name=name, rabbit=naming.queue_name(partition, name), max_workers=max_workers)
+        rabbit = naming.queue_name(partition, name)
+        return cls(partition=partition, name=name, rabbit=rabbit, max_workers=max_workers)
 
 
 @dataclass(slots=True, eq=False)
@@ -53,12 +57,13 @@ class Task:
     key: int
     queue: QueueState
     tag: int
-    gen: int
+    epoch: Epoch  # the channel it came on: acked there or not at all
     msg: JobMessage
     body: bytes
     props: Any
     job: JobDefinition
-    bury: bool  # a failure of this attempt is a burial (on_buried), not a retry
+    facts: JobFacts
+    failure_hook: HookName  # the hook a failure of this attempt runs in the job process
     skip_before: bool = False
     started: float = 0.0  # time.monotonic() at dispatch
     started_at: float = 0.0  # time.time() at dispatch
@@ -68,10 +73,26 @@ class Task:
     def max_execution_time(self) -> float | None:
         return self.msg.max_execution_time or self.job.max_execution_time
 
+    def lifecycle_event(
+        self, hook: HookName, error: tuple[str, str] | None, duration: float | None
+    ) -> LifecycleEvent:
+        return LifecycleEvent(
+            hook=hook,
+            partition=self.queue.partition,
+            queue=self.queue.name,
+            job_id=self.msg.id,
+            job_name=self.msg.name,
+            retry_count=self.msg.retry_count,
+            at=time.time(),
+            error=error,
+            duration=duration,
+        )
+
 
 @dataclass(slots=True, eq=False)
 class HookTask:
-    """on_error / on_buried of a job whose process died, run (state None) in another."""
+    """on_error / on_buried / on_cancel of a job whose process died, run (state None) in
+    another."""
 
     key: int
     queue: QueueState

@@ -1,0 +1,440 @@
+"""Fakes at the worker's I/O edges, for unit tests of its state machine.
+
+``FakeLoop`` runs callbacks on a virtual clock; ``FakeLink`` and ``FakeChannel`` stand for
+the AMQP connection (deliveries in, acks, nacks and confirmed publishes out);
+``FakePartitionState`` for partition state in RabbitMQ; ``FakeJobProcess`` for a job
+process (the test answers with frames, or kills it). ``Rig`` wires a real ``Worker`` to all
+of them. The same behaviours are proven on the real broker and real processes by the
+integration tests: these add reach (exact interleavings) and speed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pika
+
+from roger.core import frames
+from roger.core import state as st
+from roger.core.config import WorkerConfig
+from roger.core.jobs import JobRegistry
+from roger.worker.edges import Edges
+from roger.worker.runtime import Worker
+from tests.jobs import basic
+
+
+class FakeLoop:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cancelled: set[int] = set()
+        self.stopped = False
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> int:
+        seq = next(self._seq)
+        heapq.heappush(self._timers, (self.now + delay, seq, fn))
+        return seq
+
+    def remove_timeout(self, handle: int) -> None:
+        self._cancelled.add(handle)
+
+    def add_callback_threadsafe(self, fn: Callable[[], None]) -> None:
+        self.call_later(0, fn)
+
+    def add_handler(self, *_: Any) -> None:
+        pass
+
+    def remove_handler(self, *_: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        self.stopped = True
+
+    def run(self, seconds: float = 0.0) -> None:
+        """Run every callback due within ``seconds`` from now (and what they schedule)."""
+        until = self.now + seconds
+        while self._timers and self._timers[0][0] <= until:
+            when, seq, fn = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            if seq not in self._cancelled:
+                fn()
+        self.now = until
+
+
+class FakeChannel:
+    def __init__(self, queue: str) -> None:
+        self.queue = queue
+        self.is_open = True
+        self.acks: list[tuple[int, bool]] = []
+        self.nacks: list[int] = []
+        self.consumer: Callable[..., None] | None = None
+        self._tags = itertools.count(1)
+
+    def basic_consume(self, queue: str, on_message: Callable[..., None], auto_ack: bool) -> str:
+        assert queue == self.queue and not auto_ack
+        self.consumer = on_message
+        return f"ctag-{queue}"
+
+    def basic_cancel(self, _tag: str) -> None:
+        self.consumer = None
+
+    def basic_ack(self, tag: int, multiple: bool) -> None:
+        assert self.is_open, "ack on a closed channel"
+        self.acks.append((tag, multiple))
+
+    def basic_nack(self, tag: int, requeue: bool) -> None:
+        assert self.is_open and requeue
+        self.nacks.append(tag)
+
+    def deliver(self, body: bytes, **props: Any) -> int:
+        assert self.consumer is not None, f"nobody consumes {self.queue}"
+        tag = next(self._tags)
+        method = SimpleNamespace(delivery_tag=tag)
+        self.consumer(self, method, pika.BasicProperties(**props), body)
+        return tag
+
+    def acked(self) -> set[int]:
+        """Every tag acknowledged so far (``multiple`` acks expanded)."""
+        out: set[int] = set()
+        for tag, multiple in self.acks:
+            out |= set(range(1, tag + 1)) if multiple else {tag}
+        return out
+
+
+@dataclass
+class Publish:
+    routing_key: str
+    body: bytes
+    props: Any
+    on_confirm: Callable[[bool], None]
+
+
+class FakeLink:
+    def __init__(
+        self,
+        url: str,
+        ioloop: FakeLoop,
+        declarations: list[Any],
+        on_ready: Callable[[], None],
+        on_lost: Callable[[], None],
+        on_fatal: Callable[[str], None],
+        name: str = "",
+    ) -> None:
+        self.ioloop = ioloop
+        self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal
+        self.ready = False
+        self.generation = 0
+        self.conn: Any = None
+        self.channels: dict[str, FakeChannel] = {}
+        self.unconfirmed_publishes: list[Publish] = []
+        self.closed = False
+
+    def connect(self) -> None:
+        pass
+
+    def up(self) -> None:
+        self.ready, self.generation = True, self.generation + 1
+        self.conn = SimpleNamespace(is_open=True, ioloop=self.ioloop)
+        self.on_ready()
+
+    def drop(self) -> None:
+        """The connection is gone: every channel with it."""
+        self.ready = False
+        for ch in self.channels.values():
+            ch.is_open = False
+        self.channels = {}
+        self.unconfirmed_publishes.clear()
+        self.on_lost()
+
+    def consume(self, queue: str, prefetch: int, on_channel: Callable[[Any], None]) -> None:
+        ch = self.channels[queue] = FakeChannel(queue)
+        on_channel(ch)
+
+    def publish(self, routing_key: str, body: bytes, props: Any, on_confirm: Any) -> bool:
+        self.unconfirmed_publishes.append(Publish(routing_key, body, props, on_confirm))
+        return True
+
+    def confirm_all(self, ok: bool = True) -> list[Publish]:
+        done, self.unconfirmed_publishes = self.unconfirmed_publishes, []
+        for p in done:
+            p.on_confirm(ok)
+        return done
+
+    def unconfirmed(self) -> int:
+        return len(self.unconfirmed_publishes)
+
+    def close(self) -> None:
+        self.closed = True
+        self.ioloop.stop()
+
+    def sample(self, *_: Any) -> None:
+        pass
+
+
+class FakePartitionState:
+    """Partition state with locks, waiting rooms, keys, cancels and pauses in memory."""
+
+    def __init__(
+        self,
+        partition: str,
+        queues: list[str],
+        on_ready: Callable[[], None],
+        on_cancel: Callable[[str], None],
+        on_pause: Callable[[str, bool], None],
+    ) -> None:
+        self.queues = queues
+        self.on_ready, self.on_cancel, self.on_pause = on_ready, on_cancel, on_pause
+        self.ready = False
+        self.generation = 0
+        self.conn: Any = None
+        self.ident = "fake-worker"
+        self.held: dict[str, str] = {}  # execution key -> job id
+        self.waiting: dict[str, list[bytes]] = {}  # execution key -> parked bodies
+        self.lock_requests: list[tuple[str, str, Callable[[bool], None]]] = []
+        self.queue_keys_released: list[tuple[str, str]] = []
+        self.cancelled: set[str] = set()
+        self.cancels_handled: set[str] = set()
+        self.paused: set[str] = set()
+        self.statuses: list[st.WorkerStatus] = []
+        self.control = SimpleNamespace(cancelled=self.cancelled)
+        self.pause = SimpleNamespace(paused_queues=lambda: sorted(self.paused))
+        self.answer_locks = True  # False: lock requests wait for ``grant_locks``
+
+    def attach(self, conn: Any) -> None:
+        self.conn, self.ready, self.generation = conn, True, self.generation + 1
+        self.on_ready()
+
+    def detach(self) -> None:
+        self.conn, self.ready = None, False
+        self.held.clear()  # exclusive lock queues die with the connection
+
+    def waiting_for(self) -> str:
+        return "" if self.ready else "attach"
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self.cancelled
+
+    def cancel_handled(self, job_id: str) -> bool:
+        return job_id in self.cancels_handled
+
+    def cancel_done(self, job_id: str) -> None:
+        self.cancels_handled.add(job_id)
+
+    def is_paused(self, queue: str) -> bool:
+        return queue in self.paused
+
+    def try_lock(self, key: str, job_id: str, done: Callable[[bool], None]) -> None:
+        self.lock_requests.append((key, job_id, done))
+        if self.answer_locks:
+            self.grant_locks()
+
+    def grant_locks(self) -> None:
+        requests, self.lock_requests = self.lock_requests, []
+        for key, job_id, done in requests:
+            free = key not in self.held
+            if free:
+                self.held[key] = job_id
+            done(free)
+
+    def unlock(self, key: str) -> None:
+        self.held.pop(key, None)
+
+    def park(self, key: str, body: bytes, props: Any, done: Callable[[bool], None]) -> None:
+        self.waiting.setdefault(key, []).append(body)
+        done(True)
+
+    def recheck(self, key: str) -> None:
+        pass
+
+    def release_next(self, key: str) -> None:
+        self.held.pop(key, None)
+
+    def release_queue_key(self, key: str, job_id: str) -> None:
+        self.queue_keys_released.append((key, job_id))
+
+    def publish_status(self, status: st.WorkerStatus) -> None:
+        self.statuses.append(status)
+
+    # -- what other replicas or clients do ------------------------------------------
+    def cancel(self, job_id: str) -> None:
+        self.cancelled.add(job_id)
+        self.on_cancel(job_id)
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        (self.paused.add if paused else self.paused.discard)(queue)
+        self.on_pause(queue, paused)
+
+
+class FakeJobProcess:
+    """A job process the test speaks for: it receives frames and answers with frames."""
+
+    pids = itertools.count(1000)
+
+    def __init__(
+        self,
+        queue: str,
+        slots: int,
+        spec: str,
+        ioloop: FakeLoop,
+        on_frames: Callable[[Any, list[frames.ToParent]], None],
+        on_exit: Callable[[Any], None],
+    ) -> None:
+        self.queue, self.slots = queue, slots
+        self.on_frames, self.on_exit = on_frames, on_exit
+        self.pid = next(self.pids)
+        self.ready = False
+        self.alive = True
+        self.cause: str | None = None
+        self.cause_key: int | None = None
+        self.tasks: dict[int, Any] = {}
+        self.unsent: list[bytes] = []
+        self.quarantine = False
+        self.received: list[frames.ToChild] = []
+        self.backlog_since = 0.0
+        self.started_at = 0.0
+        self._reader = frames.child_reader()
+        self.code: int | None = None
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.tasks) if self.alive and self.ready else 0
+
+    def queue_frame(self, data: bytes) -> None:
+        self.unsent.append(data)
+
+    def flush(self) -> bool:
+        data, self.unsent = b"".join(self.unsent), []
+        if not self.alive:
+            return False
+        self.received += self._reader.feed(data)
+        return True
+
+    def kill(self, cause: str, key: int | None = None) -> None:
+        if self.alive:
+            self.alive, self.cause, self.cause_key, self.code = False, cause, key, -9
+            self.on_exit(self)
+
+    def close(self) -> None:
+        self.alive = False
+
+    def exit_code(self) -> int | None:
+        return self.code
+
+    # -- the test speaks for the process ---------------------------------------------
+    def say(self, *batch: frames.ToParent) -> None:
+        self.on_frames(self, list(batch))
+
+    def die(self, code: int = 1) -> None:
+        """Exit on its own (a crash: no cause)."""
+        if self.alive:
+            self.alive, self.code = False, code
+            self.on_exit(self)
+
+    def runs(self) -> list[frames.Run]:
+        return [f for f in self.received if isinstance(f, frames.Run)]
+
+    def key_of(self, job_id: str) -> int:
+        """The key of the job's current run here."""
+        return next(
+            k for k, t in self.tasks.items() if getattr(t, "msg", None) and t.msg.id == job_id
+        )
+
+
+@dataclass
+class Rig:
+    """A real ``Worker`` on fakes. ``up()`` connects, catches up and starts consuming."""
+
+    queues: dict[str, int] = field(default_factory=lambda: {"default": 3})
+    job_processes: int = 1
+    callbacks: tuple[Any, ...] = ()
+    retry_levels: tuple[int, ...] = (1, 2)
+    loop: FakeLoop = field(default_factory=FakeLoop)
+
+    def __post_init__(self) -> None:
+        config = WorkerConfig(
+            partition="p",
+            queues=self.queues,
+            jobs=("tests.jobs.basic",),
+            callbacks=self.callbacks,
+            retry_levels=self.retry_levels,
+            job_processes=self.job_processes,
+            shutdown_timeout=5.0,
+        )
+        self.processes: list[FakeJobProcess] = []
+
+        def spawn(*args: Any) -> FakeJobProcess:
+            proc = FakeJobProcess(*args)
+            self.processes.append(proc)
+            return proc
+
+        self.states: list[FakePartitionState] = []
+
+        def make_state(*args: Any, **kwargs: Any) -> FakePartitionState:
+            state = FakePartitionState(*args, **kwargs)
+            self.states.append(state)
+            return state
+
+        edges = Edges(
+            ioloop=lambda: self.loop,
+            link=FakeLink,
+            partition_state=make_state,
+            job_process=spawn,
+        )
+        self.worker = Worker(config, "amqp://fake", JobRegistry([basic]), edges=edges)
+        self.worker.run()  # the fake loop returns at once: start-up callbacks are queued
+
+    @property
+    def link(self) -> FakeLink:
+        link = self.worker.link
+        assert isinstance(link, FakeLink)
+        return link
+
+    @property
+    def state(self) -> FakePartitionState:
+        return self.states[0]
+
+    def up(self) -> None:
+        for proc in self.alive():
+            proc.say(frames.Ready(proc.pid, proc.slots))
+        self.link.up()
+        self.loop.run()
+
+    def alive(self) -> list[FakeJobProcess]:
+        return [p for p in self.processes if p.alive]
+
+    def channel(self, queue: str = "default") -> FakeChannel:
+        return self.link.channels[f"p-{queue}"]
+
+    def enqueue(self, job_id: str, name: str = "tests.jobs.basic:ok", **fields: Any) -> int:
+        body = {"id": job_id, "name": name, "args": {}, "queue": "default", **fields}
+        tag = self.channel(str(body["queue"])).deliver(json.dumps(body).encode())
+        self.loop.run()
+        return tag
+
+    def process_of(self, job_id: str) -> FakeJobProcess:
+        return next(p for p in self.alive() if any(t.msg.id == job_id for t in _jobs(p)))
+
+    def succeed(self, job_id: str) -> None:
+        proc = self.process_of(job_id)
+        proc.say(frames.OkDone(proc.key_of(job_id), 0.01, 1.0))
+        self.loop.run()
+
+    def fail(self, job_id: str, error: tuple[str, str] = ("ValueError", "boom")) -> None:
+        proc = self.process_of(job_id)
+        key = proc.key_of(job_id)
+        proc.say(frames.Outcome(key, 0.01, 1.0, error, "Traceback"), frames.Done(key))
+        self.loop.run()
+
+
+def _jobs(proc: FakeJobProcess) -> list[Any]:
+    return [t for t in proc.tasks.values() if hasattr(t, "msg")]

@@ -1,0 +1,224 @@
+"""The worker's state machine on fakes: exact interleavings the real broker cannot stage.
+
+Each test drives a real ``Worker`` (runtime, ledger, pool, partition features, outbox)
+through ``tests/unit/runtime_fakes.Rig`` and checks what reaches the broker: acks, nacks
+and publishes, and on which channel.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from roger.core import frames
+from tests.unit.runtime_fakes import Rig
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def rig() -> Rig:
+    r = Rig()
+    r.up()
+    return r
+
+
+def test_a_success_is_acked_on_the_channel_that_delivered_it(rig: Rig) -> None:
+    tag = rig.enqueue("a")
+    assert [r.job["id"] for r in rig.alive()[0].runs()] == ["a"]
+    rig.succeed("a")
+    assert rig.channel().acked() == {tag}
+
+
+def test_nothing_is_ever_acked_on_a_new_channel_for_a_delivery_of_an_old_one(rig: Rig) -> None:
+    """Reconnect in the middle of a batch: jobs that end after the drop are not acked
+    anywhere (the broker has them again), and tags of the new channel, which start at 1
+    again, are acked only for their own deliveries."""
+    for job_id in ("a", "b", "c"):
+        rig.enqueue(job_id)
+    old = rig.channel()
+    rig.succeed("a")
+    assert old.acked() == {1}
+    rig.link.drop()
+    rig.succeed("b")  # finished while reconnecting
+    rig.fail("c")  # its retry publish must not happen on a dead delivery either
+    assert old.acked() == {1} and rig.link.unconfirmed() == 0
+    rig.link.up()
+    rig.loop.run()
+    new = rig.channel()
+    assert new is not old
+    rig.enqueue("b")  # redelivered: tag 1 on the new channel
+    rig.enqueue("c")  # tag 2
+    assert new.acks == []
+    rig.succeed("c")  # the second run of "c"
+    assert new.acked() == {2}
+
+
+def test_a_retry_is_acked_only_once_its_publish_is_confirmed(rig: Rig) -> None:
+    rig.enqueue("a", "tests.jobs.basic:flaky")
+    assert rig.alive()[0].runs()[0].failure_hook == "on_error"
+    rig.fail("a")
+    [publish] = rig.link.unconfirmed_publishes
+    assert publish.routing_key == "p-default.retry.1"
+    assert rig.channel().acks == []
+    rig.link.confirm_all()
+    rig.loop.run()
+    assert rig.channel().acked() == {1}
+
+
+def test_a_not_retryable_failure_runs_on_error_and_is_kept_as_not_retryable(rig: Rig) -> None:
+    rig.enqueue("a", "tests.jobs.basic:fails_once_not_retryable")
+    assert rig.alive()[0].runs()[0].failure_hook == "on_error"
+    rig.fail("a")
+    [publish] = rig.link.confirm_all()
+    assert publish.routing_key == "p-default.buried"
+    assert publish.props.headers["x-roger-buried-reason"] == "not_retryable"
+
+
+def test_the_last_attempt_of_a_retryable_job_is_told_on_buried(rig: Rig) -> None:
+    rig.enqueue("a", "tests.jobs.basic:flaky", retry_count=2)
+    assert rig.alive()[0].runs()[0].failure_hook == "on_buried"
+    rig.fail("a")
+    [publish] = rig.link.confirm_all()
+    assert publish.props.headers["x-roger-buried-reason"] == "retries_exhausted"
+
+
+def test_a_process_dying_with_several_jobs_charges_none_and_quarantines_each() -> None:
+    rig = Rig(queues={"default": 3}, job_processes=1)
+    rig.up()
+    for job_id in ("a", "b", "c"):
+        rig.enqueue(job_id)
+    [proc] = rig.alive()
+    proc.die(code=-11)
+    rig.loop.run()
+    assert sorted(rig.channel().nacks) == [1, 2, 3]  # back to the queue, no retry level used
+    assert rig.link.unconfirmed_publishes == []
+    replacement = [p for p in rig.alive() if not p.quarantine]
+    assert len(replacement) == 1 and replacement[0] is not proc
+    replacement[0].say(frames.Ready(replacement[0].pid, 3))
+    rig.enqueue("b")  # redelivered: a suspect, runs alone in the quarantine process
+    rig.loop.run()
+    quarantine = [p for p in rig.alive() if p.quarantine]
+    assert len(quarantine) == 1 and replacement[0].runs() == []
+    quarantine[0].say(frames.Ready(quarantine[0].pid, 1))
+    rig.loop.run()
+    assert [r.job["id"] for r in quarantine[0].runs()] == ["b"]
+    quarantine[0].die(code=-11)  # it crashes alone: now it is the culprit
+    rig.loop.run()
+    [publish] = rig.link.unconfirmed_publishes
+    assert publish.routing_key == "p-default.buried"  # `ok` is not retryable
+    assert publish.props.headers["x-roger-error-kind"] == "worker_crash"
+
+
+def test_a_job_past_its_deadline_is_retried_and_its_bystanders_requeued() -> None:
+    rig = Rig(queues={"default": 2}, job_processes=1)
+    rig.up()
+    rig.enqueue("slow", "tests.jobs.basic:flaky", max_execution_time=1)
+    rig.enqueue("other")
+    [proc] = rig.alive()
+    proc.say(frames.Late(proc.key_of("slow"), "job", ""))
+    rig.loop.run()
+    assert proc.cause == "timeout"
+    assert rig.channel().nacks == [2]  # the bystander, uncharged
+    [publish] = rig.link.unconfirmed_publishes
+    assert publish.routing_key == "p-default.retry.1"
+    assert publish.props.headers["x-roger-error-kind"] == "timeout"
+
+
+def test_pause_requeues_waiting_jobs_and_frees_the_execution_keys_they_hold() -> None:
+    """A job that got its execution key but waits for a slot goes back on pause, and its
+    key is released: the key never stalls on another replica."""
+    rig = Rig(queues={"default": 1}, job_processes=1)
+    rig.up()
+    rig.enqueue("busy")  # takes the only slot
+    rig.enqueue("keyed", execution_key="k")
+    assert rig.state.held == {"k": "keyed"}
+    rig.state.set_paused("default", True)
+    rig.loop.run()
+    assert rig.channel().nacks == [2]
+    assert rig.state.held == {}
+    rig.succeed("busy")  # running jobs finish and are acked while paused
+    assert rig.channel().acked() == {1}
+
+
+def test_a_lock_granted_after_a_pause_does_not_run_the_job() -> None:
+    rig = Rig(queues={"default": 2}, job_processes=1)
+    rig.up()
+    rig.state.answer_locks = False
+    rig.enqueue("keyed", execution_key="k")
+    rig.state.set_paused("default", True)
+    rig.state.grant_locks()
+    rig.loop.run()
+    assert rig.alive()[0].runs() == []
+    assert rig.channel().nacks == [1] and rig.state.held == {}
+
+
+def test_a_busy_execution_key_sends_the_job_to_its_waiting_room() -> None:
+    rig = Rig(queues={"default": 2}, job_processes=1)
+    rig.up()
+    rig.enqueue("first", execution_key="k")
+    rig.enqueue("second", execution_key="k")
+    assert len(rig.state.waiting["k"]) == 1
+    assert rig.channel().acked() == {2}  # safe in the waiting room
+    rig.succeed("first")
+    assert rig.state.held == {}
+
+
+def test_cancel_of_a_running_job_runs_on_cancel_once_and_acks() -> None:
+    rig = Rig(queues={"default": 2}, job_processes=1)
+    rig.up()
+    rig.enqueue("a")
+    rig.enqueue("b")
+    [proc] = rig.alive()
+    rig.state.cancel("a")
+    rig.loop.run()
+    assert proc.cause == "cancel"
+    assert rig.channel().acked() == {1} and rig.channel().nacks == [2]
+    assert rig.state.cancels_handled == {"a"}
+    assert rig.link.unconfirmed_publishes == []
+
+
+def test_shutdown_requeues_waiting_jobs_and_waits_for_running_ones() -> None:
+    rig = Rig(queues={"default": 1}, job_processes=1)
+    rig.up()
+    rig.enqueue("running")
+    rig.enqueue("waiting")
+    rig.worker.shutdown()
+    rig.loop.run()
+    assert rig.channel().nacks == [2]
+    assert not rig.link.closed  # the running job may still finish
+    rig.succeed("running")
+    rig.loop.run()
+    assert rig.channel().acked() == {1}
+    assert rig.link.closed
+
+
+def test_garbage_from_a_job_process_counts_as_its_crash() -> None:
+    rig = Rig(queues={"default": 1}, job_processes=1)
+    rig.up()
+    rig.enqueue("a")
+    [proc] = rig.alive()
+    proc.die(code=70)
+    rig.loop.run()
+    [publish] = rig.link.unconfirmed_publishes  # alone in its process: the culprit
+    assert publish.props.headers["x-roger-error-kind"] == "worker_crash"
+
+
+def test_a_wedged_job_process_makes_the_worker_unhealthy() -> None:
+    """/healthz fails (Kubernetes restarts the pod) when a job process takes nothing from
+    its pipe for a minute, or never becomes ready."""
+    rig = Rig()
+    rig.up()
+    rig.loop.run(2)
+    assert rig.worker.healthy()
+    [proc] = rig.alive()
+    proc.backlog_since = -1000.0  # a write has been waiting since long ago
+    rig.loop.run(2)
+    assert not rig.worker.healthy()
+    proc.backlog_since = 0.0
+    rig.loop.run(2)
+    assert rig.worker.healthy()
+    late = Rig()
+    late.link.up()
+    late.processes[0].started_at = -1000.0  # never said Ready
+    late.loop.run(2)
+    assert not late.worker.healthy()

@@ -1,0 +1,247 @@
+"""A delivery's fate: the one answer to "what happens to my job when X".
+
+The worker's runtime reports what happened to a job (``Happened``) together with the
+job's facts (``JobFacts``); ``decide`` returns what to do with the delivery (``Fate``),
+and the runtime only carries that out. Nothing else in the worker chooses between ack,
+retry, burial, parking or requeue.
+
+Hooks follow Roger's callback page: ``on_error`` runs for every failure that does not end a
+retry sequence, ``on_buried`` only when a retryable job has failed its whole retry
+sequence. A job that is not retryable has no retry sequence: its failure runs
+``on_error`` and its message is still kept in ``.buried`` for inspection, marked with the
+reason ``not_retryable`` (Roger dropped it).
+
+Requeues that are not the job's fault (pause, shutdown, bystanders of a killed job
+process, a before_run hook that hung) charge no retry level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from roger.core.hooks import TIMEOUT, WORKER_CRASH, HookName
+
+Error = tuple[str, str]  # (kind, message)
+
+# Why a message sits in ``.buried`` (header ``x-roger-buried-reason``).
+RETRIES_EXHAUSTED: Final = "retries_exhausted"
+NOT_RETRYABLE: Final = "not_retryable"
+BuriedReason = Literal["retries_exhausted", "not_retryable"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobFacts:
+    """What the fate of a failed attempt depends on."""
+
+    retryable: bool
+    retry_count: int  # 0 = the first run
+    levels: tuple[int, ...]  # the partition's retry levels, in seconds
+
+
+# -- what happened ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    """The job returned."""
+
+
+@dataclass(frozen=True, slots=True)
+class Raised:
+    """The job raised ``error`` (an exception's class name and message)."""
+
+    error: Error
+    stack: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOut:
+    """The job ran past its ``max_execution_time``; its process was killed."""
+
+    limit: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessDied:
+    """The job's process exited on its own. ``alone``: this job is known to be the one
+    that killed it (it ran alone there); otherwise the culprit is unknown."""
+
+    alone: bool
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bystander:
+    """The job's process was killed for another job (deadline, cancel, hung hook)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BeforeRunHung:
+    """A ``before_run`` hook hung; the process was killed before the job started."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """A cancel names this job (while it waited or ran)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The message can never run: invalid, unknown or disallowed job (a park reason)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """Its queue was paused before the job started."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShuttingDown:
+    """The worker stops before the job started."""
+
+
+@dataclass(frozen=True, slots=True)
+class MoveRefused:
+    """The broker refused to take it into an execution key's waiting room."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLost:
+    """The channel that delivered it is gone: the broker has the message again."""
+
+
+Happened = (
+    Succeeded
+    | Raised
+    | TimedOut
+    | ProcessDied
+    | Bystander
+    | BeforeRunHung
+    | Cancelled
+    | Refused
+    | Paused
+    | ShuttingDown
+    | MoveRefused
+    | ConnectionLost
+)
+
+
+# -- fates -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Done: acknowledge; ``after_run`` ran beside the job."""
+
+    hook: HookName = "after_run"
+    outcome: str = "succeeded"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Publish to retry level ``seconds`` (retry_count + 1), then acknowledge."""
+
+    seconds: int
+    error: Error
+    hook: HookName = "on_error"
+    outcome: str = "retried"
+
+
+@dataclass(frozen=True, slots=True)
+class Bury:
+    """Publish to ``.buried`` with ``reason``, then acknowledge."""
+
+    reason: BuriedReason
+    error: Error
+    hook: HookName
+    outcome: str = "buried"
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Publish to ``.invalid`` (never run, never lost), then acknowledge."""
+
+    reason: str
+    outcome: str = "parked"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelJob:
+    """Never run (again): ``on_cancel`` once, keys freed, acknowledged, not retried."""
+
+    hook: HookName = "on_cancel"
+    outcome: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Back to the broker without charge (``basic.nack`` with requeue)."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """Back to the broker without charge; its next run here is alone in the one-slot
+    quarantine process, where a crash names its culprit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """Run again here at once (the delivery is kept), without ``before_run``."""
+
+    skip_before: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """Nothing to do: the broker redelivers it (its channel is gone)."""
+
+
+Fate = Ack | Retry | Bury | Park | CancelJob | Requeue | Quarantine | Rerun | Abandon
+
+
+def on_failure(facts: JobFacts, error: Error) -> Retry | Bury:
+    """A failed attempt: the next retry level, or ``.buried`` once there is none."""
+    if not facts.retryable:
+        return Bury(NOT_RETRYABLE, error, "on_error")
+    if facts.retry_count < len(facts.levels):
+        return Retry(facts.levels[facts.retry_count], error)
+    return Bury(RETRIES_EXHAUSTED, error, "on_buried")
+
+
+def failure_hook(facts: JobFacts) -> HookName:
+    """The hook a failure of this attempt runs (chosen before the job runs, so the job
+    process can call it beside the job, with the callbacks' state)."""
+    return on_failure(facts, ("", "")).hook
+
+
+def decide(happened: Happened, facts: JobFacts) -> Fate:
+    """The fate of a delivery after ``happened``. Exhaustive over ``Happened``."""
+    match happened:
+        case Succeeded():
+            return Ack()
+        case Raised(error=error):
+            return on_failure(facts, error)
+        case TimedOut(limit=limit):
+            return on_failure(facts, (TIMEOUT, f"exceeded max_execution_time of {limit:g}s"))
+        case ProcessDied(alone=True, exit_code=code):
+            return on_failure(facts, (WORKER_CRASH, f"job process exited (code {code})"))
+        case ProcessDied(alone=False):
+            return Quarantine()
+        case Bystander():
+            return Requeue("its job process was killed for another job")
+        case BeforeRunHung():
+            return Rerun(skip_before=True)
+        case Cancelled():
+            return CancelJob()
+        case Refused(reason=reason):
+            return Park(reason)
+        case Paused():
+            return Requeue("queue paused")
+        case ShuttingDown():
+            return Requeue("worker shutting down")
+        case MoveRefused():
+            return Requeue("the waiting room refused it")
+        case ConnectionLost():
+            return Abandon()
+    raise AssertionError(f"no fate for {happened!r}")  # pragma: no cover (mypy checks)

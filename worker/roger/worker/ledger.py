@@ -1,0 +1,79 @@
+"""Which deliveries may still be acknowledged, and on which channel.
+
+A consumer channel's life is an ``Epoch``: every delivery remembers the epoch it came on,
+and is acknowledged or requeued only on that epoch's channel while it is alive. When the
+connection drops, every epoch dies at once; a job that finishes afterwards has nothing to
+acknowledge (the broker redelivers it), and the next channel's delivery tags, which start
+again at 1, can never be confused with an old one's. This is the worker's only notion of
+"this delivery belongs to a dead channel".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from roger.core.settle import AckTracker
+
+
+class Epoch:
+    """One consumer channel, from its first delivery until its connection is gone."""
+
+    __slots__ = ("alive", "channel", "tracker")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.tracker = AckTracker()
+        self.alive = True
+
+    def usable(self) -> bool:
+        return self.alive and bool(self.channel.is_open)
+
+
+class Ledger:
+    """The epochs of the worker's consumer channels; acks are batched per loop turn."""
+
+    def __init__(self, call_soon: Callable[[Callable[[], None]], None]) -> None:
+        self._epochs: list[Epoch] = []
+        self._call_soon = call_soon
+        self._flush_due = False
+        self.after_flush: Callable[[], None] = lambda: None
+
+    def open(self, channel: Any) -> Epoch:
+        epoch = Epoch(channel)
+        self._epochs.append(epoch)
+        return epoch
+
+    def lost(self) -> None:
+        """The connection is gone: no delivery of any epoch so far is acknowledged."""
+        for epoch in self._epochs:
+            epoch.alive = False
+        self._epochs.clear()
+
+    @staticmethod
+    def delivered(epoch: Epoch, tag: int) -> None:
+        epoch.tracker.delivered(tag)
+
+    def settle(self, epoch: Epoch, tag: int) -> None:
+        """The delivery's outcome is safe elsewhere (or it succeeded): ack it soon."""
+        if not epoch.alive:
+            return
+        epoch.tracker.settled(tag)
+        if not self._flush_due:
+            self._flush_due = True
+            self._call_soon(self.flush)
+
+    @staticmethod
+    def requeue(epoch: Epoch, tag: int) -> None:
+        """Back to the broker now, charging nothing."""
+        if epoch.usable():
+            epoch.channel.basic_nack(tag, requeue=True)
+            epoch.tracker.forget(tag)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        for epoch in self._epochs:
+            if epoch.usable():
+                for tag, multiple in epoch.tracker.flush():
+                    epoch.channel.basic_ack(tag, multiple)
+        self.after_flush()
