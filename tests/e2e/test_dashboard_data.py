@@ -136,8 +136,8 @@ class Scenario:
             self.enqueue("ok", {"sleep": 3}, queue="email")  # backlog on a 1-worker queue
         for _ in range(2):
             self.enqueue("flaky")  # retried twice, then buried
-            self.enqueue("fails_once_not_retryable")  # buried at once
-        self.enqueue("stuck")  # timeout after 1 s, buried
+            self.enqueue("fails_once_not_retryable")  # on_error, kept in .buried at once
+        self.enqueue("stuck")  # timeout after 1 s: on_error, kept in .buried
         for _ in range(2):
             self._park()
         cancel = getattr(self.client, "cancel", None)
