@@ -121,6 +121,7 @@ class PartitionState:
         self.locks.reset()
         self.pauses.reset()
         self.controls.reset()
+        self.queue_keys.reset()
         self.session.end()
         self.session.stage = "the AMQP connection"
 

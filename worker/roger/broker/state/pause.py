@@ -91,7 +91,7 @@ class PauseFollower:
                     refused.code,
                     RETRY_DELAY,
                 )
-                yield lambda resume: self.s.later(RETRY_DELAY, lambda: resume(None))
+                yield self.s.slept(RETRY_DELAY)
                 continue
             if self.s.alive(gen) and queue not in self._tags:
                 self._subscribe(gen, queue, 1)

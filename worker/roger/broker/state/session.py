@@ -17,6 +17,7 @@ from typing import Any
 import pika
 
 from roger.broker.channels import Confirm, Confirms, OneShotChannels
+from roger.broker.flow import Step
 
 log = logging.getLogger("roger.state")
 
@@ -59,6 +60,10 @@ class Session:
         """Timers are never cancelled: each checks that its generation is still current."""
         if self.conn is not None:
             self.conn.ioloop.call_later(delay, fn)
+
+    def slept(self, delay: float) -> Step:
+        """A step answered after ``delay`` seconds (never, if the connection is gone)."""
+        return lambda resume: self.later(delay, lambda: resume(None))
 
     def drop(self, gen: int) -> None:
         """Close the connection (the runtime reconnects and ``attach`` starts over)."""
