@@ -150,9 +150,9 @@ def test_waiting_jobs_are_swept_back_when_the_holder_died(
     loops: list[StateLoop],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from roger.broker import state as bstate
+    from roger.broker.state import locks
 
-    monkeypatch.setattr(bstate, "SWEEP_INTERVAL", 0.5)
+    monkeypatch.setattr(locks, "SWEEP_INTERVAL", 0.5)
     main = naming.queue_name(unique_name, "default")
     conn.channel().queue_declare(main, durable=True, arguments={"x-queue-type": "quorum"})
     holder = StateLoop(amqp_url, unique_name, ["default"])

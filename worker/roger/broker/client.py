@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from roger.core import state as st
 from roger.core.jobs import JobDefinition
 from roger.core.message import JOB_NAME_RE, JobMessage, encode, new_job_id, properties
 
+log = logging.getLogger("roger.client")
 _RECOVERABLE = (AMQPConnectionError, AMQPChannelError, ConnectionError, OSError)
 
 
@@ -171,7 +173,28 @@ class Client:
             if isinstance(exc, UnroutableError):
                 raise EnqueueError(f"queue {target} does not exist") from None
             raise
+        if queue_key is not None:
+            self._hold_key(partition, queue_key, msg.id)
         return msg.id
+
+    def _hold_key(self, partition: str, queue_key: str, job_id: str) -> None:
+        """The job is queued: its key, taken for a minute, is held until the job leaves.
+
+        Best effort: the job is published whatever happens here; failing, the key frees
+        itself after ``QUEUE_KEY_PENDING_HOLD`` while the job may still be queued."""
+        try:
+            self._twice(
+                lambda _ch: state_client.hold_queue_key(self._conn, partition, queue_key, job_id)
+            )
+        except (*_RECOVERABLE, TimeoutError) as exc:
+            log.warning(
+                "job %s is queued but its queue_key %r could not be held (%s): "
+                "it frees itself in %.0fs",
+                job_id,
+                queue_key,
+                exc,
+                st.QUEUE_KEY_PENDING_HOLD,
+            )
 
     def cancel(self, partition: str, job_id: str) -> None:
         """Cancel a job cluster-wide: skipped if queued, killed if running; ``on_cancel``

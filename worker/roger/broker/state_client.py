@@ -6,11 +6,13 @@ the client keeps one connection and a refusal (which closes a channel) never bre
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import random
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pika
@@ -78,35 +80,96 @@ def set_paused(conn: Any, partition: str, queue: str, paused: bool) -> None:
     publish_control(conn, partition, ev)
 
 
-def take_queue_key(conn: Any, partition: str, key: str, job_id: str, queue: str) -> bool:
+@contextlib.contextmanager
+def _key_locked(
+    conn: Any, partition: str, key: str, wait: float = st.QUEUE_KEY_LOCK_WAIT
+) -> Iterator[Any]:
+    """Hold the key's lock (an exclusive queue) and yield a confirm channel to work on.
+
+    Whoever reads or writes a key's token holds it: a token taken out to be read is not
+    counted by ``x-max-length``, so a take must never run meanwhile. Busy: retried with
+    a short random backoff for ``wait`` seconds, then ``TimeoutError``.
+    """
+    lock = naming.queue_key_lock_name(partition, key)
+    deadline = time.monotonic() + wait
+    pause = 0.005
+    while True:
+        ch = conn.channel()
+        try:
+            ch.queue_declare(lock, exclusive=True, auto_delete=False)
+            break
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 405:  # RESOURCE_LOCKED: someone else reads or writes it
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"queue key {key!r} of {partition!r} stayed locked for {wait}s")
+        time.sleep(random.uniform(0, pause))
+        pause = min(pause * 2, 0.1)
+    try:
+        ch.confirm_delivery()
+        yield ch
+    finally:
+        if conn.is_open:  # a closed connection freed the lock with it
+            if not ch.is_open:
+                ch = conn.channel()
+            ch.queue_delete(lock)
+            ch.close()
+
+
+def _token_props(job_id: str, expiration: float | None) -> Any:
+    return pika.BasicProperties(
+        delivery_mode=2,
+        content_type="application/json",
+        message_id=job_id,
+        expiration=None if expiration is None else str(max(1, int(expiration * 1000))),
+    )
+
+
+def take_queue_key(
+    conn: Any,
+    partition: str,
+    key: str,
+    job_id: str,
+    queue: str,
+    *,
+    pending_hold: float = st.QUEUE_KEY_PENDING_HOLD,
+) -> bool:
     """Atomic test-and-set of a queue key: True if taken for ``job_id``, False if held.
 
     The key queue is classic with ``x-max-length: 1`` and ``reject-publish``: of concurrent
-    publishers exactly one is confirmed, the others are nacked. A key queue deleted between
-    our declare and publish (its last holder just released it) returns the message: retry.
+    publishers exactly one is confirmed, the others are nacked. The token expires after
+    ``pending_hold`` seconds unless ``hold_queue_key`` is called once the job is published.
     """
     name = naming.queue_key_queue_name(partition, key)
-    props = pika.BasicProperties(
-        delivery_mode=2, content_type="application/json", message_id=job_id
-    )
     token = st.queue_key_token(job_id, queue, time.time())
-    for _ in range(5):
-        ch = _confirm_channel(conn)
+    with _key_locked(conn, partition, key) as ch:
+        ch.queue_declare(name, durable=True, arguments=st.queue_key_arguments())
         try:
-            ch.queue_declare(name, durable=True, arguments=st.queue_key_arguments())
-            ch.basic_publish("", name, token, props, mandatory=True)
-            return True
+            ch.basic_publish("", name, token, _token_props(job_id, pending_hold), mandatory=True)
         except pika.exceptions.NackError:
             return False
-        except pika.exceptions.UnroutableError:
-            continue
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code != 404:
-                raise
-        finally:
-            if ch.is_open:
-                ch.close()
-    raise RuntimeError(f"could not take queue key {key!r}: its queue keeps disappearing")
+        return True
+
+
+def hold_queue_key(conn: Any, partition: str, key: str, job_id: str) -> bool:
+    """The job of a key taken with ``take_queue_key`` is published: hold the key until the
+    job leaves the partition (at most ``QUEUE_KEY_MAX_HOLD``). False, and nothing taken,
+    when the token is not ``job_id``'s any more (the job already left and a worker freed
+    the key, or the pending hold ran out first)."""
+    name = naming.queue_key_queue_name(partition, key)
+    with _key_locked(conn, partition, key) as ch:
+        ch.queue_declare(name, durable=True, arguments=st.queue_key_arguments())
+        method, props, body = ch.basic_get(name, auto_ack=False)
+        if method is None:
+            ch.queue_delete(name, if_empty=True)
+            return False
+        if props.message_id != job_id:
+            ch.basic_nack(method.delivery_tag, requeue=True)
+            return False
+        # under the lock nobody takes the key between these two
+        ch.basic_ack(method.delivery_tag)
+        ch.basic_publish("", name, body, _token_props(job_id, None), mandatory=True)
+        return True
 
 
 def release_queue_key(conn: Any, partition: str, key: str, job_id: str | None = None) -> bool:
@@ -116,8 +179,8 @@ def release_queue_key(conn: Any, partition: str, key: str, job_id: str | None = 
     it (``job_id=None``) to free a key by hand.
     """
     name = naming.queue_key_queue_name(partition, key)
-    ch = conn.channel()
-    try:
+    with _key_locked(conn, partition, key) as ch:
+        ch.queue_declare(name, durable=True, arguments=st.queue_key_arguments())
         method, props, _body = ch.basic_get(name, auto_ack=False)
         if method is not None:
             if job_id is not None and props.message_id != job_id:
@@ -126,30 +189,19 @@ def release_queue_key(conn: Any, partition: str, key: str, job_id: str | None = 
             ch.basic_ack(method.delivery_tag)
         ch.queue_delete(name, if_empty=True)
         return True
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        return bool(exc.reply_code == 404)  # 406: a new holder arrived after our ack
-    finally:
-        if ch.is_open:
-            ch.close()
 
 
 def queue_key_holder(conn: Any, partition: str, key: str) -> str | None:
-    """The job id holding ``key``, or None (peeks: get and requeue)."""
+    """The job id holding ``key``, or None (reads the token under the key's lock)."""
     name = naming.queue_key_queue_name(partition, key)
-    ch = conn.channel()
-    try:
+    with _key_locked(conn, partition, key) as ch:
+        ch.queue_declare(name, durable=True, arguments=st.queue_key_arguments())
         method, props, _body = ch.basic_get(name, auto_ack=False)
         if method is None:
+            ch.queue_delete(name, if_empty=True)
             return None
         ch.basic_nack(method.delivery_tag, requeue=True)
         return str(props.message_id)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return None
-        raise
-    finally:
-        if ch.is_open:
-            ch.close()
 
 
 def _read_stream(conn: Any, name: str, offset: Any, idle: float = READ_IDLE) -> list[bytes]:

@@ -121,6 +121,11 @@ def queue_key_queue_name(partition: str, queue_key: str) -> str:
     return f"{partition}.qkey.{key_digest(queue_key)}"
 
 
+def queue_key_lock_name(partition: str, queue_key: str) -> str:
+    """Exclusive queue held by whoever reads or writes the key's token at that moment."""
+    return f"{partition}.qkey.{key_digest(queue_key)}.lock"
+
+
 def execution_lock_queue_name(partition: str, execution_key: str) -> str:
     """Exclusive queue declared by the connection running a job with this key: a lock."""
     return f"{partition}.xkey.{key_digest(execution_key)}"

@@ -14,11 +14,17 @@ Where the state lives (see ``roger.core.naming`` for the names):
   retention never removes the active segment, so the last event is never lost however old;
   concurrent pause/resume of one queue are ordered by the stream (last one wins).
 - ``<p>.qkey.<digest>`` (classic durable queue, ``x-max-length: 1``,
-  ``x-overflow: reject-publish``): holds one token while the key is taken. A classic queue
-  decides publishes one at a time, so exactly one of many concurrent publishers is
-  confirmed (a quorum queue is *not* exact here: it admits several). The token expires
-  after ``QUEUE_KEY_MAX_HOLD`` (7 days): the bound on a key leaked by a client that died
-  between taking the key and publishing its job.
+  ``x-overflow: reject-publish``): holds one token (``message_id`` = the holder's job id)
+  while the key is taken. A classic queue decides publishes one at a time, so exactly one
+  of many concurrent publishers is confirmed (a quorum queue is *not* exact here: it
+  admits several). But the limit counts ready messages only: a token taken out to be read
+  does not count, so whoever reads or writes a token (take, hold, release, peek) first
+  declares ``<p>.qkey.<digest>.lock``, an exclusive queue (others get ``RESOURCE_LOCKED``
+  and retry; the broker frees it when its connection dies). A token is taken with a
+  per-message TTL of ``QUEUE_KEY_PENDING_HOLD`` (a minute) and replaced by one without
+  (the queue's ``x-message-ttl`` of ``QUEUE_KEY_MAX_HOLD``, 7 days, applies) once its job
+  is published: a client that dies between taking a key and publishing its job leaves the
+  key held for a minute, not days.
 - ``<p>.xkey.<digest>`` (exclusive queue): declared by the worker connection that runs a job
   with that execution key; others get ``RESOURCE_LOCKED``; the broker frees it when the
   connection dies.
@@ -38,6 +44,8 @@ from typing import Any, Final, Literal
 
 HORIZON: Final = 7 * 24 * 3600  # seconds a cancel (and a wait notice) is remembered
 QUEUE_KEY_MAX_HOLD: Final = HORIZON  # seconds after which a queue key frees itself
+QUEUE_KEY_PENDING_HOLD: Final = 60.0  # seconds a key is held before its job is published
+QUEUE_KEY_LOCK_WAIT: Final = 15.0  # seconds to wait for a queue key's lock before failing
 CONTROL_MAX_BYTES: Final = 200_000_000
 CONTROL_SEGMENT_BYTES: Final = 1_000_000  # retention drops whole segments: keep them small
 PAUSE_MAX_BYTES: Final = 1_000_000

@@ -15,11 +15,11 @@ from typing import Any
 import pika
 from pika.adapters.select_connection import SelectConnection
 
+from roger.broker.channels import Confirm, Confirms
+
 log = logging.getLogger("roger.worker")
 BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
 DECLARE_DEADLINE = 30.0  # connection open but queue declarations unanswered: start over
-
-Confirm = Callable[[bool], None]
 
 
 class Link:
@@ -46,8 +46,7 @@ class Link:
         self.closing = False
         self.failures = 0
         self.opened = 0  # connections opened so far
-        self._seq = 0
-        self._confirms: dict[int, Confirm] = {}
+        self._confirms: Confirms | None = None  # of the publish channel ``pub``
 
     # -- connection ---------------------------------------------------------------
     def connect(self) -> None:
@@ -89,7 +88,7 @@ class Link:
 
     def _closed(self, conn: Any, reason: Exception) -> None:
         was_ready, self.ready, self.pub = self.ready, False, None
-        self._confirms.clear()
+        self._confirms = None  # unconfirmed publishes are forgotten: their sources requeue
         if self.closing:
             self.ioloop.stop()
             return
@@ -119,11 +118,11 @@ class Link:
     # -- publish channel and topology -------------------------------------------------
     def _pub_opened(self, channel: Any) -> None:
         self.pub = channel
+        confirms = self._confirms = Confirms(channel)
         channel.add_on_close_callback(self._channel_closed)
-        channel.confirm_delivery(ack_nack_callback=self._confirmed, callback=self._declare)
+        channel.confirm_delivery(ack_nack_callback=confirms.on_confirm, callback=self._declare)
 
     def _declare(self, _frame: Any) -> None:
-        self._seq = 0
         left = [len(self.declarations)]
 
         def one_done(_f: Any) -> None:
@@ -137,26 +136,13 @@ class Link:
             self.pub.queue_declare(name, durable=True, arguments=arguments, callback=one_done)
 
     def publish(self, routing_key: str, body: bytes, props: Any, on_confirm: Confirm) -> bool:
-        if self.pub is None or not self.pub.is_open:
+        """Publish on the confirm channel; False if there is none open now."""
+        if self.pub is None or self._confirms is None:
             return False
-        self.pub.basic_publish("", routing_key, body, props)
-        self._seq += 1
-        self._confirms[self._seq] = on_confirm
-        return True
-
-    def _confirmed(self, frame: Any) -> None:
-        method = frame.method
-        ok = method.NAME == "Basic.Ack"
-        tag = method.delivery_tag
-        if method.multiple:
-            done = [t for t in self._confirms if t <= tag]
-        else:
-            done = [tag] if tag in self._confirms else []
-        for t in done:
-            self._confirms.pop(t)(ok)
+        return self._confirms.publish(routing_key, body, props, on_confirm)
 
     def unconfirmed(self) -> int:
-        return len(self._confirms)
+        return 0 if self._confirms is None else self._confirms.pending()
 
     # -- consumers -----------------------------------------------------------------
     def consume(self, queue: str, prefetch: int, on_channel: Callable[[Any], None]) -> None:

@@ -1,0 +1,142 @@
+"""Queue keys seen from a worker: freeing a job's key when the job leaves the partition.
+
+A queue key makes ``enqueue`` refuse a second job while one with the same key is queued or
+running (the client takes the key: see ``roger.broker.state_client.take_queue_key``). The
+worker frees it when the job leaves (succeeded, buried, cancelled, parked for good), but
+only if the key's token still names that job: a redelivered job that already left must not
+free the key of a newer one.
+
+Reading the token takes it out of the key queue, where ``x-max-length`` no longer counts
+it: a take at that moment would be confirmed (two holders). So the release holds the key's
+lock (``<p>.qkey.<digest>.lock``, an exclusive queue every reader and writer of the token
+declares first), and, because an exclusive queue does not exclude its own connection, at
+most one release per key runs at a time in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+
+from roger.broker.channels import Confirm, Got, OneShot
+from roger.broker.flow import Flow, Refused, Resume, Step, run
+from roger.broker.state.session import Session, noop
+from roger.core import naming
+from roger.core import state as st
+
+log = logging.getLogger("roger.state")
+
+
+class _LocalLocks:
+    """One holder per key inside this process; others queue (answered in order)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[Resume]] = {}
+
+    def acquired(self, key: str) -> Step:
+        def step(resume: Resume) -> None:
+            queue = self._queues.get(key)
+            if queue is None:
+                self._queues[key] = deque()
+                resume(None)
+            else:
+                queue.append(resume)
+
+        return step
+
+    def release(self, key: str) -> None:
+        queue = self._queues.get(key)
+        if queue is None:
+            return
+        if queue:
+            queue.popleft()(None)
+        else:
+            del self._queues[key]
+
+
+class QueueKeys:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+        self._local = _LocalLocks()
+
+    def reset(self) -> None:
+        """The connection is gone: flows waiting on it are never resumed."""
+        self._local = _LocalLocks()
+
+    def release(self, key: str, job_id: str, done: Confirm = noop) -> None:
+        """Free ``key`` if its token belongs to ``job_id``, then delete the empty key
+        queue; ``done(True)`` if the key is not held by anyone else afterwards."""
+        run(self._release(key, job_id), done)
+
+    def _release(self, key: str, job_id: str) -> Flow[bool]:
+        local = self._local
+        yield local.acquired(key)
+        try:
+            ch = yield from self._locked(key)
+            if ch is None:
+                return False
+            try:
+                freed = yield from self._free_if_ours(ch, key, job_id)
+            except Refused as refused:
+                log.warning("releasing queue key %r refused (%s)", key, refused)
+                yield from self._unlock_on_fresh_channel(key)
+                return False
+            finally:
+                ch.finish()
+            return bool(freed)
+        finally:
+            local.release(key)
+
+    def _locked(self, key: str) -> Flow[OneShot | None]:
+        """A channel on which this connection holds the key's lock (None: gave up)."""
+        lock = naming.queue_key_lock_name(self.s.partition, key)
+        deadline = time.monotonic() + st.QUEUE_KEY_LOCK_WAIT
+        pause = 0.005
+        while True:
+            try:
+                ch: OneShot = yield self.s.one_shots.opened()
+                yield ch.declare(lock, exclusive=True, auto_delete=False)
+                return ch
+            except Refused as refused:
+                if refused.code != 405:  # not RESOURCE_LOCKED: the connection is gone
+                    return None
+            if time.monotonic() > deadline:
+                log.error(
+                    "queue key %r stayed locked for %.0fs; not released (it frees itself "
+                    "after %.0f days)",
+                    key,
+                    st.QUEUE_KEY_LOCK_WAIT,
+                    st.QUEUE_KEY_MAX_HOLD / 86400,
+                )
+                return None
+            yield self.s.slept(random.uniform(0, pause))
+            pause = min(pause * 2, 0.1)
+
+    def _free_if_ours(self, ch: OneShot, key: str, job_id: str) -> Flow[bool]:
+        name = naming.queue_key_queue_name(self.s.partition, key)
+        yield ch.declare(name, durable=True, arguments=st.queue_key_arguments())
+        got: Got | None = yield ch.get(name)
+        ours = got is None or got.props.message_id == job_id
+        if got is not None:
+            if ours:
+                ch.ack(got.tag)
+            else:
+                ch.nack(got.tag, requeue=True)
+        if ours:
+            yield ch.delete(name, if_empty=True)
+        # answered after the broker has done everything above (same channel, in order)
+        yield ch.delete(naming.queue_key_lock_name(self.s.partition, key))
+        return ours
+
+    def _unlock_on_fresh_channel(self, key: str) -> Flow[None]:
+        """The lock's channel was closed by a refusal: the lock queue itself remains."""
+        try:
+            ch: OneShot = yield self.s.one_shots.opened()
+            try:
+                yield ch.delete(naming.queue_key_lock_name(self.s.partition, key))
+            finally:
+                ch.finish()
+        except Refused:
+            pass  # the connection is gone, and the lock with it
