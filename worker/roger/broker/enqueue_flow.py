@@ -90,18 +90,41 @@ Outcome = Any  # the action's result, or the exception it raised
 Steps = Generator[list[Action], list[Outcome], list[tuple[EnqueueResult, BaseException | None]]]
 
 
+_FOUND: dict[str, JobDefinition] = {}  # job name -> its definition, once imported
+_MISSING: dict[str, float] = {}  # job name -> when its module last failed to import
+MISSING_RECHECK = 10.0  # seconds before a failed import is tried again
+CACHE_MAX = 4096
+
+
 def _definition(job: JobDefinition | str) -> tuple[str, JobDefinition | None]:
-    """A job name and, when its module imports here, its definition (for defaults)."""
+    """A job name and, when its module imports here, its definition (for defaults).
+
+    Lookups are cached: an import that fails searches the whole ``sys.path`` and took
+    most of an enqueue's time; a failure is retried after ``MISSING_RECHECK`` seconds.
+    """
     if isinstance(job, JobDefinition):
         return job.name, job
+    found = _FOUND.get(job) if isinstance(job, str) else None
+    if found is not None:
+        return job, found  # type: ignore[return-value]
     if not isinstance(job, str) or not JOB_NAME_RE.match(job):
         raise EnqueueError(f"job must be a @roger.job function or 'module:function'; got {job!r}")
+    failed_at = _MISSING.get(job)
+    if failed_at is not None and time.monotonic() - failed_at < MISSING_RECHECK:
+        return job, None
     module, _, attr = job.partition(":")
     try:
-        found = getattr(importlib.import_module(module), attr, None)
+        value = getattr(importlib.import_module(module), attr, None)
     except ImportError:
-        found = None
-    return job, found if isinstance(found, JobDefinition) else None
+        value = None
+    if not isinstance(value, JobDefinition):
+        if len(_MISSING) < CACHE_MAX:
+            _MISSING[job] = time.monotonic()
+        return job, None
+    if len(_FOUND) < CACHE_MAX:
+        _FOUND[job] = value
+    _MISSING.pop(job, None)
+    return job, value
 
 
 def prepare(partition: str, job: JobDefinition | str, args: Any, queue: str | None) -> Prepared:
