@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 
 import roger
 from roger.core import naming
+from tests.helpers import eventually
 from tests.integration.worker_harness import Broker, management
 from tests.jobs import basic, keyed
 
@@ -262,3 +264,36 @@ def test_cli_enqueue_file(amqp_url: str, broker: Broker, unique_name: str, tmp_p
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "line 2" in r.stderr and "Traceback" not in r.stderr
     assert ids_in(broker, f"{unique_name}-default") == Counter()  # nothing from a bad file
+
+
+def test_a_lost_connection_is_replaced_on_the_next_enqueue(
+    amqp_url: str, broker: Broker, unique_name: str
+) -> None:
+    with roger.Client(amqp_url, name=unique_name) as client:
+        first = client.enqueue(unique_name, basic.noop, {"n": 1})
+
+        def ours() -> list[str]:
+            return [
+                c["name"]
+                for c in management("/connections?columns=name,client_properties")
+                if c.get("client_properties", {}).get("connection_name") == unique_name
+            ]
+
+        for name in eventually(
+            ours, 30
+        ):  # the broker drops them (as on a restart or a network cut)
+            management(f"/connections/{urllib.parse.quote(name, safe='')}", method="DELETE")
+        ids = [client.enqueue(unique_name, basic.noop, {"n": n}) for n in range(2, 12)]
+        threads_ids: list[str] = []
+        workers = [
+            threading.Thread(
+                target=lambda: threads_ids.append(client.enqueue(unique_name, basic.noop))
+            )
+            for _ in range(8)
+        ]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(60)
+    found = ids_in(broker, f"{unique_name}-default")
+    assert found == Counter([first, *ids, *threads_ids])
