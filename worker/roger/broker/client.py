@@ -125,6 +125,8 @@ class Client:
         with self._lock:
             if self._publisher is None or not self._publisher.alive:
                 self._publisher = Publisher(self.params).start()
+                # a client dropped without close() must not leave its thread and connection
+                weakref.finalize(self, self._publisher.close)
             return self._publisher
 
     def _connected(self) -> bool:
