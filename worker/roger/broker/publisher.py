@@ -81,6 +81,9 @@ class Publish:
     future: Future[None] = field(default_factory=Future)
     returned: bool = False
 
+    def __post_init__(self) -> None:
+        self.future.set_running_or_notify_cancel()  # only the confirm settles it
+
 
 class Publisher:
     def __init__(self, params: pika.URLParameters) -> None:
