@@ -2,21 +2,23 @@
 
 Every contender publishes persistent messages and waits for publisher confirms (same
 durability). The ceiling is bare pika: one ``SelectConnection`` publishing everything
-with pipelined confirms to a quorum queue, Roger's queue type; it runs first and last,
-and the ratios use the higher of the two. Peers use their own default (classic) queues.
+with pipelined confirms to a quorum queue, Roger's queue type. Peers use their own
+default (classic) queues. The machine is shared and noisy, so the pipelined contenders run
+in interleaved rounds and each ratio is taken within a round (median and range).
 
 - single thread: one call at a time (``enqueue``, ``apply_async``, ``send``);
 - 32 threads: one shared ``roger.Client``; Celery's producer pool; Dramatiq's
   per-thread connections;
 - bulk: ``Client.enqueue_many`` (validation and encoding included in the time).
 
-Usage: python bench/enqueue_throughput.py [--jobs 4000] [--single 400] [--threads 32]
+Usage: python bench/enqueue_throughput.py [--jobs 3000] [--single 200] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import threading
 import time
@@ -78,7 +80,9 @@ def bare_pika(url: str, n: int) -> float:
 
 
 def threaded(n: int, threads: int, call: Callable[[], Any], warm: Callable[[], Any]) -> float:
-    """Rate of ``n`` calls spread over ``threads`` threads started together."""
+    """Rate of ``n`` calls spread over ``threads`` threads started together (0: skipped)."""
+    if n == 0:
+        return 0.0
     warm()
     per = n // threads
     barrier = threading.Barrier(threads + 1)
@@ -113,11 +117,12 @@ def roger_rates(url: str, n: int, single: int, threads: int) -> dict[str, float]
     with roger.Client(url) as client:
         out["single"] = threaded(single, 1, lambda: client.enqueue(partition, job), lambda: None)
         out["threads"] = threaded(n, threads, lambda: client.enqueue(partition, job), lambda: None)
-        jobs = [(job, None)] * n
-        t0 = time.perf_counter()
-        results = client.enqueue_many(partition, jobs)
-        out["many"] = n / (time.perf_counter() - t0)
-        assert all(r.ok for r in results)
+        if n:
+            jobs = [(job, None)] * n
+            t0 = time.perf_counter()
+            results = client.enqueue_many(partition, jobs)
+            out["many"] = n / (time.perf_counter() - t0)
+            assert all(r.ok for r in results)
     Broker(url).delete_partition(partition)
     return out
 
@@ -169,47 +174,61 @@ def dramatiq_rates(url: str, n: int, single: int, threads: int) -> dict[str, flo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_amqp_url(parser)
-    parser.add_argument("--jobs", type=int, default=4000, help="per pipelined contender")
-    parser.add_argument("--single", type=int, default=400, help="per single-thread contender")
+    parser.add_argument("--jobs", type=int, default=3000, help="per pipelined contender")
+    parser.add_argument("--single", type=int, default=200, help="per single-thread contender")
     parser.add_argument("--threads", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     opts = parser.parse_args()
     url, n, single, threads = opts.amqp_url, opts.jobs, opts.single, opts.threads
-    print(f"# enqueue, persistent + confirmed; {n} jobs ({single} single-thread) per contender")
-    ceiling_before = bare_pika(url, n)
-    roger_r = roger_rates(url, n, single, threads)
-    dramatiq_r = dramatiq_rates(url, n, single, threads)
-    celery_r = celery_rates(url, n, single, threads)
-    ceiling_after = bare_pika(url, n)
-    ceiling = max(ceiling_before, ceiling_after)
-    rows = [
-        ("bare pika, pipelined confirms (ceiling, first run)", ceiling_before),
-        ("bare pika, pipelined confirms (ceiling, last run)", ceiling_after),
-        ("Roger Client.enqueue, 1 thread", roger_r["single"]),
-        (f"Roger Client.enqueue, {threads} threads, one client", roger_r["threads"]),
-        ("Roger Client.enqueue_many", roger_r["many"]),
-        ("Dramatiq send (confirm_delivery), 1 thread", dramatiq_r["single"]),
-        (f"Dramatiq send (confirm_delivery), {threads} threads", dramatiq_r["threads"]),
-        ("Celery apply_async (confirm_publish), 1 thread", celery_r["single"]),
-        (f"Celery apply_async (confirm_publish), {threads} threads", celery_r["threads"]),
-    ]
-    print("\n| producer | jobs/s |\n|---|---:|")
-    for name, rate in rows:
-        print(f"| {name} | {rate:.0f} |")
-    best_peer = max(dramatiq_r["threads"], celery_r["threads"])
-    print(f"\nratios (ceiling = {ceiling:.0f} jobs/s, the higher bare pika run):")
-    for name, rate in (
-        (f"Roger {threads} threads", roger_r["threads"]),
-        ("Roger enqueue_many", roger_r["many"]),
-    ):
-        print(
-            f"- {name}: {rate / ceiling:.2f}x ceiling (goal >= 0.70),"
-            f" {rate / dramatiq_r['threads']:.2f}x Dramatiq {threads} threads,"
-            f" {rate / celery_r['threads']:.2f}x Celery {threads} threads,"
-            f" {'ahead of' if rate > best_peer else 'behind'} both peers"
-        )
     print(
-        f"- Roger 1 thread: {roger_r['single'] / dramatiq_r['single']:.2f}x Dramatiq 1 thread,"
-        f" {roger_r['single'] / celery_r['single']:.2f}x Celery 1 thread"
+        f"# enqueue, persistent + confirmed; {opts.rounds} rounds of {n} jobs per contender"
+        f" ({single} single-thread); ratios paired per round"
+    )
+    rounds: list[dict[str, float]] = []
+    for r in range(opts.rounds):
+        row = {"ceiling": bare_pika(url, n)}
+        roger_r = roger_rates(url, n, 0, threads)
+        row["roger threads"], row["roger many"] = roger_r["threads"], roger_r["many"]
+        row["dramatiq threads"] = dramatiq_rates(url, n, 0, threads)["threads"]
+        row["celery threads"] = celery_rates(url, n, 0, threads)["threads"]
+        rounds.append(row)
+        print(f"  round {r + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
+    singles = {
+        "roger": roger_rates(url, 0, single, threads)["single"],
+        "dramatiq": dramatiq_rates(url, 0, single, threads)["single"],
+        "celery": celery_rates(url, 0, single, threads)["single"],
+    }
+
+    def med(key: str) -> float:
+        return statistics.median(row[key] for row in rounds)
+
+    def ratio(a: str, b: str) -> str:
+        values = sorted(row[a] / row[b] for row in rounds)
+        return f"{statistics.median(values):.2f} ({values[0]:.2f}-{values[-1]:.2f})"
+
+    print(f"\n| producer (median of {len(rounds)} rounds) | jobs/s |\n|---|---:|")
+    for name, rate in (
+        ("bare pika, pipelined confirms, quorum queue (the ceiling)", med("ceiling")),
+        (f"Roger Client.enqueue, {threads} threads, one shared client", med("roger threads")),
+        ("Roger Client.enqueue_many", med("roger many")),
+        (f"Dramatiq send (confirm_delivery), {threads} threads", med("dramatiq threads")),
+        (f"Celery apply_async (confirm_publish), {threads} threads", med("celery threads")),
+        ("Roger Client.enqueue, 1 thread (one run)", singles["roger"]),
+        ("Dramatiq send, 1 thread (one run)", singles["dramatiq"]),
+        ("Celery apply_async, 1 thread (one run)", singles["celery"]),
+    ):
+        print(f"| {name} | {rate:.0f} |")
+    print("\n| ratio, paired per round | median (range) | goal |\n|---|---:|---:|")
+    for key, label in (
+        ("roger threads", f"Roger {threads} threads"),
+        ("roger many", "enqueue_many"),
+    ):
+        print(f"| {label} / bare pika | {ratio(key, 'ceiling')} | >= 0.70 |")
+        print(f"| {label} / Dramatiq {threads} threads | {ratio(key, 'dramatiq threads')} | > 1 |")
+        print(f"| {label} / Celery {threads} threads | {ratio(key, 'celery threads')} | > 1 |")
+    print(
+        f"| Roger / Dramatiq, 1 thread | {singles['roger'] / singles['dramatiq']:.2f} | |\n"
+        f"| Roger / Celery, 1 thread | {singles['roger'] / singles['celery']:.2f} | |"
     )
     return 0
 

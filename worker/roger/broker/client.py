@@ -120,6 +120,9 @@ class Client:
 
     # -- the publishing connection ------------------------------------------------------
     def _live_publisher(self) -> Publisher:
+        publisher = self._publisher
+        if publisher is not None and publisher.alive:
+            return publisher  # the common case takes no lock: 32 threads would queue on it
         if self._pid != os.getpid():
             self._forget_parent()
         with self._lock:
