@@ -16,7 +16,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -168,7 +168,10 @@ class Client:
         try:
             while True:
                 actions = steps.send(outcomes)  # type: ignore[arg-type]
-                outcomes = [_outcome(f) for f in self._dispatch(actions)]
+                futures = self._dispatch(actions)
+                if len(futures) > 1:
+                    wait(futures)  # one wake-up for the batch, not one per confirm
+                outcomes = [_outcome(f) for f in futures]
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
