@@ -147,7 +147,11 @@ class Client:
         """Start every action of one step; publishes go to the I/O thread in one batch."""
         publishes = [a for a in actions if isinstance(a, Publish)]
         if publishes:
-            self._submit(publishes)
+            try:
+                self._submit(publishes)
+            except AMQPConnectionError as exc:  # each job fails (keys taken are released)
+                for p in publishes:
+                    p.future.set_exception(exc)
         out: list[Future[Any]] = []
         for a in actions:
             if isinstance(a, Publish):

@@ -184,7 +184,7 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
         status: Literal["duplicate", "error"] = (
             "duplicate" if isinstance(exc, state_client.DuplicateJob) else "error"
         )
-        done[i] = (EnqueueResult(m.id, status, m.queue_key, str(exc)), exc)
+        done[i] = (EnqueueResult(m.id, status, m.queue_key, str(exc) or repr(exc)), exc)
 
     # 1. queue keys
     taken: set[int] = set()
