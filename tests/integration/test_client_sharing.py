@@ -297,3 +297,26 @@ def test_a_lost_connection_is_replaced_on_the_next_enqueue(
             t.join(60)
     found = ids_in(broker, f"{unique_name}-default")
     assert found == Counter([first, *ids, *threads_ids])
+
+
+def test_32_threads_racing_for_one_key_enqueue_exactly_one_job(
+    client: roger.Client, broker: Broker, unique_name: str
+) -> None:
+    won: list[str] = []
+    refused: list[roger.DuplicateJob] = []
+    start = threading.Barrier(32)
+
+    def race() -> None:
+        start.wait()
+        try:
+            won.append(client.enqueue(unique_name, keyed.unique, {"key": "one"}))
+        except roger.DuplicateJob as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=race) for _ in range(32)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert len(won) == 1 and len(refused) == 31
+    assert ids_in(broker, f"{unique_name}-default") == Counter(won)
