@@ -15,6 +15,7 @@ BENCHES = [
         "ab_worker.py",
         ["--rounds", "5", "--workers", "64", "--variant", "roger64=", "--pika", "--dramatiq"],
     ),
+    ("enqueue_throughput.py", []),
 ]
 
 

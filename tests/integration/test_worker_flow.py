@@ -47,7 +47,6 @@ def test_enqueue_is_persistent_and_confirmed(
     client: roger.Client, broker: Broker, unique_name: str
 ) -> None:
     job_id = client.enqueue(unique_name, basic.ok, {"n": 1})
-    assert client._ch._delivery_confirmation  # publisher confirms are on
     [(props, body)] = broker.drain(f"{unique_name}-default")
     assert props.delivery_mode == 2
     assert props.message_id == job_id

@@ -247,12 +247,20 @@ class Broker:
 
 
 def management(path: str, method: str = "GET") -> Any:
-    """The RabbitMQ management API (guest/guest on loopback)."""
-    req = urllib.request.Request(MGMT + path, method=method)
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    with urllib.request.urlopen(req, timeout=60) as r:
-        body = r.read()
-        return json.loads(body) if body else None
+    """The RabbitMQ management API (guest/guest on loopback). A listing answered 500 (a
+    queue deleted while it was being listed, seen with parallel suites) is asked again."""
+    for attempt in range(3):
+        req = urllib.request.Request(MGMT + path, method=method)
+        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return json.loads(body) if body else None
+        except urllib.error.HTTPError as exc:
+            if exc.code != 500 or method != "GET" or attempt == 2:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 def read_lines(path: Path) -> list[list[str]]:

@@ -1,4 +1,4 @@
-"""The ``roger`` command: ``worker``, ``enqueue`` and ``info``.
+"""The ``roger`` command: ``worker``, ``enqueue`` (one job or a JSON Lines file), ``info``.
 
 Bad input never shows a traceback: one line on stderr and exit code 2.
 """
@@ -11,7 +11,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
 from typing import Any, NoReturn
 
 import yaml
@@ -78,11 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--config", metavar="FILE", help="YAML or JSON with the same settings")
 
-    e = sub.add_parser("enqueue", help="enqueue a job and print its id")
+    e = sub.add_parser(
+        "enqueue",
+        help="enqueue a job and print its id",
+        description="Enqueue one job (JOB_NAME [ARGS_JSON]) or, with --file, every job of a "
+        'JSON Lines file, one {"job": "module:function", "args": ..., "queue": ...} per line, '
+        "confirmed as one pipeline; prints one JSON result per job. Exit 3 when a job was "
+        "refused as a duplicate (its queue_key is held), 1 when one failed otherwise.",
+    )
     e.add_argument("partition")
-    e.add_argument("job", metavar="JOB_NAME", help="module:function")
-    e.add_argument("args", nargs="?", default="null", metavar="ARGS_JSON")
-    e.add_argument("--queue")
+    e.add_argument("job", nargs="?", metavar="JOB_NAME", help="module:function")
+    e.add_argument("args", nargs="?", default=None, metavar="ARGS_JSON")
+    e.add_argument("--queue", help="the queue (default: the job's own, else 'default')")
+    e.add_argument("--file", metavar="JOBS_JSONL", help="jobs to enqueue, one per line; - is stdin")
 
     for name, what in (
         ("pause", "stop consuming QUEUE on every worker (persisted)"),
@@ -226,14 +235,71 @@ def _worker(opts: argparse.Namespace) -> int:
             server.stop()
 
 
+def parse_jobs_jsonl(lines: Iterable[str], default_queue: str | None) -> list[tuple[Any, ...]]:
+    """``(job, args, queue)`` of each non-blank line; the first bad line is a UsageError
+    naming it, so that nothing is enqueued from a file with a mistake in it."""
+    jobs: list[tuple[Any, ...]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError as exc:
+            raise UsageError(f"line {number}: not JSON: {exc}") from None
+        if not isinstance(item, dict) or not isinstance(item.get("job"), str):
+            raise UsageError(f'line {number}: expected {{"job": "module:function", "args": ...}}')
+        unknown = set(item) - {"job", "args", "queue"}
+        if unknown:
+            raise UsageError(f"line {number}: unknown field(s) {', '.join(sorted(unknown))}")
+        queue = item.get("queue", default_queue)
+        if queue is not None and not isinstance(queue, str):
+            raise UsageError(f"line {number}: queue must be a string")
+        jobs.append((item["job"], item.get("args"), queue))
+    return jobs
+
+
+def _enqueue_file(opts: argparse.Namespace, url: str) -> int:
+    if opts.job is not None:
+        raise UsageError("give either JOB_NAME or --file, not both")
+    try:
+        if opts.file == "-":
+            jobs = parse_jobs_jsonl(sys.stdin, opts.queue)
+        else:
+            with open(opts.file, encoding="utf-8") as fh:
+                jobs = parse_jobs_jsonl(fh, opts.queue)
+    except OSError as exc:
+        raise UsageError(f"cannot read {opts.file}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{opts.file} is not UTF-8: {exc}") from None
+    from roger.broker.client import Client, EnqueueError
+
+    try:
+        with Client(url) as client:
+            results = client.enqueue_many(opts.partition, jobs)  # type: ignore[arg-type]
+    except EnqueueError as exc:
+        raise UsageError(str(exc)) from None
+    for r in results:
+        print(json.dumps({k: v for k, v in asdict(r).items() if v is not None}))
+    refused = [r for r in results if not r.ok]
+    if refused:
+        print(f"roger: {len(refused)} of {len(results)} jobs not enqueued", file=sys.stderr)
+    if any(r.status == "error" for r in refused):
+        return 1
+    return EXIT_DUPLICATE if refused else 0
+
+
 def _enqueue(opts: argparse.Namespace) -> int:
     url = _amqp_url(opts)
-    try:
-        args = json.loads(opts.args)
-    except ValueError as exc:
-        raise UsageError(f"ARGS_JSON is not JSON: {exc}") from None
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # the job's module gives its queue and keys
+    if opts.file is not None:
+        return _enqueue_file(opts, url)
+    if opts.job is None:
+        raise UsageError("give JOB_NAME (or --file JOBS_JSONL)")
+    try:
+        args = json.loads(opts.args if opts.args is not None else "null")
+    except ValueError as exc:
+        raise UsageError(f"ARGS_JSON is not JSON: {exc}") from None
     from roger.broker.client import Client, EnqueueError
     from roger.broker.state_client import DuplicateJob
 

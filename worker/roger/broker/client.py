@@ -1,36 +1,43 @@
-"""``roger.Client``: enqueue jobs and read queue statistics (blocking pika).
+"""``roger.Client``: enqueue jobs and read queue statistics; safe to share.
 
-One connection and one confirm channel, reused; a dropped connection is re-opened once
-per call. ``enqueue`` returns after the broker has confirmed the persistent message.
+Any number of threads may use one client. Enqueues go through one connection owned by an
+I/O thread (``roger.broker.publisher``): concurrent enqueues are pipelined and each call
+returns once the broker has confirmed its own persistent message. Rarer calls (cancel,
+pause, info, releasing a key) share a second, blocking connection under a lock. After
+``fork()`` the child drops both connections without touching them (the parent still owns
+the sockets) and opens its own on first use. ``roger.AsyncClient`` awaits the same
+futures for asyncio code.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import logging
 import os
-import time
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import pika
-from pika.exceptions import AMQPChannelError, AMQPConnectionError, UnroutableError
+from pika.exceptions import AMQPChannelError, AMQPConnectionError
 
+from roger.broker import enqueue_flow as flow
 from roger.broker import state_client
+from roger.broker.enqueue_flow import EnqueueError, EnqueueResult, JobSpec
+from roger.broker.publisher import ConnectionLost, Publish, Publisher
 from roger.broker.state_client import DuplicateJob
-from roger.core import naming, topology
+from roger.core import naming
 from roger.core import state as st
 from roger.core.jobs import JobDefinition
-from roger.core.message import JOB_NAME_RE, JobMessage, encode, new_job_id, properties
 
-log = logging.getLogger("roger.client")
+__all__ = ["Client", "DuplicateJob", "EnqueueError", "EnqueueResult", "PartitionInfo"]
+
 _RECOVERABLE = (AMQPConnectionError, AMQPChannelError, ConnectionError, OSError)
-
-
-class EnqueueError(RuntimeError):
-    """The job could not be enqueued (bad name, no such queue, broker refusal)."""
+T = TypeVar("T")
+_CLIENTS: weakref.WeakSet[Client] = weakref.WeakSet()
 
 
 @dataclass
@@ -57,28 +64,34 @@ class PartitionInfo:
         return asdict(self)
 
 
-def _definition(job: JobDefinition | str) -> tuple[str, JobDefinition | None]:
-    """A job name and, when its module imports here, its definition (for defaults)."""
-    if isinstance(job, JobDefinition):
-        return job.name, job
-    if not isinstance(job, str) or not JOB_NAME_RE.match(job):
-        raise EnqueueError(f"job must be a @roger.job function or 'module:function'; got {job!r}")
-    module, _, attr = job.partition(":")
-    try:
-        found = getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-        found = None
-    return job, found if isinstance(found, JobDefinition) else None
-
-
 class Client:
     def __init__(self, amqp_url: str, name: str | None = None) -> None:
         self.params = pika.URLParameters(amqp_url)
         # How this client shows in RabbitMQ's connection list.
         self.params.client_properties = {"connection_name": name or f"roger-client {os.getpid()}"}
-        self._conn: Any = None
-        self._ch: Any = None
-        self._declared: set[str] = set()
+        self._reset()
+        _CLIENTS.add(self)
+
+    def _reset(self) -> None:
+        """Fresh per-process state (also in a forked child: the parent's locks may be held)."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # the publisher's life
+        self._control_lock = threading.RLock()  # the blocking connection
+        self._publisher: Publisher | None = None
+        self._control_conn: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's connections without a frame on them."""
+        publisher, conn = self._publisher, self._control_conn
+        self._reset()
+        if publisher is not None:
+            publisher.abandon_in_child()
+        impl = getattr(conn, "_impl", None)
+        sock = getattr(getattr(impl, "_transport", None), "_sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def __enter__(self) -> Client:
         return self
@@ -89,28 +102,107 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if self._conn is not None and self._conn.is_open:
-            with contextlib.suppress(*_RECOVERABLE):
-                self._conn.close()
-        self._conn = self._ch = None
+        if self._pid != os.getpid():
+            self._forget_parent()
+            return
+        with self._lock:
+            publisher, self._publisher = self._publisher, None
+            pool, self._pool = self._pool, None
+        if publisher is not None:
+            publisher.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
+        with self._control_lock:
+            if self._control_conn is not None and self._control_conn.is_open:
+                with contextlib.suppress(*_RECOVERABLE):
+                    self._control_conn.close()
+            self._control_conn = None
 
-    def _channel(self) -> Any:
-        if self._ch is None or not self._ch.is_open:
-            if self._conn is None or not self._conn.is_open:
-                self._conn = pika.BlockingConnection(self.params)
-                self._declared.clear()
-            self._ch = self._conn.channel()
-            self._ch.confirm_delivery()
-        return self._ch
+    # -- the publishing connection ------------------------------------------------------
+    def _live_publisher(self) -> Publisher:
+        publisher = self._publisher
+        if publisher is not None and publisher.alive:
+            return publisher  # the common case takes no lock: 32 threads would queue on it
+        if self._pid != os.getpid():
+            self._forget_parent()
+        with self._lock:
+            if self._publisher is None or not self._publisher.alive:
+                self._publisher = Publisher(self.params).start()
+                # a client dropped without close() must not leave its thread and connection
+                weakref.finalize(self, self._publisher.close)
+            return self._publisher
 
-    def _twice(self, fn: Any) -> Any:
-        """Run ``fn(channel)``; after a connection failure, reconnect and run it once more."""
+    def _connected(self) -> bool:
+        """A live publishing connection of this process (submitting will not block)."""
+        publisher = self._publisher
+        return publisher is not None and publisher.alive
+
+    def _submit(self, publishes: list[Publish]) -> None:
         try:
-            return fn(self._channel())
-        except _RECOVERABLE:
-            self.close()
-            return fn(self._channel())
+            self._live_publisher().submit(publishes)
+        except ConnectionLost:  # it died since we looked: the next one is new
+            self._live_publisher().submit(publishes)
 
+    def _dispatch(self, actions: list[flow.Action]) -> list[Future[Any]]:
+        """Start every action of one step; publishes go to the I/O thread in one batch."""
+        publishes = [a for a in actions if isinstance(a, Publish)]
+        if publishes:
+            try:
+                self._submit(publishes)
+            except AMQPConnectionError as exc:  # each job fails (keys taken are released)
+                for p in publishes:
+                    p.future.set_exception(exc)
+        out: list[Future[Any]] = []
+        for a in actions:
+            if isinstance(a, Publish):
+                out.append(a.future)
+            else:
+                out.append(self._control_pool().submit(self._control, a.call))
+        return out
+
+    def _control_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(2, thread_name_prefix="roger-client-control")
+            return self._pool
+
+    def _run(self, steps: flow.Steps) -> list[tuple[EnqueueResult, BaseException | None]]:
+        """Drive ``steps`` in this thread, waiting on each step's futures."""
+        outcomes: list[Any] | None = None
+        try:
+            while True:
+                actions = steps.send(outcomes)  # type: ignore[arg-type]
+                futures = self._dispatch(actions)
+                if len(futures) > 1:
+                    wait(futures)  # one wake-up for the batch, not one per confirm
+                outcomes = [_outcome(f) for f in futures]
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    # -- the blocking connection --------------------------------------------------------
+    @property
+    def _conn(self) -> Any:
+        """The blocking connection, open (for the ``state_client`` helpers)."""
+        if self._pid != os.getpid():
+            self._forget_parent()
+        with self._control_lock:
+            if self._control_conn is None or not self._control_conn.is_open:
+                self._control_conn = pika.BlockingConnection(self.params)
+            return self._control_conn
+
+    def _control(self, call: Callable[[Any], T]) -> T:
+        """``call(connection)`` under the lock; after a connection failure, once more."""
+        with self._control_lock:
+            try:
+                return call(self._conn)
+            except _RECOVERABLE:
+                with contextlib.suppress(*_RECOVERABLE):
+                    if self._control_conn is not None and self._control_conn.is_open:
+                        self._control_conn.close()
+                self._control_conn = None
+                return call(self._conn)
+
+    # -- enqueue ------------------------------------------------------------------------
     def enqueue(
         self,
         partition: str,
@@ -124,108 +216,41 @@ class Client:
         A job with a queue_key first takes the key (atomic test-and-set, confirmed) and
         raises ``roger.DuplicateJob`` while another job holds it.
         """
-        naming.validate_name("partition", partition)
-        name, definition = _definition(job)
-        queue = queue or (definition.queue if definition else "default")
-        naming.validate_name("queue", queue)
-        queue_key, execution_key = definition.keys(args) if definition else (None, None)
-        msg = JobMessage(
-            id=new_job_id(),
-            name=name,
-            args=args,
-            queue=queue,
-            queue_key=queue_key,
-            execution_key=execution_key,
-            queued_at=time.time(),
-            max_execution_time=definition.max_execution_time if definition else None,
-        )
-        try:
-            body = encode(msg)
-        except (TypeError, ValueError) as exc:
-            raise EnqueueError(f"args must be JSON-serialisable: {exc}") from None
-        props = pika.BasicProperties(**properties(msg, partition))
-        target = naming.queue_name(partition, queue)
+        [(result, exc)] = self._run(flow.steps([flow.prepare(partition, job, args, queue)]))
+        if exc is not None:
+            raise exc
+        return result.job_id
 
-        def publish(ch: Any) -> None:
-            if target not in self._declared:
-                ch.queue_declare(target, durable=True, arguments=topology.main_queue_arguments())
-                self._declared.add(target)
-            ch.basic_publish("", target, body, props, mandatory=True)
+    def enqueue_many(self, partition: str, jobs: Iterable[JobSpec]) -> list[EnqueueResult]:
+        """Enqueue ``(job, args)`` or ``(job, args, queue)`` tuples, all confirmed as one
+        pipeline; one result per job, in order. Queue keys are taken first (a job whose key
+        is held, also by an earlier job of the batch, is ``duplicate``). Bad input (a bad
+        name, args that are not JSON) raises ``EnqueueError`` before anything is sent."""
+        prepared = flow.prepare_many(partition, jobs)
+        return [result for result, _ in self._run(flow.steps(prepared))] if prepared else []
 
-        if queue_key is not None:
-            taken = self._twice(
-                lambda _ch: state_client.take_queue_key(
-                    self._conn, partition, queue_key, msg.id, queue
-                )
-            )
-            if not taken:
-                raise DuplicateJob(partition, queue_key)
-        try:
-            self._twice(publish)
-        except BaseException as exc:
-            if queue_key is not None:  # the job is not there: do not keep its key
-                with contextlib.suppress(*_RECOVERABLE):
-                    self._twice(
-                        lambda _ch: state_client.release_queue_key(
-                            self._conn, partition, queue_key, msg.id
-                        )
-                    )
-            if isinstance(exc, UnroutableError):
-                raise EnqueueError(f"queue {target} does not exist") from None
-            raise
-        if queue_key is not None:
-            self._hold_key(partition, queue_key, msg.id)
-        return msg.id
-
-    def _hold_key(self, partition: str, queue_key: str, job_id: str) -> None:
-        """The job is queued: its key, taken for a minute, is held until the job leaves.
-
-        Best effort: the job is published whatever happens here; failing, the key frees
-        itself after ``QUEUE_KEY_PENDING_HOLD`` while the job may still be queued."""
-        try:
-            self._twice(
-                lambda _ch: state_client.hold_queue_key(self._conn, partition, queue_key, job_id)
-            )
-        except (*_RECOVERABLE, TimeoutError) as exc:
-            log.warning(
-                "job %s is queued but its queue_key %r could not be held (%s): "
-                "it frees itself in %.0fs",
-                job_id,
-                queue_key,
-                exc,
-                st.QUEUE_KEY_PENDING_HOLD,
-            )
-
+    # -- partition state (the blocking connection) --------------------------------------
     def cancel(self, partition: str, job_id: str) -> None:
         """Cancel a job cluster-wide: skipped if queued, killed if running; ``on_cancel``
         runs once. Remembered for 7 days, also when no worker runs now."""
         naming.validate_name("partition", partition)
-        self._twice(lambda _ch: state_client.cancel(self._conn, partition, job_id))
+        self._control(lambda conn: state_client.cancel(conn, partition, job_id))
 
     def pause(self, partition: str, queue: str) -> None:
         """Stop consuming ``queue`` on every worker (running jobs finish); persisted."""
         naming.validate_name("partition", partition)
-        self._twice(lambda _ch: state_client.set_paused(self._conn, partition, queue, True))
+        self._control(lambda conn: state_client.set_paused(conn, partition, queue, True))
 
     def resume(self, partition: str, queue: str) -> None:
         naming.validate_name("partition", partition)
-        self._twice(lambda _ch: state_client.set_paused(self._conn, partition, queue, False))
+        self._control(lambda conn: state_client.set_paused(conn, partition, queue, False))
 
     def release_queue_key(self, partition: str, queue_key: str) -> bool:
         """Free a queue key by hand (a client died between taking it and publishing)."""
         naming.validate_name("partition", partition)
         return bool(
-            self._twice(
-                lambda _ch: state_client.release_queue_key(self._conn, partition, queue_key)
-            )
+            self._control(lambda conn: state_client.release_queue_key(conn, partition, queue_key))
         )
-
-    def _count(self, name: str) -> tuple[int, int] | None:
-        try:
-            ok = self._channel().queue_declare(name, passive=True)
-        except AMQPChannelError:  # 404: the channel is closed; the next call reopens it
-            return None
-        return ok.method.message_count, ok.method.consumer_count
 
     def info(
         self,
@@ -240,32 +265,67 @@ class Client:
         they are ``("default",)`` and Roger's default retry levels.
         """
         naming.validate_name("partition", partition)
-        records = self._twice(lambda _ch: state_client.status_records(self._conn, partition))
-        learned_queues, learned_levels = st.learned_topology(records)
-        if queues is None:
-            queues = learned_queues or ("default",)
-        if retry_levels is None:
-            retry_levels = (
-                learned_levels if learned_levels is not None else naming.DEFAULT_RETRY_LEVELS
-            )
-        out: dict[str, QueueInfo] = {}
-        for queue in queues:
-            main = self._twice(lambda _ch, q=queue: self._count(naming.queue_name(partition, q)))
-            info = QueueInfo(queue=queue, exists=main is not None)
-            if main is not None:
-                info.messages, info.consumers = main
-            for s in retry_levels:
-                found = self._count(naming.retry_queue_name(partition, queue, s))
-                info.retry[s] = found[0] if found else 0
-            info.retrying = sum(info.retry.values())
-            buried = self._count(naming.buried_queue_name(partition, queue))
-            invalid = self._count(naming.invalid_queue_name(partition, queue))
-            info.buried = buried[0] if buried else 0
-            info.invalid = invalid[0] if invalid else 0
-            out[queue] = info
-        conn = self._conn
-        paused = state_client.paused_queues(conn, partition, queues)
-        for name in paused:
-            out[name].paused = True
-        workers = [st.status_view(w) for w in state_client.live_workers(conn, partition, records)]
-        return PartitionInfo(partition=partition, queues=out, paused=paused, workers=workers)
+        return self._control(lambda conn: _info(conn, partition, queues, retry_levels))
+
+
+def _outcome(future: Future[Any]) -> Any:
+    """A finished action's result, or the exception it raised (as a value)."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return exc
+
+
+def _count(conn: Any, name: str) -> tuple[int, int] | None:
+    """Messages and consumers of a queue, None if it does not exist (a passive declare)."""
+    ch = conn.channel()
+    try:
+        ok = ch.queue_declare(name, passive=True)
+    except AMQPChannelError:  # 404 closed the channel
+        return None
+    finally:
+        if ch.is_open:
+            ch.close()
+    return ok.method.message_count, ok.method.consumer_count
+
+
+def _info(
+    conn: Any,
+    partition: str,
+    queues: Sequence[str] | None,
+    retry_levels: tuple[int, ...] | None,
+) -> PartitionInfo:
+    records = state_client.status_records(conn, partition)
+    learned_queues, learned_levels = st.learned_topology(records)
+    if queues is None:
+        queues = learned_queues or ("default",)
+    if retry_levels is None:
+        retry_levels = learned_levels if learned_levels is not None else naming.DEFAULT_RETRY_LEVELS
+    out: dict[str, QueueInfo] = {}
+    for queue in queues:
+        main = _count(conn, naming.queue_name(partition, queue))
+        info = QueueInfo(queue=queue, exists=main is not None)
+        if main is not None:
+            info.messages, info.consumers = main
+        for s in retry_levels:
+            found = _count(conn, naming.retry_queue_name(partition, queue, s))
+            info.retry[s] = found[0] if found else 0
+        info.retrying = sum(info.retry.values())
+        buried = _count(conn, naming.buried_queue_name(partition, queue))
+        invalid = _count(conn, naming.invalid_queue_name(partition, queue))
+        info.buried = buried[0] if buried else 0
+        info.invalid = invalid[0] if invalid else 0
+        out[queue] = info
+    paused = state_client.paused_queues(conn, partition, queues)
+    for name in paused:
+        out[name].paused = True
+    workers = [st.status_view(w) for w in state_client.live_workers(conn, partition, records)]
+    return PartitionInfo(partition=partition, queues=out, paused=paused, workers=workers)
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_CLIENTS):
+        client._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
