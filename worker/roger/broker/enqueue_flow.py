@@ -184,17 +184,15 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
     # 1. queue keys
     taken: set[int] = set()
     keyed = [i for i, j in enumerate(jobs) if j.message.queue_key is not None]
-    if keyed:
-        takes: list[Action] = [_take(jobs[i]) for i in keyed]
-        outcomes = yield takes
-        for i, out in zip(keyed, outcomes, strict=True):
-            key = str(jobs[i].message.queue_key)
-            if isinstance(out, BaseException):
-                refuse(i, out)
-            elif out == jobs[i].message.id:
-                taken.add(i)
-            else:
-                refuse(i, state_client.DuplicateJob(jobs[i].partition, key, out))
+    for i in keyed:  # one at a time, in order: of two jobs with one key, the first wins
+        [out] = yield [_take(jobs[i])]
+        key = str(jobs[i].message.queue_key)
+        if isinstance(out, BaseException):
+            refuse(i, out)
+        elif out == jobs[i].message.id:
+            taken.add(i)
+        else:
+            refuse(i, state_client.DuplicateJob(jobs[i].partition, key, out))
 
     # 2. the jobs
     pending = [i for i in range(len(jobs)) if i not in done]
