@@ -2,10 +2,11 @@
 
 ``FakeLoop`` runs callbacks on a virtual clock; ``FakeLink`` and ``FakeChannel`` stand for
 the AMQP connection (deliveries in, acks, nacks and confirmed publishes out);
-``FakePartitionState`` for partition state in RabbitMQ; ``FakeJobProcess`` for a job
-process (the test answers with frames, or kills it). ``Rig`` wires a real ``Worker`` to all
-of them. The same behaviours are proven on the real broker and real processes by the
-integration tests: these add reach (exact interleavings) and speed.
+``roger.broker.fake_state`` for partition state in RabbitMQ (its answers come on the fake
+loop, as the broker's would); ``FakeJobProcess`` for a job process (the test answers with
+frames, or kills it). ``Rig`` wires a real ``Worker`` to all of them. The same
+behaviours are proven on the real broker and real processes by the integration tests:
+these add reach (exact interleavings) and speed.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any
 
 import pika
 
+from roger.broker.fake_state import FakePartitionState, FakeStateBroker
 from roger.core import frames
-from roger.core import state as st
 from roger.core.config import WorkerConfig
 from roger.core.jobs import JobRegistry
 from roger.worker.edges import Edges
@@ -181,100 +182,6 @@ class FakeLink:
         pass
 
 
-class FakePartitionState:
-    """Partition state with locks, waiting rooms, keys, cancels and pauses in memory."""
-
-    def __init__(
-        self,
-        partition: str,
-        queues: list[str],
-        on_ready: Callable[[], None],
-        on_cancel: Callable[[str], None],
-        on_pause: Callable[[str, bool], None],
-    ) -> None:
-        self.queues = queues
-        self.on_ready, self.on_cancel, self.on_pause = on_ready, on_cancel, on_pause
-        self.ready = False
-        self.generation = 0
-        self.conn: Any = None
-        self.ident = "fake-worker"
-        self.held: dict[str, str] = {}  # execution key -> job id
-        self.waiting: dict[str, list[bytes]] = {}  # execution key -> parked bodies
-        self.lock_requests: list[tuple[str, str, Callable[[bool], None]]] = []
-        self.queue_keys_released: list[tuple[str, str]] = []
-        self.cancelled: set[str] = set()
-        self.cancels_handled: set[str] = set()
-        self.paused: set[str] = set()
-        self.statuses: list[st.WorkerStatus] = []
-        self.control = SimpleNamespace(cancelled=self.cancelled)
-        self.pause = SimpleNamespace(paused_queues=lambda: sorted(self.paused))
-        self.answer_locks = True  # False: lock requests wait for ``grant_locks``
-
-    def attach(self, conn: Any) -> None:
-        self.conn, self.ready, self.generation = conn, True, self.generation + 1
-        self.on_ready()
-
-    def detach(self) -> None:
-        self.conn, self.ready = None, False
-        self.held.clear()  # exclusive lock queues die with the connection
-
-    def waiting_for(self) -> str:
-        return "" if self.ready else "attach"
-
-    def is_cancelled(self, job_id: str) -> bool:
-        return job_id in self.cancelled
-
-    def cancel_handled(self, job_id: str) -> bool:
-        return job_id in self.cancels_handled
-
-    def cancel_done(self, job_id: str) -> None:
-        self.cancels_handled.add(job_id)
-
-    def is_paused(self, queue: str) -> bool:
-        return queue in self.paused
-
-    def try_lock(self, key: str, job_id: str, done: Callable[[bool], None]) -> None:
-        self.lock_requests.append((key, job_id, done))
-        if self.answer_locks:
-            self.grant_locks()
-
-    def grant_locks(self) -> None:
-        requests, self.lock_requests = self.lock_requests, []
-        for key, job_id, done in requests:
-            free = key not in self.held
-            if free:
-                self.held[key] = job_id
-            done(free)
-
-    def unlock(self, key: str) -> None:
-        self.held.pop(key, None)
-
-    def park(self, key: str, body: bytes, props: Any, done: Callable[[bool], None]) -> None:
-        self.waiting.setdefault(key, []).append(body)
-        done(True)
-
-    def recheck(self, key: str) -> None:
-        pass
-
-    def release_next(self, key: str) -> None:
-        self.held.pop(key, None)
-
-    def release_queue_key(self, key: str, job_id: str) -> None:
-        self.queue_keys_released.append((key, job_id))
-
-    def publish_status(self, status: st.WorkerStatus) -> None:
-        self.statuses.append(status)
-
-    # -- what other replicas or clients do ------------------------------------------
-    def cancel(self, job_id: str) -> None:
-        self.cancelled.add(job_id)
-        self.on_cancel(job_id)
-
-    def set_paused(self, queue: str, paused: bool) -> None:
-        (self.paused.add if paused else self.paused.discard)(queue)
-        self.on_pause(queue, paused)
-
-
 class FakeJobProcess:
     """A job process the test speaks for: it receives frames and answers with frames."""
 
@@ -359,6 +266,7 @@ class Rig:
     callbacks: tuple[Any, ...] = ()
     retry_levels: tuple[int, ...] = (1, 2)
     loop: FakeLoop = field(default_factory=FakeLoop)
+    held_answers: list[Callable[[], None]] | None = None  # a list: partition state is slow
 
     def __post_init__(self) -> None:
         config = WorkerConfig(
@@ -377,10 +285,11 @@ class Rig:
             self.processes.append(proc)
             return proc
 
+        self.partition = FakeStateBroker("p")  # what other replicas and clients see
         self.states: list[FakePartitionState] = []
 
         def make_state(*args: Any, **kwargs: Any) -> FakePartitionState:
-            state = FakePartitionState(*args, **kwargs)
+            state = FakePartitionState(*args, broker=self.partition, defer=self.defer, **kwargs)
             self.states.append(state)
             return state
 
@@ -392,6 +301,19 @@ class Rig:
         )
         self.worker = Worker(config, "amqp://fake", JobRegistry([basic]), edges=edges)
         self.worker.run()  # the fake loop returns at once: start-up callbacks are queued
+
+    def defer(self, answer: Callable[[], None]) -> None:
+        """Partition state answers on the next loop turn, or later while ``held``."""
+        if self.held_answers is not None:
+            self.held_answers.append(answer)
+        else:
+            self.loop.call_later(0, answer)
+
+    def release_answers(self) -> None:
+        answers, self.held_answers = self.held_answers or [], None
+        for answer in answers:
+            self.loop.call_later(0, answer)
+        self.loop.run()
 
     @property
     def link(self) -> FakeLink:

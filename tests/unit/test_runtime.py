@@ -132,10 +132,10 @@ def test_pause_requeues_waiting_jobs_and_frees_the_execution_keys_they_hold() ->
     rig.enqueue("busy")  # takes the only slot
     rig.enqueue("keyed", execution_key="k")
     assert rig.state.held == {"k": "keyed"}
-    rig.state.set_paused("default", True)
+    rig.partition.set_paused("default", True)
     rig.loop.run()
     assert rig.channel().nacks == [2]
-    assert rig.state.held == {}
+    assert rig.state.held == {} and rig.partition.locks == {}
     rig.succeed("busy")  # running jobs finish and are acked while paused
     assert rig.channel().acked() == {1}
 
@@ -143,13 +143,12 @@ def test_pause_requeues_waiting_jobs_and_frees_the_execution_keys_they_hold() ->
 def test_a_lock_granted_after_a_pause_does_not_run_the_job() -> None:
     rig = Rig(queues={"default": 2}, job_processes=1)
     rig.up()
-    rig.state.answer_locks = False
+    rig.held_answers = []  # the lock's answer is late
     rig.enqueue("keyed", execution_key="k")
-    rig.state.set_paused("default", True)
-    rig.state.grant_locks()
-    rig.loop.run()
+    rig.partition.set_paused("default", True)
+    rig.release_answers()  # the pause is folded, then the lock is granted
     assert rig.alive()[0].runs() == []
-    assert rig.channel().nacks == [1] and rig.state.held == {}
+    assert rig.channel().nacks == [1] and rig.state.held == {} and rig.partition.locks == {}
 
 
 def test_a_busy_execution_key_sends_the_job_to_its_waiting_room() -> None:
@@ -157,10 +156,12 @@ def test_a_busy_execution_key_sends_the_job_to_its_waiting_room() -> None:
     rig.up()
     rig.enqueue("first", execution_key="k")
     rig.enqueue("second", execution_key="k")
-    assert len(rig.state.waiting["k"]) == 1
+    assert rig.partition.waiting_count("k") == 1
     assert rig.channel().acked() == {2}  # safe in the waiting room
     rig.succeed("first")
     assert rig.state.held == {}
+    assert rig.partition.waiting_count("k") == 0  # moved back to its queue for its turn
+    assert len(rig.partition.queue_bodies("default")) == 1
 
 
 def test_cancel_of_a_running_job_runs_on_cancel_once_and_acks() -> None:
@@ -169,11 +170,11 @@ def test_cancel_of_a_running_job_runs_on_cancel_once_and_acks() -> None:
     rig.enqueue("a")
     rig.enqueue("b")
     [proc] = rig.alive()
-    rig.state.cancel("a")
+    rig.partition.cancel("a")
     rig.loop.run()
     assert proc.cause == "cancel"
     assert rig.channel().acked() == {1} and rig.channel().nacks == [2]
-    assert rig.state.cancels_handled == {"a"}
+    assert rig.state.cancel_handled("a")
     assert rig.link.unconfirmed_publishes == []
 
 
