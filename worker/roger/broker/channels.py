@@ -28,22 +28,45 @@ MAX_ONE_SHOT = 32  # one-shot channels open at once on one connection
 
 
 class Confirms:
-    """Publisher confirms of one confirm-mode channel."""
+    """Publisher confirms of one confirm-mode channel.
 
-    def __init__(self, channel: Any) -> None:
+    Every publish is ``mandatory``: RabbitMQ confirms a message that no queue took (the
+    queue does not exist) and drops it, unless it is returned first. A returned publish is
+    told ``False``, as a refused one, so that its source is never acknowledged for a
+    message that sits nowhere. ``on_unroutable`` hears of each return.
+    """
+
+    def __init__(
+        self, channel: Any, on_unroutable: Callable[[str], None] = lambda _q: None
+    ) -> None:
         self.channel = channel
         self._seq = 0
         self._waiting: dict[int, Confirm] = {}  # delivery tag -> callback, in tag order
+        self._targets: dict[int, tuple[str, Any]] = {}  # tag -> (routing key, message id)
+        self._returned: set[int] = set()
+        self._on_unroutable = on_unroutable
+        channel.add_on_return_callback(self._on_return)
 
     def publish(self, routing_key: str, body: bytes, props: Any, done: Confirm) -> bool:
         """Publish to the default exchange; False (and ``done`` never called) if the
         channel is closed."""
         if not self.channel.is_open:
             return False
-        self.channel.basic_publish("", routing_key, body, props)
+        self.channel.basic_publish("", routing_key, body, props, mandatory=True)
         self._seq += 1
         self._waiting[self._seq] = done
+        self._targets[self._seq] = (routing_key, getattr(props, "message_id", None))
         return True
+
+    def _on_return(self, _ch: Any, method: Any, props: Any, _body: bytes) -> None:
+        """A return comes before the confirm of its message: mark the oldest waiting
+        publish with the same routing key and message id."""
+        target = (method.routing_key, getattr(props, "message_id", None))
+        for tag, sent in self._targets.items():
+            if sent == target and tag not in self._returned:
+                self._returned.add(tag)
+                break
+        self._on_unroutable(method.routing_key)
 
     def published(self, routing_key: str, body: bytes, props: Any) -> Step:
         """A step answered with True once the broker confirmed, False if it did not."""
@@ -68,7 +91,10 @@ class Confirms:
         else:
             tags = [tag] if tag in self._waiting else []
         for t in tags:
-            self._waiting.pop(t)(ok)
+            self._targets.pop(t, None)
+            returned = t in self._returned
+            self._returned.discard(t)
+            self._waiting.pop(t)(ok and not returned)
 
     def pending(self) -> int:
         return len(self._waiting)
@@ -76,6 +102,8 @@ class Confirms:
     def fail_all(self) -> None:
         """The channel is gone: every publish not confirmed is told False."""
         waiting, self._waiting = self._waiting, {}
+        self._targets.clear()
+        self._returned.clear()
         for done in waiting.values():
             done(False)
 

@@ -118,9 +118,16 @@ class Link:
     # -- publish channel and topology -------------------------------------------------
     def _pub_opened(self, channel: Any) -> None:
         self.pub = channel
-        confirms = self._confirms = Confirms(channel)
+        confirms = self._confirms = Confirms(channel, self._unroutable)
         channel.add_on_close_callback(self._channel_closed)
         channel.confirm_delivery(ack_nack_callback=confirms.on_confirm, callback=self._declare)
+
+    def _unroutable(self, queue: str) -> None:
+        """A publish found no queue (deleted under us): its source stays unacked, and a
+        new connection declares the topology again."""
+        log.error("publish to %s returned: no such queue; reconnecting to re-declare", queue)
+        if self.conn is not None and self.conn.is_open and not self.closing:
+            self.conn.close()
 
     def _declare(self, _frame: Any) -> None:
         left = [len(self.declarations)]
