@@ -23,8 +23,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import pika
+
 from roger.broker.state import PartitionState
-from roger.core import frames
+from roger.core import envelope, frames
 from roger.core import state as st
 from roger.core.message import JobMessage
 from roger.worker.tasks import HookTask, QueueState, Task
@@ -109,7 +111,8 @@ class PartitionFeatures:
             else:
                 self.w._requeue(task)
 
-        self.state.park(key, task.body, task.props, parked)
+        props = pika.BasicProperties(**envelope.kept_properties(task.props))
+        self.state.park(key, task.body, props, parked)
 
     def finished(self, task: Task, leaving: bool) -> None:
         """The job's outcome is decided (``leaving``: it will not run again)."""

@@ -25,7 +25,7 @@ from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
 from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
-from roger.core.message import InvalidMessage, decode
+from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body
 from roger.core.settle import Retry, on_failure
 from roger.worker.link import Link
 from roger.worker.outbox import Outbox, sample_queues
@@ -348,17 +348,19 @@ class Worker(JobProcesses):
             q.tracker.forget(tag)
             return
         try:
-            msg = decode(body)
+            msg, job_body = decode_body(body)
         except InvalidMessage as exc:
             self._park(q, tag, q.gen, props, body, exc.reason, exc.detail)
             return
-        found = self.registry.lookup(msg.name)
+        # A job names the queue it lives in (a waiting room sends it back there).
+        found = self.registry.lookup(msg.name) if msg.queue == q.name else WRONG_QUEUE
         if not isinstance(found, JobDefinition):
             self.features.parked(msg, q.gen)
-            self._park(q, tag, q.gen, props, body, found, f"job {msg.name!r}")
+            detail = f"job {msg.name!r} of queue {msg.queue!r}"
+            self._park(q, tag, q.gen, props, body, found, detail)
             return
         bury = not isinstance(on_failure(found.retryable, msg.retry_count, self.levels), Retry)
-        task = Task(next(self.keys), q, tag, q.gen, msg, body, props, found, bury)
+        task = Task(next(self.keys), q, tag, q.gen, msg, job_body, props, found, bury)
         if not self.features.intercept(task):  # cancelled, paused or keyed: handled there
             self._accept(task)
 
