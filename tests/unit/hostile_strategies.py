@@ -43,13 +43,19 @@ def job_fields(draw: st.DrawFn) -> dict[str, Any]:
     """A job object whose fields are each right, wrong or missing."""
     right: dict[str, Any] = {
         "id": draw(st.text(min_size=1, max_size=140)),
-        "name": draw(st.sampled_from(["m.x:f", "tests.jobs.basic:noop", "os:system", "a" * 300 + ":f", "nope"])),
+        "name": draw(
+            st.sampled_from(
+                ["m.x:f", "tests.jobs.basic:noop", "os:system", "a" * 300 + ":f", "nope"]
+            )
+        ),
         "args": draw(JSON_VALUES),
         "queue": draw(st.sampled_from(["default", "", "mail", "x" * 300])),
         "queue_key": draw(st.one_of(st.none(), st.text(max_size=10))),
         "execution_key": draw(st.one_of(st.none(), st.text(max_size=10))),
         "retry_count": draw(st.one_of(st.integers(min_value=0), st.integers())),
-        "queued_at": draw(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers())),
+        "queued_at": draw(
+            st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers())
+        ),
         "max_execution_time": draw(st.one_of(st.none(), st.floats(0, 1e9), st.integers())),
     }
     out: dict[str, Any] = {}
@@ -101,9 +107,7 @@ _FIXED_SIZES = {b"b": 1, b"B": 1, b"U": 2, b"u": 2, b"s": 2, b"I": 4, b"i": 4, b
 
 def _raw_leaf() -> st.SearchStrategy[bytes]:
     fixed = st.sampled_from(sorted(_FIXED_SIZES)).flatmap(
-        lambda k: st.binary(min_size=_FIXED_SIZES[k], max_size=_FIXED_SIZES[k]).map(
-            lambda b: k + b
-        )
+        lambda k: st.binary(min_size=_FIXED_SIZES[k], max_size=_FIXED_SIZES[k]).map(lambda b: k + b)
     )
     special_doubles = st.sampled_from([float("inf"), float("-inf"), 1e300, -1e300, 0.5]).map(
         lambda f: b"d" + struct.pack(">d", f)
