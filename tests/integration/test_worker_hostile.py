@@ -37,14 +37,7 @@ pytestmark = pytest.mark.integration
 def _connections(partition: str) -> list[tuple[str, Any]]:
     """(name, connected_at) of the broker connections of this partition's workers."""
     prefix = f"roger-worker {partition} "
-    for attempt in range(10):
-        try:
-            conns = management("/connections?columns=name,client_properties,connected_at")
-            break
-        except OSError:  # the management API answers 500 now and then on a busy machine
-            if attempt == 9:
-                raise
-            time.sleep(1)
+    conns = management("/connections?columns=name,client_properties,connected_at")
     return sorted(
         (c["name"], c.get("connected_at"))
         for c in conns
