@@ -246,20 +246,20 @@ class Broker:
                 self._channel().queue_delete(q)
 
 
-def management(path: str, method: str = "GET") -> Any:
-    """The RabbitMQ management API (guest/guest on loopback). A listing answered 500 (a
-    queue deleted while it was being listed, seen with parallel suites) is asked again."""
-    for attempt in range(3):
-        req = urllib.request.Request(MGMT + path, method=method)
-        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+def management(path: str, method: str = "GET", attempts: int = 5) -> Any:
+    """The RabbitMQ management API (guest/guest on loopback). A 5xx is asked again: the
+    API answers 500 now and then while queues come and go on a busy machine."""
+    req = urllib.request.Request(MGMT + path, method=method)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    for attempt in range(attempts):
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 body = r.read()
                 return json.loads(body) if body else None
         except urllib.error.HTTPError as exc:
-            if exc.code != 500 or method != "GET" or attempt == 2:
+            if exc.code < 500 or attempt == attempts - 1:
                 raise
-            time.sleep(0.5)
+            time.sleep(1)
     raise AssertionError("unreachable")
 
 

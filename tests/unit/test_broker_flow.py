@@ -59,8 +59,15 @@ class _Channel:
 
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.on_return: Any = None
 
-    def basic_publish(self, _ex: str, key: str, _body: bytes, _props: Any) -> None:
+    def add_on_return_callback(self, callback: Any) -> None:
+        self.on_return = callback
+
+    def basic_publish(
+        self, _ex: str, key: str, _body: bytes, _props: Any, mandatory: bool = False
+    ) -> None:
+        assert mandatory, "every confirmed publish is mandatory"
         self.sent.append(key)
 
 
@@ -84,3 +91,21 @@ def test_confirms_match_acks_and_nacks_to_publishes_in_order() -> None:
     ch.is_open = False
     assert not c.publish("e", b"", None, lambda _ok: None)
     assert ch.sent == ["a", "b", "c", "d"]
+
+
+def test_a_returned_publish_is_not_confirmed_to_its_source() -> None:
+    """RabbitMQ acks a message that no queue took (after returning it, as it was
+    mandatory): its source must hear False, and the others their own answers."""
+    ch = _Channel()
+    unroutable: list[str] = []
+    c = Confirms(ch, unroutable.append)
+    told: dict[str, bool] = {}
+    for key in ("a", "gone", "b"):
+        props = SimpleNamespace(message_id=f"id-{key}")
+        assert c.publish(key, b"", props, lambda ok, k=key: told.__setitem__(k, ok))
+    ch.on_return(
+        ch, SimpleNamespace(routing_key="gone"), SimpleNamespace(message_id="id-gone"), b""
+    )
+    c.on_confirm(_frame("Basic.Ack", 3, True))
+    assert told == {"a": True, "gone": False, "b": True}
+    assert unroutable == ["gone"] and c.pending() == 0

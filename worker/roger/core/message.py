@@ -2,11 +2,16 @@
 
 Decoding checks every field, so a bad message is parked with a precise reason instead of
 crashing a worker or being redelivered forever. JSON only: a body never becomes code.
+
+``decode`` is total: any bytes give a ``JobMessage`` or ``InvalidMessage``, never another
+exception, and what it accepts can be encoded again and handed to a job process (numbers
+are finite, nesting and size are bounded), so no later step can fail on it either.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import asdict, dataclass, is_dataclass, replace
@@ -17,6 +22,11 @@ JOB_NAME_RE: Final = re.compile(
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_.]*$"
 )
 MAX_ID_LENGTH: Final = 128
+# RabbitMQ 4's default max_message_size; the job process pipe takes 64 MiB frames.
+MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+# Far below Python's recursion limit (1000), so every later parse or dump of an accepted
+# body (a retry, a job process reading its frame, a callback) has room to spare.
+MAX_DEPTH: Final = 100
 
 # Reasons a message is parked in ``.invalid`` (label values of roger_messages_parked_total).
 NOT_JSON: Final = "not_json"
@@ -25,6 +35,8 @@ MISSING_FIELD: Final = "missing_field"
 INVALID_FIELD: Final = "invalid_field"
 UNKNOWN_JOB: Final = "unknown_job"
 JOB_NOT_ALLOWED: Final = "job_not_allowed"
+TOO_LARGE: Final = "too_large"  # a body over MAX_BODY_BYTES
+WRONG_QUEUE: Final = "wrong_queue"  # its ``queue`` field is not the queue it came from
 PARK_REASONS: Final = (
     NOT_JSON,
     NOT_OBJECT,
@@ -32,6 +44,8 @@ PARK_REASONS: Final = (
     INVALID_FIELD,
     UNKNOWN_JOB,
     JOB_NOT_ALLOWED,
+    TOO_LARGE,
+    WRONG_QUEUE,
 )
 
 
@@ -92,6 +106,13 @@ def encode(msg: JobMessage) -> bytes:
     ).encode()
 
 
+def amqp_timestamp(queued_at: float) -> int:
+    """``queued_at`` as the AMQP ``timestamp`` property (an unsigned 64-bit integer)."""
+    if not math.isfinite(queued_at) or queued_at <= 0:
+        return 0
+    return min(int(queued_at), 2**64 - 1)
+
+
 def properties(msg: JobMessage, partition: str) -> dict[str, Any]:
     """AMQP properties as keyword arguments of ``pika.BasicProperties``."""
     return {
@@ -100,7 +121,7 @@ def properties(msg: JobMessage, partition: str) -> dict[str, Any]:
         "message_id": msg.id,
         "app_id": partition,
         "type": msg.name,
-        "timestamp": int(msg.queued_at),
+        "timestamp": amqp_timestamp(msg.queued_at),
     }
 
 
@@ -108,7 +129,42 @@ def _number(value: Any) -> bool:
     return type(value) in (int, float)  # JSON gives exact types; bool is not a number
 
 
-_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None when it has none (a 400-digit integer)."""
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _parse_float(text: str) -> float:
+    """``1e400`` is valid JSON but no float: refuse it rather than carry ``inf`` along."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(f"number {text[:40]} is out of range")
+    return value
+
+
+def _too_deep(data: Any) -> bool:
+    """Nesting deeper than ``MAX_DEPTH`` (iterative: deep input must not recurse here)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = value.values() if type(value) is dict else value
+        for child in children:
+            if type(child) in (dict, list):
+                stack.append((child, depth + 1))
+    return False
+
+
+_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
 _VALID_NAMES: dict[str, None] = {}  # names seen valid; the check runs once per job name
 _MAX_VALID_NAMES: Final = 4096
 
@@ -123,13 +179,17 @@ def _valid_name(name: str) -> bool:
     return True
 
 
-def _parse(body: bytes) -> Any:
-    """UTF-8 first (what clients send); json's own encoding detection (UTF-16/32, a byte
+def _parse(body: bytes) -> tuple[Any, bool]:
+    """The JSON value, and whether ``body`` is plain UTF-8 JSON (what job processes read).
+
+    UTF-8 first (what clients send); json's own encoding detection (UTF-16/32, a byte
     order mark) only when that fails, so garbage is parsed twice, valid jobs once."""
     try:
-        return _DECODER.decode(body.decode("utf-8"))
+        return _DECODER.decode(body.decode("utf-8")), True
+    except _NotFinite:
+        raise
     except ValueError:  # UnicodeDecodeError is one
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, parse_float=_parse_float), False
 
 
 def decode(body: bytes) -> JobMessage:
@@ -139,12 +199,33 @@ def decode(body: bytes) -> JobMessage:
     It runs once per delivery on the worker's loop, hence exact type checks (JSON only
     produces exact types) and a cache of valid job names.
     """
+    return decode_body(body)[0]
+
+
+def decode_body(body: bytes) -> tuple[JobMessage, bytes]:
+    """``decode``, and the body as job processes read it: plain UTF-8 JSON. That is
+    ``body`` itself for every client's message; a UTF-16/32 or BOM-prefixed one is
+    re-encoded (embedded as is in a job process's frame, it would break the pipe)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidMessage(TOO_LARGE, f"body of {len(body)} bytes > {MAX_BODY_BYTES}")
     try:
-        data = _parse(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        data, plain = _parse(body)
+    except _NotFinite as exc:
+        raise InvalidMessage(INVALID_FIELD, str(exc)) from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # UnicodeDecodeError is one
         raise InvalidMessage(NOT_JSON, str(exc)[:200]) from None
     if type(data) is not dict:
         raise InvalidMessage(NOT_OBJECT, f"body is a JSON {type(data).__name__}")
+    # A body with fewer brackets than MAX_DEPTH cannot nest deeper (the usual case: no walk).
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _too_deep(data):
+        raise InvalidMessage(INVALID_FIELD, f"nested deeper than {MAX_DEPTH} levels")
+    msg = _validate(data)
+    if not plain:
+        body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+    return msg, body
+
+
+def _validate(data: dict[str, Any]) -> JobMessage:
     try:
         ident, name, args, queue = data["id"], data["name"], data["args"], data["queue"]
     except KeyError as exc:
@@ -164,11 +245,13 @@ def decode(body: bytes) -> JobMessage:
     if type(retry_count) is not int or retry_count < 0:
         raise InvalidMessage(INVALID_FIELD, "retry_count must be an integer >= 0")
     queued_at = data.get("queued_at", 0.0)
-    if not _number(queued_at):
-        raise InvalidMessage(INVALID_FIELD, "queued_at must be a number")
+    queued_at_float = _finite(queued_at) if _number(queued_at) else None
+    if queued_at_float is None:
+        raise InvalidMessage(INVALID_FIELD, "queued_at must be a finite number")
     met = data.get("max_execution_time")
-    if met is not None and (not _number(met) or met < 1):
-        raise InvalidMessage(INVALID_FIELD, "max_execution_time must be null or >= 1")
+    met_float = _finite(met) if _number(met) else None
+    if met is not None and (met_float is None or met_float < 1):
+        raise InvalidMessage(INVALID_FIELD, "max_execution_time must be null or a number >= 1")
     return JobMessage(
         ident,
         name,
@@ -177,8 +260,8 @@ def decode(body: bytes) -> JobMessage:
         queue_key,
         execution_key,
         retry_count,
-        float(queued_at),
-        None if met is None else float(met),
+        queued_at_float,
+        met_float,
     )
 
 

@@ -7,7 +7,6 @@ rather than dropped or redelivered in a loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,11 +14,11 @@ from typing import Any
 
 import pika
 
-from roger.core import fate, naming
+from roger.core import envelope, fate, naming
 from roger.core.message import encode
 from roger.worker.ledger import Epoch
 from roger.worker.link import Link
-from roger.worker.tasks import QueueState, Task, original_properties
+from roger.worker.tasks import QueueState, Task
 from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
@@ -37,26 +36,15 @@ class Outbox:
     def failed(self, task: Task, decision: fate.Retry | fate.Bury, stack: str | None) -> None:
         """Republish a failed job: to its retry level (retry_count + 1) or to ``.buried``."""
         q, msg, error = task.queue, task.msg, decision.error
-        headers = {"x-roger-error-kind": error[0], "x-roger-error-message": error[1][:1000]}
         if isinstance(decision, fate.Retry):
             target = naming.retry_queue_name(self.partition, q.name, decision.seconds)
             body = encode(msg.retried())
+            fields = envelope.retry_properties(msg, self.partition, error)
         else:
             target = naming.buried_queue_name(self.partition, q.name)
             body = task.body
-            headers["x-roger-buried-reason"] = decision.reason
-            if stack:
-                headers["x-roger-stacktrace"] = stack[-4000:]
-        props = pika.BasicProperties(
-            delivery_mode=2,
-            content_type="application/json",
-            message_id=msg.id,
-            app_id=self.partition,
-            type=msg.name,
-            headers=headers,
-            timestamp=int(msg.queued_at),
-        )
-        self.publish(task.epoch, task.tag, target, body, props)
+            fields = envelope.burial_properties(msg, self.partition, error, stack, decision.reason)
+        self.publish(task.epoch, task.tag, target, body, pika.BasicProperties(**fields))
 
     def park(
         self,
@@ -77,27 +65,8 @@ class Outbox:
             detail,
         )
         self.telemetry.parked(q.name, reason)
-        headers = dict(getattr(props, "headers", None) or {})
-        headers.update(
-            {
-                "x-roger-invalid-reason": reason,
-                "x-roger-invalid-detail": detail[:1000],
-                "x-roger-original-queue": q.rabbit,
-                "x-roger-original-properties": json.dumps(original_properties(props)),
-                "x-roger-parked-at": int(time.time()),
-            }
-        )
-        parked = pika.BasicProperties(
-            delivery_mode=2,
-            headers=headers,
-            content_type=getattr(props, "content_type", None),
-            content_encoding=getattr(props, "content_encoding", None),
-            message_id=getattr(props, "message_id", None),
-            correlation_id=getattr(props, "correlation_id", None),
-            timestamp=getattr(props, "timestamp", None),
-            type=getattr(props, "type", None),
-            app_id=getattr(props, "app_id", None),
-        )
+        fields = envelope.parked_properties(props, reason, detail, q.rabbit, time.time())
+        parked = pika.BasicProperties(**fields)
         target = naming.invalid_queue_name(self.partition, q.name)
         self.publish(epoch, tag, target, body, parked)
 

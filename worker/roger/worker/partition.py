@@ -22,8 +22,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import pika
+
 from roger.broker.state import PartitionState
-from roger.core import fate
+from roger.core import envelope, fate
 from roger.core import state as st
 from roger.core.hooks import HookName
 from roger.core.message import JobMessage
@@ -151,7 +153,8 @@ class PartitionFeatures:
             else:
                 self.w.happened(task, fate.MoveRefused())
 
-        self.state.park(key, task.body, task.props, parked)
+        props = pika.BasicProperties(**envelope.kept_properties(task.props))
+        self.state.park(key, task.body, props, parked)
 
     def finished(self, task: Task, leaving: bool) -> None:
         """The job's fate is decided (``leaving``: it will not run again)."""

@@ -32,6 +32,9 @@ from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
 CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+# While pika decodes a burst of deliveries, hand them on in groups this big (not one write
+# per job, not only at the end of the burst): bench/RESULTS.md has the A/B (8 vs 32).
+DISPATCH_GROUP = 32
 BACKSTOP = 5.0  # seconds after the child's own watchdog should have reported
 # A job process that takes none of what is written to it for this long, or is not ready this
 # long after it started, is wedged: /healthz fails so that Kubernetes restarts the pod.
@@ -157,6 +160,9 @@ class JobPool:
             q.suspect_pending.append(task)
         else:
             q.pending.append(task)
+            if len(q.pending) >= DISPATCH_GROUP:
+                self.pump(q)  # pika may be decoding many more: let the job processes start
+                return
         self.pump_soon(q)
 
     def rerun(self, task: Task) -> None:

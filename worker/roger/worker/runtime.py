@@ -32,7 +32,7 @@ from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
 from roger.core.lifecycle import LifecycleObserver
-from roger.core.message import InvalidMessage, decode
+from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body
 from roger.worker.edges import REAL_EDGES, Edges
 from roger.worker.ledger import Epoch, Ledger
 from roger.worker.outbox import Outbox, sample_queues
@@ -43,9 +43,6 @@ from roger.worker.telemetry import NullTelemetry, Telemetry, fan_out
 
 log = logging.getLogger("roger.worker")
 SAMPLE_EVERY = 5.0
-# While pika decodes a burst of deliveries, hand them on in groups this big (not one write
-# per job, not only at the end of the burst): bench/RESULTS.md has the A/B (8 vs 32).
-DISPATCH_GROUP = 32
 WAIT_LOG_EVERY = 5.0  # while not ready, say what the worker waits for this often
 
 
@@ -390,18 +387,20 @@ class Worker:
             self.ledger.requeue(epoch, tag)
             return
         try:
-            msg = decode(body)
+            msg, job_body = decode_body(body)
         except InvalidMessage as exc:
             self.outbox.park(q, epoch, tag, props, body, exc.reason, exc.detail)
             return
-        found = self.registry.lookup(msg.name)
+        # A job names the queue it lives in (a waiting room sends it back there).
+        found = self.registry.lookup(msg.name) if msg.queue == q.name else WRONG_QUEUE
         if not isinstance(found, JobDefinition):
             self.features.parked(msg)
-            self.outbox.park(q, epoch, tag, props, body, found, f"job {msg.name!r}")
+            detail = f"job {msg.name!r} of queue {msg.queue!r}"
+            self.outbox.park(q, epoch, tag, props, body, found, detail)
             return
         facts = fate.JobFacts(found.retryable, msg.retry_count, self.levels)
         task = Task(
-            next(self.pool.keys), q, tag, epoch, msg, body, props, found, facts,
+            next(self.pool.keys), q, tag, epoch, msg, job_body, props, found, facts,
             fate.failure_hook(facts),
         )  # fmt: skip
         if not self.features.intercept(task):  # cancelled, paused or keyed: handled there

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -98,28 +97,3 @@ class HookTask:
     queue: QueueState
     hook: str
     frame: bytes
-
-
-def original_properties(props: Any) -> dict[str, Any]:
-    """The AMQP properties of a delivery as JSON-able data, kept on parked messages."""
-    out: dict[str, Any] = {}
-    for name in (
-        "content_type",
-        "content_encoding",
-        "delivery_mode",
-        "priority",
-        "correlation_id",
-        "reply_to",
-        "expiration",
-        "message_id",
-        "timestamp",
-        "type",
-        "user_id",
-        "app_id",
-    ):
-        value = getattr(props, name, None)
-        if value is not None:
-            out[name] = value
-    if getattr(props, "headers", None):
-        out["headers"] = json.loads(json.dumps(props.headers, default=str))
-    return out
