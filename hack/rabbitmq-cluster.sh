@@ -9,6 +9,7 @@
 #   down        stop all three nodes and delete their state
 #   urls        the comma-separated AMQP URLs of the three nodes (ROGER_AMQP_URL accepts them)
 #   stop-node N / start-node N   one node, for fault tests
+#   ctl N ARGS...   rabbitmqctl ARGS against node N (e.g. list_queues name leader members)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=hack/rabbitmq-lib.sh
@@ -82,5 +83,6 @@ case "${1:-}" in
   up) up ;; down) down ;; status) status ;; urls) urls ;;
   stop-node) node "${2:?node number}"; rmq_stop ;;
   start-node) node "${2:?node number}"; rmq_running || { rmq_write_config </dev/null; rmq_start; } ;;
-  *) echo "usage: $0 up|down|status|urls|stop-node N|start-node N" >&2; exit 2 ;;
+  ctl) node "${2:?node number}"; shift 2; rmq_ctl "$@" ;;
+  *) echo "usage: $0 up|down|status|urls|stop-node N|start-node N|ctl N ARGS..." >&2; exit 2 ;;
 esac

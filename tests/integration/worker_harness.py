@@ -24,9 +24,10 @@ import pika
 from prometheus_client.parser import text_string_to_metric_families
 
 from roger.core import naming
+from tests.brokers import BROKER
 
 ROOT = Path(__file__).resolve().parents[2]
-MGMT = "http://127.0.0.1:15672/api"
+MGMT = BROKER.management_api
 T = TypeVar("T")
 
 
