@@ -65,7 +65,7 @@ CONF
 
 # epmd must listen on loopback only; start it ourselves before any broker does. One epmd
 # serves every node on the machine (chrooted ones too: it is a TCP service).
-rmq_epmd() { /usr/bin/epmd -address 127.0.0.1 -daemon 9>&- 2>/dev/null || epmd -address 127.0.0.1 -daemon 9>&-; }
+rmq_epmd() { epmd -address 127.0.0.1 -daemon 9>&-; }
 
 # Start the current node in the background (its config already written) and wait for it.
 rmq_start() { rmq_launch && rmq_wait_ready; }
@@ -106,7 +106,7 @@ rmq_stop() {
 # -- RabbitMQ 4.x from a Debian 13 (trixie) root, run under chroot ----------------------------
 # The host stays bookworm: trixie packages go only into this root (never into the host), made
 # once with mmdebstrap from the mirror the host already uses, and cached across clones.
-RMQ_TOOLS_CACHE=${ROGER_TOOLS_CACHE:-${HOME:-/root}/.cache/roger-tools}
+RMQ_TOOLS_CACHE=${ROGER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/roger-tools}  # as hack/tools.sh
 RMQ_TRIXIE_ROOT=$RMQ_TOOLS_CACHE/rabbitmq-trixie
 
 # The first non-security Debian mirror in the host's apt sources (one-line or deb822 style).
@@ -146,12 +146,11 @@ rmq_trixie_root() {
   ) 8>"$RMQ_TOOLS_CACHE/rabbitmq-trixie.lock"
 }
 
-# /proc and /dev inside the root (Erlang needs both); idempotent.
+# /proc inside the root (Erlang reads it); idempotent. /dev is not bind-mounted: mmdebstrap
+# made the device nodes a node needs, and a bind-mounted /dev would let a `rm -rf` of the
+# cache delete the host's devices. Stop the nodes (down) before deleting the root.
 rmq_trixie_mount() {
-  local m
-  for m in proc dev; do
-    mountpoint -q "$RMQ_TRIXIE_ROOT/$m" || mount --bind "/$m" "$RMQ_TRIXIE_ROOT/$m"
-  done
+  mountpoint -q "$RMQ_TRIXIE_ROOT/proc" || mount --bind /proc "$RMQ_TRIXIE_ROOT/proc"
 }
 
 # Whether any process (a node, a CLI call) still runs inside the root.
@@ -163,7 +162,7 @@ rmq_trixie_in_use() {
   return 1
 }
 
-# Unmount once no process runs inside the root any more.
+# Unmount once no process runs inside the root any more (/dev: roots mounted by older scripts).
 rmq_trixie_unmount() {
   local m
   rmq_trixie_in_use && return 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start/stop RabbitMQ 4.0 (Debian 13's rabbitmq-server, Erlang 27) on 127.0.0.1:5673
 # (guest/guest), beside the host's 3.10 broker: it runs under chroot from a trixie root that
-# is built once and cached (hack/rabbitmq-lib.sh). State: /roger-state/<node> inside the root.
+# is built once and cached (hack/rabbitmq-lib.sh), with /proc bind-mounted while it runs.
+# State: /roger-state/<node> inside the root.
 # Usage: hack/rabbitmq4.sh up|down|status
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
