@@ -18,6 +18,10 @@ class BrokerTarget:
     script: str  # up|down|status, relative to the repository root
     amqp_port: int
     management_port: int
+    # The 3-node cluster of this version (hack/rabbitmq-cluster.sh): node N is
+    # f"{cluster_node_prefix}{N}@localhost" with management port cluster_management_base + N.
+    cluster_node_prefix: str
+    cluster_management_base: int
 
     @property
     def amqp_url(self) -> str:
@@ -29,8 +33,8 @@ class BrokerTarget:
 
 
 TARGETS = {
-    "3.10": BrokerTarget("3.10", "hack/rabbitmq.sh", 5672, 15672),
-    "4.0": BrokerTarget("4.0", "hack/rabbitmq4.sh", 5673, 15673),
+    "3.10": BrokerTarget("3.10", "hack/rabbitmq.sh", 5672, 15672, "roger-c", 15680),
+    "4.0": BrokerTarget("4.0", "hack/rabbitmq4.sh", 5673, 15673, "roger4-c", 15880),
 }
 
 

@@ -1,18 +1,21 @@
 """The 3-node RabbitMQ cluster of hack/rabbitmq-cluster.sh, as tests see it.
 
-Node N (1..3) is ``roger-cN@localhost`` on AMQP port 568N and management port 1568N. The
-script is the only way in: tests start, stop and query nodes with it, as a person would.
+The cluster's version follows the session's broker (tests/brokers.py): 3.10 nodes are
+``roger-cN@localhost``, 4.0 nodes ``roger4-cN@localhost``. The script is the only way in:
+tests start, stop and query nodes with it, as a person would.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from tests.brokers import BROKER
 from tests.conftest import ROOT
 
 SCRIPT = "hack/rabbitmq-cluster.sh"
@@ -23,6 +26,7 @@ def script(*args: str, timeout: float = 300) -> str:
     done = subprocess.run(
         ["bash", SCRIPT, *args],
         cwd=ROOT,
+        env={**os.environ, "ROGER_CLUSTER_RABBITMQ": BROKER.version},
         check=True,
         capture_output=True,
         text=True,
@@ -32,11 +36,11 @@ def script(*args: str, timeout: float = 300) -> str:
 
 
 def node_name(n: int) -> str:
-    return f"roger-c{n}@localhost"
+    return f"{BROKER.cluster_node_prefix}{n}@localhost"
 
 
 def node_number(name: str) -> int:
-    return int(name.split("@")[0].removeprefix("roger-c"))
+    return int(name.split("@")[0].removeprefix(BROKER.cluster_node_prefix))
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ class Cluster:
         script("start-node", str(n))
 
     def management(self, path: str, via: int) -> Any:
-        req = urllib.request.Request(f"http://127.0.0.1:{15680 + via}/api{path}")
+        port = BROKER.cluster_management_base + via
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api{path}")
         req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
