@@ -65,7 +65,15 @@ CONF
 
 # epmd must listen on loopback only; start it ourselves before any broker does. One epmd
 # serves every node on the machine (chrooted ones too: it is a TCP service).
-rmq_epmd() { epmd -address 127.0.0.1 -daemon 9>&-; }
+# Debian's /usr/sbin/rabbitmq* wrappers (even `rabbitmq-diagnostics --version`) start one on
+# every address when none runs: say so, since only stopping every node can fix it.
+rmq_epmd() {
+  epmd -address 127.0.0.1 -daemon 9>&-
+  if ss -Hltn 'sport = :4369' 2>/dev/null | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; then
+    rmq_log "WARNING: epmd listens beyond 127.0.0.1 (started outside these scripts);" \
+      "stop every RabbitMQ node, then epmd, and start again"
+  fi
+}
 
 # Start the current node in the background (its config already written) and wait for it.
 rmq_start() { rmq_launch && rmq_wait_ready; }
