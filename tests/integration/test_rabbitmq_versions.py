@@ -8,6 +8,9 @@ message forever on 3.10; 4.0 applies a default limit of 20 and drops the message
 return (no dead-letter target is set). Returns caused by a closed channel (a worker that
 stops, reconnects or pauses with unacked deliveries) count exactly like a rejection. The
 ``x-delivery-count`` header is 0 on a first delivery on 3.10 and absent on 4.0.
+``x-delivery-limit: -1`` turns the limit off on 4.0 but drops the message on its first
+return on 3.10. An explicit limit with a dead-letter target dead-letters the message with
+reason ``delivery_limit`` on both.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pika
 import pytest
 
 from tests.brokers import BROKER
+from tests.integration.worker_harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +38,12 @@ def conn(amqp_url: str) -> Iterator[pika.BlockingConnection]:
         c.close()
 
 
-def _quorum_queue_with_one_message(conn: pika.BlockingConnection, name: str) -> Any:
+def _quorum_queue_with_one_message(
+    conn: pika.BlockingConnection, name: str, **arguments: Any
+) -> Any:
     ch = conn.channel()
     ch.confirm_delivery()
-    ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum", **arguments})
     ch.basic_publish("", name, b"job", properties=pika.BasicProperties(delivery_mode=2))
     return ch
 
@@ -92,3 +98,41 @@ def test_quorum_queue_delivery_limit_by_version(
         # Default limit 20: delivered once plus 20 times more, then dropped without a trace.
         assert len(seen) == LIMIT_4_0 + 1 and not kept
         assert seen[:3] == [None, 1, 2] and seen[-1] == LIMIT_4_0
+
+
+def _nack(ch: Any, method: Any) -> None:
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    ch.close()
+
+
+def test_delivery_limit_minus_one_by_version(
+    conn: pika.BlockingConnection, unique_name: str
+) -> None:
+    _quorum_queue_with_one_message(conn, unique_name, **{"x-delivery-limit": -1}).close()
+    seen = _return_repeatedly(conn, unique_name, _nack)
+    kept = _still_queued(conn, unique_name)
+    if BROKER.version == "3.10":
+        assert len(seen) == 1 and not kept  # -1 is "no return allowed", not "no limit"
+    else:
+        assert len(seen) == RETURNS and kept  # -1 switches the default limit off
+
+
+def test_an_explicit_limit_dead_letters_with_its_reason_on_both(
+    conn: pika.BlockingConnection, unique_name: str
+) -> None:
+    dead = f"{unique_name}-dead"
+    ch = conn.channel()
+    ch.queue_declare(dead, durable=True, arguments={"x-queue-type": "quorum"})
+    limit = {"x-delivery-limit": 3, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead}
+    _quorum_queue_with_one_message(conn, unique_name, **limit).close()
+    seen = _return_repeatedly(conn, unique_name, _nack)
+    assert len(seen) == 3 + 1 and not _still_queued(conn, unique_name)
+
+    def dead_lettered() -> Any:
+        method, props, body = ch.basic_get(dead, auto_ack=True)
+        return (props, body) if method is not None else None
+
+    props, body = wait_for("the dead-lettered message", dead_lettered, timeout=10)
+    assert body == b"job"
+    assert [d["reason"] for d in props.headers["x-death"]] == ["delivery_limit"]
+    ch.queue_delete(dead)
