@@ -107,6 +107,8 @@ rmq_stop() {
   fi
   [ -n "$pid" ] || pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)
   [ -n "$pid" ] || return 0
+  # A stale pid file may name a pid reused since: only this node's beam is ours to stop.
+  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$RABBITMQ_NODENAME" || return 0
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
   kill "$pid" 2>/dev/null || true
 }
