@@ -3,13 +3,20 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The broker of the integration tier: 3.10 (the host's Debian package) or 4.0 (Debian 13's,
+# run from a trixie root: hack/rabbitmq4.sh). `make test` always uses 3.10.
+RABBITMQ ?= 3.10
+RABBITMQ_SCRIPT_3.10 := hack/rabbitmq.sh
+RABBITMQ_SCRIPT_4.0 := hack/rabbitmq4.sh
+RABBITMQ_SCRIPT := $(RABBITMQ_SCRIPT_$(RABBITMQ))
 export PATH := $(CURDIR)/.cluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv tools cluster-up cluster-down rabbitmq-up rabbitmq-down prometheus-up \
-        prometheus-down lint test test-unit test-integration test-e2e bench demo down status
+        prometheus-down lint test test-unit test-integration test-e2e bench demo down status \
+        rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
 $(PY): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +41,18 @@ rabbitmq-up: ## Start RabbitMQ on 127.0.0.1:5672 (guest/guest)
 rabbitmq-down: ## Stop RabbitMQ
 	bash hack/rabbitmq.sh down
 
+rabbitmq4-up: ## Start RabbitMQ 4.0 on 127.0.0.1:5673 (from a cached trixie root, under chroot)
+	bash hack/rabbitmq4.sh up
+
+rabbitmq4-down: ## Stop RabbitMQ 4.0
+	bash hack/rabbitmq4.sh down
+
+rabbitmq-cluster-up: ## 3-node cluster on 127.0.0.1:5681-5683 (RABBITMQ=4.0: 5691-5693)
+	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) bash hack/rabbitmq-cluster.sh up
+
+rabbitmq-cluster-down: ## Stop the 3-node cluster and delete its state (RABBITMQ=4.0 for 4.0)
+	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) bash hack/rabbitmq-cluster.sh down
+
 lint: $(PY) ## ruff, mypy and the import-linter contracts
 	$(VENV)/bin/ruff check worker operator tests bench hack
 	$(VENV)/bin/ruff format --check worker operator tests bench hack
@@ -45,6 +64,15 @@ test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integrat
 
 test-unit: $(PY) ## Unit tests only (no services)
 	$(PY) -m pytest tests -m unit
+
+test-integration: $(PY) ## Integration tier on RabbitMQ 3.10, or 4.0 with RABBITMQ=4.0
+	@test -n "$(RABBITMQ_SCRIPT)" || { echo "RABBITMQ=$(RABBITMQ): expected 3.10 or 4.0" >&2; exit 2; }
+	bash $(RABBITMQ_SCRIPT) up
+	ROGER_TEST_RABBITMQ=$(RABBITMQ) $(PY) -m pytest tests -m integration $(PYTEST_ARGS)
+
+# The cluster tests start a 4.0 cluster (ROGER_CLUSTER_RABBITMQ=4.0 hack/rabbitmq-cluster.sh).
+test-rabbitmq4: ## Integration tier on RabbitMQ 4.0 (what differs from 3.10 is asserted by tests)
+	$(MAKE) test-integration RABBITMQ=4.0
 
 bench: $(PY) rabbitmq-up ## Benchmarks (not tests): prints ratios against peers
 	$(PY) bench/run.py
@@ -61,9 +89,15 @@ prometheus-down: ## Stop Prometheus
 status: ## What is running
 	-bash hack/cluster.sh status
 	-bash hack/rabbitmq.sh status
+	-bash hack/rabbitmq4.sh status
+	-bash hack/rabbitmq-cluster.sh status
+	-ROGER_CLUSTER_RABBITMQ=4.0 bash hack/rabbitmq-cluster.sh status
 	-bash hack/prometheus.sh status
 
 down: ## Stop everything the project started
 	-bash hack/demo-down.sh
 	bash hack/cluster.sh down
+	bash hack/rabbitmq-cluster.sh down
+	ROGER_CLUSTER_RABBITMQ=4.0 bash hack/rabbitmq-cluster.sh down
+	bash hack/rabbitmq4.sh down
 	bash hack/rabbitmq.sh down

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.brokers import BROKER
+
 ROOT = Path(__file__).resolve().parents[1]
-AMQP_URL = os.environ.get("ROGER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+AMQP_URL = os.environ.get("ROGER_TEST_AMQP_URL", BROKER.amqp_url)
 
 
 def _run(*cmd: str) -> None:
@@ -24,8 +26,8 @@ def _run(*cmd: str) -> None:
 
 @pytest.fixture(scope="session")
 def amqp_url() -> str:
-    """A running local RabbitMQ; started once per session by hack/rabbitmq.sh."""
-    _run("bash", "hack/rabbitmq.sh", "up")
+    """A running local RabbitMQ (3.10, or 4.0: tests/brokers.py); started once per session."""
+    _run("bash", BROKER.script, "up")
     return AMQP_URL
 
 

@@ -16,11 +16,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.brokers import BROKER
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PROMETHEUS_URL = f"http://127.0.0.1:{os.environ.get('ROGER_PROMETHEUS_PORT', '9090')}"
 TARGETS = ROOT / ".cluster" / "prometheus" / "targets"
-MANAGEMENT_URL = "http://127.0.0.1:15672"
+MANAGEMENT_URL = BROKER.management_api.removesuffix("/api")  # the session's broker
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import roger
-from tests.integration import partition_support
+from tests.integration import cluster_support, partition_support
 from tests.integration.worker_harness import Broker, Workers
 
 
@@ -46,3 +46,13 @@ def partition_workers(
 def client(amqp_url: str) -> Iterator[roger.Client]:
     with roger.Client(amqp_url) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[cluster_support.Cluster]:
+    """The 3-node cluster (hack/rabbitmq-cluster.sh up); every node runs again afterwards."""
+    cluster_support.script("up", timeout=600)
+    urls = tuple(cluster_support.script("urls").strip().split(","))
+    c = cluster_support.Cluster(urls)
+    yield c
+    cluster_support.script("up", timeout=600)  # a test that stopped a node left it stopped

@@ -11,7 +11,6 @@ nonce does not come back, and drops the connection past a deadline.
 from __future__ import annotations
 
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ import roger
 from roger.broker import state_client as sc
 from roger.broker.state import PartitionState
 from roger.core import naming, topology
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.integration.partition_support import Workers, delete_queues
 
 pytestmark = pytest.mark.integration
@@ -172,12 +171,6 @@ def test_states_created_at_once_on_a_fresh_partition_all_catch_up(
 # -- real worker processes ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _readyz(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
@@ -234,7 +227,7 @@ def test_workers_started_at_once_with_the_operator_all_become_ready(
         operator = threading.Thread(
             target=_operator_like, args=(amqp_url, partition, stop), daemon=True
         )
-        ports = [_free_port() for _ in range(4)]
+        ports = [free_port() for _ in range(4)]
         try:
             operator.start()
             for port in ports:

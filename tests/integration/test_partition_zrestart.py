@@ -13,6 +13,7 @@ import pytest
 
 import roger
 from roger.broker import state_client
+from tests.brokers import BROKER
 from tests.conftest import ROOT
 from tests.helpers import eventually
 from tests.integration.partition_support import Workers, message_count
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.integration
 
 
 def _restart_broker() -> None:
-    subprocess.run(["bash", "hack/rabbitmq.sh", "down"], cwd=ROOT, check=True)
-    subprocess.run(["bash", "hack/rabbitmq.sh", "up"], cwd=ROOT, check=True)
+    subprocess.run(["bash", BROKER.script, "down"], cwd=ROOT, check=True)
+    subprocess.run(["bash", BROKER.script, "up"], cwd=ROOT, check=True)
 
 
 def test_accounting_across_worker_kills_and_a_broker_restart(

@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,9 +23,11 @@ import pika
 from prometheus_client.parser import text_string_to_metric_families
 
 from roger.core import naming
+from tests.brokers import BROKER
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-MGMT = "http://127.0.0.1:15672/api"
+MGMT = BROKER.management_api
 T = TypeVar("T")
 
 
@@ -39,12 +40,6 @@ def wait_for(what: str, fn: Callable[[], T], timeout: float = 15.0, every: float
             return last
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env(**extra: str) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from roger.core.amqp_urls import AmqpUrlError, parse_amqp_urls
 from roger.core.config import (
     ConfigError,
     WorkerConfig,
@@ -42,7 +43,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="roger", description="Roger: RabbitMQ-backed multi-tenant jobs")
-    p.add_argument("--amqp-url", default=None, help="default: $ROGER_AMQP_URL")
+    p.add_argument(
+        "--amqp-url",
+        default=None,
+        help="broker URL, or several separated by commas (failover order); "
+        "default: $ROGER_AMQP_URL",
+    )
     p.add_argument("--log-level", default=os.environ.get("ROGER_LOG_LEVEL", "INFO"))
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -116,6 +122,10 @@ def _amqp_url(opts: argparse.Namespace) -> str:
     url = opts.amqp_url or os.environ.get("ROGER_AMQP_URL")
     if not url:
         raise UsageError("no broker: pass --amqp-url or set ROGER_AMQP_URL")
+    try:
+        parse_amqp_urls(str(url))  # several addresses are allowed; refuse a malformed list here
+    except AmqpUrlError as exc:
+        raise UsageError(str(exc)) from None
     return str(url)
 
 

@@ -25,6 +25,7 @@ import pika
 import pika.exceptions
 
 from roger.core import naming, topology
+from roger.core.amqp_urls import AmqpUrlError, parse_amqp_urls
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit import pause
 
@@ -44,13 +45,22 @@ class ClaimConflict(Exception):
         self.owner = owner
 
 
+def addresses(url: str) -> tuple[str, ...]:
+    """The broker addresses in the Secret's value: one, or several for a cluster."""
+    try:
+        return parse_amqp_urls(url)
+    except AmqpUrlError:
+        return (url,)  # connecting reports what is wrong with it
+
+
 def redact(text: str, url: str) -> str:
-    """``text`` without the URL's password (or the URL itself)."""
+    """``text`` without any address's password (or the URL itself)."""
     out = text.replace(url, "<amqp-url>")
-    parsed = urllib.parse.urlparse(url)
-    for secret in {parsed.password, urllib.parse.unquote(parsed.password or "")}:
-        if secret and len(secret) >= 3:
-            out = out.replace(secret, "***")
+    for one in addresses(url):
+        parsed = urllib.parse.urlparse(one)
+        for secret in {parsed.password, urllib.parse.unquote(parsed.password or "")}:
+            if secret and len(secret) >= 3:
+                out = out.replace(secret, "***")
     return out
 
 
@@ -63,7 +73,7 @@ class _Endpoint:
 
 
 def _endpoint(url: str) -> _Endpoint:
-    p = urllib.parse.urlparse(url)
+    p = urllib.parse.urlparse(addresses(url)[0])  # the management API of the first node
     vhost = urllib.parse.unquote(p.path[1:]) if len(p.path) > 1 else "/"
     return _Endpoint(
         host=p.hostname or "localhost",
@@ -111,13 +121,16 @@ class Broker:
         conns = self._connections()
         entry = conns.get(url)
         if entry is None or entry[0].is_closed:
-            params = pika.URLParameters(url)
-            params.connection_attempts = 1
-            params.socket_timeout = self.timeout
-            params.blocked_connection_timeout = self.timeout
-            params.heartbeat = 0
-            params.client_properties = {"connection_name": "roger-operator"}
-            conn = pika.BlockingConnection(params)
+            tries = []  # pika tries each address in turn
+            for one in addresses(url):
+                params = pika.URLParameters(one)
+                params.connection_attempts = 1
+                params.socket_timeout = self.timeout
+                params.blocked_connection_timeout = self.timeout
+                params.heartbeat = 0
+                params.client_properties = {"connection_name": "roger-operator"}
+                tries.append(params)
+            conn = pika.BlockingConnection(tries)
             entry = conns[url] = [conn, conn.channel()]
         if entry[1].is_closed:
             entry[1] = entry[0].channel()

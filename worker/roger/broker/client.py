@@ -31,6 +31,7 @@ from roger.broker.publisher import ConnectionLost, Publish, Publisher
 from roger.broker.state_client import DuplicateJob
 from roger.core import naming
 from roger.core import state as st
+from roger.core.amqp_urls import parse_amqp_urls
 from roger.core.jobs import JobDefinition
 
 __all__ = ["Client", "DuplicateJob", "EnqueueError", "EnqueueResult", "PartitionInfo"]
@@ -66,9 +67,11 @@ class PartitionInfo:
 
 class Client:
     def __init__(self, amqp_url: str, name: str | None = None) -> None:
-        self.params = pika.URLParameters(amqp_url)
-        # How this client shows in RabbitMQ's connection list.
-        self.params.client_properties = {"connection_name": name or f"roger-client {os.getpid()}"}
+        # One address or several (roger.core.amqp_urls): a connection tries them in order.
+        self.addresses = [pika.URLParameters(u) for u in parse_amqp_urls(amqp_url)]
+        for params in self.addresses:
+            # How this client shows in RabbitMQ's connection list.
+            params.client_properties = {"connection_name": name or f"roger-client {os.getpid()}"}
         self._reset()
         _CLIENTS.add(self)
 
@@ -127,10 +130,21 @@ class Client:
             self._forget_parent()
         with self._lock:
             if self._publisher is None or not self._publisher.alive:
-                self._publisher = Publisher(self.params).start()
+                self._publisher = self._start_publisher()
                 # a client dropped without close() must not leave its thread and connection
                 weakref.finalize(self, self._publisher.close)
             return self._publisher
+
+    def _start_publisher(self) -> Publisher:
+        """A publishing connection to the first address that answers, in order."""
+        error: Exception | None = None
+        for params in self.addresses:
+            try:
+                return Publisher(params).start()
+            except AMQPConnectionError as exc:
+                error = exc
+        assert error is not None
+        raise error
 
     def _connected(self) -> bool:
         """A live publishing connection of this process (submitting will not block)."""
@@ -187,7 +201,7 @@ class Client:
             self._forget_parent()
         with self._control_lock:
             if self._control_conn is None or not self._control_conn.is_open:
-                self._control_conn = pika.BlockingConnection(self.params)
+                self._control_conn = pika.BlockingConnection(self.addresses)
             return self._control_conn
 
     def _control(self, call: Callable[[Any], T]) -> T:

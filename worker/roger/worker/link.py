@@ -16,6 +16,7 @@ import pika
 from pika.adapters.select_connection import SelectConnection
 
 from roger.broker.channels import Confirm, Confirms
+from roger.core.amqp_urls import parse_amqp_urls, redact
 
 log = logging.getLogger("roger.worker")
 BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
@@ -33,9 +34,15 @@ class Link:
         on_fatal: Callable[[str], None],
         name: str = "roger-worker",
     ) -> None:
-        self.params = pika.URLParameters(url)
-        # Named so that operators (and tests) can find this worker's connection.
-        self.params.client_properties = {"connection_name": name}
+        # One address or several (roger.core.amqp_urls): each attempt takes the next one, so
+        # a stopped node costs one refused connect, not a backoff.
+        urls = parse_amqp_urls(url)
+        self.addresses = [pika.URLParameters(u) for u in urls]
+        self._urls = [redact(u) for u in urls]
+        self._address = 0
+        for params in self.addresses:
+            # Named so that operators (and tests) can find this worker's connection.
+            params.client_properties = {"connection_name": name}
         self.ioloop = ioloop
         self.declarations = declarations
         self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal
@@ -49,6 +56,11 @@ class Link:
         self._confirms: Confirms | None = None  # of the publish channel ``pub``
 
     # -- connection ---------------------------------------------------------------
+    @property
+    def params(self) -> pika.URLParameters:
+        """The address of the current (or next) connection attempt."""
+        return self.addresses[self._address]
+
     def connect(self) -> None:
         self.conn = SelectConnection(
             self.params,
@@ -75,14 +87,16 @@ class Link:
             conn.close()
 
     def _open_failed(self, conn: Any, error: Exception) -> None:
-        log.warning("cannot connect to RabbitMQ: %s", error)
+        log.warning("cannot connect to RabbitMQ at %s: %s", self._urls[self._address], error)
         self._retry_later()
 
     def _retry_later(self) -> None:
         if self.closing:
             self.ioloop.stop()
             return
-        delay = BACKOFF[min(self.failures, len(BACKOFF) - 1)]
+        self._address = (self._address + 1) % len(self.addresses)
+        # The backoff grows once per round through all addresses.
+        delay = BACKOFF[min(self.failures // len(self.addresses), len(BACKOFF) - 1)]
         self.failures += 1
         self.ioloop.call_later(delay, self.connect)
 

@@ -1,0 +1,63 @@
+"""Several broker addresses: an unreachable first one never stops the worker or the operator.
+
+Runs against the single test broker (3.10 or 4.0) with a dead address in front of it; the
+3-node cluster tests (test_rabbitmq_cluster.py) prove failover between live nodes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import roger
+from roger_operator.rabbit.broker import Broker, BrokerError, redact
+from tests.integration.worker_harness import WorkerProc, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _dead_address(password: str = "guest") -> str:
+    return f"amqp://guest:{password}@127.0.0.1:{free_port()}/%2F"  # nothing listens there
+
+
+def test_the_worker_skips_an_unreachable_first_address(
+    amqp_url: str, unique_name: str, tmp_path: Path
+) -> None:
+    worker = WorkerProc(f"{_dead_address()},{amqp_url}", unique_name, tmp_path)
+    try:
+        worker.wait_ready(timeout=30)
+        assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:" in worker.output()
+    finally:
+        worker.stop()
+
+
+def test_the_operator_connects_through_the_next_address(amqp_url: str, unique_name: str) -> None:
+    broker = Broker(management_port=None)
+    try:
+        ok = broker.run(
+            f"{_dead_address()},{amqp_url}",
+            lambda ch: ch.queue_declare(unique_name, durable=True, arguments={}),
+        )
+        assert ok.method.queue == unique_name
+        broker.run(amqp_url, lambda ch: ch.queue_delete(unique_name))
+    finally:
+        broker.close()
+
+
+def test_operator_errors_hide_the_password_of_every_address() -> None:
+    urls = f"{_dead_address('first-secret')},{_dead_address('second-secret')}"
+    broker = Broker(management_port=None, timeout=2)
+    with pytest.raises(BrokerError) as info:
+        broker.run(urls, lambda ch: None)
+    text = str(info.value) + redact(f"x {urls} y first-secret second-secret", urls)
+    assert "first-secret" not in text and "second-secret" not in text
+
+
+def test_the_client_skips_an_unreachable_first_address(
+    amqp_url: str, unique_name: str, broker: Any
+) -> None:
+    with roger.Client(f"{_dead_address()},{amqp_url}") as client:
+        client.enqueue(unique_name, "tests.jobs.basic:ok", {"n": 1})
+    assert broker.count(f"{unique_name}-default") == 1

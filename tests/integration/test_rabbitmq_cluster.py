@@ -1,0 +1,139 @@
+"""The 3-node cluster: replicated queues keep confirmed messages, and the worker fails over.
+
+The cluster (hack/rabbitmq-cluster.sh) runs beside the single test broker; these tests
+start it themselves. Nodes stopped by a test are started again before the next test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+import roger
+from tests.helpers import eventually
+from tests.integration.cluster_support import NODES, Cluster, node_name, node_number
+from tests.integration.worker_harness import WorkerProc, read_lines, wait_for
+from tests.jobs import basic
+
+pytestmark = pytest.mark.integration
+
+ALL = sorted(node_name(n) for n in NODES)
+
+
+@pytest.fixture
+def cluster(rabbitmq_cluster: Cluster) -> Iterator[Cluster]:
+    yield rabbitmq_cluster
+    for n in NODES:  # a node a test stopped runs again for the next test
+        rabbitmq_cluster.start_node(n)
+
+
+def _channel(url: str) -> tuple[pika.BlockingConnection, Any]:
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    return conn, ch
+
+
+def test_quorum_queues_and_streams_get_a_member_on_every_node(
+    cluster: Cluster, unique_name: str
+) -> None:
+    conn, ch = _channel(cluster.url(2))  # declared through one node only
+    try:
+        quorum, stream = f"{unique_name}-q", f"{unique_name}-s"
+        ch.queue_declare(quorum, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
+        for name, kind in ((quorum, "quorum"), (stream, "stream")):
+
+            def replicated(name: str = name) -> dict[str, object] | None:
+                q = cluster.queue(name, via=3)
+                return q if sorted(q["online"]) == ALL else None
+
+            q = wait_for(f"{kind} {name} online on all nodes", replicated, timeout=60, every=1)
+            assert q["type"] == kind
+            assert sorted(q["members"]) == ALL
+            assert q["leader"] in ALL
+        ch.queue_delete(quorum)
+        ch.queue_delete(stream)
+    finally:
+        conn.close()
+
+
+def test_a_confirmed_message_survives_stopping_the_queue_leader(
+    cluster: Cluster, unique_name: str
+) -> None:
+    conn, ch = _channel(cluster.url(1))
+    ch.queue_declare(unique_name, durable=True, arguments={"x-queue-type": "quorum"})
+    conn.close()
+    leader = node_number(str(cluster.queue(unique_name)["leader"]))
+    # Published through the leader itself, confirmed, and then the leader goes away.
+    conn, ch = _channel(cluster.url(leader))
+    ch.basic_publish(
+        "",
+        unique_name,
+        b"kept",
+        properties=pika.BasicProperties(delivery_mode=2),
+        mandatory=True,
+    )  # returns only once the broker confirmed it (confirm_delivery)
+    conn.close()
+    cluster.stop_node(leader)
+    survivor = next(n for n in NODES if n != leader)
+    moved = wait_for(
+        "a new leader",
+        lambda: (
+            (cluster.queue(unique_name, via=survivor)["leader"] or "")
+            not in ("", node_name(leader))
+        ),
+        timeout=60,
+        every=1,
+    )
+    assert moved
+    conn, ch = _channel(cluster.url(survivor))
+    try:
+        method, _props, body = ch.basic_get(unique_name, auto_ack=True)
+        assert method is not None and body == b"kept"
+        ch.queue_delete(unique_name)
+    finally:
+        conn.close()
+
+
+def _worker_node(cluster: Cluster, worker_pid: int, via: int) -> int | None:
+    """The node holding the worker's connection (its name ends with the worker's pid)."""
+    for c in cluster.management("/connections?columns=name,node,client_properties", via):
+        name = (c.get("client_properties") or {}).get("connection_name", "")
+        if name.startswith("roger-worker ") and name.endswith(f" {worker_pid}"):
+            return node_number(c["node"])
+    return None
+
+
+def test_the_worker_given_every_node_fails_over_when_its_node_stops(
+    cluster: Cluster, unique_name: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    worker = WorkerProc(cluster.url_list, unique_name, tmp_path, queues=["default=1"])
+    try:
+        worker.wait_ready(timeout=60)
+        pid = worker.proc.pid
+        first = wait_for("the worker's connection", lambda: _worker_node(cluster, pid, 1), 30)
+        with roger.Client(cluster.url(first)) as client:
+            client.enqueue(unique_name, basic.ok, {"n": 1, "out": str(out)})
+        wait_for("job 1 done", lambda: len(read_lines(out)) == 1, timeout=30)
+
+        cluster.stop_node(first)
+        survivor = next(n for n in NODES if n != first)
+        second = wait_for(
+            "the worker on another node",
+            lambda: _worker_node(cluster, pid, survivor),
+            timeout=90,
+            every=1,
+        )
+        assert second != first
+        with roger.Client(cluster.url(survivor)) as client:
+            client.enqueue(unique_name, basic.ok, {"n": 2, "out": str(out)})
+        eventually(lambda: [line[1] for line in read_lines(out)] == ["1", "2"], timeout=60)
+        assert worker.proc.poll() is None  # the same process, never restarted
+    finally:
+        worker.stop()
