@@ -343,6 +343,14 @@ class Rig:
         self.loop.run()
         return tag
 
+    def requeued(self, queue: str = "default") -> list[str]:
+        """Ids of the fresh copies put back into ``queue`` (not yet confirmed)."""
+        return [
+            json.loads(p.body)["id"]
+            for p in self.link.unconfirmed_publishes
+            if p.routing_key == f"p-{queue}"
+        ]
+
     def process_of(self, job_id: str) -> FakeJobProcess:
         return next(p for p in self.alive() if any(t.msg.id == job_id for t in _jobs(p)))
 

@@ -73,6 +73,14 @@ def test_success_cancel_and_refusal() -> None:
     assert fate.decide(fate.Refused("unknown_job"), facts()) == fate.Park("unknown_job")
 
 
+def test_a_job_delivered_too_often_without_an_outcome_is_buried() -> None:
+    assert not fate.too_many_deliveries(fate.MAX_DELIVERIES - 1)
+    assert fate.too_many_deliveries(fate.MAX_DELIVERIES)
+    got = fate.decide(fate.DeliveredTooOften(12), facts(retryable=False))
+    assert isinstance(got, fate.Bury) and got.reason == fate.DELIVERY_LIMIT
+    assert got.hook == "on_buried" and fate.MAX_DELIVERIES < 20  # RabbitMQ 4's default
+
+
 def _every_happened() -> list[fate.Happened]:
     samples: dict[type, list[fate.Happened]] = {
         fate.Succeeded: [fate.Succeeded()],
@@ -87,6 +95,7 @@ def _every_happened() -> list[fate.Happened]:
         fate.ShuttingDown: [fate.ShuttingDown()],
         fate.MoveRefused: [fate.MoveRefused()],
         fate.ConnectionLost: [fate.ConnectionLost()],
+        fate.DeliveredTooOften: [fate.DeliveredTooOften(fate.MAX_DELIVERIES)],
     }
     assert set(samples) == set(typing.get_args(fate.Happened)), "a new Happened needs a sample"
     return [h for hs in samples.values() for h in hs]
@@ -101,5 +110,8 @@ def test_the_table_is_total_and_every_fate_has_at_most_one_hook() -> None:
         assert isinstance(decided, typing.get_args(fate.Fate))
         hook = getattr(decided, "hook", None)
         assert hook in (None, "after_run", "on_error", "on_buried", "on_cancel")
-        if hook == "on_buried":  # only a retryable job that failed its whole sequence
-            assert retryable and count >= len(LEVELS)
+        if hook == "on_buried":  # a retryable job that failed its whole sequence, or
+            # a job delivered too often without an outcome (it never ran to the end)
+            assert (retryable and count >= len(LEVELS)) or isinstance(
+                happened, fate.DeliveredTooOften
+            )

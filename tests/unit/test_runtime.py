@@ -118,10 +118,14 @@ def test_a_job_past_its_deadline_is_retried_and_its_bystanders_requeued() -> Non
     proc.say(frames.Late(proc.key_of("slow"), "job", ""))
     rig.loop.run()
     assert proc.cause == "timeout"
-    assert rig.channel().nacks == [2]  # the bystander, uncharged
-    [publish] = rig.link.unconfirmed_publishes
-    assert publish.routing_key == "p-default.retry.1"
-    assert publish.props.headers["x-roger-error-kind"] == "timeout"
+    assert rig.requeued() == ["other"]  # the bystander: a fresh copy, uncharged
+    [retry] = [p for p in rig.link.unconfirmed_publishes if p.routing_key != "p-default"]
+    assert retry.routing_key == "p-default.retry.1"
+    assert retry.props.headers["x-roger-error-kind"] == "timeout"
+    assert rig.channel().nacks == [] and rig.channel().acks == []
+    rig.link.confirm_all()
+    rig.loop.run()
+    assert rig.channel().acked() == {1, 2}
 
 
 def test_pause_requeues_waiting_jobs_and_frees_the_execution_keys_they_hold() -> None:
@@ -134,10 +138,13 @@ def test_pause_requeues_waiting_jobs_and_frees_the_execution_keys_they_hold() ->
     assert rig.state.held == {"k": "keyed"}
     rig.partition.set_paused("default", True)
     rig.loop.run()
-    assert rig.channel().nacks == [2]
+    assert rig.requeued() == ["keyed"]
     assert rig.state.held == {} and rig.partition.locks == {}
+    rig.link.confirm_all()
+    rig.loop.run()
+    assert rig.channel().acked() == {2}
     rig.succeed("busy")  # running jobs finish and are acked while paused
-    assert rig.channel().acked() == {1}
+    assert rig.channel().acked() == {1, 2}
 
 
 def test_a_lock_granted_after_a_pause_does_not_run_the_job() -> None:
@@ -148,7 +155,8 @@ def test_a_lock_granted_after_a_pause_does_not_run_the_job() -> None:
     rig.partition.set_paused("default", True)
     rig.release_answers()  # the pause is folded, then the lock is granted
     assert rig.alive()[0].runs() == []
-    assert rig.channel().nacks == [1] and rig.state.held == {} and rig.partition.locks == {}
+    assert rig.requeued() == ["keyed"]
+    assert rig.state.held == {} and rig.partition.locks == {}
 
 
 def test_a_busy_execution_key_sends_the_job_to_its_waiting_room() -> None:
@@ -173,9 +181,8 @@ def test_cancel_of_a_running_job_runs_on_cancel_once_and_acks() -> None:
     rig.partition.cancel("a")
     rig.loop.run()
     assert proc.cause == "cancel"
-    assert rig.channel().acked() == {1} and rig.channel().nacks == [2]
+    assert rig.channel().acked() == {1} and rig.requeued() == ["b"]
     assert rig.state.cancel_handled("a")
-    assert rig.link.unconfirmed_publishes == []
 
 
 def test_shutdown_requeues_waiting_jobs_and_waits_for_running_ones() -> None:
@@ -185,11 +192,13 @@ def test_shutdown_requeues_waiting_jobs_and_waits_for_running_ones() -> None:
     rig.enqueue("waiting")
     rig.worker.shutdown()
     rig.loop.run()
-    assert rig.channel().nacks == [2]
+    assert rig.requeued() == ["waiting"]
+    rig.link.confirm_all()
+    rig.loop.run()
     assert not rig.link.closed  # the running job may still finish
     rig.succeed("running")
     rig.loop.run()
-    assert rig.channel().acked() == {1}
+    assert rig.channel().acked() == {1, 2}
     assert rig.link.closed
 
 
@@ -223,3 +232,35 @@ def test_a_wedged_job_process_makes_the_worker_unhealthy() -> None:
     late.processes[0].started_at = -1000.0  # never said Ready
     late.loop.run(2)
     assert not late.worker.healthy()
+
+
+def test_a_job_redelivered_too_often_is_buried_with_on_buried_and_never_run() -> None:
+    """A job that kills the whole worker each time (it is redelivered, never settled)
+    ends in .buried as delivery_limit before RabbitMQ 4 would drop it: no crash loop."""
+    rig = Rig()
+    rig.up()
+    body = b'{"id":"a","name":"tests.jobs.basic:ok","args":{},"queue":"default"}'
+    rig.channel().deliver(body, headers={"x-delivery-count": 10})
+    rig.loop.run()
+    assert rig.alive()[0].runs() == []
+    [publish] = rig.link.confirm_all()
+    assert publish.routing_key == "p-default.buried"
+    assert publish.props.headers["x-roger-buried-reason"] == "delivery_limit"
+    rig.loop.run()
+    assert rig.channel().acked() == {1}
+    rig.channel().deliver(body, headers={"x-delivery-count": 9})  # below the limit: it runs
+    rig.loop.run()
+    assert [r.job["id"] for r in rig.alive()[0].runs()] == ["a"]
+
+
+def test_uncharged_requeues_are_fresh_copies_without_a_delivery_count() -> None:
+    rig = Rig(queues={"default": 1}, job_processes=1)
+    rig.up()
+    rig.enqueue("busy")
+    body = b'{"id":"w","name":"tests.jobs.basic:ok","args":{},"queue":"default"}'
+    rig.channel().deliver(body, headers={"x-delivery-count": 3, "mine": "kept"})
+    rig.loop.run()
+    rig.partition.set_paused("default", True)
+    rig.loop.run()
+    [copy] = rig.link.unconfirmed_publishes
+    assert copy.body == body and copy.props.headers == {"mine": "kept"}

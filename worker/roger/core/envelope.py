@@ -356,6 +356,16 @@ def parked_properties(
     return out
 
 
+DELIVERY_COUNT = "x-delivery-count"  # set by quorum queues on redelivery
+
+
+def delivery_count(props: Any) -> int:
+    """How often the broker delivered this message before (0 when it does not say)."""
+    headers = getattr(props, "headers", None)
+    value = headers.get(DELIVERY_COUNT) if isinstance(headers, dict) else None
+    return value if type(value) is int and value >= 0 else 0
+
+
 def kept_properties(props: Any) -> dict[str, Any]:
     """A valid job moved as it is (to its execution key's waiting room, and back): its
     properties less ``user_id`` (see ``_PARKED_SHORTSTRS``), made writable and bounded."""
@@ -371,4 +381,6 @@ def kept_properties(props: Any) -> dict[str, Any]:
         timestamp=_small_int(getattr(props, "timestamp", None), 2**64 - 1),
         headers=_kept_headers(props),
     )
+    # The broker counts deliveries itself; a copy starts again from none.
+    out["headers"].pop(DELIVERY_COUNT, None)
     return out

@@ -12,7 +12,13 @@ sequence. A job that is not retryable has no retry sequence: its failure runs
 reason ``not_retryable`` (Roger dropped it).
 
 Requeues that are not the job's fault (pause, shutdown, bystanders of a killed job
-process, a before_run hook that hung) charge no retry level.
+process, a waiting room that refused it) charge no retry level, and they put a fresh copy
+back (``Requeue``) rather than returning the delivery, so that they never count towards the
+broker's delivery limit either. What is left to count are redeliveries after a worker
+died or lost its connection with the job: a job delivered ``MAX_DELIVERIES`` times without
+an outcome (it kills the whole worker, say) is buried with ``delivery_limit`` before
+RabbitMQ 4's quorum queues (20 by default) would drop it, and no message can keep a worker
+in a crash loop.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ Error = tuple[str, str]  # (kind, message)
 # Why a message sits in ``.buried`` (header ``x-roger-buried-reason``).
 RETRIES_EXHAUSTED: Final = "retries_exhausted"
 NOT_RETRYABLE: Final = "not_retryable"
-BuriedReason = Literal["retries_exhausted", "not_retryable"]
+DELIVERY_LIMIT: Final = "delivery_limit"
+BuriedReason = Literal["retries_exhausted", "not_retryable", "delivery_limit"]
+MAX_DELIVERIES: Final = 10  # below RabbitMQ 4's default quorum-queue limit of 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,18 @@ class JobFacts:
 
 
 # -- what happened ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DeliveredTooOften:
+    """The broker delivered it ``count`` times before (``MAX_DELIVERIES`` or more), each
+    time without an outcome (see ``too_many_deliveries``)."""
+
+    count: int
+
+
+def too_many_deliveries(count: int) -> bool:
+    return count >= MAX_DELIVERIES
+
+
 @dataclass(frozen=True, slots=True)
 class Succeeded:
     """The job returned."""
@@ -112,7 +132,8 @@ class ConnectionLost:
 
 
 Happened = (
-    Succeeded
+    DeliveredTooOften
+    | Succeeded
     | Raised
     | TimedOut
     | ProcessDied
@@ -174,14 +195,16 @@ class CancelJob:
 
 @dataclass(frozen=True, slots=True)
 class Requeue:
-    """Back to the broker without charge (``basic.nack`` with requeue)."""
+    """Back to its queue without charge: a fresh copy (confirmed), then the delivery is
+    acknowledged, so the broker's delivery count starts again."""
 
     why: str
 
 
 @dataclass(frozen=True, slots=True)
 class Quarantine:
-    """Back to the broker without charge; its next run here is alone in the one-slot
+    """Back to the broker without a retry level (``basic.nack``: it counts as a delivery,
+    as it may be the one that kills processes); its next run here is alone in the one-slot
     quarantine process, where a crash names its culprit."""
 
 
@@ -218,6 +241,9 @@ def failure_hook(facts: JobFacts) -> HookName:
 def decide(happened: Happened, facts: JobFacts) -> Fate:
     """The fate of a delivery after ``happened``. Exhaustive over ``Happened``."""
     match happened:
+        case DeliveredTooOften(count=count):
+            error = ("delivery_limit", f"delivered {count} times without an outcome")
+            return Bury(DELIVERY_LIMIT, error, "on_buried")
         case Succeeded():
             return Ack()
         case Raised(error=error):

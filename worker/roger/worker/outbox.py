@@ -46,6 +46,12 @@ class Outbox:
             fields = envelope.burial_properties(msg, self.partition, error, stack, decision.reason)
         self.publish(task.epoch, task.tag, target, body, pika.BasicProperties(**fields))
 
+    def requeue(self, task: Task) -> None:
+        """Back to its own queue as a fresh copy (the broker's delivery count starts
+        again: an uncharged requeue never counts towards a delivery limit), then ack."""
+        props = pika.BasicProperties(**envelope.kept_properties(task.props))
+        self.publish(task.epoch, task.tag, task.queue.rabbit, task.body, props)
+
     def park(
         self,
         q: QueueState,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from roger.core import fate, topology
+from roger.core import envelope, fate, topology
 from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
@@ -347,7 +347,7 @@ class Worker:
                 self.features.finished(task, leaving=isinstance(decided, fate.Bury))
                 self.emit(task, decided.hook, error=decided.error, duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
-                if not isinstance(happened, fate.Raised):  # its process is gone
+                if not isinstance(happened, fate.Raised):  # not run beside the job
                     self.run_hooks(task, decided.hook, decided.error)
             case fate.Park(reason=reason):
                 self.features.finished(task, leaving=True)
@@ -358,7 +358,7 @@ class Worker:
             case fate.Requeue(why=why):
                 log.info("job %s back to its queue: %s", msg.id, why)
                 self.features.finished(task, leaving=False)
-                self.ledger.requeue(task.epoch, task.tag)
+                self.outbox.requeue(task)
             case fate.Quarantine():
                 q.suspect(msg.id)
                 self.features.finished(task, leaving=False)
@@ -403,7 +403,10 @@ class Worker:
             next(self.pool.keys), q, tag, epoch, msg, job_body, props, found, facts,
             fate.failure_hook(facts),
         )  # fmt: skip
-        if not self.features.intercept(task):  # cancelled, paused or keyed: handled there
+        count = envelope.delivery_count(props)
+        if fate.too_many_deliveries(count):  # it killed the worker that ran it, again and again
+            self.happened(task, fate.DeliveredTooOften(count))
+        elif not self.features.intercept(task):  # cancelled, paused or keyed: handled there
             self.pool.submit(task)
 
     # -- sampling ------------------------------------------------------------------
