@@ -186,3 +186,19 @@ def test_zero_max_workers_declares_but_does_not_consume(
     time.sleep(1)
     assert broker.count(idle) == 1  # nobody takes it
     assert broker.consumers(f"{unique_name}-default") == 1
+
+
+def test_a_burial_into_a_deleted_queue_is_not_acked_until_it_sits_in_one(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str
+) -> None:
+    """RabbitMQ confirms a publish that no queue took: had the worker trusted that confirm,
+    the job would be acked and gone. Returned (mandatory), it is not acked; the worker
+    re-declares its topology and the job ends in .buried after all."""
+    w = workers.start()
+    buried = f"{unique_name}-default.buried"
+    broker._channel().queue_delete(buried)
+    assert broker.count(buried) == -1
+    client.enqueue(unique_name, basic.fails_once_not_retryable, {"n": 1})
+    wait_for("buried after all", lambda: broker.count(buried) == 1, timeout=60)
+    assert broker.count(f"{unique_name}-default") == 0
+    assert w.proc.poll() is None
