@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import threading
 import time
@@ -54,6 +55,29 @@ def build(url: str, partition: str, events: int, keys: int, cancel_every: int) -
     cancelled.append("job-last")
     conn.close()
     return cancelled
+
+
+def build_checkpoint(url: str, partition: str, events: int, keys: int, cancel_every: int) -> int:
+    """What ``events`` events would fold to, as one checkpoint, and a short tail after it;
+    returns the checkpoint's size in bytes. (Publishing a million events here takes longer
+    than a benchmark may run; the start-up reads the checkpoint and the tail only.)"""
+    now = time.time()
+    folded = st.ControlState()
+    for i in range(events):
+        if cancel_every and i % cancel_every == 0:
+            folded.apply(st.cancel(f"job-{i}", now), now)
+        else:
+            folded.apply(st.wait(f"user-{i % keys}", now), now)
+    body = st.encode_checkpoint(folded)
+    build(url, partition, 100, keys, cancel_every)  # the tail: 101 events, offsets 0..100
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    name = naming.checkpoint_stream_name(partition)
+    ch.queue_declare(name, durable=True, arguments=st.checkpoint_stream_arguments())
+    ch.confirm_delivery()
+    ch.basic_publish("", name, body, pika.BasicProperties(headers={"control-offset": 0}))
+    conn.close()
+    return len(body)
 
 
 def measure(url: str, partition: str, wait: float) -> dict[str, float]:
@@ -112,9 +136,18 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the streams (for a rerun)")
     ap.add_argument("--starts", type=int, default=1, help="workers started one after another")
     ap.add_argument("--checkpoint-interval", type=float, default=0, help="seconds (0: default)")
+    ap.add_argument(
+        "--synthetic-checkpoint",
+        action="store_true",
+        help="publish the events folded into one checkpoint (and a short tail) instead",
+    )
     opts = ap.parse_args()
     partition = opts.partition or f"bench-growth-{uuid.uuid4().hex[:6]}"
-    if not opts.partition:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up when timed out
+    if opts.synthetic_checkpoint:
+        size = build_checkpoint(opts.amqp_url, partition, opts.events, opts.keys, opts.cancel_every)
+        print(f"built {partition}: a checkpoint of {opts.events} events ({size} bytes)")
+    elif not opts.partition:
         t = time.monotonic()
         cancelled = build(opts.amqp_url, partition, opts.events, opts.keys, opts.cancel_every)
         print(
