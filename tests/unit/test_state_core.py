@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from roger.core import naming
@@ -100,3 +102,17 @@ def test_status_records_tell_the_partition_topology() -> None:
     assert st.learned_topology([new, other, old]) == (("default", "mail", "reports"), (1, 3, 5))
     assert st.learned_topology([old]) == (("default",), None)
     assert st.learned_topology([]) == (None, None)
+
+
+def test_checkpoint_round_trip_rebuilds_the_folded_state_and_rejects_garbage() -> None:
+    s = st.ControlState(horizon=100)
+    s.apply(st.cancel("a", 1000), now=1000)
+    s.apply(st.cancel_done("a", 1001), now=1001)
+    s.apply(st.wait("key é", 1002), now=1002)
+    rebuilt = st.ControlState(horizon=100)
+    for ev in st.decode_checkpoint(st.encode_checkpoint(s)):
+        rebuilt.apply(ev, now=1003)
+    assert rebuilt == s
+    for bad in (b"", b"not zlib", zlib.compress(b'{"cancelled": []}')):
+        with pytest.raises(st.InvalidEvent):
+            st.decode_checkpoint(bad)

@@ -125,7 +125,6 @@ class OneShot:
         self.channel = channel
         self._on_closed = on_closed
         self._waiting: Resume | None = None
-        self._close_waiters: list[Resume] = []
         channel.add_on_close_callback(self._closed)
 
     def _closed(self, _ch: Any, reason: Any) -> None:
@@ -135,9 +134,6 @@ class OneShot:
             connection_open = bool(getattr(self.channel.connection, "is_open", False))
             code = int(getattr(reason, "reply_code", 0) or 0) if connection_open else 0
             waiting(Refused(code, str(getattr(reason, "reply_text", ""))))
-        waiters, self._close_waiters = self._close_waiters, []
-        for w in waiters:
-            w(None)
 
     def _answer(self, value: Any) -> None:
         waiting, self._waiting = self._waiting, None
@@ -181,19 +177,6 @@ class OneShot:
     def nack(self, tag: int, requeue: bool = True) -> None:
         if self.channel.is_open:
             self.channel.basic_nack(tag, requeue=requeue)
-
-    def closed(self) -> Step:
-        """Close; answered at the broker's Close-Ok, so that every frame sent before on
-        this channel (an ack, a requeue) has taken effect."""
-
-        def step(resume: Resume) -> None:
-            if self.channel.is_closed:
-                resume(None)
-                return
-            self._close_waiters.append(resume)
-            self.finish()
-
-        return step
 
     def finish(self) -> None:
         """Close without waiting (unacked messages go back to their queue)."""

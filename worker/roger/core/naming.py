@@ -106,6 +106,11 @@ def control_stream_name(partition: str) -> str:
     return f"{partition}.control"
 
 
+def checkpoint_stream_name(partition: str) -> str:
+    """Stream of checkpoints: the control stream folded up to an offset (fast start-up)."""
+    return f"{partition}.checkpoint"
+
+
 def pause_stream_name(partition: str, queue: str) -> str:
     """Stream whose last event is the pause state of one partition queue."""
     return f"{partition}.pause.{queue}"

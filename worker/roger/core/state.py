@@ -31,6 +31,13 @@ Where the state lives (see ``roger.core.naming`` for the names):
 - ``<p>-execution-waiting-<key>`` (quorum queue, ``x-expires`` = ``HORIZON``): jobs whose
   execution key was busy.
 - ``<p>.workers`` (stream, ``x-max-age`` 1 hour): worker status records for ``info``.
+- ``<p>.checkpoint`` (stream): checkpoints, each the control stream folded up to an offset
+  (header ``control-offset``). A worker starts from the last one and reads the control
+  stream from that offset on, instead of replaying up to ``HORIZON`` of events; ready
+  workers write one every ``CHECKPOINT_INTERVAL`` once ``CHECKPOINT_MIN_EVENTS`` events
+  followed the newest. A cancel is honoured for ``HORIZON`` after it was issued: it is in
+  the replayed tail or in the checkpoint, unless more than ``CONTROL_MAX_BYTES`` of events
+  (about 2 million) were written after the newest checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -53,6 +61,10 @@ PAUSE_SEGMENT_BYTES: Final = 100_000
 WORKERS_MAX_AGE: Final = "1h"
 WORKERS_MAX_BYTES: Final = 50_000_000
 WORKERS_SEGMENT_BYTES: Final = 1_000_000
+CHECKPOINT_MAX_BYTES: Final = 100_000_000
+CHECKPOINT_SEGMENT_BYTES: Final = 10_000_000
+CHECKPOINT_INTERVAL: Final = 60.0  # seconds between a worker's looks at whether to write one
+CHECKPOINT_MIN_EVENTS: Final = 1_000  # events after the newest checkpoint before a new one
 HEARTBEAT_INTERVAL: Final = 5.0  # seconds between worker status records
 HEARTBEAT_STALE: Final = 3 * HEARTBEAT_INTERVAL  # a worker silent this long is gone
 MAX_ID: Final = 128
@@ -265,6 +277,15 @@ def pause_stream_arguments() -> dict[str, Any]:
     }
 
 
+def checkpoint_stream_arguments() -> dict[str, Any]:
+    """No max-age: the last checkpoint must outlive any retention (the active segment stays)."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": CHECKPOINT_MAX_BYTES,
+        "x-stream-max-segment-size-bytes": CHECKPOINT_SEGMENT_BYTES,
+    }
+
+
 def workers_stream_arguments() -> dict[str, Any]:
     return {
         "x-queue-type": "stream",
@@ -291,6 +312,48 @@ def waiting_queue_arguments() -> dict[str, Any]:
     Unused means: not declared (workers re-declare it on every park and sweep) and not read.
     """
     return {"x-queue-type": "quorum", "x-expires": HORIZON * 1000}
+
+
+# -- checkpoints ----------------------------------------------------------------------
+
+
+def encode_checkpoint(control: ControlState) -> bytes:
+    """The folded control state, compressed (the caller records the offset it covers)."""
+    data = {
+        "v": 1,
+        "cancelled": control.cancelled,
+        "done": control.done,
+        "waiting": control.waiting,
+    }
+    return zlib.compress(json.dumps(data, separators=(",", ":")).encode(), 6)
+
+
+def decode_checkpoint(body: bytes) -> list[ControlEvent]:
+    """The events that rebuild a checkpoint's state (fold them with ``ControlState.apply``).
+
+    Raises ``InvalidEvent`` for anything malformed (the reader then replays instead)."""
+    try:
+        data = json.loads(zlib.decompress(body))
+        tables = [(kind, data[name]) for kind, name in _CHECKPOINT_TABLES]
+    except (ValueError, zlib.error, KeyError, TypeError, RecursionError) as exc:
+        raise InvalidEvent(f"not a checkpoint: {str(exc)[:100]}") from None
+    events = []
+    for kind, table in tables:
+        if not isinstance(table, dict):
+            raise InvalidEvent(f"checkpoint table {kind} is not an object")
+        for name, at in table.items():
+            if kind == "wait":
+                events.append(validate(ControlEvent("wait", at, key=name)))
+            else:
+                events.append(validate(ControlEvent(kind, at, job_id=name)))
+    return events
+
+
+_CHECKPOINT_TABLES: Final[tuple[tuple[EventType, str], ...]] = (
+    ("cancel", "cancelled"),
+    ("cancel_done", "done"),
+    ("wait", "waiting"),
+)
 
 
 # -- queue key tokens ---------------------------------------------------------------------

@@ -9,16 +9,26 @@ resolves a timestamp offset on a stream whose log is still empty (several worker
 it at once) to "the next offset", which may already lie past events being written, the
 nonce included; a confirmed nonce makes the log non-empty first. A nonce not back within
 ``SYNC_TIMEOUT`` subscribes again (folding is idempotent) with a new nonce; after
-``SYNC_ATTEMPTS`` the connection is dropped (the runtime reconnects).
+``SYNC_ATTEMPTS`` the connection is dropped (the runtime reconnects). A nonce is only
+"not back" after ``SYNC_TIMEOUT`` *without progress*: a long replay is never restarted.
+
+Start-up does not replay history that grows without bound: it first reads the last
+checkpoint of ``<p>.checkpoint`` (the control stream folded up to an offset; waiting at most
+``CHECKPOINT_READ_TIMEOUT`` for it) and subscribes from that offset, not from
+``now - HORIZON``. Ready workers write checkpoints (see ``roger.core.state``).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import random
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+import pika
 
 from roger.broker.flow import Flow, run
 from roger.broker.state.session import PERSISTENT, Session
@@ -31,6 +41,8 @@ SYNC_TIMEOUT = 10.0  # a sync nonce not back (or not confirmed) by then: subscri
 SYNC_ATTEMPTS = 3  # nonces before the connection is dropped
 RETRY_DELAY = 1.0  # before retrying a nacked nonce
 EXPIRE_INTERVAL = 600.0  # folded entries older than the horizon are dropped this often
+CHECKPOINT_READ_TIMEOUT = 1.0  # no checkpoint delivered by then: replay from the horizon
+OFFSET_HEADER = "control-offset"  # on a checkpoint: the first control offset it leaves out
 _SYNC_PREFIX = b'{"type":"sync"'
 
 
@@ -52,13 +64,89 @@ class ControlFollower:
         self._nonce: str | None = None  # the nonce in flight
         self._attempt = 0
         self._tag: str | None = None
+        self.checkpoint_name = naming.checkpoint_stream_name(session.partition)
+        self._loading = False  # reading the last checkpoint (before the first nonce)
+        self._start_offset: int | None = None  # from the checkpoint read at start-up
+        self.next_offset = 0  # control offset after the last event folded here
+        self.checkpointed = -1  # control offset the newest checkpoint known here covers
+        self.progress_at = 0.0  # monotonic time of the last event read while catching up
 
     def reset(self) -> None:
         self.synced, self._nonce, self._attempt, self._tag = False, None, 0, None
+        self._loading, self._start_offset = False, None
 
     def start(self, gen: int) -> None:
-        self._sync_round(gen)
-        self.s.later(EXPIRE_INTERVAL, lambda: self._expire_tick(gen))
+        """Read the last checkpoint (following the checkpoint stream), then sync."""
+        s = self.s
+        self._loading = True
+        s.stage = f"the last checkpoint of {self.checkpoint_name}"
+        s.cons.basic_consume(
+            self.checkpoint_name,
+            lambda _c, m, p, b: self._on_checkpoint(gen, m, p, b),
+            arguments={"x-stream-offset": "last"},
+        )
+        s.later(CHECKPOINT_READ_TIMEOUT, lambda: self._loaded(gen))
+        s.later(EXPIRE_INTERVAL, lambda: self._expire_tick(gen))
+        first = st.CHECKPOINT_INTERVAL * random.uniform(0.5, 1.0)
+        s.later(first, lambda: self._checkpoint_tick(gen))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _on_checkpoint(self, gen: int, method: Any, props: Any, body: bytes) -> None:
+        cons = self.s.cons
+        if cons is not None and cons.is_open:
+            cons.basic_ack(method.delivery_tag)
+        offset = (props.headers or {}).get(OFFSET_HEADER)
+        if not isinstance(offset, int) or offset < 0:
+            return
+        self.checkpointed = max(self.checkpointed, offset)
+        if not self._loading or not self.s.alive(gen):
+            return  # live: only its offset matters (to know when to write the next one)
+        try:
+            events = st.decode_checkpoint(body)
+        except st.InvalidEvent as exc:
+            log.warning("skipping invalid checkpoint in %s: %s", self.checkpoint_name, exc)
+            return
+        now = self.s.clock()
+        for ev in events:
+            if self.control.apply(ev, now) and ev.type == "cancel" and ev.job_id:
+                self.on_cancel(ev.job_id)
+        log.info(
+            "partition %s: checkpoint read (%d entries, control offset %d)",
+            self.s.partition,
+            len(events),
+            offset,
+        )
+        self._start_offset = offset
+        self._loaded(gen)
+
+    def _loaded(self, gen: int) -> None:
+        if self._loading and self.s.alive(gen):
+            self._loading = False
+            self._sync_round(gen)
+
+    def _checkpoint_tick(self, gen: int) -> None:
+        """Write a checkpoint when enough events followed the newest one known."""
+        s = self.s
+        if not s.alive(gen):
+            return
+        behind = self.next_offset - max(self.checkpointed, 0)
+        none_yet = self.checkpointed < 0 and self.next_offset > 0  # spares starts the wait
+        if self.synced and (behind >= st.CHECKPOINT_MIN_EVENTS or none_yet):
+            offset = self.next_offset
+            props = pika.BasicProperties(
+                delivery_mode=2,
+                content_type="application/json",
+                content_encoding="deflate",
+                headers={OFFSET_HEADER: offset},
+            )
+
+            def written(ok: bool) -> None:
+                if ok:
+                    self.checkpointed = max(self.checkpointed, offset)
+
+            s.publish(self.checkpoint_name, st.encode_checkpoint(self.control), props, written)
+        again = st.CHECKPOINT_INTERVAL * random.uniform(0.8, 1.2)
+        s.later(again, lambda: self._checkpoint_tick(gen))
 
     # -- catching up --------------------------------------------------------------------
     def _sync_round(self, gen: int) -> None:
@@ -96,8 +184,13 @@ class ControlFollower:
             log.warning("sync nonce on %s refused (nack); trying again", self.name)
             s.later(RETRY_DELAY, lambda: self._sync_round(gen))
             return
-        since = self.s.clock() - self.control.horizon
-        start = datetime.datetime.fromtimestamp(int(since), tz=datetime.UTC)
+        start: Any
+        if self._start_offset is not None:
+            start = self._start_offset
+        else:
+            since = self.s.clock() - self.control.horizon
+            start = datetime.datetime.fromtimestamp(int(since), tz=datetime.UTC)
+        self.progress_at = time.monotonic()
         s.stage = (
             f"sync nonce {attempt}/{SYNC_ATTEMPTS} to come back through {self.name} "
             "(reading the control stream)"
@@ -108,6 +201,10 @@ class ControlFollower:
 
     def _sync_timeout(self, gen: int, nonce: str) -> None:
         if self.s.alive(gen) and self._nonce == nonce and not self.synced:
+            quiet = time.monotonic() - self.progress_at
+            if quiet < SYNC_TIMEOUT:  # still reading history: wait for it
+                self.s.later(SYNC_TIMEOUT - quiet, lambda: self._sync_timeout(gen, nonce))
+                return
             log.warning(
                 "partition %s: sync nonce %d/%d not back after %.0fs (waiting for %s); "
                 "subscribing to the control stream again",
@@ -120,8 +217,13 @@ class ControlFollower:
             self._sync_round(gen)
 
     # -- following ------------------------------------------------------------------------
-    def _on_event(self, ch: Any, method: Any, _props: Any, body: bytes) -> None:
+    def _on_event(self, ch: Any, method: Any, props: Any, body: bytes) -> None:
         ch.basic_ack(method.delivery_tag)
+        offset = (props.headers or {}).get("x-stream-offset")
+        if isinstance(offset, int):
+            self.next_offset = max(self.next_offset, offset + 1)
+        if not self.synced:
+            self.progress_at = time.monotonic()
         if body.startswith(_SYNC_PREFIX):
             if self._nonce is not None and self._nonce.encode() in body:
                 self._nonce, self.synced = None, True

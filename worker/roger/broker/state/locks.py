@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from roger.broker.channels import Confirm, Got, declared
@@ -38,10 +39,12 @@ class ExecutionLocks:
         self.control = control
         self.held: dict[str, str] = {}  # execution key -> job id, locks this connection holds
         self._last_sweep: dict[str, float] = {}
+        self._sweeping: set[str] = set()  # keys whose sweep is under way
 
     def reset(self) -> None:
-        """The connection is gone: its locks went with it."""
+        """The connection is gone: its locks went with it (and its sweeps)."""
         self.held.clear()
+        self._sweeping.clear()
 
     def start(self, gen: int) -> None:
         self.s.later(SWEEP_INTERVAL, lambda: self._sweep_tick(gen))
@@ -169,15 +172,22 @@ class ExecutionLocks:
         if not self.s.alive(gen):
             return
         now = self.s.clock()
-        due = [
-            key
-            for key in self.control.waiting
-            if key not in self.held and now - self._last_sweep.get(key, 0) >= SWEEP_INTERVAL * 2
-        ]
-        for key in due[:SWEEP_BATCH]:
+        room = SWEEP_BATCH - len(self._sweeping)  # a slow broker: never pile sweeps up
+        for key in list(self.control.waiting):
+            if room <= 0:
+                break
+            if key in self.held or key in self._sweeping:
+                continue
+            if now - self._last_sweep.get(key, 0) < SWEEP_INTERVAL * 2:
+                continue
             self._last_sweep[key] = now
-            run(self._sweep_key(gen, key))
+            self._sweeping.add(key)
+            room -= 1
+            run(self._sweep_key(gen, key), self._swept(key))
         self.s.later(SWEEP_INTERVAL, lambda: self._sweep_tick(gen))
+
+    def _swept(self, key: str) -> Callable[[None], None]:
+        return lambda _result: self._sweeping.discard(key)
 
     def _sweep_key(self, gen: int, key: str) -> Flow[None]:
         """Free key with jobs waiting (a holder died, or a race): move one of them back."""

@@ -32,7 +32,7 @@ from roger.broker.channels import (
     qos_set,
 )
 from roger.broker.flow import Flow, run
-from roger.broker.state.control import ControlFollower
+from roger.broker.state.control import SYNC_TIMEOUT, ControlFollower
 from roger.broker.state.locks import ExecutionLocks
 from roger.broker.state.pause import PauseFollower
 from roger.broker.state.queue_keys import QueueKeys
@@ -138,6 +138,7 @@ class PartitionState:
         for name, args in (
             (naming.control_stream_name(self.partition), st.control_stream_arguments()),
             (naming.workers_stream_name(self.partition), st.workers_stream_arguments()),
+            (naming.checkpoint_stream_name(self.partition), st.checkpoint_stream_arguments()),
         ):
             yield declared(pub, name, durable=True, arguments=args)
         if not s.alive(gen):
@@ -183,6 +184,11 @@ class PartitionState:
 
     def _deadline(self, gen: int) -> None:
         if self.session.alive(gen) and not self.ready:
+            quiet = time.monotonic() - self.controls.progress_at
+            if self.controls.progress_at and quiet < SYNC_TIMEOUT:
+                # still reading the control stream (a first start on a long history)
+                self.session.later(SYNC_TIMEOUT, lambda: self._deadline(gen))
+                return
             log.error(
                 "partition state of %s not ready %.0fs after connecting (waiting for %s); "
                 "dropping the connection to start over",
