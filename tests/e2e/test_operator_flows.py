@@ -21,7 +21,7 @@ import yaml
 
 from roger.core import naming
 from roger.core.config import parse_config
-from roger_operator.devtools.podspec import local_process
+from roger_devtools.podspec import local_process
 from tests.e2e.operator_support import (
     BIN,
     ROOT,

@@ -5,7 +5,7 @@ ConfigMap volumes resolved by ``podspec``), stops it when the Pod goes away, giv
 loopback metrics port and writes them as Prometheus file_sd targets. The demo and the
 e2e tests use it so that Pods the operator creates really process jobs.
 
-    python -m roger_operator.devtools.localpods --selector app.kubernetes.io/component=worker \
+    python -m roger_devtools.localpods --selector app.kubernetes.io/component=worker \
         --state-dir .cluster/localpods --file-sd .cluster/prometheus/targets/workers.json
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from roger_operator.devtools.podspec import LocalProcess, UnresolvableEnv, local_process
+from roger_devtools.podspec import LocalProcess, UnresolvableEnv, local_process
 
 log = logging.getLogger("roger.localpods")
 
