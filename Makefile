@@ -35,8 +35,8 @@ rabbitmq-down: ## Stop RabbitMQ
 	bash hack/rabbitmq.sh down
 
 lint: $(PY) ## ruff, mypy and the import-linter contracts
-	$(VENV)/bin/ruff check worker operator tests bench hack
-	$(VENV)/bin/ruff format --check worker operator tests bench hack
+	$(VENV)/bin/ruff check worker operator tests bench hack roger_devtools
+	$(VENV)/bin/ruff format --check worker operator tests bench hack roger_devtools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

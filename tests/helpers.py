@@ -1,34 +1,10 @@
-"""Small polling and kubectl helpers shared by the service-backed tests."""
+"""kubectl for the tests that use the local cluster (polling: ``roger_devtools.polling``)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-T = TypeVar("T")
-
-
-def eventually(
-    check: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, message: str = "condition"
-) -> T:
-    """Poll ``check`` until it returns a truthy value; fail with the last value or error."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = check()
-            if last:
-                return last
-        except Exception as exc:  # the last error is the most useful failure message
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {message}; last: {last!r}"
-            )
-        time.sleep(interval)
+from typing import Any
 
 
 class Kubectl:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from roger_devtools.polling import eventually
+from roger_devtools.processes import stop
 from roger_operator.builders.rbac import OPERATOR_RULES
 from tests.chart import CHART, HELM
 from tests.e2e.observe_support import (
@@ -23,10 +25,9 @@ from tests.e2e.observe_support import (
     partition_manifest,
     secret_manifest,
     start_operator,
-    stop,
     tail,
 )
-from tests.helpers import Kubectl, eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 

@@ -13,21 +13,14 @@ from pathlib import Path
 import pytest
 
 import roger
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
 from tests.e2e.observe_support import delete_rabbitmq_objects
-from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _audit(path: Path) -> list[dict]:
@@ -37,7 +30,7 @@ def _audit(path: Path) -> list[dict]:
 
 def test_example_jobs_reach_their_outcomes(amqp_url: str, unique_name: str, tmp_path: Path) -> None:
     partition = unique_name[:40].rstrip("-")
-    port = _free_port()
+    port = free_port()
     out = tmp_path / "audit.jsonl"
     err = tmp_path / "worker.log"
     cmd = [str(Path(sys.executable).parent / "roger"), "worker", "--partition", partition]

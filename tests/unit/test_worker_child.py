@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from roger.core import frames
-from tests.integration.worker_harness import ROOT
+from tests.integration.support import ROOT
 
 pytestmark = pytest.mark.unit
 HOOKS = ["before_run", "after_run", "on_error", "on_cancel", "on_buried"]
