@@ -24,13 +24,13 @@ import pytest
 
 import roger
 from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
 from roger_devtools.processes import stop
 from tests.e2e.observe_support import (
     BIN,
     Prometheus,
     apply_crds,
     delete_rabbitmq_objects,
-    free_port,
     http_ok,
     partition_manifest,
     secret_manifest,

@@ -14,6 +14,7 @@ import pytest
 
 import roger
 from roger_devtools.polling import eventually
+from roger_devtools.processes import alive
 from roger_devtools.workers import WorkerProc, Workers
 from tests.integration.support import (
     Broker,
@@ -24,18 +25,6 @@ from tests.integration.support import (
 from tests.jobs import basic
 
 pytestmark = pytest.mark.integration
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def test_timeout_stops_a_job_stuck_in_a_blocking_call(
