@@ -54,8 +54,8 @@ rabbitmq-cluster-down: ## Stop the 3-node cluster and delete its state (RABBITMQ
 	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) bash hack/rabbitmq-cluster.sh down
 
 lint: $(PY) ## ruff, mypy and the import-linter contracts
-	$(VENV)/bin/ruff check worker operator tests bench hack
-	$(VENV)/bin/ruff format --check worker operator tests bench hack
+	$(VENV)/bin/ruff check worker operator tests bench hack roger_devtools
+	$(VENV)/bin/ruff format --check worker operator tests bench hack roger_devtools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -18,7 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.partition_support import Workers  # noqa: E402
+from roger_devtools.polling import eventually  # noqa: E402
+from roger_devtools.recording import recording_workers  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -36,29 +37,28 @@ def main() -> int:
 
     partition = f"bench-cancel-{uuid.uuid4().hex[:6]}"
     with tempfile.TemporaryDirectory() as tmp:
-        workers = Workers(Path(tmp), opts.amqp_url, partition)
+        workers, rec = recording_workers(Path(tmp), opts.amqp_url, partition)
         sys.path.insert(0, tmp)
-        procs = [workers.start("default=4") for _ in range(2)]
-        for p in procs:
-            workers.wait_consuming(p)
-        rec = workers.recorder
         latencies: list[float] = []
         try:
+            workers.start_consuming(["default=4"], count=2)
             with roger.Client(opts.amqp_url) as client:
                 for i in range(opts.jobs):
                     job_id = client.enqueue(partition, "pjobs:sleepy", {"tag": f"c{i}", "s": 3600})
-                    deadline = time.monotonic() + 20
-                    while not rec.events("start", id=f"c{i}"):
-                        if time.monotonic() > deadline:
-                            raise SystemExit(f"job {i} never started:\n{workers.logs()}")
-                        time.sleep(0.01)
+                    eventually(
+                        lambda i=i: rec.events("start", id=f"c{i}"), 20, 0.01, f"job {i} to start"
+                    )
                     t0 = time.time()
                     client.cancel(partition, job_id)
-                    while not (got := rec.events("on_cancel", job_id=job_id)):
-                        if time.time() - t0 > 10:
-                            raise SystemExit(f"no on_cancel for job {i}:\n{workers.logs()}")
-                        time.sleep(0.002)
+                    got = eventually(
+                        lambda j=job_id: rec.events("on_cancel", job_id=j),
+                        10,
+                        0.002,
+                        f"on_cancel of job {i}",
+                    )
                     latencies.append(got[0]["t"] - t0)
+        except AssertionError as exc:
+            raise SystemExit(f"{exc}\n{workers.logs()}") from None
         finally:
             workers.stop_all()
     ms = [x * 1000 for x in latencies]

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from roger.core.lifecycle import LifecycleEvent  # noqa: E402
 from roger.kube.metrics import kube_event_metrics  # noqa: E402
 from roger.kube.observer import KubeEventsObserver  # noqa: E402
+from roger_devtools.ports import free_port  # noqa: E402
 
 KUBECONFIG = ROOT / ".cluster" / "kubeconfig"
 KUBECTL = ROOT / ".cluster" / "bin" / "kubectl"
@@ -211,12 +211,6 @@ def worker_available() -> bool:
     return probe.returncode == 0 and "--kube-namespace" in probe.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _lifecycle_total(port: int, hook: str) -> float:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
@@ -239,7 +233,7 @@ def worker_round(jobs: int, events_on: bool, namespace: str, concurrency: int) -
         for i in range(jobs):
             client.enqueue(partition, "tests.jobs.basic:noop", {"n": i})
     time.sleep(SETTLE)  # let the broker finish with the publishes, in both modes
-    port = _free_port()
+    port = free_port()
     cmd = [
         str(ROOT / ".venv" / "bin" / "roger"),
         "worker",

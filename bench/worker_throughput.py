@@ -14,8 +14,6 @@ import argparse
 import base64
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,11 +30,14 @@ from pika.adapters.select_connection import SelectConnection
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
-sys.path[:0] = [str(ROOT / "worker"), str(BENCH)]
+sys.path[:0] = [str(ROOT / "worker"), str(BENCH), str(ROOT)]
 
 from roger.core import message, naming  # noqa: E402
 from roger.core.config import split_slots  # noqa: E402
 from roger.worker.pool import available_cpus  # noqa: E402
+from roger_devtools.polling import eventually  # noqa: E402
+from roger_devtools.ports import free_port  # noqa: E402
+from roger_devtools.processes import stop  # noqa: E402
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -111,33 +112,12 @@ def add_amqp_url(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} never answered 200")
+    def ok() -> bool:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
 
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    eventually(ok, timeout, 0.1, f"{url} to answer 200")
 
 
 def drain_and_stop(

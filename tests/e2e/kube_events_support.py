@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -21,7 +20,9 @@ from roger.core.hooks import HookName
 from roger.core.lifecycle import LifecycleEvent
 from roger.kube import KubeEventsObserver, observer_from_config
 from roger.kube.client import KubeEventsApi
-from tests.helpers import Kubectl, eventually
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
+from tests.helpers import Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "partitions.roger.dev.yaml"
@@ -144,19 +145,13 @@ def wait_events(
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PrivateApiServer:
     """A kube-apiserver of the test's own: the local cluster's binary, etcd and certificates
     on another port, so stopping or freezing it does not disturb tests that share the
     cluster's main API server. ``kubeconfig`` is the admin kubeconfig pointed at it."""
 
     def __init__(self, workdir: Path, kubectl_bin: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.workdir = workdir
         self.kubectl_bin = kubectl_bin
         self.proc: subprocess.Popen[bytes] | None = None

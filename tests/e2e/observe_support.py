@@ -6,11 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,12 +20,6 @@ BIN = Path(sys.executable).parent
 PROMETHEUS_URL = f"http://127.0.0.1:{os.environ.get('ROGER_PROMETHEUS_PORT', '9090')}"
 TARGETS = ROOT / ".cluster" / "prometheus" / "targets"
 MANAGEMENT_URL = BROKER.management_api.removesuffix("/api")  # the session's broker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Prometheus:
@@ -100,17 +91,6 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
-
-
 def tail(path: Path, n: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -136,15 +116,6 @@ def delete_rabbitmq_objects(prefix: str) -> None:
                     _management("DELETE", f"{kind}/%2F/{name}")
     except OSError:
         pass
-
-
-def wait_for(check: Any, timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def partition_manifest(name: str, namespace: str, jobs: str = "tests.jobs.basic") -> str:

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,19 +16,15 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import Kubectl, eventually
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
+from tests.helpers import Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # Every operator e2e test is named test_operator_*, so its namespace (from `unique_name`)
 # matches this glob; the test operator watches only those and leaves others' alone.
 NAMESPACE_GLOB = "t-test-operator*"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OperatorProcess:
@@ -203,13 +198,3 @@ def elapsed(start: float) -> float:
 
 def delete_partition_sync(k: Kubectl, ns: str, name: str) -> None:
     k.run("-n", ns, "delete", "partition", name, "--wait=true", "--timeout=60s", check=False)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

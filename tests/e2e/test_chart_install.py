@@ -13,20 +13,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
+from roger_devtools.processes import stop
 from roger_operator.builders.rbac import OPERATOR_RULES
 from tests.chart import CHART, HELM
 from tests.e2e.observe_support import (
     apply_crds,
     delete_rabbitmq_objects,
-    free_port,
     http_ok,
     partition_manifest,
     secret_manifest,
     start_operator,
-    stop,
     tail,
 )
-from tests.helpers import Kubectl, eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 

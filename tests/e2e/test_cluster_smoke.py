@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from tests.helpers import Kubectl, eventually
+from roger_devtools.polling import eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 

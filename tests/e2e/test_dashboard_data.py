@@ -23,22 +23,23 @@ import pika
 import pytest
 
 import roger
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
+from roger_devtools.processes import stop
 from tests.e2e.observe_support import (
     BIN,
     Prometheus,
     apply_crds,
     delete_rabbitmq_objects,
-    free_port,
     http_ok,
     partition_manifest,
     secret_manifest,
     start_operator,
     start_process,
-    stop,
     tail,
 )
-from tests.helpers import Kubectl, eventually
-from tests.integration.worker_harness import management
+from tests.helpers import Kubectl
+from tests.integration.support import management
 from tests.monitoring import DASHBOARDS, load_dashboard, panels, substitute
 
 pytestmark = pytest.mark.e2e

@@ -18,6 +18,7 @@ from roger.kube.client import KubeEventsApi
 from roger.kube.metrics import kube_event_metrics
 from roger.kube.observer import KubeEventsObserver
 from roger.metrics.worker import WorkerMetrics
+from roger_devtools.polling import eventually
 from tests.e2e.kube_events_support import (
     create_partition,
     ensure_partition_crd,
@@ -27,7 +28,7 @@ from tests.e2e.kube_events_support import (
     wait_events,
     worker_config,
 )
-from tests.helpers import Kubectl, eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 

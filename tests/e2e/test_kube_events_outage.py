@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from roger.kube.client import KubeEventsApi
 from roger.kube.metrics import kube_event_metrics
 from roger.kube.observer import KubeEventsObserver
+from roger_devtools.polling import eventually
 from tests.e2e.kube_events_support import (
     PrivateApiServer,
     create_partition,
@@ -36,7 +37,7 @@ from tests.e2e.kube_events_support import (
     list_events,
     make_observer,
 )
-from tests.helpers import Kubectl, eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,19 +13,15 @@ from pathlib import Path
 import pytest
 
 import roger
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
 from tests.e2e.kube_events_support import create_partition, ensure_partition_crd, list_events
-from tests.helpers import Kubectl, eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = 10_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _metric(port: int, name: str, **labels: str) -> float:
@@ -46,7 +41,7 @@ def worker(
     ensure_partition_crd(kubectl)
     partition = unique_name[:40].rstrip("-")
     create_partition(kubectl, namespace, partition)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "ROGER_AMQP_URL": amqp_url,

@@ -21,7 +21,9 @@ import yaml
 
 from roger.core import naming
 from roger.core.config import parse_config
-from roger_operator.devtools.podspec import local_process
+from roger_devtools.podspec import local_process
+from roger_devtools.polling import eventually
+from roger_devtools.processes import stop
 from tests.e2e.operator_support import (
     BIN,
     ROOT,
@@ -33,12 +35,11 @@ from tests.e2e.operator_support import (
     secret_data,
     secret_manifest,
     short_id,
-    stop_process,
     template_hash,
     wait_condition,
     wait_gone,
 )
-from tests.helpers import Kubectl, eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -241,7 +242,7 @@ def test_operator_apply_to_ready_and_jobs_run(
             message="consumer counted in status",
         )
     finally:
-        stop_process(worker)
+        stop(worker)
     assert job_id
 
 

@@ -1,8 +1,9 @@
 """Fixtures shared by the integration tests (real RabbitMQ).
 
-``workers`` runs plain ``roger worker`` processes (tests/integration/worker_harness.py);
-``partition_workers`` runs them on a generated ``pjobs`` module with a recorder
-(tests/integration/partition_support.py), for the partition-wide features.
+``workers`` runs plain ``roger worker`` processes on the tests' job modules (``tests.jobs``);
+``partition_workers`` runs them on a generated ``pjobs`` module whose jobs and callback
+``recorder`` reads back, for the partition-wide features. Both are
+``roger_devtools.workers.Workers``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from pathlib import Path
 import pytest
 
 import roger
-from tests.integration import cluster_support, partition_support
-from tests.integration.worker_harness import Broker, Workers
+from roger_devtools.recording import Recorder, recording_workers
+from roger_devtools.workers import Workers
+from tests.integration import cluster_support
+from tests.integration.support import Broker
 
 
 @pytest.fixture
@@ -27,19 +30,29 @@ def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
 
 @pytest.fixture
 def workers(amqp_url: str, unique_name: str, tmp_path: Path) -> Iterator[Workers]:
-    ws = Workers(amqp_url, unique_name, tmp_path)
+    ws = Workers(amqp_url, unique_name, tmp_path, jobs=["tests.jobs.basic"])
     yield ws
     ws.stop_all()
 
 
 @pytest.fixture
-def partition_workers(
+def recording(
     tmp_path: Path, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[partition_support.Workers]:
-    w = partition_support.Workers(tmp_path, amqp_url, unique_name)
+) -> Iterator[tuple[Workers, Recorder]]:
+    ws, recorder = recording_workers(tmp_path, amqp_url, unique_name)
     monkeypatch.syspath_prepend(str(tmp_path))  # the client computes keys from pjobs
-    yield w
-    w.stop_all()
+    yield ws, recorder
+    ws.stop_all()
+
+
+@pytest.fixture
+def partition_workers(recording: tuple[Workers, Recorder]) -> Workers:
+    return recording[0]
+
+
+@pytest.fixture
+def recorder(recording: tuple[Workers, Recorder]) -> Recorder:
+    return recording[1]
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 import roger
+from roger_devtools.ports import free_port
+from roger_devtools.workers import Workers
 from roger_operator.rabbit.broker import Broker, BrokerError, redact
-from tests.integration.worker_harness import WorkerProc, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,13 @@ def _dead_address(password: str = "guest") -> str:
 def test_the_worker_skips_an_unreachable_first_address(
     amqp_url: str, unique_name: str, tmp_path: Path
 ) -> None:
-    worker = WorkerProc(f"{_dead_address()},{amqp_url}", unique_name, tmp_path)
+    urls = f"{_dead_address()},{amqp_url}"
+    workers = Workers(urls, unique_name, tmp_path, jobs=["tests.jobs.basic"])
     try:
-        worker.wait_ready(timeout=30)
+        worker = workers.start(ready=False).wait_ready(timeout=30)
         assert "cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:" in worker.output()
     finally:
-        worker.stop()
+        workers.stop_all()
 
 
 def test_the_operator_connects_through_the_next_address(amqp_url: str, unique_name: str) -> None:

@@ -20,8 +20,8 @@ import pytest
 
 import roger
 from roger.core import naming
-from tests.helpers import eventually
-from tests.integration.worker_harness import Broker, management
+from roger_devtools.polling import eventually
+from tests.integration.support import Broker, management
 from tests.jobs import basic, keyed
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import roger
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
 from tests.e2e.observe_support import delete_rabbitmq_objects
-from tests.helpers import eventually, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,6 @@ records; the worker exports ``roger_queue_paused`` and its reconnect counter fro
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 
 import pytest
@@ -12,16 +11,10 @@ import roger
 from roger.broker.client import PartitionInfo
 from roger.core import metric_names as names
 from roger.core import naming
-from tests.helpers import eventually
-from tests.integration.partition_support import Workers
+from roger_devtools.polling import eventually
+from roger_devtools.workers import Workers
 
 pytestmark = pytest.mark.integration
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _metric(port: int, name: str, **labels: str) -> float | None:
@@ -42,7 +35,9 @@ def test_info_learns_queues_and_retry_levels_from_the_workers(
     assert list(before.queues) == ["default"]
     assert sorted(before.queues["default"].retry) == sorted(naming.DEFAULT_RETRY_LEVELS)
 
-    partition_workers.start_consuming("default=1,email=1,idle=0", extra=("--retry-levels", "2,7"))
+    partition_workers.start_consuming(
+        ["default=1", "email=1", "idle=0"], extra=("--retry-levels", "2,7")
+    )
 
     def learned() -> PartitionInfo | None:
         info = client.info(p)
@@ -62,8 +57,9 @@ def test_info_learns_queues_and_retry_levels_from_the_workers(
 def test_paused_gauge_and_reconnect_counter(
     partition_workers: Workers, client: roger.Client, unique_name: str
 ) -> None:
-    p, port = unique_name, _port()
-    partition_workers.start_consuming("default=1,email=1", extra=("--metrics-port", str(port)))
+    p = unique_name
+    [w] = partition_workers.start_consuming(["default=1", "email=1"])
+    port = w.port
     paused, reconnects = names.QUEUE_PAUSED, names.BROKER_RECONNECTS + "_total"
     assert _metric(port, reconnects, partition=p) == 0  # at 0 before any reconnection
     for q in ("default", "email"):

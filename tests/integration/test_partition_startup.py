@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +29,15 @@ import roger
 from roger.broker import state_client as sc
 from roger.broker.state import PartitionState
 from roger.core import naming, topology
-from tests.helpers import eventually, free_port
-from tests.integration.partition_support import Workers, delete_queues
+from roger_devtools.polling import GiveUp, eventually
+from roger_devtools.recording import recording_workers
+from roger_devtools.workers import WorkerProc, Workers
+from tests.integration.support import delete_queues
 
 pytestmark = pytest.mark.integration
 
 QUEUES = ["default", "email", "reports"]
+QUEUE_ARGS = [f"{q}=1" for q in QUEUES]
 
 
 def _delete(url: str, names: list[str]) -> None:
@@ -171,14 +172,6 @@ def test_states_created_at_once_on_a_fresh_partition_all_catch_up(
 # -- real worker processes ----------------------------------------------------------------
 
 
-def _readyz(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-            return bool(r.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _operator_like(url: str, partition: str, stop: threading.Event) -> None:
     """What the operator does to a partition while its workers start: declare every
     queue with the worker's own arguments, read the paused queues (``Client.info``)."""
@@ -197,6 +190,25 @@ def _operator_like(url: str, partition: str, stop: threading.Event) -> None:
         except (pika.exceptions.AMQPError, OSError):
             pass  # the racing creation of the streams may refuse one; go on
         stop.wait(0.05)
+
+
+def _until_all_ready(workers: Workers, started: list[WorkerProc], timeout: float = 60) -> None:
+    """Every worker answers /readyz 200 within ``timeout``; one that exits fails at once."""
+    pending = list(started)
+
+    def all_ready() -> bool:
+        if any(w.proc.poll() is not None for w in started):
+            raise GiveUp(f"a worker exited: {workers.logs()}")
+        pending[:] = [w for w in pending if w.get("/readyz")[0] != 200]
+        return not pending
+
+    try:
+        eventually(all_ready, timeout, message="every worker ready")
+    except GiveUp:
+        raise
+    except AssertionError:
+        ports = sorted(w.port for w in pending)
+        raise AssertionError(f"workers on {ports} never ready: {workers.logs()}") from None
 
 
 @pytest.fixture
@@ -222,24 +234,14 @@ def test_workers_started_at_once_with_the_operator_all_become_ready(
         partition_names.append(partition)
         workdir = tmp_path / f"round-{n}"
         workdir.mkdir()
-        workers = Workers(workdir, amqp_url, partition)
+        workers, _ = recording_workers(workdir, amqp_url, partition)
         stop = threading.Event()
         operator = threading.Thread(
             target=_operator_like, args=(amqp_url, partition, stop), daemon=True
         )
-        ports = [free_port() for _ in range(4)]
         try:
             operator.start()
-            for port in ports:
-                workers.start("default=1,email=1,reports=1", extra=("--metrics-port", str(port)))
-            deadline = time.monotonic() + 60
-            pending = set(ports)
-            while pending and time.monotonic() < deadline:
-                pending = {p for p in pending if not _readyz(p)}
-                for proc in workers.procs:
-                    assert proc.poll() is None, f"a worker exited: {workers.logs()}"
-                time.sleep(0.2)
-            assert not pending, f"workers on {sorted(pending)} never ready: {workers.logs()}"
+            _until_all_ready(workers, [workers.start(QUEUE_ARGS, ready=False) for _ in range(4)])
         finally:
             stop.set()
             operator.join(10)

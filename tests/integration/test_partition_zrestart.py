@@ -13,10 +13,12 @@ import pytest
 
 import roger
 from roger.broker import state_client
+from roger_devtools.polling import eventually
+from roger_devtools.recording import Recorder
+from roger_devtools.workers import Workers
 from tests.brokers import BROKER
 from tests.conftest import ROOT
-from tests.helpers import eventually
-from tests.integration.partition_support import Workers, message_count
+from tests.integration.support import message_count
 
 pytestmark = pytest.mark.integration
 
@@ -27,11 +29,10 @@ def _restart_broker() -> None:
 
 
 def test_accounting_across_worker_kills_and_a_broker_restart(
-    partition_workers: Workers, amqp_url: str
+    partition_workers: Workers, recorder: Recorder, amqp_url: str
 ) -> None:
     p = partition_workers.partition
-    a, _ = partition_workers.start_consuming("default=4,mail=1", count=2)
-    rec = partition_workers.recorder
+    a, _ = partition_workers.start_consuming(["default=4", "mail=1"], count=2)
     kinds: dict[str, str] = {}  # job id -> expected end: succeeded | buried | cancelled
     with roger.Client(amqp_url) as client:
         client.pause(p, "mail")
@@ -51,8 +52,8 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
                 jid = client.enqueue(p, "pjobs:sleepy", {"tag": f"s{i}", "s": 0.2})
                 kinds[jid] = "succeeded"
         time.sleep(2)
-        partition_workers.kill9(a)  # mid-run: its unacked jobs go back to the queue
-        partition_workers.start_consuming("default=4,mail=1")
+        a.kill9()  # mid-run: its unacked jobs go back to the queue
+        partition_workers.start_consuming(["default=4", "mail=1"])
         _restart_broker()  # workers and client reconnect by themselves
         for i in range(120, 150):
             jid = client.enqueue(p, "pjobs:sleepy", {"tag": f"s{i}", "s": 0.05})
@@ -65,7 +66,7 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
                 ("on_error", "buried"),  # pjobs:fast is not retryable: kept in .buried
                 ("on_cancel", "cancelled"),
             ):
-                for e in rec.events(ev):
+                for e in recorder.events(ev):
                     seen.setdefault(e["job_id"], set()).add(kind)
             return seen
 
@@ -86,7 +87,9 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
             assert seen[j] == {kind}, (j, kind, seen[j])  # one end each, the expected one
         # (A job cancelled right after its enqueue may already be running on a free slot, so
         # whether c7 started is a race; queued cancels are proven in test_partition_features.)
-        assert len(rec.events("on_cancel")) == len([k for k in kinds.values() if k == "cancelled"])
+        assert len(recorder.events("on_cancel")) == len(
+            [k for k in kinds.values() if k == "cancelled"]
+        )
         assert message_count(amqp_url, f"{p}-default") == 0
         # partition state survived the restart
         info = client.info(p, ("default", "mail"))
@@ -95,5 +98,5 @@ def test_accounting_across_worker_kills_and_a_broker_restart(
             client.enqueue(p, "pjobs:keyed", {"qk": "held-key"}, queue="mail")
         assert state_client.queue_key_holder(client._conn, p, "held-key") == held
         client.resume(p, "mail")
-        eventually(lambda: rec.events("after_run", job_id=held), 20)
+        eventually(lambda: recorder.events("after_run", job_id=held), 20)
         eventually(lambda: client.enqueue(p, "pjobs:keyed", {"qk": "held-key"}, queue="mail"), 20)

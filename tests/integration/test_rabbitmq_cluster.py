@@ -14,9 +14,10 @@ import pika
 import pytest
 
 import roger
-from tests.helpers import eventually
+from roger_devtools.polling import eventually
+from roger_devtools.workers import Workers
 from tests.integration.cluster_support import NODES, Cluster, node_name, node_number
-from tests.integration.worker_harness import WorkerProc, read_lines, wait_for
+from tests.integration.support import read_lines
 from tests.jobs import basic
 
 pytestmark = pytest.mark.integration
@@ -48,11 +49,14 @@ def test_quorum_queues_and_streams_get_a_member_on_every_node(
         ch.queue_declare(stream, durable=True, arguments={"x-queue-type": "stream"})
         for name, kind in ((quorum, "quorum"), (stream, "stream")):
 
-            def replicated(name: str = name) -> dict[str, object] | None:
+            def replicated(name: str = name) -> dict[str, Any] | None:
                 q = cluster.queue(name, via=3)
                 return q if sorted(q["online"]) == ALL else None
 
-            q = wait_for(f"{kind} {name} online on all nodes", replicated, timeout=60, every=1)
+            q = eventually(
+                replicated, timeout=60, interval=1, message=f"{kind} {name} online on all nodes"
+            )
+            assert q is not None  # eventually returns a truthy value
             assert q["type"] == kind
             assert sorted(q["members"]) == ALL
             assert q["leader"] in ALL
@@ -81,14 +85,14 @@ def test_a_confirmed_message_survives_stopping_the_queue_leader(
     conn.close()
     cluster.stop_node(leader)
     survivor = next(n for n in NODES if n != leader)
-    moved = wait_for(
-        "a new leader",
+    moved = eventually(
         lambda: (
             (cluster.queue(unique_name, via=survivor)["leader"] or "")
             not in ("", node_name(leader))
         ),
         timeout=60,
-        every=1,
+        interval=1,
+        message="a new leader",
     )
     assert moved
     conn, ch = _channel(cluster.url(survivor))
@@ -113,22 +117,25 @@ def test_the_worker_given_every_node_fails_over_when_its_node_stops(
     cluster: Cluster, unique_name: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    worker = WorkerProc(cluster.url_list, unique_name, tmp_path, queues=["default=1"])
+    workers = Workers(cluster.url_list, unique_name, tmp_path, jobs=["tests.jobs.basic"])
     try:
-        worker.wait_ready(timeout=60)
+        worker = workers.start(["default=1"], ready=False).wait_ready(timeout=60)
         pid = worker.proc.pid
-        first = wait_for("the worker's connection", lambda: _worker_node(cluster, pid, 1), 30)
+        first = eventually(
+            lambda: _worker_node(cluster, pid, 1), timeout=30, message="the worker's connection"
+        )
+        assert first is not None  # eventually returns a truthy value
         with roger.Client(cluster.url(first)) as client:
             client.enqueue(unique_name, basic.ok, {"n": 1, "out": str(out)})
-        wait_for("job 1 done", lambda: len(read_lines(out)) == 1, timeout=30)
+        eventually(lambda: len(read_lines(out)) == 1, timeout=30, message="job 1 done")
 
         cluster.stop_node(first)
         survivor = next(n for n in NODES if n != first)
-        second = wait_for(
-            "the worker on another node",
+        second = eventually(
             lambda: _worker_node(cluster, pid, survivor),
             timeout=90,
-            every=1,
+            interval=1,
+            message="the worker on another node",
         )
         assert second != first
         with roger.Client(cluster.url(survivor)) as client:
@@ -136,4 +143,4 @@ def test_the_worker_given_every_node_fails_over_when_its_node_stops(
         eventually(lambda: [line[1] for line in read_lines(out)] == ["1", "2"], timeout=60)
         assert worker.proc.poll() is None  # the same process, never restarted
     finally:
-        worker.stop()
+        workers.stop_all()

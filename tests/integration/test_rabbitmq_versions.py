@@ -21,8 +21,8 @@ from typing import Any
 import pika
 import pytest
 
+from roger_devtools.polling import eventually
 from tests.brokers import BROKER
-from tests.integration.worker_harness import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +132,7 @@ def test_an_explicit_limit_dead_letters_with_its_reason_on_both(
         method, props, body = ch.basic_get(dead, auto_ack=True)
         return (props, body) if method is not None else None
 
-    props, body = wait_for("the dead-lettered message", dead_lettered, timeout=10)
+    props, body = eventually(dead_lettered, timeout=10, message="the dead-lettered message")
     assert body == b"job"
     assert [d["reason"] for d in props.headers["x-death"]] == ["delivery_limit"]
     ch.queue_delete(dead)

@@ -19,9 +19,9 @@ import pytest
 from roger.broker import state_client as sc
 from roger.broker.fake_state import FakePartitionState, FakeStateBroker
 from roger.core import naming
-from tests.helpers import eventually
-from tests.integration.partition_support import delete_queues
+from roger_devtools.polling import eventually
 from tests.integration.state_loop import StateLoop
+from tests.integration.support import delete_queues
 
 QUEUES = ["default", "mail"]
 

@@ -16,9 +16,9 @@ from roger.broker.state import control as control_mod
 from roger.broker.state import locks
 from roger.core import naming
 from roger.core import state as st
-from tests.helpers import eventually
-from tests.integration.partition_support import delete_queues
+from roger_devtools.polling import eventually
 from tests.integration.state_loop import StateLoop
+from tests.integration.support import delete_queues
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,9 @@ import pytest
 from roger.broker import state_client as sc
 from roger.core import naming
 from roger.core import state as st
-from tests.helpers import eventually
-from tests.integration.partition_support import delete_queues
+from roger_devtools.polling import eventually
 from tests.integration.state_loop import StateLoop
+from tests.integration.support import delete_queues
 
 pytestmark = pytest.mark.integration
 

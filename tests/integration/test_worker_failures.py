@@ -13,30 +13,18 @@ from typing import Any
 import pytest
 
 import roger
-from tests.integration.worker_harness import (
+from roger_devtools.polling import eventually
+from roger_devtools.processes import alive
+from roger_devtools.workers import WorkerProc, Workers
+from tests.integration.support import (
     Broker,
-    WorkerProc,
-    Workers,
     management,
     read_json_lines,
     read_lines,
-    wait_for,
 )
 from tests.jobs import basic
 
 pytestmark = pytest.mark.integration
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purpose
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def test_timeout_stops_a_job_stuck_in_a_blocking_call(
@@ -46,18 +34,20 @@ def test_timeout_stops_a_job_stuck_in_a_blocking_call(
     w = workers.start(callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks)
     t0 = time.monotonic()
     job_id = client.enqueue(unique_name, basic.stuck, {"out": str(out)})
-    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=10)
+    eventually(lambda: broker.count(f"{unique_name}-default.buried") == 1, 10, message="burial")
     assert time.monotonic() - t0 < 5
     [start] = read_lines(out)
-    wait_for("stuck process killed", lambda: not alive(int(start[2])))
-    failed = wait_for(  # not retryable: on_error (as in Roger), kept in .buried
-        "on_error", lambda: [h for h in read_json_lines(hooks) if h["hook"] == "on_error"]
+    eventually(lambda: not alive(int(start[2])), 15, message="stuck process killed")
+    failed = eventually(  # not retryable: on_error (as in Roger), kept in .buried
+        lambda: [h for h in read_json_lines(hooks) if h["hook"] == "on_error"],
+        15,
+        message="on_error",
     )
     assert failed[0]["id"] == job_id and failed[0]["error"][0] == "timeout"
     assert failed[0]["state"] is None  # the process holding the state was killed
     assert not [h for h in read_json_lines(hooks) if h["hook"] == "on_buried"]
     client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 2})
-    wait_for("the worker goes on", lambda: len(read_lines(out)) == 2)
+    eventually(lambda: len(read_lines(out)) == 2, 15, message="the worker goes on")
     assert w.metric("roger_job_outcomes_total", outcome="buried") == 1
 
 
@@ -81,27 +71,30 @@ def test_a_timeout_kills_its_process_and_the_jobs_beside_it_run_again(
     w = one_process_three_slots(workers, hooks)
     for n in (1, 2):
         client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 2})
-    wait_for("both running", lambda: len(read_lines(out)) == 2)
-    wait_for("the running gauge", lambda: w.metric("roger_jobs_running") == 2)
+    eventually(lambda: len(read_lines(out)) == 2, 15, message="both running")
+    eventually(lambda: w.metric("roger_jobs_running") == 2, 15, message="the running gauge")
     stuck_id = client.enqueue(unique_name, basic.stuck, {"out": str(out), "n": 3})
-    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=10)
-    ends = wait_for(
-        "both ended", lambda: [r for r in read_lines(out) if r[0] == "end"] or None, timeout=10
+    eventually(lambda: broker.count(f"{unique_name}-default.buried") == 1, 10, message="burial")
+    ends = eventually(
+        lambda: [r for r in read_lines(out) if r[0] == "end"] or None, 10, message="both ended"
     )
-    wait_for("both ended", lambda: len([r for r in read_lines(out) if r[0] == "end"]) == 2)
+    eventually(
+        lambda: len([r for r in read_lines(out) if r[0] == "end"]) == 2, 15, message="both ended"
+    )
     lines = read_lines(out)
     first_pid = {r[2] for r in lines if r[0] == "start"} - {r[2] for r in ends}
     for n in ("1", "2"):
         starts = [r for r in lines if r[0] == "start" and r[1] == n]
         assert len(starts) == 2, lines  # interrupted once, then run to the end
         assert starts[0][2] in first_pid and starts[1][2] != starts[0][2]
-    done = wait_for(
-        "hooks",
+    done = eventually(
         lambda: (
             [(h["hook"], h["id"]) for h in read_json_lines(hooks) if h["hook"] != "before_run"]
             if len([h for h in read_json_lines(hooks) if h["hook"] != "before_run"]) >= 3
             else None
         ),
+        15,
+        message="hooks",
     )
     assert sorted(hook for hook, _ in done) == ["after_run", "after_run", "on_error"]
     assert ("on_error", stuck_id) in done  # not retryable: on_error, kept in .buried
@@ -121,17 +114,20 @@ def test_a_crash_beside_other_jobs_is_charged_to_its_culprit_alone(
         client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 1})
         for n in (1, 2)
     ]
-    wait_for("both running", lambda: len(read_lines(out)) == 2)
+    eventually(lambda: len(read_lines(out)) == 2, 15, message="both running")
     crash_id = client.enqueue(unique_name, basic.crash, {"out": str(out), "n": 3})
-    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=30)
-    wait_for("both ended", lambda: len([r for r in read_lines(out) if r[0] == "end"]) == 2)
-    settled = wait_for(
-        "hooks",
+    eventually(lambda: broker.count(f"{unique_name}-default.buried") == 1, 30, message="burial")
+    eventually(
+        lambda: len([r for r in read_lines(out) if r[0] == "end"]) == 2, 15, message="both ended"
+    )
+    settled = eventually(
         lambda: (
             sorted((h["hook"], h["id"], (h.get("error") or [""])[0]) for h in hs)
             if len(hs := [h for h in read_json_lines(hooks) if h["hook"] != "before_run"]) >= 4
             else None
         ),
+        15,
+        message="hooks",
     )
     assert settled == sorted(
         [
@@ -154,9 +150,8 @@ def test_os_exit_is_a_worker_crash_and_the_worker_goes_on(
         callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks, retry_levels="1"
     )
     client.enqueue(unique_name, basic.crash, {"out": str(out)})
-    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=15)
-    errors = wait_for(
-        "2 error hooks",
+    eventually(lambda: broker.count(f"{unique_name}-default.buried") == 1, 15, message="burial")
+    errors = eventually(
         lambda: (
             [
                 (h["hook"], h["error"][0])
@@ -166,11 +161,13 @@ def test_os_exit_is_a_worker_crash_and_the_worker_goes_on(
             if len(read_json_lines(hooks)) >= 4
             else None
         ),
+        15,
+        message="2 error hooks",
     )
     assert errors == [("on_error", "worker_crash"), ("on_buried", "worker_crash")]
     assert len(read_lines(out)) == 2  # ran twice: first run and one retry
     client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 3})
-    wait_for("the worker goes on", lambda: len(read_lines(out)) == 3)
+    eventually(lambda: len(read_lines(out)) == 3, 15, message="the worker goes on")
     assert w.proc.poll() is None
 
 
@@ -181,7 +178,7 @@ def test_sigterm_lets_running_jobs_finish_and_puts_the_rest_back(
     w = workers.start(queues=["default=2"], extra=["--shutdown-timeout", "10"])
     for n in range(5):
         client.enqueue(unique_name, basic.slow, {"out": str(out), "n": n, "sleep": 1.5})
-    wait_for("2 started", lambda: len(read_lines(out)) == 2)
+    eventually(lambda: len(read_lines(out)) == 2, 15, message="2 started")
     w.signal(signal.SIGTERM)
     assert w.wait(15) == 0, w.output()
     records = read_lines(out)
@@ -195,13 +192,13 @@ def test_sigterm_past_the_timeout_kills_and_requeues(
     out = tmp_path / "out"
     w = workers.start(queues=["default=1"], extra=["--shutdown-timeout", "1"])
     client.enqueue(unique_name, basic.slow, {"out": str(out), "sleep": 60})
-    [start] = wait_for("started", lambda: read_lines(out))
+    [start] = eventually(lambda: read_lines(out), 15, message="started")
     t0 = time.monotonic()
     w.signal(signal.SIGTERM)
     assert w.wait(15) == 0, w.output()
     assert time.monotonic() - t0 < 5
-    wait_for("job process gone", lambda: not alive(int(start[2])))
-    wait_for("message back", lambda: broker.count(f"{unique_name}-default") == 1)
+    eventually(lambda: not alive(int(start[2])), 15, message="job process gone")
+    eventually(lambda: broker.count(f"{unique_name}-default") == 1, 15, message="message back")
 
 
 def test_kill_9_mid_job_reruns_it_on_the_next_worker(
@@ -210,12 +207,12 @@ def test_kill_9_mid_job_reruns_it_on_the_next_worker(
     out = tmp_path / "out"
     a = workers.start(queues=["default=1"], tag="A")
     client.enqueue(unique_name, basic.slow, {"out": str(out), "sleep": 1.0})
-    [start] = wait_for("started on A", lambda: read_lines(out))
+    [start] = eventually(lambda: read_lines(out), 15, message="started on A")
     assert start[0] == "start" and start[3] == "A"
     a.kill9()
-    wait_for("A's job process died with it", lambda: not alive(int(start[2])))
+    eventually(lambda: not alive(int(start[2])), 15, message="A's job process died with it")
     workers.start(queues=["default=1"], tag="B")
-    wait_for("ended on B", lambda: [r for r in read_lines(out) if r[0] == "end"], timeout=20)
+    eventually(lambda: [r for r in read_lines(out) if r[0] == "end"], 20, message="ended on B")
     assert [(r[0], r[3]) for r in read_lines(out)] == [("start", "A"), ("start", "B"), ("end", "B")]
 
 
@@ -249,7 +246,7 @@ def test_bad_input_is_parked_counted_and_never_run(
     ]
     for i, (body, _) in enumerate(bad):
         broker.publish(main, body, message_id=f"m{i}", correlation_id="c", headers={"h": i})
-    wait_for("all parked", lambda: broker.count(f"{main}.invalid") == len(bad), timeout=15)
+    eventually(lambda: broker.count(f"{main}.invalid") == len(bad), 15, message="all parked")
     parked = broker.drain(f"{main}.invalid")
     got = {}
     for props, body in parked:
@@ -268,7 +265,7 @@ def test_bad_input_is_parked_counted_and_never_run(
     assert broker.count(main) == 0  # acknowledged, not redelivered
     out = tmp_path / "out"
     client.enqueue(unique_name, basic.ok, {"out": str(out)})
-    wait_for("the worker goes on", lambda: read_lines(out))
+    eventually(lambda: read_lines(out), 15, message="the worker goes on")
     assert broker.count(f"{main}.invalid") == 0
 
 
@@ -281,13 +278,19 @@ def test_raising_callbacks_change_nothing_and_are_counted(
         hooks_file=hooks,
     )
     job_id = client.enqueue(unique_name, basic.ok, {"out": str(out)})
-    wait_for("done", lambda: w.metric("roger_job_outcomes_total", outcome="succeeded") == 1)
+    eventually(
+        lambda: w.metric("roger_job_outcomes_total", outcome="succeeded") == 1, 15, message="done"
+    )
     assert len(read_lines(out)) == 1
-    after = wait_for(
-        "after_run", lambda: [h for h in read_json_lines(hooks) if h["hook"] == "after_run"]
+    after = eventually(
+        lambda: [h for h in read_json_lines(hooks) if h["hook"] == "after_run"],
+        15,
+        message="after_run",
     )
     assert after[0]["state"] == {"token": job_id}  # the other callback's state is intact
-    wait_for("failures counted", lambda: w.metric("roger_callback_failures_total") == 2)
+    eventually(
+        lambda: w.metric("roger_callback_failures_total") == 2, 15, message="failures counted"
+    )
     for hook in ("before_run", "after_run"):
         assert (
             w.metric(
@@ -311,19 +314,20 @@ def test_hanging_callback_neither_changes_the_outcome_nor_stalls_others(
         extra=["--callback-timeout", "1"],
     )
     client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 1, "hang": True})
-    wait_for("first job ran", lambda: read_lines(out))
+    eventually(lambda: read_lines(out), 15, message="first job ran")
     for n in range(2, 6):
         client.enqueue(unique_name, basic.ok, {"out": str(out), "n": n})
-    wait_for("others not stalled", lambda: len(read_lines(out)) == 5, timeout=5)
-    wait_for(
-        "hang counted",
+    eventually(lambda: len(read_lines(out)) == 5, 5, message="others not stalled")
+    eventually(
         lambda: w.metric("roger_callback_failures_total", hook="after_run", reason="timeout") == 1,
+        15,
+        message="hang counted",
     )
     assert w.metric("roger_job_outcomes_total", outcome="succeeded") == 5
     assert w.metric("roger_job_outcomes_total", outcome="retried") == 0
     assert broker.count(f"{unique_name}-default") == 0
     client.enqueue(unique_name, basic.ok, {"out": str(out), "n": 6})
-    wait_for("replacement process works", lambda: len(read_lines(out)) == 6)
+    eventually(lambda: len(read_lines(out)) == 6, 15, message="replacement process works")
 
 
 def test_metrics_health_and_readiness_endpoints(workers: Workers) -> None:
@@ -334,8 +338,8 @@ def test_metrics_health_and_readiness_endpoints(workers: Workers) -> None:
     assert status == 200
     for name in ("roger_worker_info", "roger_jobs_running", "roger_queue_consumers"):
         assert name in text
-    wait_for(
-        "queue sampled", lambda: w.metric("roger_queue_consumers", queue="default") == 1, timeout=10
+    eventually(
+        lambda: w.metric("roger_queue_consumers", queue="default") == 1, 10, message="queue sampled"
     )
 
 
@@ -345,20 +349,20 @@ def test_reconnects_after_the_connection_is_closed(
     out = tmp_path / "out"
     w = workers.start()
     name = f"roger-worker {unique_name} {os.uname().nodename} {w.proc.pid}"
-    conns = wait_for(
-        "connection listed",
+    conns = eventually(
         lambda: [
             c
             for c in management("/connections?columns=name,client_properties")
             if c.get("client_properties", {}).get("connection_name") == name
         ],
-        timeout=30,
-        every=1,
+        30,
+        interval=1,
+        message="connection listed",
     )
     management("/connections/" + urllib.parse.quote(conns[0]["name"], safe=""), "DELETE")
-    wait_for("reconnected", lambda: w.metric("roger_broker_reconnects_total") == 1, timeout=30)
+    eventually(lambda: w.metric("roger_broker_reconnects_total") == 1, 30, message="reconnected")
     client.enqueue(unique_name, basic.ok, {"out": str(out)})
-    wait_for("jobs run again", lambda: read_lines(out), timeout=20)
+    eventually(lambda: read_lines(out), 20, message="jobs run again")
     assert w.proc.poll() is None
 
 
@@ -368,15 +372,15 @@ def test_a_deleted_queue_is_declared_again_and_consumed(
     out = tmp_path / "out"
     w = workers.start()
     broker.delete(f"{unique_name}-default")
-    wait_for("reconnected", lambda: w.metric("roger_broker_reconnects_total") == 1, timeout=30)
-    wait_for(
-        "consumer back",
+    eventually(lambda: w.metric("roger_broker_reconnects_total") == 1, 30, message="reconnected")
+    eventually(
         lambda: (
             broker.count(f"{unique_name}-default") == 0
             and broker.consumers(f"{unique_name}-default") == 1
         ),
-        timeout=30,
+        30,
+        message="consumer back",
     )
     with roger.Client(amqp_url) as c:
         c.enqueue(unique_name, basic.ok, {"out": str(out)})
-    wait_for("jobs run again", lambda: read_lines(out), timeout=20)
+    eventually(lambda: read_lines(out), 20, message="jobs run again")

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 import roger
-from tests.integration.worker_harness import (
+from roger_devtools.polling import eventually
+from roger_devtools.workers import Workers
+from tests.integration.support import (
     Broker,
-    Workers,
     management,
     queue_names,
     read_json_lines,
     read_lines,
-    wait_for,
 )
 from tests.jobs import basic
 
@@ -66,10 +66,10 @@ def test_concurrency_is_max_workers_and_ack_waits_for_outcome(
     for n in range(9):
         client.enqueue(unique_name, basic.ok, {"out": str(out), "n": n, "sleep": 1.0})
     # While the first three run, six are ready and three are unacknowledged (prefetch 3).
-    wait_for("6 ready", lambda: broker.count(f"{unique_name}-default") == 6, timeout=10)
+    eventually(lambda: broker.count(f"{unique_name}-default") == 6, 10, message="6 ready")
     time.sleep(0.3)
     assert broker.count(f"{unique_name}-default") == 6
-    wait_for("9 jobs done", lambda: len(read_lines(out)) == 9, timeout=20)
+    eventually(lambda: len(read_lines(out)) == 9, 20, message="9 jobs done")
     ends = sorted(float(r[-1]) for r in read_lines(out))
     # three at a time, about one second each: three waves
     assert ends[-1] - ends[0] >= 1.5, ends
@@ -83,7 +83,7 @@ def test_success_runs_hooks_in_order_with_state(
     hooks = tmp_path / "hooks"
     w = workers.start(callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks)
     job_id = client.enqueue(unique_name, basic.ok, {"n": 1})
-    wait_for("after_run", lambda: len(read_json_lines(hooks)) == 2)
+    eventually(lambda: len(read_json_lines(hooks)) == 2, 15, message="after_run")
     before, after = read_json_lines(hooks)
     assert before["hook"] == "before_run" and before["id"] == job_id
     assert after == {
@@ -92,7 +92,11 @@ def test_success_runs_hooks_in_order_with_state(
         "result": "fine",
         "state": {"token": job_id},
     }
-    wait_for("metrics", lambda: w.metric("roger_job_outcomes_total", outcome="succeeded") == 1)
+    eventually(
+        lambda: w.metric("roger_job_outcomes_total", outcome="succeeded") == 1,
+        15,
+        message="metrics",
+    )
     assert w.metric("roger_lifecycle_events_total", hook="before_run") == 1
     assert w.metric("roger_lifecycle_events_total", hook="after_run") == 1
 
@@ -104,7 +108,7 @@ def test_retries_through_ttl_queues_then_burial(
     w = workers.start(callbacks=["tests.jobs.callbacks:Recorder"], hooks_file=hooks)
     t0 = time.time()
     job_id = client.enqueue(unique_name, basic.flaky, {"out": str(out), "n": 1})
-    wait_for("burial", lambda: broker.count(f"{unique_name}-default.buried") == 1, timeout=20)
+    eventually(lambda: broker.count(f"{unique_name}-default.buried") == 1, 20, message="burial")
     runs = [float(r[-1]) for r in read_lines(out)]
     assert len(runs) == 3  # first run + two retries (levels 1,2)
     assert runs[1] - runs[0] >= 0.9 and runs[2] - runs[1] >= 1.9, (runs, t0)
@@ -143,8 +147,10 @@ def test_not_retryable_failure_runs_on_error_and_is_kept_in_buried(
     )
     for n in range(3):
         client.enqueue(unique_name, basic.fails_once_not_retryable, {"n": n})
-    wait_for(
-        "3 failures", lambda: sum(h["hook"] == "on_error" for h in read_json_lines(hooks)) == 3
+    eventually(
+        lambda: sum(h["hook"] == "on_error" for h in read_json_lines(hooks)) == 3,
+        15,
+        message="3 failures",
     )
     time.sleep(0.5)
     assert broker.count(f"{unique_name}-default.buried") == 2  # bounded: oldest dropped
@@ -159,15 +165,15 @@ def test_client_survives_a_dropped_connection(
     name = f"roger-client {unique_name}"
     with roger.Client(amqp_url, name=name) as c:
         c.enqueue(unique_name, basic.ok, {"n": 1})
-        conns = wait_for(
-            "client connection listed",
+        conns = eventually(
             lambda: [
                 x
                 for x in management("/connections?columns=name,client_properties")
                 if x.get("client_properties", {}).get("connection_name") == name
             ],
-            timeout=30,
-            every=1,
+            30,
+            interval=1,
+            message="client connection listed",
         )
         management("/connections/" + urllib.parse.quote(conns[0]["name"], safe=""), "DELETE")
         time.sleep(1)  # the broker closes it; the client only learns on its next call
@@ -199,6 +205,6 @@ def test_a_burial_into_a_deleted_queue_is_not_acked_until_it_sits_in_one(
     broker._channel().queue_delete(buried)
     assert broker.count(buried) == -1
     client.enqueue(unique_name, basic.fails_once_not_retryable, {"n": 1})
-    wait_for("buried after all", lambda: broker.count(buried) == 1, timeout=60)
+    eventually(lambda: broker.count(buried) == 1, timeout=60, message="buried after all")
     assert broker.count(f"{unique_name}-default") == 0
     assert w.proc.poll() is None

@@ -21,15 +21,10 @@ from typing import Any
 import pika
 import pytest
 
+from roger_devtools.polling import eventually
+from roger_devtools.workers import WorkerProc, Workers
 from tests.integration import hostile_messages as hm
-from tests.integration.worker_harness import (
-    Broker,
-    WorkerProc,
-    Workers,
-    management,
-    read_lines,
-    wait_for,
-)
+from tests.integration.support import Broker, management, read_lines
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +109,9 @@ def test_the_issues_hostile_messages_neither_stop_nor_reconnect_the_worker(
 ) -> None:
     out, main = tmp_path / "out", f"{unique_name}-default"
     w = workers.start(queues=["default=2"], retry_levels="1")
-    before = wait_for("the worker's connection", lambda: _connections(unique_name))
+    before = eventually(
+        lambda: _connections(unique_name), timeout=15.0, message="the worker's connection"
+    )
     ok, flaky = "tests.jobs.basic:ok", "tests.jobs.basic:flaky"
     dump = json.dumps
     cases: list[tuple[bytes, Any, str]] = [
@@ -149,7 +146,9 @@ def test_the_issues_hostile_messages_neither_stop_nor_reconnect_the_worker(
             pub.publish(main, body, message_id=str(i), headers=headers)
     finally:
         pub.close()
-    wait_for("every case settled", lambda: _settled(broker, main, out, len(cases)), timeout=60)
+    eventually(
+        lambda: _settled(broker, main, out, len(cases)), timeout=60, message="every case settled"
+    )
     _assert_untouched(w, unique_name, before)
     found = _outcomes(broker, main, out)
     assert found == {str(i): [where] for i, (_, _, where) in enumerate(cases)}
@@ -163,8 +162,10 @@ def test_a_job_naming_a_queue_the_partition_does_not_consume_is_parked_not_run(
     stray = _job(1, "tests.jobs.basic:ok", out, queue="mail", execution_key="k")
     broker.publish(main, json.dumps(stray).encode(), message_id="stray")
     broker.publish(main, json.dumps(_job(2, "tests.jobs.basic:ok", out)).encode())
-    wait_for("the right one ran", lambda: read_lines(out))
-    [(props, body)] = wait_for("parked", lambda: broker.drain(f"{main}.invalid"))
+    eventually(lambda: read_lines(out), timeout=15.0, message="the right one ran")
+    [(props, body)] = eventually(
+        lambda: broker.drain(f"{main}.invalid"), timeout=15.0, message="parked"
+    )
     assert json.loads(body)["queue"] == "mail" and props.message_id == "stray"
     assert props.headers["x-roger-invalid-reason"] == "wrong_queue"
     assert [r[1] for r in read_lines(out)] == ["2"]
@@ -193,7 +194,9 @@ def test_fuzz_thousands_of_malformed_messages_among_valid_jobs(
     w = workers.start(
         queues=["default=8"], retry_levels="1", extra=["--buried-max-length", "10000"]
     )
-    before = wait_for("the worker's connection", lambda: _connections(unique_name))
+    before = eventually(
+        lambda: _connections(unique_name), timeout=15.0, message="the worker's connection"
+    )
     messages: list[tuple[str, bytes, Any, str]] = []  # (case id, body, headers, expected)
     for n in range(MALFORMED):
         body = hm.malformed_body(rng, n, str(out))
@@ -226,16 +229,16 @@ def test_fuzz_thousands_of_malformed_messages_among_valid_jobs(
     pub = Publisher(amqp_url, batch=100)
     t0 = time.monotonic()
     try:
-        for case, body, headers, _ in messages:
-            pub.publish(main, body, message_id=case, headers=headers)
+        for case_id, body, headers, _ in messages:
+            pub.publish(main, body, message_id=case_id, headers=headers)
     finally:
         pub.close()
     published = time.monotonic() - t0
-    wait_for(
-        "every message settled",
+    eventually(
         lambda: _settled(broker, main, out, len(messages)),
         timeout=120,
-        every=0.5,
+        interval=0.5,
+        message="every message settled",
     )
     settled = time.monotonic() - t0
     _assert_untouched(w, unique_name, before)

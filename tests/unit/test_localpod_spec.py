@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from roger_operator.devtools.podspec import UnresolvableEnv, local_process
+from roger_devtools.podspec import UnresolvableEnv, local_process
 
 pytestmark = pytest.mark.unit
 

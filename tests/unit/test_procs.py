@@ -12,7 +12,7 @@ from pika.adapters.select_connection import IOLoop
 
 from roger.core import frames
 from roger.worker.procs import ChildProc
-from tests.integration.worker_harness import ROOT
+from tests.integration.support import ROOT
 
 pytestmark = pytest.mark.unit
 SPEC = json.dumps(

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from roger.core import frames
-from tests.integration.worker_harness import ROOT
+from roger_devtools.polling import eventually
+from roger_devtools.processes import alive
+from tests.integration.support import ROOT
 
 pytestmark = pytest.mark.unit
 HOOKS = ["before_run", "after_run", "on_error", "on_cancel", "on_buried"]
@@ -162,18 +164,7 @@ def test_the_child_dies_with_its_worker() -> None:
     time.sleep(0.5)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().split(") ", 1)[1][0] == "Z":
-                    break
-        except (ProcessLookupError, FileNotFoundError):
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("job process outlived its worker")
+    eventually(lambda: not alive(pid), 10, message="the job process to die with its worker")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from roger import cli
 from roger.core.config import ConfigError, parse_config
-from tests.integration.worker_harness import env, roger
+from tests.integration.support import env, roger
 
 pytestmark = pytest.mark.unit
 URL = "amqp://guest:guest@127.0.0.1:1/%2F"  # never reached: input is checked first

@@ -310,17 +310,15 @@ class Broker:
             current = pause.paused_queues(url, spec.partition_id, [q.name for q in spec.queues])
         except Exception as exc:  # the worker's client raises its own errors
             raise BrokerError(redact(f"reading paused queues: {exc}", url)) from None
-        applied = True
         for q in spec.queues:
-            if current is not None and (q.name in current) == q.paused:
+            if (q.name in current) == q.paused:
                 continue
             try:
-                applied = pause.set_paused(url, spec.partition_id, q.name, q.paused) and applied
+                pause.set_paused(url, spec.partition_id, q.name, q.paused)
             except Exception as exc:
                 raise BrokerError(redact(f"pause/resume {q.name}: {exc}", url)) from None
-        if applied and current is not None:
-            with self._lock:
-                self._paused[key] = wanted
+        with self._lock:
+            self._paused[key] = wanted
 
     def delete_empty(self, url: str, spec: PartitionSpec) -> tuple[list[str], list[str]]:
         """Delete the partition's queues that hold no message; (deleted, kept-with-jobs).

@@ -7,58 +7,22 @@ call goes through this module so the operator follows the worker's storage, what
 
 from __future__ import annotations
 
-import importlib
-import logging
 from collections.abc import Iterable
-from typing import Any
 
-log = logging.getLogger(__name__)
-_warned = False
+from roger.broker.client import Client
 
 
-def _client(url: str) -> Any | None:
-    global _warned
-    try:
-        roger = importlib.import_module("roger")
-        client_cls = getattr(roger, "Client", None)
-    except ImportError:
-        client_cls = None
-    if client_cls is None or not hasattr(client_cls, "pause"):
-        if not _warned:
-            log.warning("roger.Client has no pause/resume; spec.queues[].paused is not applied")
-            _warned = True
-        return None
-    return client_cls(url)
-
-
-def _close(client: Any) -> None:
-    close = getattr(client, "close", None)
-    if callable(close):
-        close()
-
-
-def set_paused(url: str, partition: str, queue: str, paused: bool) -> bool:
-    """Pause or resume one queue; False when the worker package cannot do it."""
-    client = _client(url)
-    if client is None:
-        return False
-    try:
+def set_paused(url: str, partition: str, queue: str, paused: bool) -> None:
+    """Pause or resume one queue."""
+    with Client(url) as client:
         if paused:
             client.pause(partition, queue)
         else:
             client.resume(partition, queue)
-    finally:
-        _close(client)
-    return True
 
 
-def paused_queues(url: str, partition: str, queues: Iterable[str]) -> set[str] | None:
-    """The queues paused in the broker, or None when that cannot be read."""
-    client = _client(url)
-    if client is None or not hasattr(client, "info"):
-        return None
-    try:
+def paused_queues(url: str, partition: str, queues: Iterable[str]) -> set[str]:
+    """The queues among ``queues`` that are paused in the broker."""
+    with Client(url) as client:
         info = client.info(partition, queues=tuple(queues), retry_levels=())
-        return set(getattr(info, "paused", ()) or ())
-    finally:
-        _close(client)
+        return set(info.paused)

@@ -5,7 +5,7 @@ ConfigMap volumes resolved by ``podspec``), stops it when the Pod goes away, giv
 loopback metrics port and writes them as Prometheus file_sd targets. The demo and the
 e2e tests use it so that Pods the operator creates really process jobs.
 
-    python -m roger_operator.devtools.localpods --selector app.kubernetes.io/component=worker \
+    python -m roger_devtools.localpods --selector app.kubernetes.io/component=worker \
         --state-dir .cluster/localpods --file-sd .cluster/prometheus/targets/workers.json
 """
 
@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,8 @@ from typing import Any
 
 from kubernetes import client, config
 
-from roger_operator.devtools.podspec import LocalProcess, UnresolvableEnv, local_process
+from roger_devtools.podspec import LocalProcess, UnresolvableEnv, local_process
+from roger_devtools.ports import free_port
 
 log = logging.getLogger("roger.localpods")
 
@@ -42,12 +42,6 @@ class Running:
     proc: subprocess.Popen[bytes]
     metrics_port: int | None
     grace: float
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _is_roger_worker(argv: list[str]) -> bool:
@@ -125,7 +119,7 @@ class LocalPods:
         port = None
         if _is_roger_worker(argv):
             argv[0] = shutil.which("roger") or argv[0]
-            port = free_loopback_port()
+            port = free_port()
             argv += ["--metrics-port", str(port)]
         env = {**os.environ, **desc.env}
         logf = open(pod_dir / "process.log", "ab")  # noqa: SIM115 - owned by the child

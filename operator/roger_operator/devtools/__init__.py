@@ -1,1 +1,0 @@
-"""Developer tools for the local cluster, where kwok fakes nodes and no container runs."""

@@ -1,0 +1,170 @@
+"""Look at the test broker (queues, raw messages, the management API); run the CLI.
+
+The worker processes themselves: ``roger_devtools.workers``; waits: ``roger_devtools.polling``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from roger.core import naming
+from tests.brokers import BROKER
+
+ROOT = Path(__file__).resolve().parents[2]
+MGMT = BROKER.management_api
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join([str(ROOT), out.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out.update(extra)
+    return out
+
+
+def roger(*args: str, amqp_url: str | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion."""
+    head = [sys.executable, "-m", "roger.cli"] + (["--amqp-url", amqp_url] if amqp_url else [])
+    return subprocess.run(
+        [*head, *args],
+        cwd=ROOT,
+        env=kw.pop("env", env()),
+        capture_output=True,
+        text=True,
+        timeout=kw.pop("timeout", 30),
+        **kw,
+    )
+
+
+class Broker:
+    """A blocking pika connection for looking at queues and publishing raw messages."""
+
+    def __init__(self, amqp_url: str) -> None:
+        self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        self.ch = self.conn.channel()
+
+    def close(self) -> None:
+        if self.conn.is_open:
+            self.conn.close()
+
+    def _channel(self) -> Any:
+        if not self.ch.is_open:
+            self.ch = self.conn.channel()
+        return self.ch
+
+    def count(self, queue: str) -> int:
+        """Ready messages; -1 if the queue does not exist."""
+        try:
+            return int(self._channel().queue_declare(queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker:
+            return -1
+
+    def consumers(self, queue: str) -> int:
+        return int(self._channel().queue_declare(queue, passive=True).method.consumer_count)
+
+    def publish(self, queue: str, body: bytes, **props: Any) -> None:
+        props.setdefault("delivery_mode", 2)
+        self._channel().basic_publish("", queue, body, pika.BasicProperties(**props))
+
+    def drain(self, queue: str) -> list[tuple[Any, bytes]]:
+        """Take every ready message of a queue (acknowledged)."""
+        out = []
+        ch = self._channel()
+        while True:
+            method, props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append((props, body))
+
+    def peek(self, queue: str) -> list[tuple[Any, bytes]]:
+        """Every ready message of a queue, left in place (requeued by the channel close)."""
+        ch = self.conn.channel()
+        out = []
+        try:
+            while True:
+                method, props, body = ch.basic_get(queue, auto_ack=False)
+                if method is None:
+                    return out
+                out.append((props, body))
+        finally:
+            ch.close()
+
+    def delete_partition(self, partition: str) -> None:
+        """Every queue whose name starts with ``<partition>-`` (Roger's and the state's)."""
+        names = [q["name"] for q in management("/queues/%2F?columns=name")]
+        self.delete(*(n for n in names if naming.belongs_to_partition(n, partition)))
+
+    def delete(self, *queues: str) -> None:
+        for q in queues:
+            with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
+                self._channel().queue_delete(q)
+
+
+def management(path: str, method: str = "GET", attempts: int = 5) -> Any:
+    """The RabbitMQ management API (guest/guest on loopback). A 5xx is asked again: the
+    API answers 500 now and then while queues come and go on a busy machine."""
+    req = urllib.request.Request(MGMT + path, method=method)
+    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                body = r.read()
+                return json.loads(body) if body else None
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def read_lines(path: Path) -> list[list[str]]:
+    if not path.exists():
+        return []
+    return [line.split() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def queue_names(
+    partition: str, queue: str = "default", levels: Iterable[int] = (1, 2)
+) -> list[str]:
+    base = f"{partition}-{queue}"
+    return [base, *(f"{base}.retry.{s}" for s in levels), f"{base}.buried", f"{base}.invalid"]
+
+
+def message_count(url: str, queue: str) -> int:
+    """Ready messages in ``queue`` (a passive declare on a connection of its own)."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        conn.close()
+
+
+def delete_queues(conn: pika.BlockingConnection, names: list[str]) -> None:
+    """Delete each queue that exists, one channel each (a refusal closes its channel)."""
+    for name in names:
+        ch = conn.channel()
+        try:
+            ch.queue_delete(name)
+        except pika.exceptions.ChannelClosedByBroker:
+            pass
+        finally:
+            if ch.is_open:
+                ch.close()
