@@ -14,7 +14,7 @@ help: ## List the targets
 $(PY): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[events,operator]' --group dev
 	@touch $(PY)
 
 venv: $(PY) ## Python virtualenv with the project and its test tools

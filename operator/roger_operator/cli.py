@@ -13,15 +13,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import kopf
-from prometheus_client import start_http_server
-
+from roger.extras import MissingExtra, require_extra
 from roger_operator.builders.model import MANAGED_SELECTOR, MANAGER
-from roger_operator.handlers import CHILDREN, register
-from roger_operator.handlers.context import Context
-from roger_operator.kube import Kube
-from roger_operator.rabbit import Broker
+
+if TYPE_CHECKING:  # kopf is imported once the [operator] extra is known to be there
+    import kopf
 
 log = logging.getLogger("roger_operator")
 
@@ -60,6 +58,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
+    import kopf
+
+    from roger_operator.handlers import CHILDREN
+
     settings = kopf.OperatorSettings()
     settings.peering.standalone = True
     settings.persistence.finalizer = "roger.dev/cleanup"
@@ -79,6 +81,19 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        require_extra("operator", "roger-operator")
+    except MissingExtra as exc:
+        print(f"roger-operator: {exc}", file=sys.stderr)
+        return 2
+    import kopf
+    from prometheus_client import start_http_server
+
+    from roger_operator.handlers import register
+    from roger_operator.handlers.context import Context
+    from roger_operator.kube import Kube
+    from roger_operator.rabbit import Broker
+
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

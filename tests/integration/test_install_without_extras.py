@@ -1,0 +1,112 @@
+"""``pip install roger-k8s`` without extras: the worker runs and the client enqueues with no
+kopf and no kubernetes, and a feature that needs an extra says which one.
+
+The package is installed (not editable) into a venv of its own with uv, as a user would.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import eventually
+from tests.integration.worker_harness import Broker
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+    assert uv, "uv is in the test dependency group"
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
+    return venv
+
+
+@pytest.fixture
+def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
+    b = Broker(amqp_url)
+    yield b
+    b.delete_partition(unique_name)
+    b.close()
+
+
+def _run(venv: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def test_the_bare_install_has_neither_kopf_nor_kubernetes(bare_venv: Path) -> None:
+    for module in ("kopf", "kubernetes"):
+        assert _run(bare_venv, "python", "-c", f"import {module}").returncode != 0, module
+    assert _run(bare_venv, "python", "-c", "import roger, pika, prometheus_client").returncode == 0
+
+
+def test_the_operator_names_its_extra(bare_venv: Path) -> None:
+    result = _run(bare_venv, "roger-operator")
+    assert result.returncode == 2
+    assert "pip install 'roger-k8s[operator]'" in result.stderr
+    assert "kopf" in result.stderr and "Traceback" not in result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_worker_runs_and_client_enqueues_without_extras(
+    bare_venv: Path, amqp_url: str, unique_name: str, broker: Broker, tmp_path: Path
+) -> None:
+    port = _free_port()
+    log = tmp_path / "worker.log"
+    out = tmp_path / "out.txt"
+    env = {**os.environ, "ROGER_AMQP_URL": amqp_url}
+    env.pop("PYTHONPATH", None)
+    cmd = [str(bare_venv / "bin" / "roger"), "worker", "--partition", unique_name]
+    cmd += ["--queue", "default=2", "--jobs", "tests.jobs.basic", "--metrics-port", str(port)]
+    cmd += ["--kube-namespace", "default"]  # asks for Events, which need the [events] extra
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        eventually(
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200
+            ),
+            timeout=60,
+            message="worker ready",
+        )
+        enqueue = (
+            "import sys, roger; roger.Client(sys.argv[1]).enqueue(sys.argv[2], "
+            "'tests.jobs.basic:ok', {'out': sys.argv[3]})"
+        )
+        result = _run(bare_venv, "python", "-c", enqueue, amqp_url, unique_name, str(out), cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        eventually(lambda: out.exists() and out.read_text().startswith("ok"), message="job ran")
+        text = log.read_text()
+        assert "Kubernetes Events off" in text and "pip install 'roger-k8s[events]'" in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
