@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,6 +106,11 @@ def test_worker_runs_and_client_enqueues_without_extras(
         result = _run(bare_venv, "python", "-c", enqueue, amqp_url, unique_name, str(out), cwd=ROOT)
         assert result.returncode == 0, result.stderr
         eventually(lambda: out.exists() and out.read_text().startswith("ok"), message="job ran")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+        info = f'roger_worker_info{{partition="{unique_name}",version="{version}"}} 1.0'
+        assert info in metrics.decode() and b"\nprocess_resident_memory_bytes " in metrics
+        assert b'job_name="tests.jobs.basic:ok"' in metrics
         text = log.read_text()
         assert "Kubernetes Events off" in text and "pip install 'roger-k8s[events]'" in text
     finally:

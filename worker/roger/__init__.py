@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from roger.broker.client import Client
     from roger.broker.state_client import DuplicateJob
 
-__all__ = ["Callback", "Client", "DuplicateJob", "Job", "JobDefinition", "job"]
+__all__ = ["Callback", "Client", "DuplicateJob", "Job", "JobDefinition", "__version__", "job"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from roger.broker.state_client import DuplicateJob
 
         return DuplicateJob
+    if name == "__version__":
+        from roger.version import package_version
+
+        return package_version()
     raise AttributeError(name)
