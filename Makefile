@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/.cluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv tools cluster-up cluster-down rabbitmq-up rabbitmq-down prometheus-up \
-        prometheus-down lint test test-unit test-integration test-e2e bench demo down status
+        prometheus-down lint test test-unit test-integration test-e2e test-lowest bench demo down \
+        status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -45,6 +46,9 @@ test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integrat
 
 test-unit: $(PY) ## Unit tests only (no services)
 	$(PY) -m pytest tests -m unit
+
+test-lowest: $(PY) rabbitmq-up ## Unit and integration tests with every dependency at its floor
+	bash hack/test-lowest.sh
 
 bench: $(PY) rabbitmq-up ## Benchmarks (not tests): prints ratios against peers
 	$(PY) bench/run.py

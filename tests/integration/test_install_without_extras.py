@@ -1,12 +1,16 @@
 """``pip install roger-k8s`` without extras: the worker runs and the client enqueues with no
 kopf and no kubernetes, and a feature that needs an extra says which one.
 
-The package is installed (not editable) into a venv of its own with uv, as a user would.
+The package is installed (not editable) into a venv of its own with uv, as a user would,
+with every dependency at the floor pyproject.toml allows (``--resolution lowest-direct``):
+this proves the bare install's floors; ``make test-lowest`` proves the extras' floors.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,8 +35,9 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert uv, "uv is in the test dependency group"
     venv = tmp_path_factory.mktemp("bare") / "venv"
     subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    python = ["--python", str(venv / "bin" / "python")]
     subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"), str(ROOT)],
+        [uv, "pip", "install", "-q", "--resolution", "lowest-direct", *python, str(ROOT)],
         check=True,
         timeout=300,
     )
@@ -63,6 +68,19 @@ def test_the_bare_install_has_neither_kopf_nor_kubernetes(bare_venv: Path) -> No
     assert _run(bare_venv, "python", "-c", "import roger, pika, prometheus_client").returncode == 0
 
 
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in [*version.split("."), "0", "0"][:3])
+
+
+def test_the_bare_install_runs_on_the_floors(bare_venv: Path) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    show = "import sys, importlib.metadata as m; print(m.version(sys.argv[1]))"
+    for requirement in project["dependencies"]:
+        name, floor = re.fullmatch(r"([\w.-]+)>=([\d.]+)", requirement).groups()  # type: ignore[union-attr]
+        installed = _run(bare_venv, "python", "-c", show, name).stdout.strip()
+        assert _release(installed) == _release(floor), (name, installed)
+
+
 def test_the_operator_names_its_extra(bare_venv: Path) -> None:
     result = _run(bare_venv, "roger-operator")
     assert result.returncode == 2
@@ -86,7 +104,8 @@ def test_worker_runs_and_client_enqueues_without_extras(
     out = tmp_path / "out.txt"
     env = {**os.environ, "ROGER_AMQP_URL": amqp_url}
     env.pop("PYTHONPATH", None)
-    cmd = [str(bare_venv / "bin" / "roger"), "worker", "--partition", unique_name]
+    cmd = [str(bare_venv / "bin" / "roger"), "--log-format", "json"]
+    cmd += ["worker", "--partition", unique_name]
     cmd += ["--queue", "default=2", "--jobs", "tests.jobs.basic", "--metrics-port", str(port)]
     cmd += ["--kube-namespace", "default"]  # asks for Events, which need the [events] extra
     with log.open("wb") as fh:
@@ -111,8 +130,13 @@ def test_worker_runs_and_client_enqueues_without_extras(
         info = f'roger_worker_info{{partition="{unique_name}",version="{version}"}} 1.0'
         assert info in metrics.decode() and b"\nprocess_resident_memory_bytes " in metrics
         assert b'job_name="tests.jobs.basic:ok"' in metrics
-        text = log.read_text()
-        assert "Kubernetes Events off" in text and "pip install 'roger-k8s[events]'" in text
+        entries = [json.loads(line) for line in log.read_text().splitlines()]  # JSON lines
+        assert any(
+            e["message"].startswith("Kubernetes Events off")
+            and "pip install 'roger-k8s[events]'" in e["message"]
+            and e["level"] == "WARNING"
+            for e in entries
+        ), entries
     finally:
         proc.terminate()
         proc.wait(timeout=30)
