@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from roger.extras import MissingExtra, require_extra
+from roger.logs import LOG_FORMATS, configure_logging
 from roger_operator.builders.model import MANAGED_SELECTOR, MANAGER
 
 if TYPE_CHECKING:  # kopf is imported once the [operator] extra is known to be there
@@ -54,6 +55,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=16, help="reconcile threads")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text, or json: one object per line, for log shippers",
+    )
     return parser.parse_args(argv)
 
 
@@ -94,10 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from roger_operator.kube import Kube
     from roger_operator.rabbit import Broker
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     for noisy in ("kubernetes", "urllib3", "aiohttp", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pika").setLevel(logging.ERROR)  # 404s of passive declares are expected
