@@ -470,7 +470,7 @@ def operator_dashboard() -> dict[str, Any]:
             _query_var(
                 "namespace",
                 "Operator namespace",
-                "label_values(roger_operator_reconciles_total, namespace)",
+                "label_values(roger_operator_info, namespace)",
             ),
             # Kept for links between the dashboards; the operator's series have neither.
             _query_var(

@@ -105,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("kubernetes", "urllib3", "aiohttp", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pika").setLevel(logging.ERROR)  # 404s of passive declares are expected
+    from roger.version import package_version
+    from roger_operator import metrics
+
+    metrics.INFO.info({"version": package_version()})
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.bind_address)
     ctx = Context(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 from roger.core import metric_names as names
 
+INFO = Info(names.OPERATOR_INFO, "The operator; present from start-up, before any reconcile")
 RECONCILES = Counter(names.OPERATOR_RECONCILES, "Partition reconciles", ["kind", "result"])
 RECONCILE_DURATION = Histogram(
     names.OPERATOR_RECONCILE_DURATION,

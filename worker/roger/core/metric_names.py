@@ -33,6 +33,7 @@ KUBE_EVENTS_DROPPED: Final = "roger_kube_events_dropped"  # counter {partition,c
 KUBE_EVENT_WRITES: Final = "roger_kube_event_writes"  # counter {partition,verb}
 
 # Operator.
+OPERATOR_INFO: Final = "roger_operator"  # info {version}, from start-up (before any reconcile)
 OPERATOR_RECONCILES: Final = "roger_operator_reconciles"  # counter {kind,result}
 OPERATOR_RECONCILE_DURATION: Final = "roger_operator_reconcile_duration_seconds"  # histogram
 OPERATOR_ERRORS: Final = "roger_operator_errors"  # counter {kind,stage}
