@@ -12,8 +12,8 @@ RABBITMQ_SCRIPT := $(RABBITMQ_SCRIPT_$(RABBITMQ))
 export PATH := $(CURDIR)/.cluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv tools cluster-up cluster-down rabbitmq-up rabbitmq-down prometheus-up \
-        prometheus-down lint test test-unit test-integration test-e2e bench demo down status \
-        rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4
+        prometheus-down lint test test-unit test-integration test-e2e test-lowest bench demo down \
+        status rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ help: ## List the targets
 $(PY): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[events,operator]' --group dev
 	@touch $(PY)
 
 venv: $(PY) ## Python virtualenv with the project and its test tools
@@ -73,6 +73,9 @@ test-integration: $(PY) ## Integration tier on RabbitMQ 3.10, or 4.0 with RABBIT
 # The cluster tests start a 4.0 cluster (ROGER_CLUSTER_RABBITMQ=4.0 hack/rabbitmq-cluster.sh).
 test-rabbitmq4: ## Integration tier on RabbitMQ 4.0 (what differs from 3.10 is asserted by tests)
 	$(MAKE) test-integration RABBITMQ=4.0
+
+test-lowest: $(PY) rabbitmq-up ## Unit and integration tests with every dependency at its floor
+	bash hack/test-lowest.sh
 
 bench: $(PY) rabbitmq-up ## Benchmarks (not tests): prints ratios against peers
 	$(PY) bench/run.py

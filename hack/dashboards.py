@@ -7,8 +7,9 @@
 Every query uses metric names from worker/roger/core/metric_names.py (counters with the
 ``_total`` suffix) or RabbitMQ's own; tests/unit/test_dashboards.py checks it, and
 tests/e2e/test_dashboard_data.py evaluates every query against a real Prometheus.
-Roger's ``job`` label (the job's name) is ``exported_job`` once scraped: the scrape's own
-``job`` target label wins.
+The job's name is the ``job_name`` label (``job`` and ``namespace`` are the scrape's target
+labels); the operator's ``roger_operator_partitions`` says the Partitions' namespace in
+``partition_namespace``.
 """
 
 from __future__ import annotations
@@ -205,9 +206,9 @@ def partitions_dashboard() -> dict[str, Any]:
         " on_buried (final).",
         [
             (
-                "sum by (partition, exported_job) (rate(roger_lifecycle_events_total"
+                "sum by (partition, job_name) (rate(roger_lifecycle_events_total"
                 f'{{{WQ}, hook=~"on_error|on_buried"}}[{RI}]))',
-                "{{partition}} {{exported_job}}",
+                "{{partition}} {{job_name}}",
             )
         ],
         unit="ops",
@@ -217,8 +218,8 @@ def partitions_dashboard() -> dict[str, Any]:
         "Jobs republished to a .retry.<seconds> queue.",
         [
             (
-                f"sum by (partition, exported_job) (rate(roger_job_retries_total{{{WQ}}}[{RI}]))",
-                "{{partition}} {{exported_job}}",
+                f"sum by (partition, job_name) (rate(roger_job_retries_total{{{WQ}}}[{RI}]))",
+                "{{partition}} {{job_name}}",
             )
         ],
         unit="ops",
@@ -228,9 +229,9 @@ def partitions_dashboard() -> dict[str, Any]:
         "Jobs buried in the interval, and messages held in each .buried queue.",
         [
             (
-                "sum by (partition, exported_job) (increase(roger_lifecycle_events_total"
+                "sum by (partition, job_name) (increase(roger_lifecycle_events_total"
                 f'{{{WQ}, hook="on_buried"}}[{RI}]))',
-                "buried {{partition}} {{exported_job}}",
+                "buried {{partition}} {{job_name}}",
             ),
             (
                 f"max by (partition, queue) (roger_queue_buried{{{WQ}}})",
@@ -243,9 +244,9 @@ def partitions_dashboard() -> dict[str, Any]:
         "Jobs cancelled (queued or running) in the interval.",
         [
             (
-                "sum by (partition, exported_job) (increase(roger_lifecycle_events_total"
+                "sum by (partition, job_name) (increase(roger_lifecycle_events_total"
                 f'{{{WQ}, hook="on_cancel"}}[{RI}]))',
-                "{{partition}} {{exported_job}}",
+                "{{partition}} {{job_name}}",
             )
         ],
     )
@@ -469,7 +470,7 @@ def operator_dashboard() -> dict[str, Any]:
             _query_var(
                 "namespace",
                 "Operator namespace",
-                "label_values(roger_operator_reconciles_total, namespace)",
+                "label_values(roger_operator_info, namespace)",
             ),
             # Kept for links between the dashboards; the operator's series have neither.
             _query_var(

@@ -22,7 +22,7 @@ DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 ALERTS_FILE = CHART / "rules" / "roger-alerts.yaml"
 
 HISTOGRAMS = {names.JOB_DURATION, names.OPERATOR_RECONCILE_DURATION}
-INFOS = {names.WORKER_INFO}
+INFOS = {names.WORKER_INFO, names.OPERATOR_INFO}
 # RabbitMQ's rabbitmq_prometheus metrics used by dashboards (per-object metrics on).
 RABBITMQ = {
     "rabbitmq_queue_messages_ready",

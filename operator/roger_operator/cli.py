@@ -13,15 +13,14 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import kopf
-from prometheus_client import start_http_server
-
+from roger.extras import MissingExtra, require_extra
+from roger.logs import LOG_FORMATS, configure_logging
 from roger_operator.builders.model import MANAGED_SELECTOR, MANAGER
-from roger_operator.handlers import CHILDREN, register
-from roger_operator.handlers.context import Context
-from roger_operator.kube import Kube
-from roger_operator.rabbit import Broker
+
+if TYPE_CHECKING:  # kopf is imported once the [operator] extra is known to be there
+    import kopf
 
 log = logging.getLogger("roger_operator")
 
@@ -56,10 +55,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=16, help="reconcile threads")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text, or json: one object per line, for log shippers",
+    )
     return parser.parse_args(argv)
 
 
 def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
+    import kopf
+
+    from roger_operator.handlers import CHILDREN
+
     settings = kopf.OperatorSettings()
     settings.peering.standalone = True
     settings.persistence.finalizer = "roger.dev/cleanup"
@@ -79,13 +88,27 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        require_extra("operator", "roger-operator")
+    except MissingExtra as exc:
+        print(f"roger-operator: {exc}", file=sys.stderr)
+        return 2
+    import kopf
+    from prometheus_client import start_http_server
+
+    from roger_operator.handlers import register
+    from roger_operator.handlers.context import Context
+    from roger_operator.kube import Kube
+    from roger_operator.rabbit import Broker
+
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     for noisy in ("kubernetes", "urllib3", "aiohttp", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pika").setLevel(logging.ERROR)  # 404s of passive declares are expected
+    from roger.version import package_version
+    from roger_operator import metrics
+
+    metrics.INFO.info({"version": package_version()})
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.bind_address)
     ctx = Context(

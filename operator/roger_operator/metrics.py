@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 from roger.core import metric_names as names
 
+INFO = Info(names.OPERATOR_INFO, "The operator; present from start-up, before any reconcile")
 RECONCILES = Counter(names.OPERATOR_RECONCILES, "Partition reconciles", ["kind", "result"])
 RECONCILE_DURATION = Histogram(
     names.OPERATOR_RECONCILE_DURATION,
@@ -14,7 +15,9 @@ RECONCILE_DURATION = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ERRORS = Counter(names.OPERATOR_ERRORS, "Reconcile errors", ["kind", "stage"])
-PARTITIONS = Gauge(names.OPERATOR_PARTITIONS, "Partitions by phase", ["namespace", "phase"])
+PARTITIONS = Gauge(
+    names.OPERATOR_PARTITIONS, "Partitions by phase", ["partition_namespace", "phase"]
+)
 API_REQUESTS = Counter(
     names.OPERATOR_API_REQUESTS, "Kubernetes API requests by the operator's client", ["verb"]
 )

@@ -130,8 +130,9 @@ def test_chart_installs_in_a_restricted_namespace_and_its_rbac_runs_the_operator
 ) -> None:
     _label_restricted(kubectl, namespace)
     install = helm(
-        kubeconfig, "install", release, str(CHART), "-n", namespace, "--wait", "--timeout", "90s"
-    )
+        kubeconfig, "install", release, str(CHART), "-n", namespace, "--wait", "--timeout", "90s",
+        "--set", "crds.install=false",  # shared with the other tests (apply_crds)
+    )  # fmt: skip
     assert "STATUS: deployed" in install.stdout, install.stdout
     assert "roger-operator" in install.stdout  # NOTES.txt
 
@@ -236,7 +237,7 @@ def test_chart_watching_namespaces_grants_only_those(
     try:
         helm(
             kubeconfig, "install", release, str(CHART), "-n", namespace,
-            "--set", f"watchNamespaces={{{watched}}}",
+            "--set", f"watchNamespaces={{{watched}}}", "--set", "crds.install=false",
         )  # fmt: skip
         user = f"system:serviceaccount:{namespace}:{release}-roger-operator"
         dep = kubectl.get_json("-n", namespace, "deployment", f"{release}-roger-operator")

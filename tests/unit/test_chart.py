@@ -41,9 +41,32 @@ MONITORING_ON = (
 
 def test_chart_crds_are_the_top_level_crds_byte_for_byte() -> None:
     top = {p.name: p.read_bytes() for p in (ROOT / "crds").glob("*.yaml")}
-    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "files" / "crds").glob("*.yaml")}
     assert top, "no CRDs in crds/"
-    assert chart == top, "charts/roger/crds/ differs from crds/: cp crds/*.yaml charts/roger/crds/"
+    assert chart == top, (
+        "charts/roger/files/crds/ differs from crds/: cp crds/*.yaml charts/roger/files/crds/"
+    )
+    assert not (CHART / "crds").exists(), "Helm would install crds/ once and never upgrade it"
+
+
+def test_crds_are_templates_kept_on_uninstall_unless_told_otherwise() -> None:
+    top = {
+        yaml.safe_load(p.read_text())["metadata"]["name"]: yaml.safe_load(p.read_text())
+        for p in (ROOT / "crds").glob("*.yaml")
+    }
+    rendered = of_kind(render(), "CustomResourceDefinition")
+    assert {c["metadata"]["name"] for c in rendered} == set(top)
+    for crd in rendered:
+        source = top[crd["metadata"]["name"]]
+        annotations = crd["metadata"].pop("annotations")
+        assert annotations == {"helm.sh/resource-policy": "keep"}
+        labels = crd["metadata"].pop("labels")
+        assert source["metadata"].pop("labels").items() <= labels.items()
+        assert labels["app.kubernetes.io/component"] == "crds"
+        assert crd == source  # the files, otherwise unchanged
+    assert not of_kind(render("crds.install=false"), "CustomResourceDefinition")
+    unkept = of_kind(render("crds.keep=false"), "CustomResourceDefinition")
+    assert unkept and all("annotations" not in c["metadata"] for c in unkept)
 
 
 def test_helm_lint_is_clean() -> None:
@@ -105,6 +128,9 @@ def test_operator_flags_are_the_operator_cli_flags() -> None:
     assert args.all_namespaces and not args.namespace
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert (args.metrics_port, args.health_port) == (ports["metrics"], ports["health"])
+
+    assert args.log_format == "text"
+    assert parse_args(_container(render("operator.logFormat=json"))["args"]).log_format == "json"
 
     container = _container(render("watchNamespaces={team-a,team-b}"))
     args = parse_args(container["args"])

@@ -27,6 +27,7 @@ __all__ = [
     "EnqueueResult",
     "Job",
     "JobDefinition",
+    "__version__",
     "job",
 ]
 
@@ -48,4 +49,8 @@ def __getattr__(name: str) -> Any:
         from roger.broker.state_client import DuplicateJob
 
         return DuplicateJob
+    if name == "__version__":
+        from roger.version import package_version
+
+        return package_version()
     raise AttributeError(name)

@@ -27,6 +27,7 @@ from roger.core.config import (
 )
 from roger.core.lifecycle import LifecycleObserver
 from roger.core.naming import InvalidName
+from roger.logs import LOG_FORMATS, configure_logging
 
 EXIT_USAGE = 2
 EXIT_DUPLICATE = 3  # enqueue: the job's queue_key is held by another job
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
         "default: $ROGER_AMQP_URL",
     )
     p.add_argument("--log-level", default=os.environ.get("ROGER_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=os.environ.get("ROGER_LOG_FORMAT", "text"),
+        help="text, or json: one object per line (default: $ROGER_LOG_FORMAT or text)",
+    )
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     w = sub.add_parser("worker", help="consume and run jobs of one partition")
@@ -377,11 +384,7 @@ def _info(opts: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     opts = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=str(opts.log_level).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(str(opts.log_level).upper(), opts.log_format)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log what matters
     from pika.exceptions import AMQPConnectionError
 

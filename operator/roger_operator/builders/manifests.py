@@ -26,6 +26,7 @@ from roger_operator.builders.model import (
     LABEL_NAME,
     LABEL_PART_OF,
     LABEL_PARTITION,
+    LOG_FORMAT_ENV,
     MANAGER,
     PARTITION_KIND,
     PLURAL,
@@ -157,6 +158,8 @@ def _env(spec: PartitionSpec) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
     ]
+    if spec.log_format != "text":  # only when asked: existing pods keep their template
+        env.append({"name": LOG_FORMAT_ENV, "value": spec.log_format})
     own = {e["name"] for e in env}
     env.extend(copy.deepcopy(dict(e)) for e in spec.env if e.get("name") not in own)
     return env

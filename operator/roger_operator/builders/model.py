@@ -29,6 +29,7 @@ CONFIG_DIR: Final = "/etc/roger"
 CONFIG_FILE: Final = "worker.yaml"
 CONFIG_PATH: Final = f"{CONFIG_DIR}/{CONFIG_FILE}"
 AMQP_URL_ENV: Final = "ROGER_AMQP_URL"
+LOG_FORMAT_ENV: Final = "ROGER_LOG_FORMAT"  # roger --log-format
 DEFAULT_METRICS_PORT: Final = 9100
 DEFAULT_SHUTDOWN_TIMEOUT: Final = 10.0
 DEFAULT_CALLBACK_TIMEOUT: Final = 30.0
@@ -96,6 +97,7 @@ class PartitionSpec:
     env: tuple[Mapping[str, Any], ...] = ()
     pod_template: Mapping[str, Any] = field(default_factory=dict)
     job_processes: int | None = None  # None: the worker's default (one per usable CPU)
+    log_format: str = "text"  # or "json"
 
     @property
     def child_name(self) -> str:
@@ -179,6 +181,7 @@ def parse_partition(obj: Mapping[str, Any]) -> PartitionSpec:
         env=tuple(worker.get("env") or ()),
         pod_template=_mapping(worker.get("podTemplate"), "spec.worker.podTemplate"),
         job_processes=int(worker["jobProcesses"]) if worker.get("jobProcesses") else None,
+        log_format=str(worker.get("logFormat") or "text"),
     )
 
 

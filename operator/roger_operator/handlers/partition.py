@@ -127,7 +127,7 @@ def write_status(
 
 
 def publish_phases(ctx: Context, namespace: str) -> None:
-    """``roger_operator_partitions{namespace,phase}`` from the phases last written."""
+    """``roger_operator_partitions{partition_namespace,phase}`` from the phases last written."""
     counts = {"Ready": 0, "NotReady": 0}
     for (ns, _name), phase in list(ctx.phases.items()):
         if ns == namespace:

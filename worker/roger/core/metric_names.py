@@ -1,7 +1,9 @@
 """Every Prometheus metric name Roger exports, in one place.
 
 Dashboards, alert rules and their tests refer to these names; the worker's and the
-operator's metric objects are built from them. Labels are bounded: never a job id.
+operator's metric objects are built from them. Labels are bounded: never a job id. No
+label is named like a target label Prometheus sets itself (``job``, ``namespace``,
+``instance``, ``pod``...): Prometheus would rename it to ``exported_*``.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from __future__ import annotations
 from typing import Final
 
 # Worker: job lifecycle.
-LIFECYCLE_EVENTS: Final = "roger_lifecycle_events"  # counter {partition,queue,job,hook}
-JOB_DURATION: Final = "roger_job_duration_seconds"  # histogram {partition,queue,job,outcome}
+LIFECYCLE_EVENTS: Final = "roger_lifecycle_events"  # counter {partition,queue,job_name,hook}
+JOB_DURATION: Final = "roger_job_duration_seconds"  # histogram {partition,queue,job_name,outcome}
 JOBS_RUNNING: Final = "roger_jobs_running"  # gauge {partition,queue}
-JOB_RETRIES: Final = "roger_job_retries"  # counter {partition,queue,job}
-JOB_OUTCOMES: Final = "roger_job_outcomes"  # counter {partition,queue,job,outcome}
+JOB_RETRIES: Final = "roger_job_retries"  # counter {partition,queue,job_name}
+JOB_OUTCOMES: Final = "roger_job_outcomes"  # counter {partition,queue,job_name,outcome}
 MESSAGES_PARKED: Final = "roger_messages_parked"  # counter {partition,queue,reason}
 CALLBACK_FAILURES: Final = "roger_callback_failures"  # counter {partition,callback,hook,reason}
 QUEUE_MESSAGES: Final = "roger_queue_messages"  # gauge {partition,queue} ready messages
@@ -31,10 +33,11 @@ KUBE_EVENTS_DROPPED: Final = "roger_kube_events_dropped"  # counter {partition,c
 KUBE_EVENT_WRITES: Final = "roger_kube_event_writes"  # counter {partition,verb}
 
 # Operator.
+OPERATOR_INFO: Final = "roger_operator"  # info {version}, from start-up (before any reconcile)
 OPERATOR_RECONCILES: Final = "roger_operator_reconciles"  # counter {kind,result}
 OPERATOR_RECONCILE_DURATION: Final = "roger_operator_reconcile_duration_seconds"  # histogram
 OPERATOR_ERRORS: Final = "roger_operator_errors"  # counter {kind,stage}
-OPERATOR_PARTITIONS: Final = "roger_operator_partitions"  # gauge {namespace,phase}
+OPERATOR_PARTITIONS: Final = "roger_operator_partitions"  # gauge {partition_namespace,phase}
 OPERATOR_API_REQUESTS: Final = "roger_operator_api_requests"  # counter {verb} (its own client)
 
 # prometheus-client appends "_total" to counters on exposition.

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry
 
 from roger.core.config import WorkerConfig
+from roger.extras import MissingExtra, require_extra
 from roger.kube.client import ApiFailure, EventsApi, KubeEventsApi
 from roger.kube.metrics import kube_event_metrics
 from roger.kube.observer import KubeEventsObserver
@@ -65,6 +66,11 @@ def observer_from_config(
         return None
     name = config.kube.name or env.get("ROGER_KUBE_NAME") or config.partition
     if api is None:
+        try:
+            require_extra("events", "Kubernetes Events")
+        except MissingExtra as exc:
+            log.warning("Kubernetes Events off: %s", exc)
+            return None
         try:
             api = KubeEventsApi.from_environment(kubeconfig)
         except Exception as exc:  # no in-cluster account and no usable kubeconfig

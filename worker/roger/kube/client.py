@@ -14,7 +14,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-import urllib3
 import yaml
 
 if TYPE_CHECKING:  # the client library is imported only when Events are on
@@ -129,6 +128,8 @@ class KubeEventsApi:
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, content_type: str = ""
     ) -> dict[str, Any]:
+        import urllib3  # the kubernetes package's HTTP client: here only with [events]
+
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"

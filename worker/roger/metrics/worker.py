@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
 
 from roger.core import metric_names as names
 from roger.core.lifecycle import LifecycleEvent
 from roger.core.message import PARK_REASONS
+from roger.version import package_version
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
 _SAMPLED = {
@@ -28,26 +38,31 @@ _SAMPLED = {
 class WorkerMetrics:
     """Implements ``Telemetry`` and ``LifecycleObserver`` for one partition."""
 
-    def __init__(self, partition: str, version: str = "0", registry: Any = None) -> None:
+    def __init__(self, partition: str, version: str | None = None, registry: Any = None) -> None:
         self.partition = partition
-        self.registry = registry if registry is not None else CollectorRegistry()
+        if registry is None:
+            # A registry of its own, with the standard process_* and python_* series.
+            registry = CollectorRegistry()
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                registry.register(collector)
+        self.registry = registry
         r, p = self.registry, ["partition"]
         self.lifecycle = Counter(
-            names.LIFECYCLE_EVENTS, "Hooks fired", [*p, "queue", "job", "hook"], registry=r
+            names.LIFECYCLE_EVENTS, "Hooks fired", [*p, "queue", "job_name", "hook"], registry=r
         )
         self.duration = Histogram(
             names.JOB_DURATION,
             "Job run time",
-            [*p, "queue", "job", "outcome"],
+            [*p, "queue", "job_name", "outcome"],
             buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.jobs_running = Gauge(names.JOBS_RUNNING, "Jobs running", [*p, "queue"], registry=r)
         self.retries = Counter(
-            names.JOB_RETRIES, "Retries published", [*p, "queue", "job"], registry=r
+            names.JOB_RETRIES, "Retries published", [*p, "queue", "job_name"], registry=r
         )
         self.outcomes = Counter(
-            names.JOB_OUTCOMES, "Settled jobs", [*p, "queue", "job", "outcome"], registry=r
+            names.JOB_OUTCOMES, "Settled jobs", [*p, "queue", "job_name", "outcome"], registry=r
         )
         self.parked_total = Counter(
             names.MESSAGES_PARKED,
@@ -70,7 +85,7 @@ class WorkerMetrics:
             names.QUEUE_PAUSED, "Queue paused (1) or consumed (0)", [*p, "queue"], registry=r
         )
         Info(names.WORKER_INFO, "Worker", p, registry=r).labels(partition).info(
-            {"version": version}
+            {"version": version or package_version()}
         )
         self._cache: dict[tuple[Any, ...], Any] = {}
         self._running: dict[str, int] = {}
