@@ -238,14 +238,38 @@ def failure_hook(facts: JobFacts) -> HookName:
     return on_failure(facts, ("", "")).hook
 
 
+_ATTEMPTS: dict[tuple[bool, int, tuple[int, ...]], tuple[JobFacts, HookName]] = {}
+
+
+def attempt(
+    retryable: bool, retry_count: int, levels: tuple[int, ...]
+) -> tuple[JobFacts, HookName]:
+    """``JobFacts`` and ``failure_hook`` of an attempt, made once per distinct attempt
+    (a few per partition) rather than once per delivery."""
+    key = (retryable, retry_count, levels)
+    found = _ATTEMPTS.get(key)
+    if found is None:
+        facts = JobFacts(retryable, retry_count, levels)
+        found = (facts, failure_hook(facts))
+        if len(_ATTEMPTS) < 1024:  # retry counts are bounded by the levels; a cap anyway
+            _ATTEMPTS[key] = found
+    return found
+
+
+SUCCEEDED: Final = Succeeded()  # what happened to most jobs: one instance, no allocation
+_ACK: Final = Ack()
+
+
 def decide(happened: Happened, facts: JobFacts) -> Fate:
     """The fate of a delivery after ``happened``. Exhaustive over ``Happened``."""
+    if happened is SUCCEEDED:  # the hot path, once per job: no pattern matching
+        return _ACK
     match happened:
         case DeliveredTooOften(count=count):
             error = ("delivery_limit", f"delivered {count} times without an outcome")
             return Bury(DELIVERY_LIMIT, error, "on_buried")
         case Succeeded():
-            return Ack()
+            return _ACK
         case Raised(error=error):
             return on_failure(facts, error)
         case TimedOut(limit=limit):

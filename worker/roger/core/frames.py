@@ -127,19 +127,27 @@ def encode_run(key: int, failure_hook: HookName, skip_before: bool, body: bytes)
     )
 
 
+def encode_ok(key: int, duration: float, started_at: float) -> bytes:
+    """``Outcome(key, duration, started_at)`` (a success) without building it: the hot
+    path of a job process, once per job."""
+    return _frame(b'{"t":"o","k":%d,"d":%.6f,"at":%.6f}' % (key, duration, started_at))
+
+
+def encode_ok_done(key: int, duration: float, started_at: float) -> bytes:
+    """``OkDone(key, duration, started_at)`` without building it (the hot path)."""
+    return _frame(b"S%d %.6f %.6f" % (key, duration, started_at))
+
+
 def encode(frame: ToChild | ToParent) -> bytes:
     if isinstance(frame, OkDone):
-        return _frame(b"S%d %.6f %.6f" % (frame.key, frame.duration, frame.started_at))
+        return encode_ok_done(frame.key, frame.duration, frame.started_at)
     if isinstance(frame, Done):
         if not frame.failures:
             return _frame(b'{"t":"d","k":%d}' % frame.key)
         return _json({"t": "d", "k": frame.key, "f": [list(f) for f in frame.failures]})
     if isinstance(frame, Outcome):
         if frame.ok:
-            return _frame(
-                b'{"t":"o","k":%d,"d":%.6f,"at":%.6f}'
-                % (frame.key, frame.duration, frame.started_at)
-            )
+            return encode_ok(frame.key, frame.duration, frame.started_at)
         obj: dict[str, Any] = {"t": "o", "k": frame.key, "d": frame.duration}
         obj["at"] = frame.started_at
         if frame.invalid is not None:
@@ -187,7 +195,10 @@ def _hook(value: Any) -> HookName:
 def to_child(obj: dict[str, Any]) -> ToChild:
     kind = obj["t"]
     if kind == "run":
-        return Run(int(obj["k"]), _hook(obj["h"]), bool(obj["s"]), dict(obj["job"]))
+        job = obj["job"]
+        if type(job) is not dict:
+            raise ValueError("a run frame's job is not an object")
+        return Run(int(obj["k"]), _hook(obj["h"]), bool(obj["s"]), job)
     if kind == "hooks":
         at = obj.get("at")
         return RunHooks(

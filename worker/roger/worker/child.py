@@ -146,12 +146,12 @@ class Child:
         else:
             slot.watch = None
             duration = time.monotonic() - t0
-            token = self.results.add(frames.encode(frames.Outcome(key, duration, started)))
+            token = self.results.add(frames.encode_ok(key, duration, started))
             if "after_run" in self.hooks:
                 self.call_hooks(slot, key, "after_run", (job, result), states, failures)
             # The usual case: the outcome has not left yet, so outcome and done go as one.
             if not failures and self.results.replace(
-                token, frames.encode(frames.OkDone(key, duration, started))
+                token, frames.encode_ok_done(key, duration, started)
             ):
                 return
         self.results.add(_done_frame(key, failures))

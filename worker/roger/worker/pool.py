@@ -292,13 +292,13 @@ class JobPool:
     def _frames(self, child: ChildProc, batch: list[frames.ToParent]) -> None:
         q = self.queues[child.queue]
         for f in batch:
-            if isinstance(f, frames.OkDone):
-                self._outcome(child, frames.Outcome(f.key, f.duration, f.started_at))
-                self._done(child, frames.Done(f.key))
+            if isinstance(f, frames.OkDone):  # the hot path: once per job
+                self._succeeded(child, f.key, f.duration)
+                self._done(child, f.key, ())
             elif isinstance(f, frames.Outcome):
                 self._outcome(child, f)
             elif isinstance(f, frames.Done):
-                self._done(child, f)
+                self._done(child, f.key, f.failures)
             elif isinstance(f, frames.Ready):
                 child.ready = True
                 if not q.warm and all(c.ready for c in q.children):
@@ -311,24 +311,36 @@ class JobPool:
                 return
         self.pump_soon(q)
 
+    def _succeeded(self, child: ChildProc, key: int, duration: float) -> None:
+        task = child.tasks.get(key)
+        if type(task) is Task and not task.settled:
+            if task.timer is not None:
+                self.ioloop.remove_timeout(task.timer)
+                task.timer = None
+            self.host.job_ended(task, fate.SUCCEEDED, duration)
+
     def _outcome(self, child: ChildProc, f: frames.Outcome) -> None:
+        if f.ok:
+            self._succeeded(child, f.key, f.duration)
+            return
         task = child.tasks.get(f.key)
         if not isinstance(task, Task) or task.settled:
             return
         happened: fate.Happened
         if f.invalid is not None:
             happened = fate.Refused(f.invalid)
-        elif f.error is not None:
-            happened = fate.Raised(f.error, f.stack)
         else:
-            happened = fate.Succeeded()
+            assert f.error is not None
+            happened = fate.Raised(f.error, f.stack)
         if task.timer is not None:
             self.ioloop.remove_timeout(task.timer)
             task.timer = None
         self.host.job_ended(task, happened, f.duration)
 
-    def _done(self, child: ChildProc, f: frames.Done) -> None:
-        task = child.tasks.pop(f.key, None)
+    def _done(
+        self, child: ChildProc, key: int, failures: tuple[frames.CallbackFailure, ...]
+    ) -> None:
+        task = child.tasks.pop(key, None)
         if task is None:
             return
         q = self.queues[child.queue]
@@ -338,7 +350,7 @@ class JobPool:
                 q.children.remove(child)  # no more suspects: let it go
                 q.quarantine = None
                 child.close()
-        for callback, hook, reason in f.failures:
+        for callback, hook, reason in failures:
             self.telemetry.callback_failed(callback, hook, reason)
         self.host.settled_work()
 

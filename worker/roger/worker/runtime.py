@@ -398,11 +398,10 @@ class Worker:
             detail = f"job {msg.name!r} of queue {msg.queue!r}"
             self.outbox.park(q, epoch, tag, props, body, found, detail)
             return
-        facts = fate.JobFacts(found.retryable, msg.retry_count, self.levels)
+        facts, failure_hook = fate.attempt(found.retryable, msg.retry_count, self.levels)
         task = Task(
-            next(self.pool.keys), q, tag, epoch, msg, job_body, props, found, facts,
-            fate.failure_hook(facts),
-        )  # fmt: skip
+            next(self.pool.keys), q, tag, epoch, msg, job_body, props, found, facts, failure_hook
+        )
         count = envelope.delivery_count(props)
         if fate.too_many_deliveries(count):  # it killed the worker that ran it, again and again
             self.happened(task, fate.DeliveredTooOften(count))
