@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
+from roger_devtools.polling import eventually
 from tests.chart import CHART, HELM
 from tests.e2e.observe_support import partition_manifest
-from tests.helpers import Kubectl, eventually
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 

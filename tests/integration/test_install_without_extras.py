@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import eventually
-from tests.integration.worker_harness import Broker
+from roger_devtools.polling import eventually
+from roger_devtools.ports import free_port
+from tests.integration.support import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -88,18 +89,10 @@ def test_the_operator_names_its_extra(bare_venv: Path) -> None:
     assert "kopf" in result.stderr and "Traceback" not in result.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_worker_runs_and_client_enqueues_without_extras(
     bare_venv: Path, amqp_url: str, unique_name: str, broker: Broker, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "worker.log"
     out = tmp_path / "out.txt"
     env = {**os.environ, "ROGER_AMQP_URL": amqp_url}
