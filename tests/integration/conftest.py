@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pika
 import pytest
 
 import roger
@@ -18,6 +19,15 @@ from roger_devtools.recording import Recorder, recording_workers
 from roger_devtools.workers import Workers
 from tests.integration import cluster_support
 from tests.integration.support import Broker
+
+
+@pytest.fixture
+def conn(amqp_url: str) -> Iterator[pika.BlockingConnection]:
+    """A blocking connection to the test broker, for tests of broker-level primitives."""
+    c = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    yield c
+    if c.is_open:
+        c.close()
 
 
 @pytest.fixture

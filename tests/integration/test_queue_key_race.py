@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pika
 import pytest
@@ -22,14 +21,6 @@ from tests.integration.support import delete_queues
 
 pytestmark = pytest.mark.integration
 ROUNDS = 20
-
-
-@pytest.fixture
-def conn(amqp_url: str) -> Iterator[pika.BlockingConnection]:
-    c = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    yield c
-    if c.is_open:
-        c.close()
 
 
 def _cleanup(conn: pika.BlockingConnection, partition: str, keys: list[str]) -> None:

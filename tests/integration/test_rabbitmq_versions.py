@@ -15,7 +15,7 @@ reason ``delivery_limit`` on both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -28,14 +28,6 @@ pytestmark = pytest.mark.integration
 
 RETURNS = 25  # more than 4.0's default delivery limit of 20
 LIMIT_4_0 = 20
-
-
-@pytest.fixture
-def conn(amqp_url: str) -> Iterator[pika.BlockingConnection]:
-    c = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    yield c
-    if c.is_open:
-        c.close()
 
 
 def _quorum_queue_with_one_message(

@@ -21,14 +21,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def conn(amqp_url: str) -> Iterator[pika.BlockingConnection]:
-    c = pika.BlockingConnection(pika.URLParameters(amqp_url))
-    yield c
-    if c.is_open:
-        c.close()
-
-
-@pytest.fixture
 def loops() -> Iterator[list[StateLoop]]:
     made: list[StateLoop] = []
     yield made
