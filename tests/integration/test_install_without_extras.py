@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tomllib
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,14 +42,6 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=300,
     )
     return venv
-
-
-@pytest.fixture
-def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
-    b = Broker(amqp_url)
-    yield b
-    b.delete_partition(unique_name)
-    b.close()
 
 
 def _run(venv: Path, *args: str, **kw: object) -> subprocess.CompletedProcess[str]:
