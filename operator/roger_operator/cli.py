@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from roger.extras import MissingExtra, require_extra
 from roger.logs import LOG_FORMATS, configure_logging
+from roger.version import package_version
 from roger_operator.builders.model import MANAGED_SELECTOR, MANAGER
 
 if TYPE_CHECKING:  # kopf is imported once the [operator] extra is known to be there
@@ -27,6 +28,9 @@ log = logging.getLogger("roger_operator")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="roger-operator", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--version", action="version", version=f"roger-operator {package_version()}"
+    )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
         "-n",

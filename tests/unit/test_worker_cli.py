@@ -136,3 +136,11 @@ def test_job_processes_must_be_a_sensible_count(bad: object) -> None:
 
 def test_extra_observers_hook_point_exists() -> None:
     assert callable(cli.make_observers) and callable(cli._extra_observers)
+
+
+def test_version_is_the_installed_package_version() -> None:
+    from roger.version import package_version
+
+    done = roger("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"roger {package_version()}" != "roger unknown"

@@ -28,6 +28,7 @@ from roger.core.config import (
 from roger.core.lifecycle import LifecycleObserver
 from roger.core.naming import InvalidName
 from roger.logs import LOG_FORMATS, configure_logging
+from roger.version import package_version
 
 EXIT_USAGE = 2
 EXIT_DUPLICATE = 3  # enqueue: the job's queue_key is held by another job
@@ -44,6 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="roger", description="Roger: RabbitMQ-backed multi-tenant jobs")
+    p.add_argument("--version", action="version", version=f"roger {package_version()}")
     p.add_argument(
         "--amqp-url",
         default=None,
