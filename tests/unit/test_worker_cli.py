@@ -9,6 +9,7 @@ import pytest
 
 from roger import cli
 from roger.core.config import ConfigError, parse_config
+from roger.version import package_version
 from tests.integration.support import env, roger
 
 pytestmark = pytest.mark.unit
@@ -139,8 +140,6 @@ def test_extra_observers_hook_point_exists() -> None:
 
 
 def test_version_is_the_installed_package_version() -> None:
-    from roger.version import package_version
-
     done = roger("--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"roger {package_version()}" != "roger unknown"
