@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pika.exceptions import AMQPConnectionError
 
 import roger
 from roger_devtools.ports import free_port
+from roger_devtools.silent_server import silent_server
 from roger_devtools.workers import Workers
 from roger_operator.rabbit.broker import Broker, BrokerError, redact
 
@@ -63,3 +65,27 @@ def test_the_client_skips_an_unreachable_first_address(
     with roger.Client(f"{_dead_address()},{amqp_url}") as client:
         client.enqueue(unique_name, "tests.jobs.basic:ok", {"n": 1})
     assert broker.count(f"{unique_name}-default") == 1
+
+
+def test_a_hung_first_address_is_skipped_by_the_client_and_the_operator(
+    amqp_url: str, unique_name: str
+) -> None:
+    """A broker that accepts and never answers fails its handshake (pika's public
+    ``AMQPConnectionError``, never an internal type) and the next address is used."""
+    with silent_server() as hung:
+        quick = f"{hung.amqp_url}?stack_timeout=2"  # pika's default waits 15 s
+        with roger.Client(quick) as alone, pytest.raises(AMQPConnectionError):
+            alone.pause(unique_name, "default")
+        with roger.Client(f"{quick},{amqp_url}") as client:
+            client.pause(unique_name, "default")
+            assert client.info(unique_name, queues=("default",)).paused == ["default"]
+            client.resume(unique_name, "default")
+        broker = Broker(management_port=None, timeout=2)
+        try:
+            with pytest.raises(BrokerError, match=r"did not answer|Timeout"):
+                broker.claim(hung.amqp_url, unique_name, "ns/owner")
+            broker.claim(f"{hung.amqp_url},{amqp_url}", unique_name, "ns/owner")
+            assert broker.release(amqp_url, unique_name, "ns/owner")
+        finally:
+            broker.close()
+        assert hung.accepted >= 3

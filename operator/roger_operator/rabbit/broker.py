@@ -1,8 +1,10 @@
-"""Blocking pika access, one connection per (thread, URL).
+"""Blocking pika access, in one lane of threads per broker, one connection per lane thread.
 
-Handlers run in kopf's thread pool; pika connections are not thread-safe, so each thread
-keeps its own. The AMQP URL is a secret: it is never logged, and every message that leaves
-this module went through ``redact``.
+Handlers run in kopf's thread pool; every public method here runs in the lane of its
+broker (``roger_operator.rabbit.lanes``) and waits for it a bounded time, so a broker that
+hangs never holds the threads other Partitions need. pika connections are not thread-safe,
+so each lane thread keeps its own. The AMQP URL is a secret: it is never logged, and every
+message that leaves this module went through ``redact``.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from typing import Any, TypeVar
 import pika
 import pika.exceptions
 
+from roger.broker.connect import blocking_connection
 from roger.core import naming, topology
 from roger.core.amqp_urls import AmqpUrlError, parse_amqp_urls
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit import pause
+from roger_operator.rabbit.lanes import Lanes, LaneUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+M = TypeVar("M", bound=Callable[..., Any])
 _OWNER_RE = re.compile(r"current is '([^']*)'")
 
 
@@ -101,11 +106,33 @@ def _delete_queue(channel: Any, name: str) -> None:
     channel.queue_delete(name)
 
 
+def _in_lane(method: M) -> M:
+    """Run ``method(self, url, ...)`` in the lane of ``url``, unless already in one."""
+
+    @functools.wraps(method)
+    def in_lane(self: Broker, url: str, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self._local, "in_lane", False):
+            return method(self, url, *args, **kwargs)
+        try:
+            return self.lanes.call(url, method, self, url, *args, **kwargs)
+        except LaneUnavailable as exc:
+            raise BrokerError(redact(str(exc), url)) from None
+
+    return in_lane  # type: ignore[return-value]
+
+
 class Broker:
-    def __init__(self, management_port: int | None = 15672, timeout: float = 5.0) -> None:
+    def __init__(
+        self, management_port: int | None = 15672, timeout: float = 5.0, wait: float = 15.0
+    ) -> None:
         self.management_port = management_port or None
         self.timeout = timeout
         self._local = threading.local()
+        self.lanes = Lanes(
+            lambda exc: isinstance(exc, BrokerError),
+            wait=wait,
+            on_thread_start=lambda: setattr(self._local, "in_lane", True),
+        )
         self._declared: dict[tuple[str, str], str] = {}
         self._paused: dict[tuple[str, str], set[str]] = {}  # as last read/set in the broker
         self._lock = threading.Lock()
@@ -126,11 +153,12 @@ class Broker:
                 params = pika.URLParameters(one)
                 params.connection_attempts = 1
                 params.socket_timeout = self.timeout
+                params.stack_timeout = self.timeout  # a broker that accepts and never answers
                 params.blocked_connection_timeout = self.timeout
                 params.heartbeat = 0
                 params.client_properties = {"connection_name": "roger-operator"}
                 tries.append(params)
-            conn = pika.BlockingConnection(tries)
+            conn = blocking_connection(tries)
             entry = conns[url] = [conn, conn.channel()]
         if entry[1].is_closed:
             entry[1] = entry[0].channel()
@@ -159,8 +187,10 @@ class Broker:
     def close(self) -> None:
         for url in list(self._connections()):
             self._drop(url)
+        self.lanes.shutdown()
 
     # -- claim ---------------------------------------------------------------------------
+    @_in_lane
     def claim(self, url: str, partition_id: str, owner: str) -> None:
         """Claim ``partition_id`` for ``owner`` (``namespace/name``) on this broker.
 
@@ -183,6 +213,7 @@ class Broker:
                 raise ClaimConflict(partition_id, match.group(1) if match else "?") from None
             raise BrokerError(redact(str(exc.reply_text), url)) from None
 
+    @_in_lane
     def release(self, url: str, partition_id: str, owner: str) -> bool:
         """Give the claim up, if ``owner`` holds it."""
         try:
@@ -204,6 +235,7 @@ class Broker:
             )
         return out
 
+    @_in_lane
     def declare(self, url: str, spec: PartitionSpec) -> list[str]:
         """Declare every queue of the partition (the worker's own arguments).
 
@@ -271,6 +303,7 @@ class Broker:
         wanted = set(names)
         return {i["name"]: i for i in items if i.get("name") in wanted}
 
+    @_in_lane
     def stats(self, url: str, spec: PartitionSpec) -> list[dict[str, Any]]:
         """Per queue: ready, unacked, consumers, paused, retrying, buried."""
         pid = spec.partition_id
@@ -298,6 +331,7 @@ class Broker:
             out.append(entry)
         return out
 
+    @_in_lane
     def set_paused(self, url: str, spec: PartitionSpec) -> None:
         """Bring the broker's paused state to ``spec.queues[].paused``."""
         key = (url, spec.partition_id)
@@ -320,6 +354,7 @@ class Broker:
         with self._lock:
             self._paused[key] = wanted
 
+    @_in_lane
     def delete_empty(self, url: str, spec: PartitionSpec) -> tuple[list[str], list[str]]:
         """Delete the partition's queues that hold no message; (deleted, kept-with-jobs).
 

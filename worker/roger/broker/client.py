@@ -26,6 +26,7 @@ from pika.exceptions import AMQPChannelError, AMQPConnectionError
 
 from roger.broker import enqueue_flow as flow
 from roger.broker import state_client
+from roger.broker.connect import blocking_connection
 from roger.broker.enqueue_flow import EnqueueError, EnqueueResult, JobSpec
 from roger.broker.publisher import ConnectionLost, Publish, Publisher
 from roger.broker.state_client import DuplicateJob
@@ -201,7 +202,7 @@ class Client:
             self._forget_parent()
         with self._control_lock:
             if self._control_conn is None or not self._control_conn.is_open:
-                self._control_conn = pika.BlockingConnection(self.addresses)
+                self._control_conn = blocking_connection(self.addresses)
             return self._control_conn
 
     def _control(self, call: Callable[[Any], T]) -> T:

@@ -1,0 +1,127 @@
+"""One lane of threads per broker, so that a broker that hangs holds only its own lane.
+
+Reconcile handlers run in kopf's thread pool, shared by every Partition. A broker that
+accepts connections and never answers (a stuck node, a half-open load balancer) would
+hold each calling thread until pika's timeouts fire, and a few such brokers would hold
+them all: every other Partition would wait. So broker work runs in a lane of its own per
+broker, and the caller waits for it a bounded time:
+
+- a *healthy* lane (its last call ended without an outage) is waited for up to ``wait``
+  seconds, long enough for a slow but working broker;
+- a lane in *outage* (its last call failed to reach the broker, or a call has run longer
+  than ``wait``) gets one probe at a time: a caller sends a probe only when nothing is in
+  flight and waits ``probe_wait`` for it; while a probe runs, callers fail at once with the
+  last error. The first probe that succeeds makes the lane healthy again.
+
+A caller that gives up never cancels the call: it finishes in its lane (broker operations
+here are idempotent declarations and reads), and the next reconcile sees its effect.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LaneUnavailable(Exception):
+    """The lane's broker did not answer in time, or is known to be out; safe to show."""
+
+
+@dataclass
+class _Lane:
+    executor: ThreadPoolExecutor
+    pending: int = 0  # calls submitted and not finished (queued or running)
+    running: dict[int, float] = field(default_factory=dict)  # call number -> start time
+    in_outage: bool = False
+    last_error: str = ""
+    calls: int = 0
+
+
+class Lanes:
+    """Runs ``fn`` in the lane of ``key`` (one per broker), waiting a bounded time.
+
+    ``is_outage(exc)`` says which errors mean "the broker cannot be reached" (they put the
+    lane in outage) as opposed to answers (a refused declaration, a conflict), which pass
+    through to the caller and leave the lane healthy.
+    """
+
+    def __init__(
+        self,
+        is_outage: Callable[[BaseException], bool],
+        *,
+        threads: int = 4,
+        wait: float = 15.0,
+        probe_wait: float = 1.0,
+        on_thread_start: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.is_outage = is_outage
+        self.threads = threads
+        self.wait = wait
+        self.probe_wait = probe_wait
+        self.on_thread_start = on_thread_start
+        self.clock = clock
+        self._lanes: dict[str, _Lane] = {}
+        self._lock = threading.Lock()
+
+    def _lane(self, key: str) -> _Lane:
+        lane = self._lanes.get(key)
+        if lane is None:
+            executor = ThreadPoolExecutor(
+                self.threads, thread_name_prefix="broker-lane", initializer=self.on_thread_start
+            )
+            lane = self._lanes[key] = _Lane(executor)
+        return lane
+
+    def call(self, key: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        with self._lock:
+            lane = self._lane(key)
+            now = self.clock()
+            oldest = now - min(lane.running.values(), default=now)
+            if oldest > self.wait:
+                lane.in_outage = True
+                lane.last_error = lane.last_error or "RabbitMQ does not answer"
+            if lane.in_outage and lane.pending:
+                raise LaneUnavailable(f"{lane.last_error} (an earlier call still waits)")
+            budget = self.probe_wait if lane.in_outage else self.wait
+            lane.calls += 1
+            number = lane.calls
+            lane.pending += 1
+            future: Future[T] = lane.executor.submit(self._run, lane, number, fn, args, kwargs)
+        try:
+            return future.result(timeout=budget)
+        except FutureTimeout:
+            with self._lock:
+                lane.in_outage = True
+                lane.last_error = f"RabbitMQ did not answer within {budget:.0f}s"
+            raise LaneUnavailable(f"RabbitMQ did not answer within {budget:.0f}s") from None
+
+    def _run(self, lane: _Lane, number: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+        with self._lock:
+            lane.running[number] = self.clock()
+        outage: BaseException | None = None
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            outage = exc if self.is_outage(exc) else None
+            raise
+        finally:
+            with self._lock:
+                lane.running.pop(number, None)
+                lane.pending -= 1
+                lane.in_outage = outage is not None
+                if outage is not None:
+                    lane.last_error = str(outage)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            lanes, self._lanes = list(self._lanes.values()), {}
+        for lane in lanes:
+            lane.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,86 @@
+"""A Partition whose broker hangs never delays the others (issue 18, the operator at scale).
+
+Hung brokers (they accept connections and never answer: ``roger_devtools.silent_server``)
+are worse than dead ones: every call to them waits for its timeouts. The operator runs
+broker work in one lane per broker (``roger_operator.rabbit.lanes``), and a caller waits
+for a lane only a bounded time, so the hung brokers' Partitions report
+``BrokerUnavailable`` while every other Partition becomes Ready as quickly as without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from roger_devtools.polling import eventually
+from roger_devtools.silent_server import SilentServer, silent_server
+from tests.e2e.operator_support import (
+    OperatorProcess,
+    condition,
+    partition_manifest,
+    secret_manifest,
+    short_id,
+    wait_condition,
+)
+from tests.e2e.test_operator_flows import kubectl, ns, operator  # noqa: F401  (fixtures)
+from tests.helpers import Kubectl
+
+pytestmark = pytest.mark.e2e
+
+HUNG = 4  # Partitions, each on a broker of its own that hangs
+HEALTHY = 20
+READY_WITHIN = 90.0  # seconds for all healthy Partitions; measured: see the test's log
+
+
+@pytest.fixture
+def hung_brokers() -> Iterator[list[SilentServer]]:
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(silent_server()) for _ in range(HUNG)]
+
+
+def ready_count(k: Kubectl, namespace: str, names: list[str]) -> int:
+    items = k.get_json("-n", namespace, "partitions")["items"]
+    ready = {
+        p["metadata"]["name"]
+        for p in items
+        if condition(p, "Ready").get("status") == "True"
+        and (p.get("status") or {}).get("observedGeneration") == p["metadata"]["generation"]
+    }
+    return len(ready & set(names))
+
+
+def test_operator_hung_brokers_do_not_delay_other_partitions(
+    kubectl: Kubectl,  # noqa: F811
+    operator: OperatorProcess,  # noqa: F811
+    ns: str,  # noqa: F811
+    hung_brokers: list[SilentServer],
+) -> None:
+    hung = [f"hung-{i}" for i in range(HUNG)]
+    for name, server in zip(hung, hung_brokers, strict=True):
+        kubectl.apply(secret_manifest(ns, server.amqp_url, name=name))
+        kubectl.apply(
+            partition_manifest(
+                name, ns, amqp={"secretRef": {"name": name, "key": "url"}}, partitionId=short_id()
+            )
+        )
+    # The operator is now waiting on every hung broker.
+    eventually(lambda: all(s.accepted for s in hung_brokers), 30, message="operator connects")
+
+    healthy = [f"ok-{i}" for i in range(HEALTHY)]
+    started = time.monotonic()
+    kubectl.apply("---\n".join(partition_manifest(n, ns, partitionId=short_id()) for n in healthy))
+    eventually(
+        lambda: ready_count(kubectl, ns, healthy) == HEALTHY,
+        READY_WITHIN,
+        interval=1.0,
+        message=f"{HEALTHY} healthy Partitions Ready",
+    )
+    took = time.monotonic() - started
+    print(f"{HEALTHY} Partitions Ready in {took:.1f}s beside {HUNG} hung brokers")
+
+    for name in hung:  # the hung ones say why, and name no credentials
+        c = wait_condition(kubectl, ns, name, "Ready", "False", "BrokerUnavailable", timeout=60)
+        assert "guest" not in condition(c, "Ready")["message"]
