@@ -28,10 +28,19 @@ NAMESPACE_GLOB = "t-test-operator*"
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: str, log_path: Path, status_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        status_interval: float = 2.0,
+        namespace: str = NAMESPACE_GLOB,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.status_interval = status_interval
+        self.namespace = namespace
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -43,7 +52,7 @@ class OperatorProcess:
             [
                 str(BIN / "roger-operator"),
                 "--namespace",
-                NAMESPACE_GLOB,
+                self.namespace,
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",
@@ -52,6 +61,7 @@ class OperatorProcess:
                 "127.0.0.1",
                 "--status-interval",
                 str(self.status_interval),
+                *self.extra_args,
             ],
             env=env,
             stdout=log,

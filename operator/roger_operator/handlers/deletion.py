@@ -101,6 +101,8 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
         facts, sampled = inventory.partition_facts(ctx.broker, url, spec)
         pods = _pods(ctx, spec)
         running = cleanup.still_running(facts, pods, sampled)
+        if not sampled and ctx.broker.management_port:  # on, but did not answer this time
+            running.append("RabbitMQ management API (unacked counts) not answering")
         if running and elapsed < worker_deadline(ctx, spec):
             raise NotYet(f"waiting for workers to stop: {'; '.join(running[:5])}", 2.0)
         verdicts = cleanup.decide(facts)
