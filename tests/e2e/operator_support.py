@@ -45,7 +45,7 @@ class OperatorProcess:
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -68,7 +68,7 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        eventually(self.healthy, timeout=30, message="operator /healthz")
+        eventually(self.healthy, timeout=timeout, message="operator /healthz")
 
     def healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.tail()

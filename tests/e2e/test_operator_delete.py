@@ -49,7 +49,7 @@ def operator(
     op = OperatorProcess(
         kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", namespace=NAMESPACES
     )
-    op.start()
+    op.start(timeout=120)
     yield op
     assert op.stop() == 0, op.tail()
 

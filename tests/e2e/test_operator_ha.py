@@ -57,7 +57,7 @@ def operators(
         for i in range(2)
     ]
     for op in ops:
-        op.start()
+        op.start(timeout=120)  # a loaded 2-core machine takes a while to import kopf
     yield ops
     try:
         for p in kubectl.get_json("-n", ns, "partitions")["items"]:
