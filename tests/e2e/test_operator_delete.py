@@ -95,6 +95,7 @@ def events(k: Kubectl, namespace: str, name: str, reason: str) -> list[str]:
     return [e["note"] for e in items if e["reason"] == reason and e["regarding"]["name"] == name]
 
 
+@pytest.mark.timeout(900)  # up to grace + 60 s per deletion, twice, on a busy machine
 @pytest.mark.parametrize(
     ("shutdown", "fate"), [(JOB_SECONDS + 15, "completes"), (2, "runs again later")]
 )
@@ -123,7 +124,7 @@ def test_delete_with_a_running_job_loses_nothing(
     eventually(lambda: records(out, "start") == 1, timeout=60, message="job started")
 
     k.run("-n", ns, "delete", "partition", name, "--wait=false")
-    wait_gone(k, "-n", ns, "partition", name, timeout=shutdown + 60)
+    wait_gone(k, "-n", ns, "partition", name, timeout=shutdown + 20 + 60 + 60)
 
     ended, waiting = records(out, "end"), queued(amqp_url, name)
     assert ended + waiting == 1, (fate, ended, waiting)
@@ -140,7 +141,7 @@ def test_delete_with_a_running_job_loses_nothing(
     assert queue_count(amqp_url, naming.retry_queue_name(name, "default", 1)) == 0
     kept = events(k, ns, name, "QueuesKept")
     assert len(kept) == 1, kept
-    assert f"{naming.queue_name(name, 'default')} (1 ready)" in kept[0]
+    assert f"{naming.queue_name(name, 'default')} (1 ready" in kept[0]
 
     # The Partition comes back: the job runs again, once, and then nothing is left.
     k.apply(manifest)
@@ -148,6 +149,6 @@ def test_delete_with_a_running_job_loses_nothing(
     assert records(out, "start") == 2
     eventually(lambda: queued(amqp_url, name) == 0, message="queues drained")
     k.run("-n", ns, "delete", "partition", name, "--wait=false")
-    wait_gone(k, "-n", ns, "partition", name, timeout=shutdown + 60)
+    wait_gone(k, "-n", ns, "partition", name, timeout=shutdown + 20 + 60 + 60)
     assert records(out, "end") == 1
     assert queue_count(amqp_url, naming.queue_name(name, "default")) is None
