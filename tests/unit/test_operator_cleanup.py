@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from roger.core import naming
@@ -14,6 +16,7 @@ from roger_operator.builders.cleanup import (
     still_running,
     summary,
 )
+from roger_operator.handlers.deletion import since_deletion
 
 pytestmark = pytest.mark.unit
 
@@ -168,3 +171,11 @@ def test_summary_lists_what_is_kept_with_why() -> None:
     deleted, kept = summary(decide([job(MAIN, unacked=1), job(OTHER_MAIN)]))
     assert deleted == [OTHER_MAIN]
     assert kept == [f"{MAIN} (1 unacked)"]
+
+
+def test_deletion_bounds_count_from_the_deletion_timestamp() -> None:
+    now = datetime.datetime(2026, 1, 1, 12, 0, 30, tzinfo=datetime.UTC)
+    body = {"metadata": {"deletionTimestamp": "2026-01-01T12:00:00Z"}}
+    assert since_deletion(body, now) == 30.0
+    assert since_deletion({"metadata": {}}, now) == 0.0
+    assert since_deletion({"metadata": {"deletionTimestamp": "garbage"}}, now) == 0.0
