@@ -100,8 +100,8 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
     try:
         facts, sampled = inventory.partition_facts(ctx.broker, url, spec)
         pods = _pods(ctx, spec)
-        running = cleanup.still_running(facts, pods, sampled)
-        if not sampled and ctx.broker.management_port:  # on, but did not answer this time
+        running = cleanup.still_running(facts, pods, bool(ctx.broker.management_port))
+        if ctx.broker.management_port and not sampled:  # on, but did not answer this time
             running.append("RabbitMQ management API (unacked counts) not answering")
         if running and elapsed < worker_deadline(ctx, spec):
             raise NotYet(f"waiting for workers to stop: {'; '.join(running[:5])}", 2.0)

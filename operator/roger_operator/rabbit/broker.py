@@ -243,8 +243,32 @@ class Broker:
             raise BrokerError(redact(str(exc.reply_text), url)) from None
         return int(ok.method.message_count), int(ok.method.consumer_count)
 
+    def management_get(self, url: str, kind: str, name: str, columns: str) -> dict[str, Any] | None:
+        """``/api/<kind>/<vhost>/<name>`` ({} when it does not exist), or None when the
+        management API is off or does not answer. A lookup by name stays fast on a broker
+        with many queues, where a filtered listing can take a minute."""
+        if not self.management_port:
+            return None
+        ep = _endpoint(url)
+        api = (
+            f"http://{ep.host}:{self.management_port}/api/{kind}/"
+            f"{urllib.parse.quote(ep.vhost, safe='')}/{urllib.parse.quote(name, safe='')}"
+            f"?{urllib.parse.urlencode({'columns': columns})}"
+        )
+        request = urllib.request.Request(api)
+        token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                found: dict[str, Any] = json.load(response)
+                return found
+        except urllib.error.HTTPError as exc:
+            return {} if exc.code == 404 else None
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
     def management_list(
-        self, url: str, kind: str, pattern: str, columns: str
+        self, url: str, kind: str, pattern: str, columns: str, timeout: float | None = None
     ) -> list[dict[str, Any]] | None:
         """``/api/<kind>/<vhost>`` items whose name matches ``pattern`` (every page), or None
         when the management API is off or unreachable (callers fall back to AMQP)."""
@@ -271,7 +295,7 @@ class Broker:
             request = urllib.request.Request(api)
             request.add_header("Authorization", f"Basic {token}")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
                     body = json.load(response)
             except (urllib.error.URLError, OSError, ValueError):
                 return None

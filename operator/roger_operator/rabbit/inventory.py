@@ -20,6 +20,8 @@ from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit.broker import Broker, BrokerError, redact
 
 _LIVE = tuple[int, int] | None | str  # (ready, consumers), missing, or "exclusive"
+LISTING_TIMEOUT = 20.0
+SAMPLE_COLUMNS = "name,messages_unacknowledged,consumers"
 
 
 def _passive(broker: Broker, url: str, name: str) -> _LIVE:
@@ -45,14 +47,15 @@ def _unacked(sample: Mapping[str, Any] | None, consumers: int) -> int | None:
 def partition_facts(
     broker: Broker, url: str, spec: PartitionSpec
 ) -> tuple[list[cleanup.QueueFacts], bool]:
-    """Facts about every existing queue and stream of the partition; and whether unacked
-    counts were sampled (management API on)."""
+    """Facts about every existing queue and stream of the partition; and whether every
+    unacked count was sampled (management API on and answering).
+
+    Waiting rooms and key queues are found by a filtered listing, which a broker with
+    thousands of queues may answer slowly: without it, only the spec's names are looked at.
+    """
     pid = spec.partition_id
     listed = broker.management_list(
-        url,
-        "queues",
-        f"^{re.escape(pid)}[-.]",
-        "name,type,exclusive,messages_ready,messages_unacknowledged,consumers",
+        url, "queues", f"^{re.escape(pid)}[-.]", "name", timeout=LISTING_TIMEOUT
     )
     claims = broker.management_list(
         url, "exchanges", f"^{re.escape(naming.claim_exchange_name(pid))}-", "name"
@@ -66,21 +69,22 @@ def partition_facts(
         [str(i.get("name")) for i in listed or ()],
         [str(i.get("name"))[len(prefix) :] for i in claims or ()],
     )
-    samples = {str(i.get("name")): i for i in listed or ()}
     facts = []
+    sampled = broker.management_port is not None
     for name in names:
         live = _passive(broker, url, name.name)
         if live is None:
             continue
-        sample = samples.get(name.name)
         if live == "exclusive":
             facts.append(cleanup.QueueFacts(name, 0, 0, 0, exclusive=True))
             continue
         assert isinstance(live, tuple)
         ready, consumers = live
-        unacked = _unacked(sample, consumers) if listed is not None else None
-        facts.append(cleanup.QueueFacts(name, ready, consumers, unacked))
-    return facts, listed is not None
+        sample = broker.management_get(url, "queues", name.name, SAMPLE_COLUMNS)
+        if sample is None and broker.management_port:
+            sampled = False
+        facts.append(cleanup.QueueFacts(name, ready, consumers, _unacked(sample, consumers)))
+    return facts, sampled
 
 
 def delete(broker: Broker, url: str, verdicts: list[cleanup.Verdict]) -> None:
