@@ -108,6 +108,7 @@ def pause_events(amqp_url: str, partition: str, queue: str) -> int:
                 break
             count += 1
             ch.basic_ack(method.delivery_tag)
+        ch.close()  # closing the channel ends the consumer (a cancel would nack: refused)
         return count
     finally:
         conn.close()
