@@ -12,6 +12,7 @@ from roger_operator.builders.cleanup import (
     QueueFacts,
     Verdict,
     attribute,
+    consumed,
     decide,
     still_running,
     summary,
@@ -179,3 +180,11 @@ def test_deletion_bounds_count_from_the_deletion_timestamp() -> None:
     assert since_deletion(body, now) == 30.0
     assert since_deletion({"metadata": {}}, now) == 0.0
     assert since_deletion({"metadata": {"deletionTimestamp": "garbage"}}, now) == 0.0
+
+
+def test_only_queues_workers_consume_can_hold_unacked_messages() -> None:
+    assert consumed(Name(MAIN, "job", MAIN))
+    assert not consumed(Name(RETRY, "job", MAIN)) and not consumed(Name(BURIED, "job", MAIN))
+    assert consumed(Name(naming.execution_waiting_queue_name(P, "k"), "waiting"))
+    assert consumed(Name(naming.queue_key_queue_name(P, "k"), "key"))
+    assert not consumed(Name(f"{P}.control", "stream"))

@@ -7,7 +7,7 @@ Pure, so every rule is unit-tested. The rules lose nothing:
   acks on the main queue and may republish to its retry, buried or invalid queue, and a
   retry queue dead-letters back into the main queue;
 - an unacked count that is unknown (no management API, or a sample taken while consumers
-  were still there) counts as a job;
+  were still there) counts as a job; only queues workers consume can have one (``consumed``);
 - waiting rooms and key queues go when they hold nothing; exclusive lock queues belong to a
   live connection and are never touched;
 - state streams (control, checkpoint, pause, workers) describe the jobs: they go only when
@@ -129,6 +129,15 @@ def attribute(
 def _group(name: str, mains: dict[str, str]) -> str:
     head = name.split(".", 1)[0]
     return mains.get(head, "")
+
+
+def consumed(name: Name) -> bool:
+    """Whether workers take deliveries from it (so it can hold unacked messages): main
+    queues, waiting rooms and key queues. Retry queues dead-letter by TTL, buried and
+    invalid queues only park messages, and streams keep no unacked state."""
+    if name.kind == JOB:
+        return name.group == name.name
+    return name.kind in ("waiting", "key")
 
 
 def decide(facts: Sequence[QueueFacts]) -> list[Verdict]:

@@ -80,6 +80,9 @@ def partition_facts(
             continue
         assert isinstance(live, tuple)
         ready, consumers = live
+        if not cleanup.consumed(name):  # nobody takes deliveries from it: none unacked
+            facts.append(cleanup.QueueFacts(name, ready, consumers, 0 if not consumers else None))
+            continue
         sample = broker.management_get(url, "queues", name.name, SAMPLE_COLUMNS)
         if sample is None and broker.management_port:
             sampled = False
