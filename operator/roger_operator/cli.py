@@ -1,19 +1,25 @@
 """``roger-operator``: run the Partition/Callback controller (kopf, standalone).
 
     roger-operator [--all-namespaces | --namespace NS ...] [--metrics-port 9090]
-                   [--health-port 8080] [--status-interval 30]
+                   [--health-port 8080] [--status-interval 30] [--leader-election]
 
 The AMQP URL of each Partition is read from its Secret when needed and kept in memory only.
-SIGTERM/SIGINT stop it cleanly (kopf finishes running handlers, then exits 0).
+SIGTERM/SIGINT stop it cleanly (kopf finishes running handlers, then exits 0). With
+``--leader-election`` several replicas can run: only the holder of the Lease reconciles
+(``roger_operator.kube.lease``); the others wait, serving /healthz.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 
 from roger.extras import MissingExtra, require_extra
 from roger.logs import LOG_FORMATS, configure_logging
@@ -22,6 +28,8 @@ from roger_operator.builders.model import MANAGED_SELECTOR, MANAGER
 
 if TYPE_CHECKING:  # kopf is imported once the [operator] extra is known to be there
     import kopf
+
+    from roger_operator.kube.lease import LeaderElector
 
 log = logging.getLogger("roger_operator")
 
@@ -58,6 +66,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="management API port on the AMQP host, for unacked counts (0: AMQP only)",
     )
     parser.add_argument("--workers", type=int, default=16, help="reconcile threads")
+    parser.add_argument(
+        "--delete-broker-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a Partition's deletion waits for an unreachable RabbitMQ before its "
+        "finalizer gives up, leaving the queues (Warning Event QueuesKept)",
+    )
+    election = parser.add_argument_group("leader election (several replicas)")
+    election.add_argument(
+        "--leader-election",
+        action="store_true",
+        help="reconcile only while holding a coordination.k8s.io Lease",
+    )
+    election.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "default",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else default)",
+    )
+    election.add_argument(
+        "--leader-election-name", default="roger-operator", help="name of the Lease"
+    )
+    election.add_argument(
+        "--lease-duration",
+        type=int,
+        choices=range(4, 301),
+        metavar="4-300",
+        default=8,
+        help="seconds a dead leader's Lease lasts; a standby takes over within this "
+        "+ 2 s (the leader renews every 2 s and stops if it cannot for 3/4 of this)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument(
         "--log-format",
@@ -90,6 +128,75 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     return settings
 
 
+def wait_for_lease(args: argparse.Namespace, api_client: Any) -> LeaderElector | None:
+    """Standby until this process holds the Lease (None: stopped by a signal meanwhile).
+
+    While waiting it answers /healthz itself (kopf serves it once leading), so the probes
+    of a standby replica pass. Once leading, losing the Lease ends the process at once.
+    """
+    from roger_operator.kube.lease import LeaderElector
+
+    duration = args.lease_duration
+    elector = LeaderElector(
+        api_client,
+        args.leader_election_namespace,
+        args.leader_election_name,
+        lease_duration=duration,
+        renew_deadline=duration * 3 / 4,
+        retry_period=max(1.0, min(2.0, duration / 4)),
+    )
+    health = standby_health(args.bind_address, args.health_port) if args.health_port else None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+        raise SystemExit(0)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        elector.acquire()
+    except SystemExit:
+        log.info("%s stopped while standing by", MANAGER)
+        return None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if health is not None:
+            health.shutdown()
+            health.server_close()
+    if stop.is_set():
+        return None
+
+    def lost() -> None:
+        logging.shutdown()
+        os._exit(1)  # another replica may lead in a moment: stop reconciling now
+
+    elector.keep(lost)
+    return elector
+
+
+def standby_health(host: str, port: int) -> ThreadingHTTPServer:
+    """/healthz -> 200 while standing by (alive, waiting for the Lease)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path.split("?")[0] == "/healthz"
+            body = b'{"standby": true}' if ok else b"not found"
+            self.send_response(200 if ok else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="standby-health", daemon=True).start()
+    return server
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -119,7 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         kube=Kube(pool_size=max(args.workers * 2, 16)),
         broker=Broker(management_port=args.rabbitmq_management_port),
         status_interval=args.status_interval,
+        delete_broker_timeout=args.delete_broker_timeout,
     )
+    elector = None
+    if args.leader_election:
+        elector = wait_for_lease(args, ctx.kube.api)
+        if elector is None:
+            return 0
     registry = kopf.OperatorRegistry()
     register(registry, ctx)
     liveness = (
@@ -140,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     finally:
         ctx.broker.close()
+        if elector is not None:
+            elector.release()
     log.info("%s stopped", MANAGER)
     return 0
 

@@ -28,22 +28,31 @@ NAMESPACE_GLOB = "t-test-operator*"
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: str, log_path: Path, status_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        status_interval: float = 2.0,
+        namespace: str = NAMESPACE_GLOB,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.status_interval = status_interval
+        self.namespace = namespace
+        self.extra_args = extra_args
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30) -> None:
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
                 str(BIN / "roger-operator"),
                 "--namespace",
-                NAMESPACE_GLOB,
+                self.namespace,
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",
@@ -52,13 +61,14 @@ class OperatorProcess:
                 "127.0.0.1",
                 "--status-interval",
                 str(self.status_interval),
+                *self.extra_args,
             ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        eventually(self.healthy, timeout=30, message="operator /healthz")
+        eventually(self.healthy, timeout=timeout, message="operator /healthz")
 
     def healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.tail()

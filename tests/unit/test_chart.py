@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import yaml
 
-from roger_operator.builders.rbac import OPERATOR_RULES
+from roger_operator.builders.rbac import LEADER_ELECTION_RULES, OPERATOR_RULES
 from roger_operator.cli import parse_args
 from tests.chart import (
     CHART,
@@ -93,7 +93,9 @@ def test_cluster_role_covers_exactly_the_operator_rules() -> None:
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": sa["name"], "namespace": "roger-system"}
         ]
-    assert not of_kind(docs, "Role")
+    assert [r["metadata"]["name"] for r in of_kind(docs, "Role")] == [
+        "roger-operator-leader-election"
+    ]
 
 
 def test_watched_namespaces_get_roles_and_only_cluster_scoped_reads_cluster_wide() -> None:
@@ -101,7 +103,11 @@ def test_watched_namespaces_get_roles_and_only_cluster_scoped_reads_cluster_wide
     need = grants(OPERATOR_RULES)
     cluster = set().union(*(grants(r["rules"]) for r in of_kind(docs, "ClusterRole")))
     assert {(g, r) for g, r, _ in cluster} <= CLUSTER_SCOPED, "namespaced rights cluster-wide"
-    roles = {r["metadata"]["namespace"]: r for r in of_kind(docs, "Role")}
+    roles = {
+        r["metadata"]["namespace"]: r
+        for r in of_kind(docs, "Role")
+        if not r["metadata"]["name"].endswith("-leader-election")
+    }
     assert set(roles) == {"team-a", "team-b"}
     for ns, role in roles.items():
         have = grants(role["rules"]) | cluster
@@ -224,3 +230,34 @@ def test_dashboards_become_sidecar_config_maps() -> None:
 def test_values_schema_rejects_mistakes(bad: str) -> None:
     with pytest.raises(AssertionError, match="schema"):
         render(bad)
+
+
+def test_two_replicas_elect_a_leader_on_a_lease_and_keep_a_standby_through_drains() -> None:
+    docs = render()
+    (deployment,) = of_kind(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    container = _container(docs)
+    args = parse_args(container["args"])
+    assert args.leader_election and args.lease_duration == 8
+    assert args.leader_election_namespace == "roger-system"
+    assert args.leader_election_name == "roger-operator"
+    assert {e["name"] for e in container["env"]} >= {"POD_NAME", "POD_NAMESPACE"}
+    # The Lease: a Role in the release namespace with exactly what the elector uses.
+    (role,) = of_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "roger-system"
+    assert grants(role["rules"]) == grants(LEADER_ELECTION_RULES)
+    (binding,) = of_kind(docs, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == of_kind(docs, "ServiceAccount")[0]["metadata"]["name"]
+    (pdb,) = of_kind(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+    single = render("replicas=1", "leaderElection.enabled=false")
+    assert not of_kind(single, "PodDisruptionBudget") and not of_kind(single, "Role")
+    (deployment,) = of_kind(single, "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not parse_args(_container(single)["args"]).leader_election
+    with pytest.raises(AssertionError, match=r"needs leaderElection\.enabled"):
+        render("leaderElection.enabled=false")

@@ -95,6 +95,10 @@ the worker rules it grants to every worker Role (RBAC forbids granting what one 
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
+# Deleting a Partition waits until its worker Pods are gone.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list]
 # The AMQP URL, read by name (never listed or watched).
 - apiGroups: [""]
   resources: [secrets]

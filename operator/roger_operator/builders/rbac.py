@@ -37,6 +37,8 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "resources": ["roles", "rolebindings"],
         "verbs": _CRUD,
     },
+    # Deleting a Partition waits until its worker Pods are gone.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
     # The AMQP URL, read by name when reconciling (never listed or watched, never copied).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Its own Events (kept queues, conflicts).
@@ -51,4 +53,14 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
     },
     # What it grants to every worker Role.
     *WORKER_RULES,
+)
+
+# In the operator's own namespace only (a Role): its leader-election Lease
+# (``roger_operator.kube.lease``: read, create once, replace to renew or release).
+LEADER_ELECTION_RULES: Final[tuple[dict[str, Any], ...]] = (
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "verbs": ["get", "create", "update"],
+    },
 )

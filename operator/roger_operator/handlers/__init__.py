@@ -6,6 +6,7 @@ functions are callable from tests.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from collections.abc import Mapping
@@ -22,8 +23,9 @@ from roger_operator.builders.model import (
     PLURAL,
     VERSION,
     parse_callback,
+    parse_partition,
 )
-from roger_operator.handlers import partition
+from roger_operator.handlers import deletion, partition
 from roger_operator.handlers.context import Context, Key
 
 log = logging.getLogger("roger_operator.handlers")
@@ -136,6 +138,26 @@ def on_child_event(ctx: Context, event: Mapping[str, Any], plural: str = "") -> 
         partition.reconcile(ctx, parent, "drift")
 
 
+def finalize(ctx: Context, body: dict[str, Any]) -> None:
+    """``deletion.delete`` for kopf: ``NotYet`` is a retry later; an unexpected error is
+    retried too, but never past the last deadline (the finalizer must not block forever)."""
+    try:
+        deletion.delete(ctx, body)
+    except deletion.NotYet as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+    except Exception as exc:
+        spec_grace = 0.0
+        with contextlib.suppress(Exception):
+            spec_grace = deletion.worker_deadline(ctx, parse_partition(body))
+        if deletion.since_deletion(body) < spec_grace + ctx.delete_broker_timeout:
+            log.exception("Partition cleanup failed; retrying")
+            raise kopf.TemporaryError(f"cleanup failed: {exc}", delay=10) from None
+        meta = body.get("metadata") or {}
+        message = f"cleanup gave up after repeated errors ({exc}); queues left in RabbitMQ"
+        log.error("Partition %s/%s: %s", meta.get("namespace"), meta.get("name"), message)
+        ctx.kube.event(body, reason=deletion.KEPT, message=message, type_="Warning")
+
+
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     p = (GROUP, VERSION, PLURAL)
     managed = {LABEL_MANAGED_BY: MANAGER}
@@ -144,7 +166,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         on_partition(ctx, body)
 
     def delete_partition(body: Any, **_: Any) -> None:
-        partition.delete(ctx, plain(body))
+        finalize(ctx, plain(body))
 
     def refresh_partition(body: Any, **_: Any) -> None:
         partition.refresh(ctx, plain(body))
@@ -163,7 +185,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     kopf.on.create(*p, id="reconcile", registry=registry)(reconcile_partition)
     kopf.on.update(*p, id="reconcile", registry=registry)(reconcile_partition)
     kopf.on.resume(*p, id="reconcile", registry=registry)(reconcile_partition)
-    kopf.on.delete(*p, id="cleanup", registry=registry, retries=3, backoff=2)(delete_partition)
+    # Retried until deletion.delete finishes; its own deadlines bound every wait.
+    kopf.on.delete(*p, id="cleanup", registry=registry)(delete_partition)
     if ctx.status_interval > 0:
         kopf.timer(
             *p,

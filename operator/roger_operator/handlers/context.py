@@ -19,6 +19,10 @@ class Context:
     kube: Kube
     broker: Broker
     status_interval: float = 30.0
+    # Deletion bounds (handlers.deletion): extra seconds after the workers' grace period,
+    # and how long an unreachable RabbitMQ is waited for before the finalizer gives up.
+    delete_margin: float = 60.0  # management API samples lag on a busy broker
+    delete_broker_timeout: float = 300.0
     # Watch-fed caches (never the source of truth for writes; reads fall back to the API).
     partitions: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
     callbacks: dict[Key, CallbackResource] = field(default_factory=dict)

@@ -21,7 +21,6 @@ from roger_operator.builders.model import (
     CallbackResource,
     PartitionSpec,
     SpecError,
-    child_name,
     parse_callback,
     parse_partition,
 )
@@ -301,57 +300,6 @@ def status_from_deployment(ctx: Context, key: Key, deployment: Mapping[str, Any]
     if body is None:
         return
     refresh(ctx, body, deployment=deployment, with_stats=False)
-
-
-def delete(ctx: Context, body: Mapping[str, Any]) -> None:
-    """Finalizer: stop the workers, delete the partition's empty queues, keep the others.
-
-    The claim on the partition id is released only when no queue was kept, so another
-    Partition cannot silently inherit jobs that are still waiting.
-    """
-    try:
-        spec = parse_partition(body)
-    except SpecError:
-        return
-    key: Key = (spec.namespace, spec.name)
-    with ctx.lock(key):
-        url, problem = read_amqp_url(ctx, spec)
-        if url is None:
-            why = problem.message if problem else "no AMQP URL"
-            message = f"queues of {spec.partition_id} left in RabbitMQ: {why}"
-            log.warning("Partition %s/%s: %s", *key, message)
-            ctx.kube.event(body, reason="QueuesKept", message=message, type_="Warning")
-            return
-        try:
-            ctx.broker.claim(url, spec.partition_id, owner_token(spec))
-        except ClaimConflict:
-            return  # never ours: nothing to clean
-        except BrokerError as exc:
-            message = f"queues of {spec.partition_id} left in RabbitMQ: {exc}"
-            log.warning("Partition %s/%s: %s", *key, message)
-            ctx.kube.event(body, reason="QueuesKept", message=message, type_="Warning")
-            return
-        ctx.kube.delete(_deployment_path(spec))
-        try:
-            deleted, kept = ctx.broker.delete_empty(url, spec)
-            if kept:
-                message = (
-                    f"kept {len(kept)} queues that still hold jobs: {', '.join(kept)}; "
-                    f"partition id {spec.partition_id} stays claimed by {owner_token(spec)}"
-                )
-                log.warning("Partition %s/%s: %s", *key, message)
-                ctx.kube.event(body, reason="QueuesKept", message=message, type_="Warning")
-            else:
-                ctx.broker.release(url, spec.partition_id, owner_token(spec))
-                message = f"deleted {len(deleted)} empty queues of {spec.partition_id}"
-                log.info("Partition %s/%s: %s", *key, message)
-                ctx.kube.event(body, reason="QueuesDeleted", message=message)
-        except BrokerError as exc:
-            log.warning("Partition %s/%s: queues left in RabbitMQ: %s", *key, exc)
-    ctx.forget(key)
-    publish_phases(ctx, spec.namespace)
-    for kind in ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Deployment"):
-        ctx.applied.pop((kind, spec.namespace, child_name(spec.name)), None)
 
 
 def get_partition(ctx: Context, key: Key) -> Mapping[str, Any] | None:

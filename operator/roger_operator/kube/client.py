@@ -31,6 +31,7 @@ _PLURALS: Final = {
     "Secret": "secrets",
     "Event": "events",
     "Deployment": "deployments",
+    "Pod": "pods",
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "Partition": "partitions",

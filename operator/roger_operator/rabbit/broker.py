@@ -275,30 +275,75 @@ class Broker:
             raise BrokerError(redact(str(exc.reply_text), url)) from None
         return int(ok.method.message_count), int(ok.method.consumer_count)
 
-    def _management(self, url: str, names: Iterable[str], prefix: str) -> dict[str, Any] | None:
+    def management_get(self, url: str, kind: str, name: str, columns: str) -> dict[str, Any] | None:
+        """``/api/<kind>/<vhost>/<name>`` ({} when it does not exist), or None when the
+        management API is off or does not answer. A lookup by name stays fast on a broker
+        with many queues, where a filtered listing can take a minute."""
         if not self.management_port:
             return None
         ep = _endpoint(url)
-        query = urllib.parse.urlencode(
-            {
-                "page": 1,
-                "page_size": 500,
-                "name": f"^{re.escape(prefix)}",
-                "use_regex": "true",
-                "columns": "name,messages_ready,messages_unacknowledged,messages,consumers",
-            }
-        )
         api = (
-            f"http://{ep.host}:{self.management_port}/api/queues/"
-            f"{urllib.parse.quote(ep.vhost, safe='')}?{query}"
+            f"http://{ep.host}:{self.management_port}/api/{kind}/"
+            f"{urllib.parse.quote(ep.vhost, safe='')}/{urllib.parse.quote(name, safe='')}"
+            f"?{urllib.parse.urlencode({'columns': columns})}"
         )
         request = urllib.request.Request(api)
         token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                items = json.load(response).get("items") or []
+                found: dict[str, Any] = json.load(response)
+                return found
+        except urllib.error.HTTPError as exc:
+            return {} if exc.code == 404 else None
         except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def management_list(
+        self, url: str, kind: str, pattern: str, columns: str, timeout: float | None = None
+    ) -> list[dict[str, Any]] | None:
+        """``/api/<kind>/<vhost>`` items whose name matches ``pattern`` (every page), or None
+        when the management API is off or unreachable (callers fall back to AMQP)."""
+        if not self.management_port:
+            return None
+        ep = _endpoint(url)
+        token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
+        items: list[dict[str, Any]] = []
+        page, pages = 1, 1
+        while page <= pages:
+            query = urllib.parse.urlencode(
+                {
+                    "page": page,
+                    "page_size": 500,
+                    "name": pattern,
+                    "use_regex": "true",
+                    "columns": columns,
+                }
+            )
+            api = (
+                f"http://{ep.host}:{self.management_port}/api/{kind}/"
+                f"{urllib.parse.quote(ep.vhost, safe='')}?{query}"
+            )
+            request = urllib.request.Request(api)
+            request.add_header("Authorization", f"Basic {token}")
+            try:
+                with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+                    body = json.load(response)
+            except (urllib.error.URLError, OSError, ValueError):
+                return None
+            items.extend(body.get("items") or [])
+            pages = int(body.get("page_count") or 1)
+            page += 1
+        return items
+
+    def _management(self, url: str, names: Iterable[str], prefix: str) -> dict[str, Any] | None:
+        items = self.management_list(
+            url,
+            "queues",
+            f"^{re.escape(prefix)}",
+            "name,messages_ready,messages_unacknowledged,messages,consumers",
+        )
+        if items is None:
             return None
         wanted = set(names)
         return {i["name"]: i for i in items if i.get("name") in wanted}
@@ -355,24 +400,12 @@ class Broker:
             self._paused[key] = wanted
 
     @_in_lane
-    def delete_empty(self, url: str, spec: PartitionSpec) -> tuple[list[str], list[str]]:
-        """Delete the partition's queues that hold no message; (deleted, kept-with-jobs).
+    def delete_queue(self, url: str, name: str) -> None:
+        """Delete one queue or stream (gone already: nothing to do)."""
+        self.run(url, functools.partial(_delete_queue, name=name))
 
-        Quorum queues do not support ``if-empty``, so each is counted first; the workers are
-        gone by then, so nothing is unacked and nobody publishes to retry queues.
-        """
-        deleted: list[str] = []
-        kept: list[str] = []
-        for name, _ in self.declarations(spec):
-            counted = self._count(url, name)
-            if counted is None:
-                continue
-            if counted[0] > 0:
-                kept.append(f"{name} ({counted[0]} jobs)")
-                continue
-            self.run(url, functools.partial(_delete_queue, name=name))
-            deleted.append(name)
-        self.forget(url, spec.partition_id)
+    def forget_partition(self, url: str, partition_id: str) -> None:
+        """Drop what this process remembers of a partition's queues (they were deleted)."""
+        self.forget(url, partition_id)
         with self._lock:
-            self._paused.pop((url, spec.partition_id), None)
-        return deleted, kept
+            self._paused.pop((url, partition_id), None)
