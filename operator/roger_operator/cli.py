@@ -52,6 +52,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds between per-queue stats refreshes (0: off)",
     )
     parser.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=5.0,
+        help="seconds between evaluations of Partitions with spec.autoscaling (0: off)",
+    )
+    parser.add_argument(
         "--rabbitmq-management-port",
         type=int,
         default=15672,
@@ -119,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kube=Kube(pool_size=max(args.workers * 2, 16)),
         broker=Broker(management_port=args.rabbitmq_management_port),
         status_interval=args.status_interval,
+        autoscale_interval=args.autoscale_interval,
     )
     registry = kopf.OperatorRegistry()
     register(registry, ctx)

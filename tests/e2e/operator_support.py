@@ -28,8 +28,15 @@ NAMESPACE_GLOB = "t-test-operator*"
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: str, log_path: Path, status_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        status_interval: float = 2.0,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_args = extra_args
         self.log_path = log_path
         self.status_interval = status_interval
         self.metrics_port = free_port()
@@ -52,6 +59,7 @@ class OperatorProcess:
                 "127.0.0.1",
                 "--status-interval",
                 str(self.status_interval),
+                *self.extra_args,
             ],
             env=env,
             stdout=log,

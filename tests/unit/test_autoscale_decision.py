@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as s
 
 from roger_operator.builders import autoscale as a
+from roger_operator.builders import status as st
+from roger_operator.builders.model import parse_partition
 
 pytestmark = pytest.mark.unit
 
@@ -222,3 +224,39 @@ def test_parse_defaults_and_off() -> None:
     assert full == a.AutoscalingSpec(1, 3, "keda", 2.5, 5.0, 15.0, 30.0)
     with pytest.raises(a.AutoscalingError):
         a.parse_autoscaling({"spec": {"autoscaling": {"minReplicas": 5, "maxReplicas": 4}}})
+
+
+def test_deletion_costs_follow_running_jobs_and_skip_unchanged_or_leaving_pods() -> None:
+    pods = [
+        {"metadata": {"name": "busy"}},
+        {"metadata": {"name": "idle", "annotations": {a.DELETION_COST: "3"}}},
+        {"metadata": {"name": "same", "annotations": {a.DELETION_COST: "2"}}},
+        {"metadata": {"name": "new"}},
+        {"metadata": {"name": "going", "deletionTimestamp": "2026-01-01T00:00:00Z"}},
+    ]
+    running = {"busy": 4, "same": 2, "going": 1, "other-pod": 9}
+    assert a.deletion_costs(pods, running) == {"busy": "4", "idle": "0", "new": "0"}
+
+
+def test_same_reason_soon_is_counted_in_one_event() -> None:
+    assert a.event_action(None, a.SCALED_UP, 100.0) is None
+    memo = (a.SCALED_UP, "p.abc", 2, 100.0)
+    assert a.event_action(memo, a.SCALED_UP, 200.0) == ("p.abc", 3)
+    assert a.event_action(memo, a.SCALED_DOWN, 200.0) is None
+    assert a.event_action(memo, a.SCALED_UP, 100.0 + a.EVENT_SERIES_SECONDS + 1) is None
+
+
+def test_status_rewrites_keep_what_the_autoscaler_wrote() -> None:
+    """status.autoscaling is written by the autoscale loop alone; a reconcile keeps it."""
+    body = {
+        "metadata": {"name": "p", "namespace": "n", "generation": 1},
+        "spec": {
+            "amqp": {"secretRef": {"name": "s"}},
+            "worker": {"image": "i"},
+            "queues": [{"name": "q"}],
+        },
+    }
+    mine = {"desired": 3, "current": 1, "reason": a.SCALED_UP, "message": "m"}
+    new = st.compute_status({"autoscaling": mine}, st.Observation(parse_partition(body)), "T")
+    assert new["autoscaling"] == mine
+    assert "autoscaling" not in st.compute_status({}, st.Observation(parse_partition(body)), "T")

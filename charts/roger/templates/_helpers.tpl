@@ -85,6 +85,13 @@ the worker rules it grants to every worker Role (RBAC forbids granting what one 
 - apiGroups: [roger.dev]
   resources: [partitions/finalizers]
   verbs: [update]
+# spec.autoscaling: the scale subresource, and worker Pods' pod-deletion-cost.
+- apiGroups: [roger.dev]
+  resources: [partitions/scale]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, patch]
 # The children of each Partition (server-side apply).
 - apiGroups: [""]
   resources: [configmaps, services, serviceaccounts]

@@ -214,3 +214,50 @@ def decide(spec: AutoscalingSpec, inputs: Inputs) -> Decision:
             reason = AT_MIN if current <= spec.min_replicas else STABILIZING_DOWN
     message = f"{what}: {current} -> {desired} replicas (recommended {raw})"
     return Decision(desired, reason, message, jobs, load, raw, tuple(history), last_active)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the loop keeps between evaluations of one Partition (in the operator's memory;
+    ``last_active`` also in ``status.autoscaling.lastActiveTime`` to survive a restart)."""
+
+    history: tuple[Recommendation, ...] = ()
+    last_active: float | None = None
+    last_scale: float | None = None
+    event: tuple[str, str, int, float] | None = None  # (reason, Event name, count, at)
+    reason: str | None = None  # the last decision's (logged when it changes)
+
+
+EVENT_SERIES_SECONDS: Final = 600.0  # the same reason again within this: one Event, counted
+DELETION_COST: Final = "controller.kubernetes.io/pod-deletion-cost"
+
+
+def event_action(
+    memo: tuple[str, str, int, float] | None, reason: str, now: float
+) -> tuple[str, int] | None:
+    """Fold into the last Event (its name and new count), or None for a new Event."""
+    if memo is None:
+        return None
+    last_reason, name, count, at = memo
+    if last_reason == reason and now - at <= EVENT_SERIES_SECONDS:
+        return name, count + 1
+    return None
+
+
+def deletion_costs(pods: Sequence[Mapping[str, Any]], running: Mapping[str, int]) -> dict[str, str]:
+    """The pod-deletion-cost each worker Pod should carry, for those whose value differs.
+
+    The cost is the pod's running jobs (from its heartbeats): the ReplicaSet controller
+    removes the cheapest pods first, so idle workers go before busy ones. A pod with no
+    heartbeat yet (starting) runs nothing: cost 0.
+    """
+    out: dict[str, str] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        name = str(meta.get("name"))
+        want = str(running.get(name, 0))
+        if (meta.get("annotations") or {}).get(DELETION_COST) != want:
+            out[name] = want
+    return out

@@ -25,6 +25,13 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "verbs": ["get", "patch", "update"],
     },
     {"apiGroups": ["roger.dev"], "resources": ["partitions/finalizers"], "verbs": ["update"]},
+    # spec.autoscaling: the scale subresource, and worker Pods' pod-deletion-cost.
+    {
+        "apiGroups": ["roger.dev"],
+        "resources": ["partitions/scale"],
+        "verbs": ["get", "patch", "update"],
+    },
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "patch"]},
     # The children of each Partition (server-side apply = patch; create for the first one).
     {
         "apiGroups": [""],
