@@ -34,9 +34,11 @@ class OperatorProcess:
         log_path: Path,
         status_interval: float = 2.0,
         extra_args: tuple[str, ...] = (),
+        namespace_glob: str = NAMESPACE_GLOB,
     ) -> None:
         self.kubeconfig = kubeconfig
         self.extra_args = extra_args
+        self.namespace_glob = namespace_glob
         self.log_path = log_path
         self.status_interval = status_interval
         self.metrics_port = free_port()
@@ -50,7 +52,7 @@ class OperatorProcess:
             [
                 str(BIN / "roger-operator"),
                 "--namespace",
-                NAMESPACE_GLOB,
+                self.namespace_glob,
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",

@@ -9,16 +9,21 @@ named ``test_operator_*`` so the operator's namespace glob matches it.
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 import roger
 from roger_devtools.polling import eventually
@@ -47,10 +52,62 @@ def apply_crds(k: Kubectl) -> None:
 
 
 @pytest.fixture(scope="module")
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
+def kubectl(kubectl_bin: str, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
+    """A copy of kubectl of this module's own: other sessions' ``hack/tools.sh`` may rebuild
+    the shared one (and relink .cluster/bin) while these minutes-long tests run."""
+    own = tmp_path_factory.mktemp("bin") / "kubectl"
+
+    def copied() -> bool:
+        shutil.copy2(kubectl_bin, own)
+        return True
+
+    eventually(copied, timeout=120, interval=2, message="a kubectl to copy")
+    k = Kubectl(str(own), kubeconfig)
     apply_crds(k)
     return k
+
+
+SCHEMA = "/spec/versions/0/schema/openAPIV3Schema/properties"
+OURS = (  # (JSON pointer under SCHEMA, the same path in crds/partitions.roger.dev.yaml)
+    ("/spec/properties/autoscaling", ("spec", "autoscaling")),
+    ("/status/properties/autoscaling", ("status", "autoscaling")),
+)
+
+
+def keep_autoscaling_fields(k: Kubectl) -> None:
+    """Add spec/status.autoscaling to the live Partition CRD when they are missing.
+
+    The local cluster is shared: other e2e modules (other branches' too) apply their own
+    copy of the CRD, which would prune spec.autoscaling mid-test. Adding only our fields
+    (a JSON patch, not a whole apply) keeps theirs.
+    """
+    crd = yaml.safe_load((ROOT / "crds" / "partitions.roger.dev.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    live = k.get_json("crd", "partitions.roger.dev")
+    props = live["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    ops = []
+    for pointer, (top, name) in OURS:
+        if name not in props[top]["properties"]:
+            value = schema[top]["properties"][name]
+            ops.append({"op": "add", "path": SCHEMA + pointer, "value": value})
+    if ops:
+        k.run("patch", "crd", "partitions.roger.dev", "--type=json", "-p", json.dumps(ops))
+
+
+@pytest.fixture(autouse=True)
+def autoscaling_fields(kubectl: Kubectl) -> Iterator[None]:
+    stopping = threading.Event()
+
+    def keep() -> None:
+        while not stopping.wait(1.0):
+            with contextlib.suppress(Exception):  # API hiccups: next round
+                keep_autoscaling_fields(kubectl)
+
+    keeper = threading.Thread(target=keep, daemon=True)
+    keeper.start()
+    yield
+    stopping.set()
+    keeper.join(timeout=30)
 
 
 def apply_partition(k: Kubectl, manifest: str) -> None:
@@ -58,7 +115,7 @@ def apply_partition(k: Kubectl, manifest: str) -> None:
     too): apply ours again until the API server knows spec.autoscaling."""
 
     def applied() -> bool:
-        apply_crds(k)
+        keep_autoscaling_fields(k)
         return k.run("apply", "-f", "-", stdin=manifest, check=False).returncode == 0
 
     eventually(applied, timeout=30, interval=1, message="Partition with spec.autoscaling applied")
@@ -69,16 +126,28 @@ def operator(
     kubectl: Kubectl, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(kubeconfig, log, extra_args=("--autoscale-interval", "1"))
+    # Only this module's namespaces: Partitions other tests left behind (some on brokers that
+    # are gone) would take this operator's threads.
+    op = OperatorProcess(
+        kubeconfig,
+        log,
+        extra_args=("--autoscale-interval", "1"),
+        namespace_glob="t-test-operator-autoscale*",
+    )
     op.start()
     yield op
     op.stop()
 
 
 @pytest.fixture
-def ns(namespace: str, kubectl: Kubectl, amqp_url: str) -> str:
-    kubectl.apply(secret_manifest(namespace, amqp_url))
-    return namespace
+def ns(unique_name: str, kubectl: Kubectl, amqp_url: str) -> Iterator[str]:
+    """A namespace of the test's own (made with the module's kubectl) with the AMQP Secret."""
+    kubectl.run("create", "namespace", unique_name)
+    kubectl.apply(secret_manifest(unique_name, amqp_url))
+    yield unique_name
+    # Partitions first, while this module's operator runs their finalizer.
+    kubectl.run("-n", unique_name, "delete", "partitions", "--all", "--timeout=60s", check=False)
+    kubectl.run("delete", "namespace", unique_name, "--wait=false", check=False)
 
 
 @pytest.fixture
@@ -118,7 +187,9 @@ def autoscaled(name: str, ns: str, **autoscaling: Any) -> str:
     return partition_manifest(
         name,
         ns,
-        worker={"replicas": 0, "shutdownTimeout": 10},
+        # one job process per pod (jobs sleep in threads): the shared 2-core machine runs
+        # four of these pods beside the API server, RabbitMQ and other sessions' tests
+        worker={"replicas": 0, "shutdownTimeout": 10, "jobProcesses": 1},
         queues=[{"name": "default", "maxWorkers": MAX_WORKERS}],
         autoscaling={"minReplicas": 0, "maxReplicas": 4, **autoscaling},
     )
@@ -154,6 +225,7 @@ def partition_events(k: Kubectl, ns: str, name: str) -> dict[str, int]:
     return found
 
 
+@pytest.mark.timeout(600)
 def test_operator_autoscale_up_to_max_drain_and_back_to_zero(
     operator: OperatorProcess,
     kubectl: Kubectl,
@@ -172,7 +244,9 @@ def test_operator_autoscale_up_to_max_drain_and_back_to_zero(
             behavior={"scaleDown": {"stabilizationWindowSeconds": 5}},
         ),
     )
-    eventually(lambda: replicas(k, ns, name)[2].get("reason"), message="first evaluation")
+    eventually(
+        lambda: replicas(k, ns, name)[2].get("reason"), timeout=90, message="first evaluation"
+    )
     assert replicas(k, ns, name)[0] == 0
 
     out = tmp_path / "out.txt"

@@ -39,6 +39,7 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "verbs": _CRUD,
     },
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CRUD},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CRUD},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],

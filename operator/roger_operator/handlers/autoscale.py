@@ -22,11 +22,12 @@ from roger_operator.builders.model import SpecError, parse_partition, selector_s
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.partition import cached_amqp_url
 from roger_operator.kube import KubeError, resource_path
-from roger_operator.kube.client import partition_path
+from roger_operator.kube.client import MERGE_CONTENT_TYPE, partition_path
 from roger_operator.rabbit import BrokerError
 from roger_operator.rabbit import load as broker_load
 
 log = logging.getLogger("roger_operator.autoscale")
+AUTOSCALER_MANAGER = "roger-operator-autoscaler"  # field manager of its Deployment scaling
 
 
 def _iso(at: float) -> str:
@@ -79,11 +80,19 @@ def evaluate(ctx: Context, body: Mapping[str, Any]) -> a.Decision | None:
     if auto is None or auto.engine != a.ENGINE_BUILTIN:
         ctx.autoscale.pop(key, None)
         if previous:
-            with ctx.lock(key):
+            with ctx.lock(_lock_key(key)):
                 _write_status(ctx, key, None)
         return None
-    with ctx.lock(key):
+    with ctx.lock(_lock_key(key)):
         return _evaluate(ctx, key, body, auto, spec, previous or {})
+
+
+def _lock_key(key: Key) -> Key:
+    """A lock of its own: a reconcile stuck on a slow broker (it holds the Partition's lock
+    while declaring queues) must not stop the workers from following the backlog. A status
+    write of a concurrent reconcile may carry an older status.autoscaling: the next
+    evaluation writes it again."""
+    return key[0], f"{key[1]}#autoscale"
 
 
 def _evaluate(
@@ -112,6 +121,8 @@ def _evaluate(
         auto,
         a.Inputs(now, current, queues, True, memory.history, memory.last_active),
     )
+    if url and queues is not None and current >= 2:
+        update_deletion_costs(ctx, spec, url)  # before any scale-down: idle pods go first
     last_scale, event = memory.last_scale, memory.event
     if decision.reason != (memory.reason or previous.get("reason")) and not decision.scales:
         log.info("Partition %s/%s: %s: %s", *key, decision.reason, decision.message)
@@ -122,6 +133,7 @@ def _evaluate(
             log.warning("Partition %s/%s: scaling to %d failed: %s", *key, decision.desired, exc)
             return decision
         last_scale = now
+        scale_deployment(ctx, spec, decision.desired)
         log.info("Partition %s/%s: %s: %s", *key, decision.reason, decision.message)
         event = _event(ctx, body, decision, event, now)
     ctx.autoscale[key] = a.Memory(
@@ -143,8 +155,6 @@ def _evaluate(
     if decision.last_active is not None:
         status["lastActiveTime"] = _iso(decision.last_active)
     _write_status(ctx, key, status)
-    if url and queues is not None and min(current, decision.desired) >= 1:
-        update_deletion_costs(ctx, spec, url)
     return decision
 
 
@@ -164,10 +174,28 @@ def _event(
     return (decision.reason, name, 1, now) if name else None
 
 
+def scale_deployment(ctx: Context, spec: Any, replicas: int) -> None:
+    """Scale the worker Deployment at once. The reconcile that the new spec.worker.replicas
+    triggers applies the same count, but it also needs the broker (claim, declare): a slow
+    or unreachable broker must not keep the workers from following the backlog."""
+    path = resource_path("apps/v1", "Deployment", spec.namespace, spec.child_name)
+    try:
+        ctx.kube.request(
+            "PATCH",
+            path,
+            query={"fieldManager": AUTOSCALER_MANAGER},
+            body={"spec": {"replicas": replicas}},
+            content_type=MERGE_CONTENT_TYPE,
+        )
+    except KubeError as exc:
+        if exc.status != 404:  # none yet: the reconcile creates it with the new count
+            log.warning("Deployment %s/%s not scaled: %s", spec.namespace, spec.child_name, exc)
+
+
 def update_deletion_costs(ctx: Context, spec: Any, url: str) -> None:
     """Keep each worker Pod's pod-deletion-cost at its running jobs (best effort)."""
     try:
-        running = broker_load.running_per_pod(ctx.broker, url, spec.partition_id)
+        running = broker_load.running_per_pod(url, spec.partition_id)
         pods = ctx.kube.pods(spec.namespace, selector_string(spec.name))
     except (BrokerError, KubeError) as exc:
         log.info("Partition %s/%s: deletion costs not updated: %s", spec.namespace, spec.name, exc)

@@ -8,17 +8,20 @@ running jobs per worker pod come from the workers' own heartbeats (status stream
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import time
 from typing import Any
 
 import pika.exceptions
 
-from roger.broker.state_client import status_records
 from roger.core import naming
 from roger.core import state as st
 from roger_operator.builders.autoscale import QueueCounters
 from roger_operator.builders.model import PartitionSpec
-from roger_operator.rabbit.broker import Broker, BrokerError, redact
+from roger_operator.rabbit.broker import Broker, BrokerError, addresses, redact
+
+READ_LIMIT = 5.0  # seconds at most spent reading heartbeats
 
 
 def _ready(broker: Broker, url: str, name: str) -> int:
@@ -50,13 +53,54 @@ def pod_of(worker: str) -> str:
     return worker.rsplit(":", 1)[0]
 
 
-def running_per_pod(broker: Broker, url: str, partition_id: str) -> dict[str, int]:
+def _stream_bodies(url: str, stream: str, since: datetime.datetime, idle: float) -> list[bytes]:
+    """Records of ``stream`` from ``since`` until it stays silent ``idle`` seconds.
+
+    A connection of its own, closed without cancelling the consumer: cancelling rejects
+    the deliveries still in flight, which a stream refuses by closing the connection.
+    """
+    params = pika.URLParameters(addresses(url)[0])
+    params.connection_attempts = 1
+    params.socket_timeout = 5.0
+    params.client_properties = {"connection_name": "roger-operator-heartbeats"}
+    bodies: list[bytes] = []
+    try:
+        conn = pika.BlockingConnection(params)
+    except pika.exceptions.AMQPError as exc:
+        raise BrokerError(redact(f"RabbitMQ unavailable ({type(exc).__name__})", url)) from None
+    try:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=1000)
+
+        def take(channel: Any, method: Any, _props: Any, body: bytes) -> None:
+            bodies.append(body)
+            channel.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(stream, take, arguments={"x-stream-offset": since})
+        deadline = time.monotonic() + READ_LIMIT
+        while time.monotonic() < deadline:
+            seen = len(bodies)
+            conn.process_data_events(time_limit=idle)
+            if len(bodies) == seen:
+                break
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:  # no stream yet: no worker ever ran
+            raise BrokerError(redact(str(exc.reply_text), url)) from None
+    except pika.exceptions.AMQPError as exc:
+        raise BrokerError(redact(f"reading {stream}: {type(exc).__name__}", url)) from None
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    return bodies
+
+
+def running_per_pod(url: str, partition_id: str, idle: float = 0.3) -> dict[str, int]:
     """Running jobs per worker pod, from the live workers' latest heartbeats."""
-
-    def read(ch: Any) -> list[st.WorkerStatus]:
-        return status_records(ch.connection, partition_id)
-
-    records = broker.run(url, read)
+    since = datetime.datetime.fromtimestamp(
+        int(time.time() - st.HEARTBEAT_STALE - 1), tz=datetime.UTC
+    )
+    bodies = _stream_bodies(url, naming.workers_stream_name(partition_id), since, idle)
+    records = [r for r in map(st.decode_status, bodies) if r is not None]
     out: dict[str, int] = {}
     for r in st.live_workers(records, time.time()):
         pod = pod_of(r.worker)
