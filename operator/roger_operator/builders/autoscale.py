@@ -226,6 +226,7 @@ class Memory:
     last_scale: float | None = None
     event: tuple[str, str, int, float] | None = None  # (reason, Event name, count, at)
     reason: str | None = None  # the last decision's (logged when it changes)
+    scaled: tuple[int, int] | None = None  # (resourceVersion after our scale, replicas set)
 
 
 EVENT_SERIES_SECONDS: Final = 600.0  # the same reason again within this: one Event, counted

@@ -87,6 +87,14 @@ def evaluate(ctx: Context, body: Mapping[str, Any]) -> a.Decision | None:
         return _evaluate(ctx, key, body, auto, spec, previous or {})
 
 
+def _rv(obj: Mapping[str, Any]) -> int:
+    """resourceVersion as a number (etcd revisions: what the watch cache compares too)."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def _lock_key(key: Key) -> Key:
     """A lock of its own: a reconcile stuck on a slow broker (it holds the Partition's lock
     while declaring queues) must not stop the workers from following the backlog. A status
@@ -117,6 +125,9 @@ def _evaluate(
             ctx.urls.pop((spec.namespace, spec.secret_name, spec.secret_key), None)
     now = time.time()
     current = spec.replicas
+    if memory.scaled is not None and _rv(body) < memory.scaled[0]:
+        current = memory.scaled[1]  # the watch has not shown our own scale yet
+    scaled = memory.scaled
     decision = a.decide(
         auto,
         a.Inputs(now, current, queues, True, memory.history, memory.last_active),
@@ -128,16 +139,17 @@ def _evaluate(
         log.info("Partition %s/%s: %s: %s", *key, decision.reason, decision.message)
     if decision.desired != current:
         try:
-            ctx.kube.scale_partition(key[0], key[1], decision.desired)
+            done = ctx.kube.scale_partition(key[0], key[1], decision.desired)
         except KubeError as exc:
             log.warning("Partition %s/%s: scaling to %d failed: %s", *key, decision.desired, exc)
             return decision
         last_scale = now
+        scaled = (_rv(done or {}), decision.desired)
         scale_deployment(ctx, spec, decision.desired)
         log.info("Partition %s/%s: %s: %s", *key, decision.reason, decision.message)
         event = _event(ctx, body, decision, event, now)
     ctx.autoscale[key] = a.Memory(
-        decision.history, decision.last_active, last_scale, event, decision.reason
+        decision.history, decision.last_active, last_scale, event, decision.reason, scaled
     )
     status: dict[str, Any] = {
         "desired": decision.desired,

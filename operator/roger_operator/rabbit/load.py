@@ -21,7 +21,8 @@ from roger_operator.builders.autoscale import QueueCounters
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit.broker import Broker, BrokerError, addresses, redact
 
-READ_LIMIT = 5.0  # seconds at most spent reading heartbeats
+READ_LIMIT = 8.0  # seconds at most spent reading heartbeats
+FIRST_WAIT = 3.0  # seconds a stream may take to deliver its first record
 
 
 def _ready(broker: Broker, url: str, name: str) -> int:
@@ -77,11 +78,12 @@ def _stream_bodies(url: str, stream: str, since: datetime.datetime, idle: float)
             channel.basic_ack(method.delivery_tag)
 
         ch.basic_consume(stream, take, arguments={"x-stream-offset": since})
-        deadline = time.monotonic() + READ_LIMIT
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        while time.monotonic() - started < READ_LIMIT:
             seen = len(bodies)
             conn.process_data_events(time_limit=idle)
-            if len(bodies) == seen:
+            # silence ends the read, once the stream had time to start delivering
+            if len(bodies) == seen and (seen or time.monotonic() - started > FIRST_WAIT):
                 break
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != 404:  # no stream yet: no worker ever ran
