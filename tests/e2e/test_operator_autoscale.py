@@ -94,8 +94,10 @@ def keep_autoscaling_fields(k: Kubectl) -> None:
         k.run("patch", "crd", "partitions.roger.dev", "--type=json", "-p", json.dumps(ops))
     # A write while the fields were missing dropped them from the stored object too.
     for (ns, name), autoscaling in list(AUTOSCALED.items()):
-        obj = k.get_json("-n", ns, "partition", name)
-        if "autoscaling" not in obj["spec"]:
+        found = k.run("-n", ns, "get", "partition", name, "-o", "json", check=False)
+        if found.returncode != 0:
+            continue  # not created yet, or gone
+        if "autoscaling" not in json.loads(found.stdout)["spec"]:
             patch = json.dumps({"spec": {"autoscaling": autoscaling}})
             k.run("-n", ns, "patch", "partition", name, "--type=merge", "-p", patch)
 
@@ -133,6 +135,12 @@ def apply_partition(k: Kubectl, manifest: str) -> None:
         return k.run("apply", "-f", "-", stdin=manifest, check=False).returncode == 0
 
     eventually(applied, timeout=30, interval=1, message="Partition with spec.autoscaling applied")
+
+    def declared() -> bool:  # queues exist: producers may enqueue
+        obj = k.get_json("-n", meta["namespace"], "partition", meta["name"])
+        return bool((obj.get("status") or {}).get("queues"))
+
+    eventually(declared, timeout=120, interval=1, message="the Partition's queues declared")
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,23 @@ def test_running_jobs_per_pod_come_from_heartbeats_named_after_the_pod(
     try:
         assert running_per_pod(amqp_url, unique_name) == {}  # no worker ever ran
         ws.env["POD_NAME"] = "pod-busy"
-        ws.start(["default=3"])
+        busy = ws.start(["default=3"], ready=False)
         ws.env["POD_NAME"] = "pod-idle"
-        ws.start(["other=1"])
+        idle = ws.start(["other=1"], ready=False)
+        for w in (busy, idle):  # the shared broker declares quorum queues slowly at times
+            w.wait_ready(timeout=120)
         with roger.Client(amqp_url) as client:
             for n in range(3):
                 client.enqueue(unique_name, "tests.jobs.basic:slow", {"n": n, "sleep": 8})
+
+        def counted() -> bool:
+            found = running_per_pod(amqp_url, unique_name)
+            assert found == {"pod-busy": 3, "pod-idle": 0}, found
+            return True
+
         eventually(
-            lambda: running_per_pod(amqp_url, unique_name) == {"pod-busy": 3, "pod-idle": 0},
-            timeout=30,
+            counted,
+            timeout=60,
             interval=1,
             message="3 running jobs on pod-busy, none on pod-idle",
         )
