@@ -58,6 +58,7 @@ class Context:
     def forget(self, key: Key) -> None:
         with self._guard:
             self._locks.pop(key, None)
+            self._locks.pop((key[0], f"{key[1]}#autoscale"), None)  # handlers/autoscale.py
             self.partitions.pop(key, None)
             self.written.pop(key, None)
             self.phases.pop(key, None)
