@@ -134,6 +134,13 @@ def test_no_history_is_a_full_scale_down_window() -> None:
     assert a.Recommendation(1000.0, 5) in d.history
 
 
+def test_evaluations_further_apart_than_the_window_still_scale_down() -> None:
+    """Slow evaluations (a loaded operator) must not hold the replicas up forever."""
+    spec = a.AutoscalingSpec(0, 10, scale_down_window=5, zero_cooldown=0)
+    d = run(spec, 4, [q(0)], now=1000.0, history=[a.Recommendation(990.0, 4)])
+    assert (d.desired, d.reason) == (0, a.SCALED_TO_ZERO)
+
+
 def test_history_keeps_only_the_longest_window() -> None:
     spec = a.AutoscalingSpec(0, 10, scale_up_window=10, scale_down_window=60)
     old = [a.Recommendation(900.0, 9), a.Recommendation(950.0, 3)]

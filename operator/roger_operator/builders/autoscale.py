@@ -163,9 +163,11 @@ def decide(spec: AutoscalingSpec, inputs: Inputs) -> Decision:
     now = inputs.now
     keep = max(spec.scale_up_window, spec.scale_down_window)
     history = [r for r in inputs.history if now - r.at <= keep]
-    # No memory (first look, operator restart): for scale-down, as if the current count had
-    # just been recommended, so a restart never shortens the scale-down window.
-    seed = [] if history or not spec.scale_down_window else [Recommendation(now, inputs.current)]
+    # No memory at all (first look, operator restart): for scale-down, as if the current
+    # count had just been recommended, so a restart never shortens the scale-down window.
+    # (A memory whose entries all aged out is no reason to wait: they are older than it.)
+    fresh_start = not inputs.history and spec.scale_down_window > 0
+    seed = [Recommendation(now, inputs.current)] if fresh_start else []
     history = history or list(seed)
     if inputs.queues is None:
         return _hold(spec, inputs, NO_COUNTERS, "broker counters unavailable: holding", history)
