@@ -60,6 +60,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds between per-queue stats refreshes (0: off)",
     )
     parser.add_argument(
+        "--autoscale-interval",
+        type=float,
+        default=5.0,
+        help="seconds between evaluations of Partitions with spec.autoscaling (0: off)",
+    )
+    parser.add_argument(
         "--rabbitmq-management-port",
         type=int,
         default=15672,
@@ -227,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         broker=Broker(management_port=args.rabbitmq_management_port),
         status_interval=args.status_interval,
         delete_broker_timeout=args.delete_broker_timeout,
+        autoscale_interval=args.autoscale_interval,
     )
     elector = None
     if args.leader_election:

@@ -25,6 +25,12 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "verbs": ["get", "patch", "update"],
     },
     {"apiGroups": ["roger.dev"], "resources": ["partitions/finalizers"], "verbs": ["update"]},
+    # spec.autoscaling: the scale subresource.
+    {
+        "apiGroups": ["roger.dev"],
+        "resources": ["partitions/scale"],
+        "verbs": ["get", "patch", "update"],
+    },
     # The children of each Partition (server-side apply = patch; create for the first one).
     {
         "apiGroups": [""],
@@ -32,13 +38,15 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "verbs": _CRUD,
     },
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CRUD},
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CRUD},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],
         "verbs": _CRUD,
     },
-    # Deleting a Partition waits until its worker Pods are gone.
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    # Deleting a Partition waits until its worker Pods are gone; autoscaling keeps each
+    # worker Pod's pod-deletion-cost current.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "patch"]},
     # The AMQP URL, read by name when reconciling (never listed or watched, never copied).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Its own Events (kept queues, conflicts).

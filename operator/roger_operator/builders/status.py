@@ -179,6 +179,8 @@ def compute_status(
         for key in ("queues", "backlog", "statsTime"):
             if key in prev:
                 status[key] = prev[key]
+    if "autoscaling" in prev:  # written by handlers/autoscale.py alone
+        status["autoscaling"] = prev["autoscaling"]
     return status
 
 

@@ -25,7 +25,7 @@ from roger_operator.builders.model import (
     parse_callback,
     parse_partition,
 )
-from roger_operator.handlers import deletion, partition
+from roger_operator.handlers import autoscale, deletion, partition
 from roger_operator.handlers.context import Context, Key
 
 log = logging.getLogger("roger_operator.handlers")
@@ -37,6 +37,7 @@ CHILDREN: Final = (
     ("", "v1", "serviceaccounts"),
     ("rbac.authorization.k8s.io", "v1", "roles"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    ("policy", "v1", "poddisruptionbudgets"),
 )
 
 
@@ -171,6 +172,9 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def refresh_partition(body: Any, **_: Any) -> None:
         partition.refresh(ctx, plain(body))
 
+    def autoscale_partition(body: Any, **_: Any) -> None:
+        autoscale.evaluate(ctx, plain(body))
+
     def watch_partition(event: Any, **_: Any) -> None:
         on_partition_event(ctx, event)
 
@@ -195,6 +199,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             initial_delay=ctx.status_interval,
             registry=registry,
         )(refresh_partition)
+    if ctx.autoscale_interval > 0:
+        kopf.timer(*p, id="autoscale", interval=ctx.autoscale_interval, registry=registry)(
+            autoscale_partition
+        )
     kopf.on.event(GROUP, VERSION, CALLBACK_PLURAL, id="callbacks", registry=registry)(
         watch_callback
     )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from roger_operator.builders.autoscale import Memory
 from roger_operator.builders.model import CallbackResource
 from roger_operator.kube import Kube
 from roger_operator.rabbit import Broker
@@ -37,6 +38,8 @@ class Context:
     # only (every reconcile reads the Secret again). Memory only, never logged.
     urls: dict[tuple[str, str, str], tuple[str, float]] = field(default_factory=dict)
     url_ttl: float = 3600.0  # dropped at once when the broker refuses it
+    autoscale_interval: float = 5.0  # seconds between autoscaling evaluations; 0: off
+    autoscale: dict[Key, Memory] = field(default_factory=dict)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -59,10 +62,12 @@ class Context:
     def forget(self, key: Key) -> None:
         with self._guard:
             self._locks.pop(key, None)
+            self._locks.pop((key[0], f"{key[1]}#autoscale"), None)  # handlers/autoscale.py
             self.partitions.pop(key, None)
             self.written.pop(key, None)
             self.phases.pop(key, None)
             self.deployments.pop(key, None)
+            self.autoscale.pop(key, None)
 
 
 def _rv(body: Mapping[str, Any]) -> int:

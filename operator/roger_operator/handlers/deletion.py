@@ -33,7 +33,15 @@ from roger_operator.rabbit import BrokerError, ClaimConflict, inventory
 log = logging.getLogger("roger_operator.deletion")
 KEPT = "QueuesKept"
 DELETED = "QueuesDeleted"
-CHILD_KINDS = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Deployment")
+CHILD_KINDS = (
+    "ConfigMap",
+    "Service",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "Deployment",
+    "PodDisruptionBudget",
+)
 
 
 class NotYet(Exception):

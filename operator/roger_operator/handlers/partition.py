@@ -16,6 +16,7 @@ from typing import Any
 
 from roger_operator import metrics
 from roger_operator.builders import status as st
+from roger_operator.builders.disruption import disruption_budget, pod_disruption_budget
 from roger_operator.builders.manifests import build_children
 from roger_operator.builders.model import (
     CallbackResource,
@@ -101,6 +102,13 @@ def _remember(ctx: Context, live: Mapping[str, Any]) -> None:
     meta = live.get("metadata") or {}
     key = (str(live.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
     ctx.applied[key] = (str(meta.get("resourceVersion", "")), int(meta.get("generation") or 0))
+
+
+def _drop_disruption_budget(ctx: Context, spec: PartitionSpec) -> None:
+    """Delete the PodDisruptionBudget this process applied, once the spec drops it."""
+    record = ("PodDisruptionBudget", spec.namespace, spec.child_name)
+    if ctx.applied.pop(record, None) is not None:
+        ctx.kube.delete(resource_path("policy/v1", "PodDisruptionBudget", *record[1:]))
 
 
 def _deployment_path(spec: PartitionSpec) -> str:
@@ -195,7 +203,12 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
     digest: str | None = None
     if not blocked:
         children, digest = build_children(spec, resolved)
+        budget = disruption_budget(body)
+        if budget is not None:
+            children.append(pod_disruption_budget(spec, budget))
         try:
+            if budget is None:
+                _drop_disruption_budget(ctx, spec)
             for manifest in children:
                 live = ctx.kube.apply(manifest)
                 _remember(ctx, live)

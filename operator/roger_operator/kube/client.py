@@ -35,6 +35,7 @@ _PLURALS: Final = {
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "Partition": "partitions",
+    "PodDisruptionBudget": "poddisruptionbudgets",
     "Callback": "callbacks",
 }
 
@@ -157,8 +158,8 @@ class Kube:
         message: str,
         type_: str = "Normal",
         action: str = "Reconcile",
-    ) -> None:
-        """An events.k8s.io/v1 Event regarding ``involved`` (best effort)."""
+    ) -> str | None:
+        """An events.k8s.io/v1 Event regarding ``involved`` (best effort); its name."""
         meta = involved.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -187,3 +188,53 @@ class Kube:
         }
         with contextlib.suppress(KubeError):
             self.request("POST", f"/apis/events.k8s.io/v1/namespaces/{namespace}/events", body=body)
+            return str(body["metadata"]["name"])  # type: ignore[index]
+        return None
+
+    def event_again(self, namespace: str, name: str, count: int, message: str) -> bool:
+        """Fold one more occurrence into an Event (its ``series``); False if it is gone."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {"series": {"count": count, "lastObservedTime": now}, "note": message[:1024]}
+        try:
+            self.request(
+                "PATCH",
+                f"/apis/events.k8s.io/v1/namespaces/{namespace}/events/{name}",
+                body=body,
+                content_type=MERGE_CONTENT_TYPE,
+            )
+        except KubeError:
+            return False
+        return True
+
+    def scale_partition(self, namespace: str, name: str, replicas: int) -> Any:
+        """Set spec.worker.replicas through the scale subresource (as an HPA would)."""
+        return self.request(
+            "PATCH",
+            f"{partition_path(namespace, name)}/scale",
+            body={"spec": {"replicas": replicas}},
+            content_type=MERGE_CONTENT_TYPE,
+        )
+
+    def pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        found = self.request(
+            "GET", f"/api/v1/namespaces/{namespace}/pods", query={"labelSelector": selector}
+        )
+        return list((found or {}).get("items") or ())
+
+    def annotate(self, path: str, annotations: Mapping[str, str | None]) -> Any:
+        """Merge annotations into an object (None removes one)."""
+        return self.request(
+            "PATCH",
+            path,
+            body={"metadata": {"annotations": dict(annotations)}},
+            content_type=MERGE_CONTENT_TYPE,
+        )
+
+    def patch_status_field(self, path: str, field: str, value: Any) -> Any:
+        """Merge one field of an object's status (None removes it)."""
+        return self.request(
+            "PATCH",
+            f"{path}/status",
+            body={"status": {field: value}},
+            content_type=MERGE_CONTENT_TYPE,
+        )

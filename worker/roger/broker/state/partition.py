@@ -47,7 +47,9 @@ STREAM_PREFETCH = 500  # control and pause events in flight to this worker
 
 
 def worker_ident() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``<pod>:<pid>``: the pod name (downward API ``POD_NAME``) else the host name, so the
+    operator maps a heartbeat to its Pod (pod-deletion-cost) even where pods share a host."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}:{os.getpid()}"
 
 
 class PartitionState:
