@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 HUNG = 4  # Partitions, each on a broker of its own that hangs
 HEALTHY = 20
-READY_WITHIN = 90.0  # seconds for all healthy Partitions; measured: see the test's log
+READY_WITHIN = 240.0  # seconds: a bound for a machine under heavy load, not the claim
 
 
 @pytest.fixture
@@ -52,12 +52,30 @@ def ready_count(k: Kubectl, namespace: str, names: list[str]) -> int:
     return len(ready & set(names))
 
 
+def time_to_ready(k: Kubectl, namespace: str, prefix: str) -> float:
+    """Apply HEALTHY Partitions at once; seconds until all are Ready."""
+    names = [f"{prefix}-{i}" for i in range(HEALTHY)]
+    started = time.monotonic()
+    k.apply("---\n".join(partition_manifest(n, namespace, partitionId=short_id()) for n in names))
+    eventually(
+        lambda: ready_count(k, namespace, names) == HEALTHY,
+        READY_WITHIN,
+        interval=1.0,
+        message=f"{HEALTHY} Partitions {prefix}-* Ready",
+    )
+    return time.monotonic() - started
+
+
+@pytest.mark.timeout(900)
 def test_operator_hung_brokers_do_not_delay_other_partitions(
     kubectl: Kubectl,  # noqa: F811
     operator: OperatorProcess,  # noqa: F811
     ns: str,  # noqa: F811
     hung_brokers: list[SilentServer],
 ) -> None:
+    usual = time_to_ready(kubectl, ns, "before")  # the usual time, on this machine, now
+    print(f"{HEALTHY} Partitions Ready in {usual:.1f}s alone", flush=True)
+
     hung = [f"hung-{i}" for i in range(HUNG)]
     for name, server in zip(hung, hung_brokers, strict=True):
         kubectl.apply(secret_manifest(ns, server.amqp_url, name=name))
@@ -69,18 +87,12 @@ def test_operator_hung_brokers_do_not_delay_other_partitions(
     # The operator is now waiting on every hung broker.
     eventually(lambda: all(s.accepted for s in hung_brokers), 30, message="operator connects")
 
-    healthy = [f"ok-{i}" for i in range(HEALTHY)]
-    started = time.monotonic()
-    kubectl.apply("---\n".join(partition_manifest(n, ns, partitionId=short_id()) for n in healthy))
-    eventually(
-        lambda: ready_count(kubectl, ns, healthy) == HEALTHY,
-        READY_WITHIN,
-        interval=1.0,
-        message=f"{HEALTHY} healthy Partitions Ready",
+    beside_hung = time_to_ready(kubectl, ns, "beside")
+    print(
+        f"{HEALTHY} Partitions Ready in {usual:.1f}s alone, {beside_hung:.1f}s beside {HUNG} hung"
     )
-    took = time.monotonic() - started
-    print(f"{HEALTHY} Partitions Ready in {took:.1f}s beside {HUNG} hung brokers")
+    assert beside_hung < 2 * usual + 15, (usual, beside_hung)
 
     for name in hung:  # the hung ones say why, and name no credentials
-        c = wait_condition(kubectl, ns, name, "Ready", "False", "BrokerUnavailable", timeout=60)
-        assert "guest" not in condition(c, "Ready")["message"]
+        obj = wait_condition(kubectl, ns, name, "Ready", "False", "BrokerUnavailable", timeout=60)
+        assert "guest" not in condition(obj, "Ready")["message"]
