@@ -7,11 +7,15 @@ pause, info, releasing a key) share a second, blocking connection under a lock. 
 ``fork()`` the child drops both connections without touching them (the parent still owns
 the sockets) and opens its own on first use. ``roger.AsyncClient`` awaits the same
 futures for asyncio code.
+
+Over 400 lines because it is the one public class users hold: the buried-jobs methods
+only delegate to ``roger.broker.buried_store``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import weakref
@@ -24,17 +28,26 @@ from typing import Any, TypeVar
 import pika
 from pika.exceptions import AMQPChannelError, AMQPConnectionError
 
+from roger.broker import buried_store, state_client
 from roger.broker import enqueue_flow as flow
-from roger.broker import state_client
+from roger.broker.buried_store import ReplayReport
 from roger.broker.enqueue_flow import EnqueueError, EnqueueResult, JobSpec
 from roger.broker.publisher import ConnectionLost, Publish, Publisher
 from roger.broker.state_client import DuplicateJob
+from roger.core import buried as bu
 from roger.core import naming
 from roger.core import state as st
 from roger.core.amqp_urls import parse_amqp_urls
 from roger.core.jobs import JobDefinition
 
-__all__ = ["Client", "DuplicateJob", "EnqueueError", "EnqueueResult", "PartitionInfo"]
+__all__ = [
+    "Client",
+    "DuplicateJob",
+    "EnqueueError",
+    "EnqueueResult",
+    "PartitionInfo",
+    "ReplayReport",
+]
 
 _RECOVERABLE = (AMQPConnectionError, AMQPChannelError, ConnectionError, OSError)
 T = TypeVar("T")
@@ -280,6 +293,118 @@ class Client:
         """
         naming.validate_name("partition", partition)
         return self._control(lambda conn: _info(conn, partition, queues, retry_levels))
+
+    # -- buried jobs (roger.broker.buried_store; docs/admin.md) ---------------------------
+    def _publish_many(self, items: list[tuple[str, bytes, Any]]) -> None:
+        """Publish on the I/O thread, pipelined; return once all are confirmed (or raise)."""
+        publishes = [Publish(queue, body, props) for queue, body, props in items]
+        if not publishes:
+            return
+        self._submit(publishes)
+        wait([p.future for p in publishes])
+        for p in publishes:
+            p.future.result()
+
+    def _buried_queues(self, partition: str, queue: str | None) -> tuple[str, ...]:
+        naming.validate_name("partition", partition)
+        if queue is not None:
+            return (naming.validate_name("queue", queue),)
+        records = self._control(lambda conn: state_client.status_records(conn, partition))
+        return st.learned_topology(records)[0] or ("default",)
+
+    def buried(
+        self,
+        partition: str,
+        *,
+        queue: str | None = None,
+        job: str | None = None,
+        error: str | None = None,
+    ) -> list[bu.BuriedJob]:
+        """Buried jobs, oldest first, read without consuming or reordering them (the
+        queues of the partition's workers when ``queue`` is left out)."""
+        chosen = bu.Selection(job=job, error=error)
+        out: list[bu.BuriedJob] = []
+        for q in self._buried_queues(partition, queue):
+            found = self._control(
+                functools.partial(
+                    buried_store.jobs, partition=partition, queue=q, publish=self._publish_many
+                )
+            )
+            out.extend(bu.select(found, chosen))
+        return out
+
+    def buried_job(self, partition: str, ident: str, queue: str | None = None) -> bu.BuriedJob:
+        """One buried job by job id (its newest burial) or burial id; KeyError if none."""
+        for q in self._buried_queues(partition, queue):
+            found = self._control(
+                functools.partial(
+                    buried_store.jobs, partition=partition, queue=q, publish=self._publish_many
+                )
+            )
+            job = bu.find(found, ident)
+            if job is not None:
+                return job
+        raise KeyError(ident)
+
+    def replay_buried(
+        self,
+        partition: str,
+        *,
+        ids: Sequence[str] = (),
+        all_jobs: bool = False,
+        queue: str | None = None,
+        job: str | None = None,
+        error: str | None = None,
+        dry_run: bool = False,
+        force: bool = False,
+        max_replays: int = bu.MAX_REPLAYS,
+    ) -> ReplayReport:
+        """Put buried jobs back as fresh attempts (``ids`` or ``all_jobs``, filtered); a job
+        replayed ``max_replays`` times already is refused unless ``force``."""
+        chosen = bu.Selection(tuple(ids), None, job, error, all_jobs)
+        report = ReplayReport()
+        for q in self._buried_queues(partition, queue):
+            one = self._control(
+                functools.partial(
+                    buried_store.replay,
+                    publish=self._publish_many,
+                    partition=partition,
+                    queue=q,
+                    selection=chosen,
+                    max_replays=max_replays,
+                    force=force,
+                    dry_run=dry_run,
+                )
+            )
+            report.replayed += one.replayed
+            report.refused += one.refused
+            report.recovered += one.recovered
+        return report
+
+    def drop_buried(
+        self,
+        partition: str,
+        *,
+        ids: Sequence[str] = (),
+        all_jobs: bool = False,
+        queue: str | None = None,
+        job: str | None = None,
+        error: str | None = None,
+    ) -> list[bu.BuriedJob]:
+        """Remove buried jobs for good (``ids`` or ``all_jobs``, filtered)."""
+        chosen = bu.Selection(tuple(ids), None, job, error, all_jobs)
+        out: list[bu.BuriedJob] = []
+        for q in self._buried_queues(partition, queue):
+            out += self._control(
+                functools.partial(
+                    buried_store.drop,
+                    partition=partition,
+                    queue=q,
+                    selection=chosen,
+                    publish=self._publish_many,
+                )
+            )
+        return out
 
 
 def _outcome(future: Future[Any]) -> Any:

@@ -15,6 +15,7 @@ from typing import Any
 import pika
 
 from roger.core import envelope, fate, naming
+from roger.core.buried import carried_headers
 from roger.core.message import encode
 from roger.worker.ledger import Epoch
 from roger.worker.link import Link
@@ -36,14 +37,17 @@ class Outbox:
     def failed(self, task: Task, decision: fate.Retry | fate.Bury, stack: str | None) -> None:
         """Republish a failed job: to its retry level (retry_count + 1) or to ``.buried``."""
         q, msg, error = task.queue, task.msg, decision.error
+        carried = carried_headers(getattr(task.props, "headers", None))
         if isinstance(decision, fate.Retry):
             target = naming.retry_queue_name(self.partition, q.name, decision.seconds)
             body = encode(msg.retried())
-            fields = envelope.retry_properties(msg, self.partition, error)
+            fields = envelope.retry_properties(msg, self.partition, error, carried)
         else:
             target = naming.buried_queue_name(self.partition, q.name)
             body = task.body
-            fields = envelope.burial_properties(msg, self.partition, error, stack, decision.reason)
+            fields = envelope.burial_properties(
+                msg, self.partition, error, stack, decision.reason, carried, time.time()
+            )
         self.publish(task.epoch, task.tag, target, body, pika.BasicProperties(**fields))
 
     def requeue(self, task: Task) -> None:

@@ -1,4 +1,5 @@
-"""The ``roger`` command: ``worker``, ``enqueue`` (one job or a JSON Lines file), ``info``.
+"""The ``roger`` command: ``worker``, ``enqueue`` (one job or a JSON Lines file), ``info``;
+the admin verbs (``buried``, ...) are in ``roger.cli.admin``.
 
 Bad input never shows a traceback: one line on stderr and exit code 2.
 """
@@ -13,11 +14,12 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
-from roger.core.amqp_urls import AmqpUrlError, parse_amqp_urls
+from roger.cli import admin
+from roger.cli.common import EXIT_DUPLICATE, EXIT_USAGE, UsageError, _Parser, amqp_url
 from roger.core.config import (
     ConfigError,
     WorkerConfig,
@@ -28,18 +30,6 @@ from roger.core.config import (
 from roger.core.lifecycle import LifecycleObserver
 from roger.core.naming import InvalidName
 from roger.logs import LOG_FORMATS, configure_logging
-
-EXIT_USAGE = 2
-EXIT_DUPLICATE = 3  # enqueue: the job's queue_key is held by another job
-
-
-class UsageError(Exception):
-    """Bad input from the command line or the config file."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"roger: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("partition")
     c.add_argument("job_id")
 
+    admin.add_parsers(sub)
+
     i = sub.add_parser("info", help="queue statistics of a partition")
     i.add_argument("partition")
     i.add_argument("--queue", action="append", default=[])
@@ -125,15 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _amqp_url(opts: argparse.Namespace) -> str:
-    url = opts.amqp_url or os.environ.get("ROGER_AMQP_URL")
-    if not url:
-        raise UsageError("no broker: pass --amqp-url or set ROGER_AMQP_URL")
-    try:
-        parse_amqp_urls(str(url))  # several addresses are allowed; refuse a malformed list here
-    except AmqpUrlError as exc:
-        raise UsageError(str(exc)) from None
-    return str(url)
+_amqp_url = amqp_url
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -395,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cancel": _state_command,
         "pause": _state_command,
         "resume": _state_command,
+        **admin.COMMANDS,
     }
     try:
         return commands[opts.command](opts)
