@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import pika
 from pika.exceptions import AMQPChannelError, AMQPConnectionError
 
-from roger.broker import buried_store, state_client
+from roger.broker import buried_store, queues_admin, state_client
 from roger.broker import enqueue_flow as flow
 from roger.broker.buried_store import ReplayReport
 from roger.broker.enqueue_flow import EnqueueError, EnqueueResult, JobSpec
@@ -38,6 +38,7 @@ from roger.core import buried as bu
 from roger.core import naming
 from roger.core import state as st
 from roger.core.amqp_urls import parse_amqp_urls
+from roger.core.inventory import PartitionCounts, management_target
 from roger.core.jobs import JobDefinition
 
 __all__ = [
@@ -81,7 +82,8 @@ class PartitionInfo:
 class Client:
     def __init__(self, amqp_url: str, name: str | None = None) -> None:
         # One address or several (roger.core.amqp_urls): a connection tries them in order.
-        self.addresses = [pika.URLParameters(u) for u in parse_amqp_urls(amqp_url)]
+        self.addresses_text = parse_amqp_urls(amqp_url)
+        self.addresses = [pika.URLParameters(u) for u in self.addresses_text]
         for params in self.addresses:
             # How this client shows in RabbitMQ's connection list.
             params.client_properties = {"connection_name": name or f"roger-client {os.getpid()}"}
@@ -405,6 +407,54 @@ class Client:
                 )
             )
         return out
+
+    # -- queued jobs, purge, partitions (roger.broker.queues_admin; docs/admin.md) --------
+    def _learned(self, partition: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        records = self._control(lambda conn: state_client.status_records(conn, partition))
+        queues, levels = st.learned_topology(records)
+        return queues or ("default",), levels or naming.DEFAULT_RETRY_LEVELS
+
+    def queued(
+        self, partition: str, queue: str | None = None, limit: int = 20
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Up to ``limit`` jobs at the head of each queue, left in place (each one looked
+        at counts as a delivery: see docs/admin.md)."""
+        naming.validate_name("partition", partition)
+        queues = (naming.validate_name("queue", queue),) if queue else self._learned(partition)[0]
+        return {
+            q: self._control(
+                functools.partial(
+                    queues_admin.peek, name=naming.queue_name(partition, q), limit=limit
+                )
+            )
+            for q in queues
+        }
+
+    def purge_counts(self, partition: str, queue: str) -> dict[str, int]:
+        """What ``purge`` would remove: ready jobs per queue (main and retry queues)."""
+        names = self._purge_names(partition, queue)
+        counts = {n: self._control(functools.partial(queues_admin.count, name=n)) for n in names}
+        return {n: c for n, c in counts.items() if c is not None}
+
+    def _purge_names(self, partition: str, queue: str) -> list[str]:
+        naming.validate_name("partition", partition)
+        naming.validate_name("queue", queue)
+        return queues_admin.queue_family(partition, queue, self._learned(partition)[1])
+
+    def purge(self, partition: str, queue: str, *, buried: bool = False) -> dict[str, int]:
+        """Remove every ready job of ``queue`` and its retry queues (and, with ``buried``,
+        every buried job); how many each queue lost. Running jobs are not touched."""
+        names = self._purge_names(partition, queue)
+        out = self._control(lambda conn: queues_admin.purge(conn, names))
+        if buried:
+            dropped = self.drop_buried(partition, all_jobs=True, queue=queue)
+            out[naming.buried_log_name(partition, queue)] = len(dropped)
+        return out
+
+    def partitions(self, management_url: str | None = None) -> list[PartitionCounts]:
+        """Every partition the broker holds, with queues and counts (management API)."""
+        target = management_target(self.addresses_text[0], management_url)
+        return queues_admin.broker_partitions(target)
 
 
 def _outcome(future: Future[Any]) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from roger.cli import admin
+from roger.cli import admin, queues
 from roger.cli.common import EXIT_DUPLICATE, EXIT_USAGE, UsageError, _Parser, amqp_url
 from roger.core.config import (
     ConfigError,
@@ -108,9 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("job_id")
 
     admin.add_parsers(sub)
+    queues.add_parsers(sub)
 
-    i = sub.add_parser("info", help="queue statistics of a partition")
-    i.add_argument("partition")
+    i = sub.add_parser("info", help="queue statistics of a partition; without one, every partition")
+    i.add_argument("partition", nargs="?")
+    i.add_argument(
+        "--management-url",
+        metavar="URL",
+        help="without a partition: the management API (default: the broker's host, "
+        "port 15672, /api, with the AMQP URL's credentials)",
+    )
     i.add_argument("--queue", action="append", default=[])
     i.add_argument("--retry-levels", metavar="1,3,5")
     i.add_argument("--json", action="store_true")
@@ -334,6 +341,8 @@ def _state_command(opts: argparse.Namespace) -> int:
 
 
 def _info(opts: argparse.Namespace) -> int:
+    if opts.partition is None:
+        return queues.print_partitions(opts)
     url = _amqp_url(opts)
     # left out: learned from the partition's workers (Client.info), else the defaults
     levels = parse_retry_levels(opts.retry_levels) if opts.retry_levels else None
@@ -380,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "pause": _state_command,
         "resume": _state_command,
         **admin.COMMANDS,
+        **queues.COMMANDS,
     }
     try:
         return commands[opts.command](opts)
