@@ -239,22 +239,26 @@ class Client:
         args: Any = None,
         *,
         queue: str | None = None,
+        id: str | None = None,
     ) -> str:
         """Publish a job (persistent, confirmed) and return its id.
 
         A job with a queue_key first takes the key (atomic test-and-set, confirmed) and
-        raises ``roger.DuplicateJob`` while another job holds it.
+        raises ``roger.DuplicateJob`` while another job holds it. ``id`` is the caller's
+        own job id (Roger's ``Job.create(module, args, id)``), used as given: it is not
+        checked for uniqueness (a queue_key is what refuses a second job).
         """
-        [(result, exc)] = self._run(flow.steps([flow.prepare(partition, job, args, queue)]))
+        [(result, exc)] = self._run(flow.steps([flow.prepare(partition, job, args, queue, id)]))
         if exc is not None:
             raise exc
         return result.job_id
 
     def enqueue_many(self, partition: str, jobs: Iterable[JobSpec]) -> list[EnqueueResult]:
-        """Enqueue ``(job, args)`` or ``(job, args, queue)`` tuples, all confirmed as one
-        pipeline; one result per job, in order. Queue keys are taken first (a job whose key
-        is held, also by an earlier job of the batch, is ``duplicate``). Bad input (a bad
-        name, args that are not JSON) raises ``EnqueueError`` before anything is sent."""
+        """Enqueue ``(job, args)``, ``(job, args, queue)`` or ``(job, args, queue, id)``
+        tuples, all confirmed as one pipeline; one result per job, in order. Queue keys are
+        taken first (a job whose key is held, also by an earlier job of the batch, is
+        ``duplicate``). Bad input (a bad name, args that are not JSON) raises
+        ``EnqueueError`` before anything is sent."""
         prepared = flow.prepare_many(partition, jobs)
         return [result for result, _ in self._run(flow.steps(prepared))] if prepared else []
 

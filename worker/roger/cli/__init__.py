@@ -86,14 +86,15 @@ def _parser() -> argparse.ArgumentParser:
         "enqueue",
         help="enqueue a job and print its id",
         description="Enqueue one job (JOB_NAME [ARGS_JSON]) or, with --file, every job of a "
-        'JSON Lines file, one {"job": "module:function", "args": ..., "queue": ...} per line, '
-        "confirmed as one pipeline; prints one JSON result per job. Exit 3 when a job was "
-        "refused as a duplicate (its queue_key is held), 1 when one failed otherwise.",
+        'JSON Lines file, one {"job": "module:function", "args": ..., "queue": ..., "id": ...} '
+        "per line, confirmed as one pipeline; prints one JSON result per job. Exit 3 when a "
+        "job was refused as a duplicate (its queue_key is held), 1 when one failed otherwise.",
     )
     e.add_argument("partition")
     e.add_argument("job", nargs="?", metavar="JOB_NAME", help="module:function")
     e.add_argument("args", nargs="?", default=None, metavar="ARGS_JSON")
     e.add_argument("--queue", help="the queue (default: the job's own, else 'default')")
+    e.add_argument("--id", dest="job_id", metavar="ID", help="the job's id (default: a new UUID)")
     e.add_argument("--file", metavar="JOBS_JSONL", help="jobs to enqueue, one per line; - is stdin")
 
     for name, what in (
@@ -256,19 +257,24 @@ def parse_jobs_jsonl(lines: Iterable[str], default_queue: str | None) -> list[tu
             raise UsageError(f"line {number}: not JSON: {exc}") from None
         if not isinstance(item, dict) or not isinstance(item.get("job"), str):
             raise UsageError(f'line {number}: expected {{"job": "module:function", "args": ...}}')
-        unknown = set(item) - {"job", "args", "queue"}
+        unknown = set(item) - {"job", "args", "queue", "id"}
         if unknown:
             raise UsageError(f"line {number}: unknown field(s) {', '.join(sorted(unknown))}")
         queue = item.get("queue", default_queue)
         if queue is not None and not isinstance(queue, str):
             raise UsageError(f"line {number}: queue must be a string")
-        jobs.append((item["job"], item.get("args"), queue))
+        job_id = item.get("id")
+        if job_id is not None and not isinstance(job_id, str):
+            raise UsageError(f"line {number}: id must be a string")
+        jobs.append((item["job"], item.get("args"), queue, job_id))
     return jobs
 
 
 def _enqueue_file(opts: argparse.Namespace, url: str) -> int:
     if opts.job is not None:
         raise UsageError("give either JOB_NAME or --file, not both")
+    if opts.job_id is not None:
+        raise UsageError('--id is for one job; in a file, give each line its "id"')
     try:
         if opts.file == "-":
             jobs = parse_jobs_jsonl(sys.stdin, opts.queue)
@@ -313,7 +319,7 @@ def _enqueue(opts: argparse.Namespace) -> int:
 
     try:
         with Client(url) as client:
-            print(client.enqueue(opts.partition, opts.job, args, queue=opts.queue))
+            print(client.enqueue(opts.partition, opts.job, args, queue=opts.queue, id=opts.job_id))
     except EnqueueError as exc:
         raise UsageError(str(exc)) from None
     except DuplicateJob as exc:
