@@ -217,3 +217,21 @@ def test_replay_of_1000_killed_halfway_loses_and_duplicates_none(
     assert set(got) == set(ids), f"lost {len(set(ids) - set(got))}"
     assert [i for i, n in got.items() if n > 1] == []
     assert listed(unique_name, amqp_url) == []
+
+
+def test_a_full_buried_queue_drops_its_oldest_job_counted_and_logged(
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str
+) -> None:
+    w = workers.start(queues=["default=1"], extra=["--buried-max-length", "2"])
+    intake = naming.buried_queue_name(unique_name, "default")
+    ids = []
+    for n in range(3):
+        ids.append(client.enqueue(unique_name, basic.fails_once_not_retryable, {"n": n}))
+        eventually(lambda n=n: broker.count(intake) == min(n + 1, 2), 20, message="buried")
+    eventually(
+        lambda: w.metric("roger_buried_dropped_total", queue="default") == 1,
+        15,
+        message="the drop counted",
+    )
+    assert f"buried job {ids[0]}" in w.output() and "dropped" in w.output()
+    assert sorted(json.loads(b)["id"] for _p, b in broker.peek(intake)) == sorted(ids[1:])

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from roger.core.lifecycle import BURIED_DROPPED, LifecycleEvent
 from roger.core.message import InvalidMessage, JobMessage, decode, encode
 
 RECORD: Final = "x-roger-record"  # "burial" or "tombstone"
@@ -285,3 +286,22 @@ def replayed_message(job: BuriedJob, now: float) -> tuple[bytes, dict[str, Any]]
 
 def as_json(jobs: Iterable[BuriedJob]) -> str:
     return json.dumps([j.summary() for j in jobs], indent=2, default=str)
+
+
+def buried_dropped_event(
+    partition: str, queue: str, props: Any, body: bytes, at: float
+) -> LifecycleEvent:
+    """What observers (metrics, Events) learn of a buried job dropped at the bound."""
+    headers = getattr(props, "headers", None) or {}
+    job = burial_record(-1, body, headers, None)
+    kind = _str(headers.get(ERROR_KIND))
+    return LifecycleEvent(
+        hook=BURIED_DROPPED,
+        partition=partition,
+        queue=queue,
+        job_id=job.id,
+        job_name=job.name or "?",
+        retry_count=max(job.attempts - 1, 0),
+        at=at,
+        error=(kind, _str(headers.get(ERROR_MESSAGE)) or "") if kind else None,
+    )
