@@ -38,7 +38,7 @@ def test_enqueue_with_an_id_from_the_cli_and_the_client(
 
 
 def test_a_worker_runs_it_and_cancel_finds_it_by_that_id(
-    workers: Workers, client: roger.Client, unique_name: str, tmp_path: Path
+    workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     workers.start(queues=["default=1"])
