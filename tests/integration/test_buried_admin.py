@@ -64,7 +64,7 @@ def test_worker_burial_listed_shown_replayed_and_buried_again(
     workers: Workers, client: roger.Client, broker: Broker, unique_name: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    workers.start()
+    workers.start(ready=False).wait_ready(90)  # declares are slow on a loaded shared broker
     ids = [
         client.enqueue(unique_name, basic.fails_once_not_retryable, {"n": n, "out": str(out)})
         for n in range(2)
@@ -222,7 +222,8 @@ def test_replay_of_1000_killed_halfway_loses_and_duplicates_none(
 def test_a_full_buried_queue_drops_its_oldest_job_counted_and_logged(
     workers: Workers, client: roger.Client, broker: Broker, unique_name: str
 ) -> None:
-    w = workers.start(queues=["default=1"], extra=["--buried-max-length", "2"])
+    w = workers.start(queues=["default=1"], extra=["--buried-max-length", "2"], ready=False)
+    w.wait_ready(90)  # declares are slow on a loaded shared broker
     intake = naming.buried_queue_name(unique_name, "default")
     ids = []
     for n in range(3):
