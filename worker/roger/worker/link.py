@@ -218,9 +218,9 @@ class Link:
 
         def opened(channel: Any) -> None:
             def got(frame: Any) -> None:
+                once(frame.method.message_count)
                 if channel.is_open:
                     channel.close()
-                once(frame.method.message_count)
 
             channel.add_on_close_callback(lambda _ch, _reason: once(None))
             channel.queue_declare(queue, passive=True, callback=got)
@@ -243,14 +243,14 @@ class Link:
         def opened(channel: Any) -> None:
             def got(ch: Any, method: Any, props: Any, body: bytes) -> None:
                 ch.basic_ack(method.delivery_tag)
+                once(props, body)
                 if ch.is_open:
                     ch.close()  # the ack goes out before the close
-                once(props, body)
 
             def empty(_frame: Any) -> None:
+                once(None, None)
                 if channel.is_open:
                     channel.close()
-                once(None, None)
 
             channel.add_on_close_callback(lambda _ch, _reason: once(None, None))
             channel.add_callback(empty, [spec.Basic.GetEmpty], one_shot=True)
