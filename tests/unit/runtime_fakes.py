@@ -139,6 +139,8 @@ class FakeLink:
         self.channels: dict[str, FakeChannel] = {}
         self.unconfirmed_publishes: list[Publish] = []
         self.closed = False
+        # ``.buried`` queues as the worker sees them before a burial: (props, body) each
+        self.buried: dict[str, list[tuple[Any, bytes]]] = {}
 
     def connect(self) -> None:
         pass
@@ -180,6 +182,13 @@ class FakeLink:
 
     def sample(self, *_: Any) -> None:
         pass
+
+    def count(self, queue: str, on_count: Callable[[int | None], None]) -> None:
+        on_count(len(self.buried.get(queue, [])))
+
+    def take_head(self, queue: str, on_taken: Callable[[Any, bytes | None], None]) -> None:
+        held = self.buried.get(queue, [])
+        on_taken(*(held.pop(0) if held else (None, None)))
 
 
 class FakeJobProcess:

@@ -103,13 +103,25 @@ def test_a_lost_confirm_publishes_once_more_and_a_key_error_refuses_the_job() ->
 
 def test_jsonl_parsing_names_the_bad_line() -> None:
     lines = ['{"job": "m:f", "args": [1]}', "", '{"job": "m:g", "queue": "q"}']
-    assert parse_jobs_jsonl(lines, None) == [("m:f", [1], None), ("m:g", None, "q")]
-    assert parse_jobs_jsonl(['{"job": "m:f"}'], "dflt") == [("m:f", None, "dflt")]
+    assert parse_jobs_jsonl(lines, None) == [("m:f", [1], None, None), ("m:g", None, "q", None)]
+    assert parse_jobs_jsonl(['{"job": "m:f"}'], "dflt") == [("m:f", None, "dflt", None)]
+    assert parse_jobs_jsonl(['{"job": "m:f", "id": "mine"}'], None) == [("m:f", None, None, "mine")]
     for bad, needle in (
         ("{", "not JSON"),
         ("[1]", "expected"),
         ('{"job": "m:f", "arg": 1}', "unknown field"),
         ('{"job": "m:f", "queue": 1}', "queue must be"),
+        ('{"job": "m:f", "id": 7}', "id must be"),
     ):
         with pytest.raises(UsageError, match=f"line 2: .*{needle}"):
             parse_jobs_jsonl(['{"job": "m:f"}', bad], None)
+
+
+def test_a_caller_chosen_id_is_used_as_given_and_checked() -> None:
+    prepared = flow.prepare("p", "m:f", None, None, "order-42")
+    assert prepared.message.id == "order-42"
+    many = flow.prepare_many("p", [("m:f", None, None, "a"), ("m:f", 1)])
+    assert many[0].message.id == "a" and len(many[1].message.id) == 32
+    for bad in ("", "x" * 129, "tab\there", "é" * 128):
+        with pytest.raises(flow.EnqueueError, match="job id"):
+            flow.prepare("p", "m:f", None, None, bad)

@@ -61,14 +61,27 @@ def ev(
 
 
 def test_each_hook_has_its_reason_and_type() -> None:
-    assert set(HOOK_EVENTS) == set(HOOKS)
+    assert set(HOOK_EVENTS) == {*HOOKS, "buried_dropped"}
     assert HOOK_EVENTS == {
         "before_run": ("JobStarted", "Normal"),
         "after_run": ("JobSucceeded", "Normal"),
         "on_error": ("JobFailed", "Warning"),
         "on_cancel": ("JobCancelled", "Normal"),
         "on_buried": ("JobBuried", "Warning"),
+        "buried_dropped": ("BuriedJobDropped", "Warning"),
     }
+
+
+def test_a_buried_job_dropped_at_the_bound_names_the_job_and_the_queue() -> None:
+    from roger.core import buried as bu
+    from roger.core import message
+
+    body = message.encode(message.JobMessage("j9", "app.jobs:x", None, "default", retry_count=2))
+    props = type("P", (), {"headers": {bu.ERROR_KIND: "KeyError", bu.ERROR_MESSAGE: "no"}})()
+    event = bu.buried_dropped_event("tenant-a", "default", props, body, 5.0)
+    assert (event.job_id, event.retry_count, event.error) == ("j9", 2, ("KeyError", "no"))
+    text = job_message(event)
+    assert "j9" in text and "dropped from tenant-a-default.buried" in text
 
 
 @pytest.mark.parametrize("hook", HOOKS)

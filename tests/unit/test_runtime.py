@@ -74,6 +74,29 @@ def test_a_not_retryable_failure_runs_on_error_and_is_kept_as_not_retryable(rig:
     assert publish.props.headers["x-roger-buried-reason"] == "not_retryable"
 
 
+def test_a_burial_into_a_full_buried_queue_drops_the_oldest_first_and_says_so(rig: Rig) -> None:
+    """Past buried_max_length (100) the broker would drop the oldest without a trace: the
+    worker drops it itself, tells its observers (metric, Event), then buries."""
+    from types import SimpleNamespace
+
+    from roger.core import buried as bu
+    from roger.core import message
+    from roger.core.lifecycle import BURIED_DROPPED
+
+    old = message.encode(message.JobMessage("old", "m:f", None, "default", retry_count=1))
+    props = SimpleNamespace(headers={bu.ERROR_KIND: "KeyError", bu.ERROR_MESSAGE: "gone"})
+    rig.link.buried = {"p-default.buried": [(props, old)] + [(props, b"{}")] * 99}
+    seen: list[object] = []
+    rig.worker.observers.append(SimpleNamespace(observe=seen.append))
+    rig.enqueue("a", "tests.jobs.basic:fails_once_not_retryable")
+    rig.fail("a")
+    [publish] = rig.link.confirm_all()
+    assert publish.routing_key == "p-default.buried"
+    assert len(rig.link.buried["p-default.buried"]) == 99
+    [dropped] = [e for e in seen if getattr(e, "hook", None) == BURIED_DROPPED]
+    assert (dropped.job_id, dropped.job_name, dropped.error) == ("old", "m:f", ("KeyError", "gone"))  # type: ignore[attr-defined]
+
+
 def test_the_last_attempt_of_a_retryable_job_is_told_on_buried(rig: Rig) -> None:
     rig.enqueue("a", "tests.jobs.basic:flaky", retry_count=2)
     assert rig.alive()[0].runs()[0].failure_hook == "on_buried"

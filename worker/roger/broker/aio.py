@@ -66,9 +66,12 @@ class AsyncClient:
         args: Any = None,
         *,
         queue: str | None = None,
+        id: str | None = None,
     ) -> str:
         """As ``Client.enqueue``: returns the id once the broker confirmed the job."""
-        [(result, exc)] = await self._run(flow.steps([flow.prepare(partition, job, args, queue)]))
+        [(result, exc)] = await self._run(
+            flow.steps([flow.prepare(partition, job, args, queue, id)])
+        )
         if exc is not None:
             raise exc
         return result.job_id

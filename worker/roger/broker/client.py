@@ -7,11 +7,15 @@ pause, info, releasing a key) share a second, blocking connection under a lock. 
 ``fork()`` the child drops both connections without touching them (the parent still owns
 the sockets) and opens its own on first use. ``roger.AsyncClient`` awaits the same
 futures for asyncio code.
+
+Over 400 lines because it is the one public class users hold: the buried-jobs methods
+only delegate to ``roger.broker.buried_store``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import weakref
@@ -24,18 +28,28 @@ from typing import Any, TypeVar
 import pika
 from pika.exceptions import AMQPChannelError, AMQPConnectionError
 
+from roger.broker import buried_store, queues_admin, state_client
 from roger.broker import enqueue_flow as flow
-from roger.broker import state_client
+from roger.broker.buried_store import ReplayReport
 from roger.broker.connect import blocking_connection
 from roger.broker.enqueue_flow import EnqueueError, EnqueueResult, JobSpec
 from roger.broker.publisher import ConnectionLost, Publish, Publisher
 from roger.broker.state_client import DuplicateJob
+from roger.core import buried as bu
 from roger.core import naming
 from roger.core import state as st
 from roger.core.amqp_urls import parse_amqp_urls
+from roger.core.inventory import PartitionCounts, management_target
 from roger.core.jobs import JobDefinition
 
-__all__ = ["Client", "DuplicateJob", "EnqueueError", "EnqueueResult", "PartitionInfo"]
+__all__ = [
+    "Client",
+    "DuplicateJob",
+    "EnqueueError",
+    "EnqueueResult",
+    "PartitionInfo",
+    "ReplayReport",
+]
 
 _RECOVERABLE = (AMQPConnectionError, AMQPChannelError, ConnectionError, OSError)
 T = TypeVar("T")
@@ -69,7 +83,8 @@ class PartitionInfo:
 class Client:
     def __init__(self, amqp_url: str, name: str | None = None) -> None:
         # One address or several (roger.core.amqp_urls): a connection tries them in order.
-        self.addresses = [pika.URLParameters(u) for u in parse_amqp_urls(amqp_url)]
+        self.addresses_text = parse_amqp_urls(amqp_url)
+        self.addresses = [pika.URLParameters(u) for u in self.addresses_text]
         for params in self.addresses:
             # How this client shows in RabbitMQ's connection list.
             params.client_properties = {"connection_name": name or f"roger-client {os.getpid()}"}
@@ -225,22 +240,26 @@ class Client:
         args: Any = None,
         *,
         queue: str | None = None,
+        id: str | None = None,
     ) -> str:
         """Publish a job (persistent, confirmed) and return its id.
 
         A job with a queue_key first takes the key (atomic test-and-set, confirmed) and
-        raises ``roger.DuplicateJob`` while another job holds it.
+        raises ``roger.DuplicateJob`` while another job holds it. ``id`` is the caller's
+        own job id (Roger's ``Job.create(module, args, id)``), used as given: it is not
+        checked for uniqueness (a queue_key is what refuses a second job).
         """
-        [(result, exc)] = self._run(flow.steps([flow.prepare(partition, job, args, queue)]))
+        [(result, exc)] = self._run(flow.steps([flow.prepare(partition, job, args, queue, id)]))
         if exc is not None:
             raise exc
         return result.job_id
 
     def enqueue_many(self, partition: str, jobs: Iterable[JobSpec]) -> list[EnqueueResult]:
-        """Enqueue ``(job, args)`` or ``(job, args, queue)`` tuples, all confirmed as one
-        pipeline; one result per job, in order. Queue keys are taken first (a job whose key
-        is held, also by an earlier job of the batch, is ``duplicate``). Bad input (a bad
-        name, args that are not JSON) raises ``EnqueueError`` before anything is sent."""
+        """Enqueue ``(job, args)``, ``(job, args, queue)`` or ``(job, args, queue, id)``
+        tuples, all confirmed as one pipeline; one result per job, in order. Queue keys are
+        taken first (a job whose key is held, also by an earlier job of the batch, is
+        ``duplicate``). Bad input (a bad name, args that are not JSON) raises
+        ``EnqueueError`` before anything is sent."""
         prepared = flow.prepare_many(partition, jobs)
         return [result for result, _ in self._run(flow.steps(prepared))] if prepared else []
 
@@ -281,6 +300,166 @@ class Client:
         """
         naming.validate_name("partition", partition)
         return self._control(lambda conn: _info(conn, partition, queues, retry_levels))
+
+    # -- buried jobs (roger.broker.buried_store; docs/admin.md) ---------------------------
+    def _publish_many(self, items: list[tuple[str, bytes, Any]]) -> None:
+        """Publish on the I/O thread, pipelined; return once all are confirmed (or raise)."""
+        publishes = [Publish(queue, body, props) for queue, body, props in items]
+        if not publishes:
+            return
+        self._submit(publishes)
+        wait([p.future for p in publishes])
+        for p in publishes:
+            p.future.result()
+
+    def _buried_queues(self, partition: str, queue: str | None) -> tuple[str, ...]:
+        naming.validate_name("partition", partition)
+        if queue is not None:
+            return (naming.validate_name("queue", queue),)
+        records = self._control(lambda conn: state_client.status_records(conn, partition))
+        return st.learned_topology(records)[0] or ("default",)
+
+    def buried(
+        self,
+        partition: str,
+        *,
+        queue: str | None = None,
+        job: str | None = None,
+        error: str | None = None,
+    ) -> list[bu.BuriedJob]:
+        """Buried jobs, oldest first, read without consuming or reordering them (the
+        queues of the partition's workers when ``queue`` is left out)."""
+        chosen = bu.Selection(job=job, error=error)
+        out: list[bu.BuriedJob] = []
+        for q in self._buried_queues(partition, queue):
+            found = self._control(
+                functools.partial(
+                    buried_store.jobs, partition=partition, queue=q, publish=self._publish_many
+                )
+            )
+            out.extend(bu.select(found, chosen))
+        return out
+
+    def buried_job(self, partition: str, ident: str, queue: str | None = None) -> bu.BuriedJob:
+        """One buried job by job id (its newest burial) or burial id; KeyError if none."""
+        for q in self._buried_queues(partition, queue):
+            found = self._control(
+                functools.partial(
+                    buried_store.jobs, partition=partition, queue=q, publish=self._publish_many
+                )
+            )
+            job = bu.find(found, ident)
+            if job is not None:
+                return job
+        raise KeyError(ident)
+
+    def replay_buried(
+        self,
+        partition: str,
+        *,
+        ids: Sequence[str] = (),
+        all_jobs: bool = False,
+        queue: str | None = None,
+        job: str | None = None,
+        error: str | None = None,
+        dry_run: bool = False,
+        force: bool = False,
+        max_replays: int = bu.MAX_REPLAYS,
+    ) -> ReplayReport:
+        """Put buried jobs back as fresh attempts (``ids`` or ``all_jobs``, filtered); a job
+        replayed ``max_replays`` times already is refused unless ``force``."""
+        chosen = bu.Selection(tuple(ids), None, job, error, all_jobs)
+        report = ReplayReport()
+        for q in self._buried_queues(partition, queue):
+            one = self._control(
+                functools.partial(
+                    buried_store.replay,
+                    publish=self._publish_many,
+                    partition=partition,
+                    queue=q,
+                    selection=chosen,
+                    max_replays=max_replays,
+                    force=force,
+                    dry_run=dry_run,
+                )
+            )
+            report.replayed += one.replayed
+            report.refused += one.refused
+            report.recovered += one.recovered
+        return report
+
+    def drop_buried(
+        self,
+        partition: str,
+        *,
+        ids: Sequence[str] = (),
+        all_jobs: bool = False,
+        queue: str | None = None,
+        job: str | None = None,
+        error: str | None = None,
+    ) -> list[bu.BuriedJob]:
+        """Remove buried jobs for good (``ids`` or ``all_jobs``, filtered)."""
+        chosen = bu.Selection(tuple(ids), None, job, error, all_jobs)
+        out: list[bu.BuriedJob] = []
+        for q in self._buried_queues(partition, queue):
+            out += self._control(
+                functools.partial(
+                    buried_store.drop,
+                    partition=partition,
+                    queue=q,
+                    selection=chosen,
+                    publish=self._publish_many,
+                )
+            )
+        return out
+
+    # -- queued jobs, purge, partitions (roger.broker.queues_admin; docs/admin.md) --------
+    def _learned(self, partition: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        records = self._control(lambda conn: state_client.status_records(conn, partition))
+        queues, levels = st.learned_topology(records)
+        return queues or ("default",), levels or naming.DEFAULT_RETRY_LEVELS
+
+    def queued(
+        self, partition: str, queue: str | None = None, limit: int = 20
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Up to ``limit`` jobs at the head of each queue, left in place (each one looked
+        at counts as a delivery: see docs/admin.md)."""
+        naming.validate_name("partition", partition)
+        queues = (naming.validate_name("queue", queue),) if queue else self._learned(partition)[0]
+        return {
+            q: self._control(
+                functools.partial(
+                    queues_admin.peek, name=naming.queue_name(partition, q), limit=limit
+                )
+            )
+            for q in queues
+        }
+
+    def purge_counts(self, partition: str, queue: str) -> dict[str, int]:
+        """What ``purge`` would remove: ready jobs per queue (main and retry queues)."""
+        names = self._purge_names(partition, queue)
+        counts = {n: self._control(functools.partial(queues_admin.count, name=n)) for n in names}
+        return {n: c for n, c in counts.items() if c is not None}
+
+    def _purge_names(self, partition: str, queue: str) -> list[str]:
+        naming.validate_name("partition", partition)
+        naming.validate_name("queue", queue)
+        return queues_admin.queue_family(partition, queue, self._learned(partition)[1])
+
+    def purge(self, partition: str, queue: str, *, buried: bool = False) -> dict[str, int]:
+        """Remove every ready job of ``queue`` and its retry queues (and, with ``buried``,
+        every buried job); how many each queue lost. Running jobs are not touched."""
+        names = self._purge_names(partition, queue)
+        out = self._control(lambda conn: queues_admin.purge(conn, names))
+        if buried:
+            dropped = self.drop_buried(partition, all_jobs=True, queue=queue)
+            out[naming.buried_log_name(partition, queue)] = len(dropped)
+        return out
+
+    def partitions(self, management_url: str | None = None) -> list[PartitionCounts]:
+        """Every partition the broker holds, with queues and counts (management API)."""
+        target = management_target(self.addresses_text[0], management_url)
+        return queues_admin.broker_partitions(target)
 
 
 def _outcome(future: Future[Any]) -> Any:

@@ -33,7 +33,14 @@ from roger.broker.publisher import ConnectionLost, DeclareRefused, Publish, Refu
 from roger.core import naming, topology
 from roger.core import state as st
 from roger.core.jobs import JobDefinition
-from roger.core.message import JOB_NAME_RE, JobMessage, encode, new_job_id, properties
+from roger.core.message import (
+    JOB_NAME_RE,
+    JobMessage,
+    caller_job_id,
+    encode,
+    new_job_id,
+    properties,
+)
 
 log = logging.getLogger("roger.client")
 
@@ -122,15 +129,27 @@ def _definition(job: JobDefinition | str) -> tuple[str, JobDefinition | None]:
     return job, value
 
 
-def prepare(partition: str, job: JobDefinition | str, args: Any, queue: str | None) -> Prepared:
-    """Validate and encode one job; raises ``EnqueueError``/``InvalidName`` on bad input."""
+def prepare(
+    partition: str,
+    job: JobDefinition | str,
+    args: Any,
+    queue: str | None,
+    job_id: str | None = None,
+) -> Prepared:
+    """Validate and encode one job; raises ``EnqueueError``/``InvalidName`` on bad input.
+    ``job_id`` is the caller's own id (else a new UUID)."""
     naming.validate_name("partition", partition)
+    if job_id is not None:
+        try:
+            caller_job_id(job_id)
+        except ValueError as exc:
+            raise EnqueueError(str(exc)) from None
     name, definition = _definition(job)
     queue = queue or (definition.queue if definition else "default")
     naming.validate_name("queue", queue)
     queue_key, execution_key = definition.keys(args) if definition else (None, None)
     msg = JobMessage(
-        id=new_job_id(),
+        id=new_job_id() if job_id is None else job_id,
         name=name,
         args=args,
         queue=queue,
@@ -146,17 +165,26 @@ def prepare(partition: str, job: JobDefinition | str, args: Any, queue: str | No
     return Prepared(partition, msg, body, naming.queue_name(partition, queue))
 
 
-JobSpec = tuple[JobDefinition | str, Any] | tuple[JobDefinition | str, Any, str | None]
+JobSpec = (
+    tuple[JobDefinition | str, Any]
+    | tuple[JobDefinition | str, Any, str | None]
+    | tuple[JobDefinition | str, Any, str | None, str | None]
+)
 
 
 def prepare_many(partition: str, jobs: Iterable[JobSpec]) -> list[Prepared]:
     """Every job validated before any is sent: bad input refuses the whole batch."""
     out = []
     for i, spec in enumerate(jobs):
-        if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-            raise EnqueueError(f"job {i}: expected (job, args) or (job, args, queue); got {spec!r}")
+        if not isinstance(spec, tuple) or len(spec) not in (2, 3, 4):
+            raise EnqueueError(
+                f"job {i}: expected (job, args), (job, args, queue) or (job, args, queue, id);"
+                f" got {spec!r}"
+            )
         try:
-            out.append(prepare(partition, spec[0], spec[1], spec[2] if len(spec) == 3 else None))
+            queue = spec[2] if len(spec) >= 3 else None
+            job_id = spec[3] if len(spec) == 4 else None
+            out.append(prepare(partition, spec[0], spec[1], queue, job_id))
         except Exception as exc:  # a key function's own error too: the batch is refused
             raise EnqueueError(f"job {i}: {exc}") from exc
     return out

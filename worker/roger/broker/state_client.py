@@ -84,13 +84,21 @@ def set_paused(conn: Any, partition: str, queue: str, paused: bool) -> None:
 def _key_locked(
     conn: Any, partition: str, key: str, wait: float = st.QUEUE_KEY_LOCK_WAIT
 ) -> Iterator[Any]:
-    """Hold the key's lock (an exclusive queue) and yield a confirm channel to work on.
+    """Hold the key's lock and yield a confirm channel to work on.
 
     Whoever reads or writes a key's token holds it: a token taken out to be read is not
-    counted by ``x-max-length``, so a take must never run meanwhile. Busy: retried with
-    a short random backoff for ``wait`` seconds, then ``TimeoutError``.
+    counted by ``x-max-length``, so a take must never run meanwhile.
     """
     lock = naming.queue_key_lock_name(partition, key)
+    with exclusive_lock(conn, lock, wait, f"queue key {key!r} of {partition!r}") as ch:
+        yield ch
+
+
+@contextlib.contextmanager
+def exclusive_lock(conn: Any, lock: str, wait: float, what: str) -> Iterator[Any]:
+    """Hold ``lock`` (an exclusive queue: it dies with the connection) and yield a confirm
+    channel to work on. Busy: retried with a short random backoff for ``wait`` seconds,
+    then ``TimeoutError``."""
     deadline = time.monotonic() + wait
     pause = 0.005
     while True:
@@ -102,7 +110,7 @@ def _key_locked(
             if exc.reply_code != 405:  # RESOURCE_LOCKED: someone else reads or writes it
                 raise
         if time.monotonic() > deadline:
-            raise TimeoutError(f"queue key {key!r} of {partition!r} stayed locked for {wait}s")
+            raise TimeoutError(f"{what} stayed locked for {wait}s")
         time.sleep(random.uniform(0, pause))
         pause = min(pause * 2, 0.1)
     try:

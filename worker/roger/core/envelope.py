@@ -304,18 +304,40 @@ def _error_headers(error: tuple[Any, Any]) -> dict[str, Any]:
     }
 
 
-def retry_properties(msg: JobMessage, partition: str, error: tuple[Any, Any]) -> dict[str, Any]:
+def _carried(carried: dict[str, Any] | None) -> dict[str, Any]:
+    """Replay stamps (``x-roger-replayed-at/-count``) a job keeps through retries and
+    burial, as integers only (``roger.core.buried.carried_headers`` picks them)."""
+    if not carried:
+        return {}
+    return {k: v for k, v in carried.items() if isinstance(k, str) and type(v) is int and v >= 0}
+
+
+def retry_properties(
+    msg: JobMessage, partition: str, error: tuple[Any, Any], carried: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A failed job on its way to a retry queue (its body: ``encode(msg.retried())``)."""
-    return _job_properties(msg, partition, _error_headers(error))
+    headers = _error_headers(error)
+    headers.update(_carried(carried))
+    return _job_properties(msg, partition, headers)
 
 
 def burial_properties(
-    msg: JobMessage, partition: str, error: tuple[Any, Any], stack: Any, reason: str
+    msg: JobMessage,
+    partition: str,
+    error: tuple[Any, Any],
+    stack: Any,
+    reason: str,
+    carried: dict[str, Any] | None = None,
+    buried_at: float | None = None,
 ) -> dict[str, Any]:
     """A failed job on its way to ``.buried`` (its body as delivered), with why it is
-    there (``x-roger-buried-reason``: ``roger.core.fate.BuriedReason``)."""
+    there (``x-roger-buried-reason``: ``roger.core.fate.BuriedReason``), when
+    (``x-roger-buried-at``) and its replay stamps."""
     headers = _error_headers(error)
     headers["x-roger-buried-reason"] = reason
+    headers.update(_carried(carried))
+    if buried_at is not None:
+        headers["x-roger-buried-at"] = amqp_timestamp(buried_at)
     if stack:
         headers["x-roger-stacktrace"] = tail(stack, STACK_CHARS)
     return _job_properties(msg, partition, headers)

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, NamedTuple
 
-from roger.core.hooks import HookName
-from roger.core.lifecycle import LifecycleEvent
+from roger.core.lifecycle import BURIED_DROPPED, EventName, LifecycleEvent
 
 PARTITION_GROUP: Final = "roger.dev"
 PARTITION_VERSION: Final = "v1alpha1"
@@ -38,13 +37,14 @@ EventType = Literal["Normal", "Warning"]
 NORMAL: Final = "Normal"
 WARNING: Final = "Warning"
 
-# hook -> (reason, type)
-HOOK_EVENTS: Final[dict[HookName, tuple[str, EventType]]] = {
+# hook -> (reason, type); ``buried_dropped`` is no hook but always an Event
+HOOK_EVENTS: Final[dict[EventName, tuple[str, EventType]]] = {
     "before_run": ("JobStarted", "Normal"),
     "after_run": ("JobSucceeded", "Normal"),
     "on_error": ("JobFailed", "Warning"),
     "on_cancel": ("JobCancelled", "Normal"),
     "on_buried": ("JobBuried", "Warning"),
+    BURIED_DROPPED: ("BuriedJobDropped", "Warning"),
 }
 
 # ---- the write budget (per worker) ------------------------------------------------------
@@ -71,7 +71,7 @@ def truncate(text: str, limit: int = MESSAGE_LIMIT) -> str:
     return data[:room].decode("utf-8", errors="ignore") + _ELLIPSIS
 
 
-def reason_and_type(hook: HookName) -> tuple[str, EventType]:
+def reason_and_type(hook: EventName) -> tuple[str, EventType]:
     return HOOK_EVENTS[hook]
 
 
@@ -91,6 +91,11 @@ def job_message(event: LifecycleEvent) -> str:
         return f"{head} failed{error}"
     if event.hook == "on_cancel":
         return f"{head} cancelled"
+    if event.hook == BURIED_DROPPED:
+        return (
+            f"{head} dropped from {event.partition}-{event.queue}.buried: the bound was "
+            "reached before anyone filed it (roger buried list)"
+        )
     return f"{head} buried{error}"
 
 

@@ -7,16 +7,21 @@ that calls them is the one that consumes and acknowledges jobs.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 from roger.core.hooks import HookName
+
+# Not a hook (no callback runs): the worker dropped the oldest buried job of a queue to
+# keep ``.buried`` within ``buried_max_length``. Observers get it like a hook's event.
+BURIED_DROPPED: Final = "buried_dropped"
+EventName = HookName | Literal["buried_dropped"]
 
 
 class LifecycleEvent(NamedTuple):
     """Immutable; a named tuple because the loop makes two per job (cheaper than a frozen
     dataclass)."""
 
-    hook: HookName
+    hook: EventName
     partition: str
     queue: str
     job_id: str

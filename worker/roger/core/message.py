@@ -76,6 +76,23 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+def caller_job_id(value: object) -> str:
+    """A job id chosen by the caller (Roger's ``Job.create(module, args, id)``): a string
+    of 1-128 printable characters that fits an AMQP ``message_id`` (255 bytes of UTF-8).
+    Raises ``ValueError`` saying what is wrong."""
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_LENGTH:
+        raise ValueError(f"a job id must be a string of 1-{MAX_ID_LENGTH} characters")
+    if not value.isprintable():
+        raise ValueError("a job id must be printable (no control characters)")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("a job id must be valid Unicode text") from None
+    if size > 255:
+        raise ValueError(f"a job id must fit in 255 bytes of UTF-8; got {size}")
+    return value
+
+
 def _reject_constant(value: str) -> Any:
     raise ValueError(f"{value} is not JSON")
 

@@ -17,6 +17,7 @@ JOBS_RUNNING: Final = "roger_jobs_running"  # gauge {partition,queue}
 JOB_RETRIES: Final = "roger_job_retries"  # counter {partition,queue,job_name}
 JOB_OUTCOMES: Final = "roger_job_outcomes"  # counter {partition,queue,job_name,outcome}
 MESSAGES_PARKED: Final = "roger_messages_parked"  # counter {partition,queue,reason}
+BURIED_DROPPED: Final = "roger_buried_dropped"  # counter {partition,queue} past the bound
 CALLBACK_FAILURES: Final = "roger_callback_failures"  # counter {partition,callback,hook,reason}
 QUEUE_MESSAGES: Final = "roger_queue_messages"  # gauge {partition,queue} ready messages
 QUEUE_CONSUMERS: Final = "roger_queue_consumers"  # gauge {partition,queue}
@@ -46,6 +47,7 @@ COUNTERS: Final = (
     JOB_RETRIES,
     JOB_OUTCOMES,
     MESSAGES_PARKED,
+    BURIED_DROPPED,
     CALLBACK_FAILURES,
     BROKER_RECONNECTS,
     KUBE_EVENTS_EMITTED,

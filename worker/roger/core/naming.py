@@ -44,6 +44,22 @@ def buried_queue_name(partition: str, queue: str) -> str:
     return f"{queue_name(partition, queue)}.buried"
 
 
+def buried_log_name(partition: str, queue: str) -> str:
+    """Stream of buried jobs, read by offset (``roger.core.buried``); ``.buried`` is the
+    worker's bounded intake, filed into it by every ``roger buried`` verb."""
+    return f"{queue_name(partition, queue)}.buried.log"
+
+
+def replay_staging_name(partition: str, queue: str) -> str:
+    """Replayed jobs wait here between their copy and the broker's move to the queue."""
+    return f"{queue_name(partition, queue)}.replaying"
+
+
+def buried_lock_name(partition: str, queue: str) -> str:
+    """Exclusive queue held by whoever files, replays or drops buried jobs of a queue."""
+    return f"{partition}.buried-lock.{queue}"
+
+
 def invalid_queue_name(partition: str, queue: str) -> str:
     return f"{queue_name(partition, queue)}.invalid"
 

@@ -37,6 +37,34 @@ def buried_queue_arguments(max_length: int) -> dict[str, Any]:
     return {**QUORUM, "x-max-length": max_length}
 
 
+BURIED_LOG_MAX_AGE = "30D"
+BURIED_LOG_MAX_BYTES = 256 * 1024 * 1024
+BURIED_LOG_SEGMENT_BYTES = 8 * 1024 * 1024
+
+
+def buried_log_arguments() -> dict[str, Any]:
+    """A stream kept 30 days or 256 MiB (whole 8 MiB segments go, oldest first)."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-age": BURIED_LOG_MAX_AGE,
+        "x-max-length-bytes": BURIED_LOG_MAX_BYTES,
+        "x-stream-max-segment-size-bytes": BURIED_LOG_SEGMENT_BYTES,
+    }
+
+
+def replay_staging_arguments(partition: str, queue: str) -> dict[str, Any]:
+    """Rejected (``nack`` without requeue) by the replayer, a message is moved by the
+    broker to the job's queue, kept here until that queue confirmed it (at-least-once
+    dead-lettering: the same guarantee as the retry queues)."""
+    return {
+        **QUORUM,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": naming.queue_name(partition, queue),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
 def invalid_queue_arguments() -> dict[str, Any]:
     return dict(QUORUM)
 

@@ -34,7 +34,7 @@ from roger.core.kube_events import (
     Write,
     instance_name,
 )
-from roger.core.lifecycle import LifecycleEvent
+from roger.core.lifecycle import BURIED_DROPPED, LifecycleEvent
 from roger.kube.client import ApiFailure, EventsApi
 from roger.kube.metrics import KubeEventMetrics, kube_event_metrics
 
@@ -114,7 +114,7 @@ class KubeEventsObserver:
 
     # ---- the event loop's side --------------------------------------------------------
     def observe(self, event: LifecycleEvent) -> None:
-        if event.hook not in self.hooks or self._closing:
+        if (event.hook not in self.hooks and event.hook != BURIED_DROPPED) or self._closing:
             return
         self.observed += 1
         if len(self._queue) >= self.queue_limit:

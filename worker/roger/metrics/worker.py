@@ -21,7 +21,7 @@ from prometheus_client import (
 )
 
 from roger.core import metric_names as names
-from roger.core.lifecycle import LifecycleEvent
+from roger.core.lifecycle import BURIED_DROPPED, LifecycleEvent
 from roger.core.message import PARK_REASONS
 from roger.version import package_version
 
@@ -70,6 +70,12 @@ class WorkerMetrics:
             [*p, "queue", "reason"],
             registry=r,
         )
+        self.buried_dropped = Counter(
+            names.BURIED_DROPPED,
+            "Buried jobs dropped to keep .buried within buried_max_length",
+            [*p, "queue"],
+            registry=r,
+        )
         self.callback_failures = Counter(
             names.CALLBACK_FAILURES,
             "Callbacks that raised, hung or died",
@@ -99,6 +105,9 @@ class WorkerMetrics:
         return child
 
     def observe(self, event: LifecycleEvent) -> None:
+        if event.hook == BURIED_DROPPED:  # no hook fired: its own counter
+            self._child(self.buried_dropped, event.queue).inc()
+            return
         self._child(self.lifecycle, event.queue, event.job_name, event.hook).inc()
 
     def running(self, queue: str, delta: int) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pika
+from pika import spec
 from pika.adapters.select_connection import SelectConnection
 
 from roger.broker.channels import Confirm, Confirms
@@ -200,5 +201,59 @@ class Link:
 
             for name in names:
                 channel.queue_declare(name, passive=True, callback=got)
+
+        self.conn.channel(on_open_callback=opened)
+
+    def count(self, queue: str, on_count: Callable[[int | None], None]) -> None:
+        """Ready messages of ``queue`` on a throwaway channel: ``on_count(n)``, or
+        ``on_count(None)`` if the broker refused (no such queue) or the channel closed."""
+        if self.conn is None or not self.conn.is_open:
+            return  # the connection is gone: the deliveries come back to a new one
+        answered = [False]
+
+        def once(n: int | None) -> None:
+            if not answered[0]:
+                answered[0] = True
+                on_count(n)
+
+        def opened(channel: Any) -> None:
+            def got(frame: Any) -> None:
+                once(frame.method.message_count)
+                if channel.is_open:
+                    channel.close()
+
+            channel.add_on_close_callback(lambda _ch, _reason: once(None))
+            channel.queue_declare(queue, passive=True, callback=got)
+
+        self.conn.channel(on_open_callback=opened)
+
+    def take_head(self, queue: str, on_taken: Callable[[Any, bytes | None], None]) -> None:
+        """Take the oldest message of ``queue`` (acked) on a throwaway channel, off the hot
+        path: ``on_taken(props, body)``, or ``on_taken(None, None)`` if there was none (or
+        the channel closed first)."""
+        if self.conn is None or not self.conn.is_open:
+            return
+        answered = [False]
+
+        def once(props: Any, body: bytes | None) -> None:
+            if not answered[0]:
+                answered[0] = True
+                on_taken(props, body)
+
+        def opened(channel: Any) -> None:
+            def got(ch: Any, method: Any, props: Any, body: bytes) -> None:
+                ch.basic_ack(method.delivery_tag)
+                once(props, body)
+                if ch.is_open:
+                    ch.close()  # the ack goes out before the close
+
+            def empty(_frame: Any) -> None:
+                once(None, None)
+                if channel.is_open:
+                    channel.close()
+
+            channel.add_on_close_callback(lambda _ch, _reason: once(None, None))
+            channel.add_callback(empty, [spec.Basic.GetEmpty], one_shot=True)
+            channel.basic_get(queue, got, auto_ack=False)
 
         self.conn.channel(on_open_callback=opened)

@@ -15,6 +15,8 @@ from typing import Any
 import pika
 
 from roger.core import envelope, fate, naming
+from roger.core.buried import buried_dropped_event, carried_headers
+from roger.core.lifecycle import LifecycleEvent
 from roger.core.message import encode
 from roger.worker.ledger import Epoch
 from roger.worker.link import Link
@@ -28,23 +30,72 @@ Settle = Callable[[Epoch, int], None]
 
 class Outbox:
     def __init__(
-        self, partition: str, link: Link, ioloop: Any, telemetry: Telemetry, settle: Settle
+        self,
+        partition: str,
+        link: Link,
+        ioloop: Any,
+        telemetry: Telemetry,
+        settle: Settle,
+        buried_max_length: int = naming.DEFAULT_BURIED_MAX_LENGTH,
+        dropped: Callable[[LifecycleEvent], None] | None = None,
     ) -> None:
         self.partition, self.link, self.ioloop = partition, link, ioloop
         self.telemetry, self.settle = telemetry, settle
+        self.buried_max_length = buried_max_length
+        self.dropped = dropped
 
     def failed(self, task: Task, decision: fate.Retry | fate.Bury, stack: str | None) -> None:
         """Republish a failed job: to its retry level (retry_count + 1) or to ``.buried``."""
         q, msg, error = task.queue, task.msg, decision.error
+        carried = carried_headers(getattr(task.props, "headers", None))
         if isinstance(decision, fate.Retry):
             target = naming.retry_queue_name(self.partition, q.name, decision.seconds)
             body = encode(msg.retried())
-            fields = envelope.retry_properties(msg, self.partition, error)
+            fields = envelope.retry_properties(msg, self.partition, error, carried)
         else:
             target = naming.buried_queue_name(self.partition, q.name)
-            body = task.body
-            fields = envelope.burial_properties(msg, self.partition, error, stack, decision.reason)
+            fields = envelope.burial_properties(
+                msg, self.partition, error, stack, decision.reason, carried, time.time()
+            )
+            props = pika.BasicProperties(**fields)
+            self.keep_bound(
+                q.name, lambda: self.publish(task.epoch, task.tag, target, task.body, props)
+            )
+            return
         self.publish(task.epoch, task.tag, target, body, pika.BasicProperties(**fields))
+
+    def keep_bound(self, queue: str, then: Callable[[], None]) -> None:
+        """Before a burial: into a full ``.buried`` it would make the broker drop the oldest
+        job without a trace, so the worker drops that one first and says which (log,
+        metric, Event), then calls ``then``. Two burials landing at once at the bound
+        (several workers) can still let the broker drop one unseen."""
+        intake = naming.buried_queue_name(self.partition, queue)
+
+        def taken(props: Any, body: bytes | None) -> None:
+            if body is not None:
+                self._dropped(queue, props, body)
+            then()
+
+        def counted(messages: int | None) -> None:
+            if messages is not None and messages >= self.buried_max_length:
+                self.link.take_head(intake, taken)
+            else:  # room left, or no such queue: the publish finds out (and reconnects)
+                then()
+
+        self.link.count(intake, counted)
+
+    def _dropped(self, queue: str, props: Any, body: bytes) -> None:
+        event = buried_dropped_event(self.partition, queue, props, body, time.time())
+        log.warning(
+            "buried job %s (%s) dropped from %s: buried_max_length %d reached "
+            "(roger buried list files buried jobs where the bound does not reach them)",
+            event.job_id,
+            event.job_name,
+            naming.buried_queue_name(self.partition, queue),
+            self.buried_max_length,
+        )
+        if self.dropped is not None:
+            self.dropped(event)
 
     def requeue(self, task: Task) -> None:
         """Back to its own queue as a fresh copy (the broker's delivery count starts

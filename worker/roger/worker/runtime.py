@@ -84,7 +84,13 @@ class Worker:
         self.ledger = Ledger(lambda fn: self.ioloop.call_later(0, fn))
         self.ledger.after_flush = self._maybe_finish
         self.outbox = Outbox(
-            self.partition, self.link, self.ioloop, self.telemetry, self.ledger.settle
+            self.partition,
+            self.link,
+            self.ioloop,
+            self.telemetry,
+            self.ledger.settle,
+            config.buried_max_length,
+            lambda event: fan_out(self.observers, event),
         )
         self.features = PartitionFeatures(self.partition, self, edges.partition_state)
         self.telemetry.prepare([n for n, q in self.queues.items() if q.max_workers > 0])

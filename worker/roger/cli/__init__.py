@@ -1,4 +1,5 @@
-"""The ``roger`` command: ``worker``, ``enqueue`` (one job or a JSON Lines file), ``info``.
+"""The ``roger`` command: ``worker``, ``enqueue`` (one job or a JSON Lines file), ``info``;
+the admin verbs (``buried``, ...) are in ``roger.cli.admin``.
 
 Bad input never shows a traceback: one line on stderr and exit code 2.
 """
@@ -13,11 +14,12 @@ import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
-from roger.core.amqp_urls import AmqpUrlError, parse_amqp_urls
+from roger.cli import admin, queues
+from roger.cli.common import EXIT_DUPLICATE, EXIT_USAGE, UsageError, _Parser, amqp_url
 from roger.core.config import (
     ConfigError,
     WorkerConfig,
@@ -29,18 +31,6 @@ from roger.core.lifecycle import LifecycleObserver
 from roger.core.naming import InvalidName
 from roger.logs import LOG_FORMATS, configure_logging
 from roger.version import package_version
-
-EXIT_USAGE = 2
-EXIT_DUPLICATE = 3  # enqueue: the job's queue_key is held by another job
-
-
-class UsageError(Exception):
-    """Bad input from the command line or the config file."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"roger: {message}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,14 +88,15 @@ def _parser() -> argparse.ArgumentParser:
         "enqueue",
         help="enqueue a job and print its id",
         description="Enqueue one job (JOB_NAME [ARGS_JSON]) or, with --file, every job of a "
-        'JSON Lines file, one {"job": "module:function", "args": ..., "queue": ...} per line, '
-        "confirmed as one pipeline; prints one JSON result per job. Exit 3 when a job was "
-        "refused as a duplicate (its queue_key is held), 1 when one failed otherwise.",
+        'JSON Lines file, one {"job": "module:function", "args": ..., "queue": ..., "id": ...} '
+        "per line, confirmed as one pipeline; prints one JSON result per job. Exit 3 when a "
+        "job was refused as a duplicate (its queue_key is held), 1 when one failed otherwise.",
     )
     e.add_argument("partition")
     e.add_argument("job", nargs="?", metavar="JOB_NAME", help="module:function")
     e.add_argument("args", nargs="?", default=None, metavar="ARGS_JSON")
     e.add_argument("--queue", help="the queue (default: the job's own, else 'default')")
+    e.add_argument("--id", dest="job_id", metavar="ID", help="the job's id (default: a new UUID)")
     e.add_argument("--file", metavar="JOBS_JSONL", help="jobs to enqueue, one per line; - is stdin")
 
     for name, what in (
@@ -119,23 +110,24 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("partition")
     c.add_argument("job_id")
 
-    i = sub.add_parser("info", help="queue statistics of a partition")
-    i.add_argument("partition")
+    admin.add_parsers(sub)
+    queues.add_parsers(sub)
+
+    i = sub.add_parser("info", help="queue statistics of a partition; without one, every partition")
+    i.add_argument("partition", nargs="?")
+    i.add_argument(
+        "--management-url",
+        metavar="URL",
+        help="without a partition: the management API (default: the broker's host, "
+        "port 15672, /api, with the AMQP URL's credentials)",
+    )
     i.add_argument("--queue", action="append", default=[])
     i.add_argument("--retry-levels", metavar="1,3,5")
     i.add_argument("--json", action="store_true")
     return p
 
 
-def _amqp_url(opts: argparse.Namespace) -> str:
-    url = opts.amqp_url or os.environ.get("ROGER_AMQP_URL")
-    if not url:
-        raise UsageError("no broker: pass --amqp-url or set ROGER_AMQP_URL")
-    try:
-        parse_amqp_urls(str(url))  # several addresses are allowed; refuse a malformed list here
-    except AmqpUrlError as exc:
-        raise UsageError(str(exc)) from None
-    return str(url)
+_amqp_url = amqp_url
 
 
 def _read_file(path: str) -> dict[str, Any]:
@@ -267,19 +259,24 @@ def parse_jobs_jsonl(lines: Iterable[str], default_queue: str | None) -> list[tu
             raise UsageError(f"line {number}: not JSON: {exc}") from None
         if not isinstance(item, dict) or not isinstance(item.get("job"), str):
             raise UsageError(f'line {number}: expected {{"job": "module:function", "args": ...}}')
-        unknown = set(item) - {"job", "args", "queue"}
+        unknown = set(item) - {"job", "args", "queue", "id"}
         if unknown:
             raise UsageError(f"line {number}: unknown field(s) {', '.join(sorted(unknown))}")
         queue = item.get("queue", default_queue)
         if queue is not None and not isinstance(queue, str):
             raise UsageError(f"line {number}: queue must be a string")
-        jobs.append((item["job"], item.get("args"), queue))
+        job_id = item.get("id")
+        if job_id is not None and not isinstance(job_id, str):
+            raise UsageError(f"line {number}: id must be a string")
+        jobs.append((item["job"], item.get("args"), queue, job_id))
     return jobs
 
 
 def _enqueue_file(opts: argparse.Namespace, url: str) -> int:
     if opts.job is not None:
         raise UsageError("give either JOB_NAME or --file, not both")
+    if opts.job_id is not None:
+        raise UsageError('--id is for one job; in a file, give each line its "id"')
     try:
         if opts.file == "-":
             jobs = parse_jobs_jsonl(sys.stdin, opts.queue)
@@ -324,7 +321,7 @@ def _enqueue(opts: argparse.Namespace) -> int:
 
     try:
         with Client(url) as client:
-            print(client.enqueue(opts.partition, opts.job, args, queue=opts.queue))
+            print(client.enqueue(opts.partition, opts.job, args, queue=opts.queue, id=opts.job_id))
     except EnqueueError as exc:
         raise UsageError(str(exc)) from None
     except DuplicateJob as exc:
@@ -352,6 +349,8 @@ def _state_command(opts: argparse.Namespace) -> int:
 
 
 def _info(opts: argparse.Namespace) -> int:
+    if opts.partition is None:
+        return queues.print_partitions(opts)
     url = _amqp_url(opts)
     # left out: learned from the partition's workers (Client.info), else the defaults
     levels = parse_retry_levels(opts.retry_levels) if opts.retry_levels else None
@@ -397,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cancel": _state_command,
         "pause": _state_command,
         "resume": _state_command,
+        **admin.COMMANDS,
+        **queues.COMMANDS,
     }
     try:
         return commands[opts.command](opts)
