@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from roger.core import naming
 from roger_operator import metrics
 from roger_operator.builders import status as st
 from roger_operator.builders.manifests import build_children
@@ -29,6 +30,7 @@ from roger_operator.handlers.context import Context, Key
 from roger_operator.kube import KubeError, resource_path
 from roger_operator.kube.client import partition_path
 from roger_operator.rabbit import BrokerError, ClaimConflict
+from roger_operator.rabbit.claims import QueueNameConflict, claim_queues, owned, release_queues
 
 log = logging.getLogger("roger_operator.partition")
 
@@ -96,6 +98,26 @@ def cached_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:
     if cached and time.monotonic() - cached[1] < ctx.url_ttl:
         return cached[0]
     return read_amqp_url(ctx, spec)[0]
+
+
+def queue_naming_problem(spec: PartitionSpec) -> st.Problem | None:
+    """A queue whose RabbitMQ name could be an execution-key waiting room (the CRD refuses
+    new ones; a Partition created before that rule gets this)."""
+    for q in spec.queues:
+        why = naming.queue_name_problem(spec.partition_id, q.name)
+        if why:
+            return st.Problem(st.R_QUEUE_NAME_CONFLICT, f"{why}; nothing is applied")
+    return None
+
+
+def queue_conflict_problem(spec: PartitionSpec, exc: QueueNameConflict) -> st.Problem:
+    return st.Problem(
+        st.R_QUEUE_NAME_CONFLICT,
+        f"queue {exc.queue!r} would use RabbitMQ queue {exc.stem!r} (and its retry, buried and "
+        f"invalid queues), which Partition {exc.owner} already uses on this broker; rename the "
+        "queue or use another spec.partitionId (queues are never shared); the running "
+        "Deployment is left as it was",
+    )
 
 
 def _remember(ctx: Context, live: Mapping[str, Any]) -> None:
@@ -173,10 +195,16 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
 
     claimed: str | None = None
     stats = None
-    if url:
+    naming_problem = queue_naming_problem(spec)
+    if naming_problem:
+        problems.insert(0, naming_problem)
+    elif url:
         try:
             ctx.broker.claim(url, spec.partition_id, owner_token(spec))
+            claim_queues(ctx.broker, url, spec, owner_token(spec))
             claimed = spec.partition_id
+        except QueueNameConflict as exc:
+            problems.insert(0, queue_conflict_problem(spec, exc))
         except ClaimConflict as exc:
             problems.insert(
                 0,
@@ -255,6 +283,7 @@ def refresh(
                 st.R_SECRET_NOT_FOUND,
                 st.R_CALLBACK_NOT_FOUND,
                 st.R_ID_CONFLICT,
+                st.R_QUEUE_NAME_CONFLICT,
                 st.R_BROKER_UNAVAILABLE,
                 st.R_APPLY_FAILED,
                 st.R_DEPLOYMENT_MISSING,
@@ -333,6 +362,7 @@ def delete(ctx: Context, body: Mapping[str, Any]) -> None:
             return
         ctx.kube.delete(_deployment_path(spec))
         try:
+            spec = owned(ctx.broker, url, spec, owner_token(spec))  # never another's queues
             deleted, kept = ctx.broker.delete_empty(url, spec)
             if kept:
                 message = (
@@ -343,6 +373,7 @@ def delete(ctx: Context, body: Mapping[str, Any]) -> None:
                 ctx.kube.event(body, reason="QueuesKept", message=message, type_="Warning")
             else:
                 ctx.broker.release(url, spec.partition_id, owner_token(spec))
+                release_queues(ctx.broker, url, spec, owner_token(spec))
                 message = f"deleted {len(deleted)} empty queues of {spec.partition_id}"
                 log.info("Partition %s/%s: %s", *key, message)
                 ctx.kube.event(body, reason="QueuesDeleted", message=message)

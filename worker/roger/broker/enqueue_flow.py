@@ -127,7 +127,7 @@ def prepare(partition: str, job: JobDefinition | str, args: Any, queue: str | No
     naming.validate_name("partition", partition)
     name, definition = _definition(job)
     queue = queue or (definition.queue if definition else "default")
-    naming.validate_name("queue", queue)
+    naming.validate_queue(partition, queue)
     queue_key, execution_key = definition.keys(args) if definition else (None, None)
     msg = JobMessage(
         id=new_job_id(),

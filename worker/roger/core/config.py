@@ -17,6 +17,7 @@ from roger.core.naming import (
     DEFAULT_BURIED_MAX_LENGTH,
     DEFAULT_RETRY_LEVELS,
     validate_name,
+    validate_queue,
 )
 
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
@@ -205,9 +206,12 @@ def parse_config(data: Mapping[str, Any]) -> WorkerConfig:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key} must be a number of seconds >= 0; got {value!r}")
         timeouts[key] = float(value)
+    queues = _queues(data.get("queues"))
+    for queue in queues:
+        validate_queue(partition, queue)
     return WorkerConfig(
         partition=partition,
-        queues=_queues(data.get("queues")),
+        queues=queues,
         jobs=_modules(data.get("jobs")),
         callbacks=tuple(parse_callback(c) for c in data.get("callbacks") or ()),
         retry_levels=parse_retry_levels(data.get("retry_levels", list(DEFAULT_RETRY_LEVELS))),
