@@ -136,3 +136,39 @@ def test_job_processes_must_be_a_sensible_count(bad: object) -> None:
 
 def test_extra_observers_hook_point_exists() -> None:
     assert callable(cli.make_observers) and callable(cli._extra_observers)
+
+
+@pytest.mark.parametrize(
+    ("callback", "why"),
+    [
+        ("subprocess:Popen", "class Popen implements none of the hooks"),
+        ("collections:Counter", "class Counter implements none of the hooks"),
+        ("os:getpid", "it is a built-in function, not a class"),
+    ],
+)
+def test_a_callback_that_is_not_a_callback_class_stops_the_worker(
+    callback: str, why: str, tmp_path: Path
+) -> None:
+    """Refused before the broker is contacted and before anything is called: exit 2, one
+    line naming the callback and why."""
+    marker = tmp_path / "ran"
+    r = roger(
+        "worker",
+        "--partition",
+        "p",
+        "--queue",
+        "default=1",
+        "--jobs",
+        "tests.jobs.basic",
+        "--callback",
+        "tests.jobs.callbacks:Recorder",
+        "--callback",
+        callback,
+        amqp_url=URL,
+        env=env(ROGER_TEST_HOOKS=str(marker)),
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"roger: callback {callback} rejected: {why}"), r.stderr
+    assert not marker.exists()

@@ -14,7 +14,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from roger.core import naming
 from roger_operator import metrics
 from roger_operator.builders import status as st
 from roger_operator.builders.manifests import build_children
@@ -27,6 +26,12 @@ from roger_operator.builders.model import (
     parse_partition,
 )
 from roger_operator.handlers.context import Context, Key
+from roger_operator.handlers.tenancy import (
+    callback_config_problems,
+    callback_rejection,
+    queue_conflict_problem,
+    queue_naming_problem,
+)
 from roger_operator.kube import KubeError, resource_path
 from roger_operator.kube.client import partition_path
 from roger_operator.rabbit import BrokerError, ClaimConflict
@@ -100,26 +105,6 @@ def cached_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:
     return read_amqp_url(ctx, spec)[0]
 
 
-def queue_naming_problem(spec: PartitionSpec) -> st.Problem | None:
-    """A queue whose RabbitMQ name could be an execution-key waiting room (the CRD refuses
-    new ones; a Partition created before that rule gets this)."""
-    for q in spec.queues:
-        why = naming.queue_name_problem(spec.partition_id, q.name)
-        if why:
-            return st.Problem(st.R_QUEUE_NAME_CONFLICT, f"{why}; nothing is applied")
-    return None
-
-
-def queue_conflict_problem(spec: PartitionSpec, exc: QueueNameConflict) -> st.Problem:
-    return st.Problem(
-        st.R_QUEUE_NAME_CONFLICT,
-        f"queue {exc.queue!r} would use RabbitMQ queue {exc.stem!r} (and its retry, buried and "
-        f"invalid queues), which Partition {exc.owner} already uses on this broker; rename the "
-        "queue or use another spec.partitionId (queues are never shared); the running "
-        "Deployment is left as it was",
-    )
-
-
 def _remember(ctx: Context, live: Mapping[str, Any]) -> None:
     meta = live.get("metadata") or {}
     key = (str(live.get("kind")), str(meta.get("namespace")), str(meta.get("name")))
@@ -189,6 +174,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
     resolved, missing = resolve_callbacks(ctx, spec)
     if missing:
         problems.append(st.callbacks_problem(spec, missing))
+    problems.extend(callback_config_problems(ctx, spec, resolved))
     url, secret_problem = read_amqp_url(ctx, spec)
     if secret_problem:
         problems.append(secret_problem)
@@ -235,6 +221,9 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
             metrics.ERRORS.labels("Partition", "apply").inc()
     if deployment is None:
         deployment = ctx.kube.get(_deployment_path(spec))
+    rejected = callback_rejection(ctx, spec, digest)
+    if rejected:
+        problems.append(rejected)
 
     if url and claimed:
         try:
@@ -284,6 +273,7 @@ def refresh(
                 st.R_CALLBACK_NOT_FOUND,
                 st.R_ID_CONFLICT,
                 st.R_QUEUE_NAME_CONFLICT,
+                st.R_CALLBACK_REJECTED,
                 st.R_BROKER_UNAVAILABLE,
                 st.R_APPLY_FAILED,
                 st.R_DEPLOYMENT_MISSING,
@@ -299,6 +289,9 @@ def refresh(
             if deployment is None:
                 reconcile(ctx, body, "repair")
                 return
+        if with_stats and callback_rejection(ctx, spec, previous.get("configHash")):
+            reconcile(ctx, body, "refresh")  # a new rejection: the whole status again
+            return
         stats = None
         if with_stats:
             url = cached_amqp_url(ctx, spec)

@@ -98,7 +98,43 @@ def parse_callback(value: Any) -> CallbackSpec:
     unknown = set(value) - {"class", "hooks", "config"}
     if unknown:
         raise ConfigError(f"callback {path}: unknown keys {sorted(unknown)}")
+    for key, item in config.items():
+        if isinstance(item, Mapping) and "valueFrom" in item:
+            _env_reference(path, key, item)
     return CallbackSpec(path=path, hooks=_hooks(value.get("hooks"), path), config=dict(config))
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_reference(path: str, key: str, item: Mapping[str, Any]) -> str:
+    """The variable named by ``{valueFrom: {env: NAME}}`` (how the operator passes a value
+    from a Secret: the pod gets it as an env var, the file only names the variable)."""
+    source = item.get("valueFrom")
+    name = source.get("env") if isinstance(source, Mapping) else None
+    if set(item) != {"valueFrom"} or set(source or ()) != {"env"} or not isinstance(name, str):
+        raise ConfigError(
+            f"callback {path}: config {key}: a value from the environment is "
+            f"{{valueFrom: {{env: NAME}}}}; got {dict(item)!r}"
+        )
+    if not _ENV_NAME_RE.match(name):
+        raise ConfigError(f"callback {path}: config {key}: {name!r} is not a variable name")
+    return name
+
+
+def resolve_callback_config(config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """A callback's keyword arguments with every ``{valueFrom: {env: NAME}}`` replaced by the
+    variable's value; a missing variable is a ``ConfigError`` naming it (never its value)."""
+    out: dict[str, Any] = {}
+    for key, item in config.items():
+        if isinstance(item, Mapping) and "valueFrom" in item:
+            name = _env_reference("callback", key, item)
+            if name not in env:
+                raise ConfigError(f"config {key}: environment variable {name} is not set")
+            out[key] = env[name]
+        else:
+            out[key] = item
+    return out
 
 
 def parse_retry_levels(value: Any) -> tuple[int, ...]:
