@@ -28,8 +28,15 @@ NAMESPACE_GLOB = "t-test-operator*"
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: str, log_path: Path, status_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        kubeconfig: str,
+        log_path: Path,
+        status_interval: float = 2.0,
+        namespace_glob: str = NAMESPACE_GLOB,
+    ) -> None:
         self.kubeconfig = kubeconfig
+        self.namespace_glob = namespace_glob
         self.log_path = log_path
         self.status_interval = status_interval
         self.metrics_port = free_port()
@@ -43,7 +50,7 @@ class OperatorProcess:
             [
                 str(BIN / "roger-operator"),
                 "--namespace",
-                NAMESPACE_GLOB,
+                self.namespace_glob,
                 "--metrics-port",
                 str(self.metrics_port),
                 "--health-port",
