@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def operator(
     op = OperatorProcess(kubeconfig, tmp_path_factory.mktemp("op") / "operator.log", 1.0, GLOB)
     op.start()
     yield op
-    assert op.stop() == 0, op.tail()
+    assert op.stop(timeout=90) == 0, op.tail()
 
 
 @pytest.fixture
@@ -94,12 +95,12 @@ def test_operator_tenancy_colliding_queue_names_never_both_ready(
     k, pid = kubectl, short_id()
     other = f"{tenant}-b"
     k.apply(partition_manifest("first", tenant, partitionId=pid, queues=[{"name": "b-c"}]))
-    wait_condition(k, tenant, "first", "Ready", "True")
+    wait_condition(k, tenant, "first", "Ready", "True", timeout=120)
     k.run("create", "namespace", other)
     try:
         k.apply(secret_manifest(other, amqp_url))
         k.apply(partition_manifest("second", other, partitionId=f"{pid}-b", queues=[{"name": "c"}]))
-        obj = wait_condition(k, other, "second", "Ready", "False", "QueueNameConflict")
+        obj = wait_condition(k, other, "second", "Ready", "False", "QueueNameConflict", 120)
         degraded = condition(obj, "Degraded")
         assert degraded["status"] == "True" and degraded["reason"] == "QueueNameConflict"
         assert f"{tenant}/first" in degraded["message"] and f"{pid}-b-c" in degraded["message"]
@@ -113,13 +114,14 @@ def test_operator_tenancy_colliding_queue_names_never_both_ready(
             assert queue_exists(amqp_url, name), name
         # A queue name that would be a waiting room never gets in (the CRD refuses it). The
         # CRDs are shared with other test runs on this cluster: ours, right now.
-        k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-        refused = k.run(
-            "apply", "-f", "-",
-            stdin=partition_manifest("third", other, queues=[{"name": "execution-waiting-x"}]),
-            check=False,
-        )  # fmt: skip
-        assert refused.returncode != 0 and "execution-waiting" in refused.stderr
+        third = partition_manifest("third", other, queues=[{"name": "execution-waiting-x"}])
+
+        def refused() -> bool:
+            k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+            proc = k.run("apply", "--dry-run=server", "-f", "-", stdin=third, check=False)
+            return proc.returncode != 0 and "execution-waiting" in proc.stderr
+
+        eventually(refused, timeout=30, message="the CRD refuses a waiting-room queue name")
     finally:
         k.run("delete", "namespace", other, "--wait=false", check=False)
 
@@ -158,6 +160,7 @@ def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
     amqp_url: str,
     pods: LocalPods,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     k, name = kubectl, short_id()
     marker = tmp_path / "popen-ran"
@@ -169,7 +172,7 @@ def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
         obj = k.get_json("-n", tenant, "partition", name)
         return obj if condition(obj, "Degraded").get("reason") == "CallbackRejected" else None
 
-    obj = eventually(rejected, timeout=90, message="Degraded CallbackRejected")
+    obj = eventually(rejected, timeout=240, message="Degraded CallbackRejected")
     degraded = condition(obj, "Degraded")
     assert "subprocess:Popen" in degraded["message"]
     assert "implements none of the hooks" in degraded["message"]
@@ -178,8 +181,10 @@ def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
     assert "roger: callback subprocess:Popen rejected" in logs
     assert not marker.exists(), "Popen was called"
 
-    # Fixed: a real callback class whose config value comes from a Secret.
-    hooks = tmp_path / "hooks.jsonl"
+    # Fixed: a real callback class whose config value comes from a Secret. (Not under /tmp:
+    # the pod mounts an emptyDir there, which localpods maps to a directory of the pod's.)
+    hooks = Path("/var/tmp") / f"roger-tenancy-{uuid.uuid4().hex}.jsonl"
+    request.addfinalizer(lambda: hooks.unlink(missing_ok=True))
     k.apply(secret_manifest(tenant, str(hooks), name="hook-target"))  # key "url"
     ref = {"valueFrom": {"secretKeyRef": {"name": "hook-target", "key": "url"}}}
     k.apply(callback("audit", tenant, "tests.jobs.callbacks:Recorder", {"path": ref}))
@@ -191,7 +196,7 @@ def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
             [r for r in pods.running.values() if r.proc.poll() is None]
         )
 
-    eventually(ready, timeout=90, message="Ready with the fixed callback")
+    eventually(ready, timeout=240, message="Ready with the fixed callback")
     cm = k.get_json("-n", tenant, "configmap", f"roger-{name}")
     assert str(hooks) not in json.dumps(cm)
     assert str(hooks) not in json.dumps(k.get_json("-n", tenant, "partition", name))
@@ -205,5 +210,5 @@ def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
         pods.sync()
         return hooks.exists() and '"after_run"' in hooks.read_text()
 
-    eventually(hook_ran, timeout=60, message="the hook wrote to the path from the Secret")
+    eventually(hook_ran, timeout=120, message="the hook wrote to the path from the Secret")
     assert "ok 7" in out.read_text()

@@ -222,8 +222,8 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
     if deployment is None:
         deployment = ctx.kube.get(_deployment_path(spec))
     rejected = callback_rejection(ctx, spec, digest)
-    if rejected:
-        problems.append(rejected)
+    if rejected:  # the pods of this config cannot run: what to fix first
+        problems.insert(0, rejected)
 
     if url and claimed:
         try:
