@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from roger_devtools.polling import eventually
 from tests.e2e.operator_support import ROOT
 from tests.helpers import Kubectl
 
@@ -185,3 +186,45 @@ def test_partition_id_is_immutable(vns: tuple[Kubectl, str]) -> None:
     obj["spec"]["partitionId"] = "immutable"  # spelling out the default is no change
     k.apply(yaml.safe_dump(obj), "-n", ns)
     k.run("delete", "-n", ns, "partition", "immutable")
+
+
+WAITING_ROOM_CASES: list[tuple[str, Edit, str]] = [
+    (
+        "queue",
+        spec(queues=[{"name": "execution-waiting-x"}]),
+        "must not start with 'execution-waiting-'",
+    ),
+    (
+        "straddle",
+        spec(partitionId="a-execution", queues=[{"name": "waiting-x"}]),
+        "no queue name may start with 'waiting-'",
+    ),
+    (
+        "partition-id",
+        spec(partitionId="a-execution-waiting"),
+        "must not contain '-execution-waiting-' nor end with '-execution-waiting'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [c[1:] for c in WAITING_ROOM_CASES],
+    ids=[c[0] for c in WAITING_ROOM_CASES],
+)
+def test_queue_names_that_could_be_waiting_rooms_are_rejected(
+    vns: tuple[Kubectl, str], edit: Edit, expected: str
+) -> None:
+    """<partitionId>-<queue> never contains '-execution-waiting-' (tenant isolation)."""
+    k, ns = vns
+    obj = copy.deepcopy(GOOD_PARTITION)
+    edit(obj)
+
+    def refused() -> str | None:
+        # Other test runs on this shared cluster apply their own copies of the CRDs: ours now.
+        k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        proc = _apply(k, ns, obj)
+        return proc.stderr if proc.returncode != 0 else None
+
+    stderr = eventually(refused, timeout=30, message=f"refused: {expected}")
+    assert expected in stderr, stderr

@@ -79,9 +79,18 @@ def test_helm_lint_is_clean() -> None:
     assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
 
 
+def operator_roles(docs: list[dict]) -> list[dict]:
+    """The operator's ClusterRoles (not the tenants' aggregated roles)."""
+    return [
+        r
+        for r in of_kind(docs, "ClusterRole")
+        if r["metadata"]["labels"]["app.kubernetes.io/component"] != "tenant-rbac"
+    ]
+
+
 def test_cluster_role_covers_exactly_the_operator_rules() -> None:
     docs = render()
-    roles = of_kind(docs, "ClusterRole")
+    roles = operator_roles(docs)
     have = set().union(*(grants(r["rules"]) for r in roles))
     need = grants(OPERATOR_RULES)
     assert need <= have, f"missing from the chart's ClusterRoles: {sorted(need - have)}"
@@ -101,7 +110,7 @@ def test_cluster_role_covers_exactly_the_operator_rules() -> None:
 def test_watched_namespaces_get_roles_and_only_cluster_scoped_reads_cluster_wide() -> None:
     docs = render("watchNamespaces={team-a,team-b}")
     need = grants(OPERATOR_RULES)
-    cluster = set().union(*(grants(r["rules"]) for r in of_kind(docs, "ClusterRole")))
+    cluster = set().union(*(grants(r["rules"]) for r in operator_roles(docs)))
     assert {(g, r) for g, r, _ in cluster} <= CLUSTER_SCOPED, "namespaced rights cluster-wide"
     roles = {
         r["metadata"]["namespace"]: r
@@ -261,3 +270,34 @@ def test_two_replicas_elect_a_leader_on_a_lease_and_keep_a_standby_through_drain
     assert not parse_args(_container(single)["args"]).leader_election
     with pytest.raises(AssertionError, match=r"needs leaderElection\.enabled"):
         render("leaderElection.enabled=false")
+
+
+def test_tenant_roles_aggregate_into_edit_admin_and_view() -> None:
+    roles = {r["metadata"]["name"]: r for r in of_kind(render(), "ClusterRole")}
+    edit, view = roles["roger-edit"], roles["roger-view"]
+    for role, to in ((edit, {"edit", "admin"}), (view, {"view"})):
+        labels = role["metadata"]["labels"]
+        aggregated = {
+            k.rsplit("aggregate-to-", 1)[1]
+            for k, v in labels.items()
+            if k.startswith("rbac.authorization.k8s.io/aggregate-to-") and v == "true"
+        }
+        assert aggregated == to
+    can_edit = grants(edit["rules"])
+    for resource in ("partitions", "callbacks"):
+        for verb in ("create", "update", "patch", "delete", "get", "list", "watch"):
+            assert ("roger.dev", resource, verb) in can_edit
+    assert ("roger.dev", "partitions/scale", "update") in can_edit
+    status_verbs = {verb for _, resource, verb in can_edit if resource == "partitions/status"}
+    assert status_verbs == {"get", "list", "watch"}, "status is the operator's: never written"
+    assert {verb for _, _, verb in grants(view["rules"])} == {"get", "list", "watch"}
+    assert all(g[0] == "roger.dev" for g in can_edit | grants(view["rules"])), "roger.dev only"
+    names = {
+        r["metadata"]["name"]
+        for r in of_kind(render("rbac.tenantRoles.namePrefix=t1"), "ClusterRole")
+    }
+    assert {"t1-edit", "t1-view"} <= names
+    assert not {
+        r["metadata"]["name"]
+        for r in of_kind(render("rbac.tenantRoles.create=false"), "ClusterRole")
+    } & {"roger-edit", "roger-view"}

@@ -143,3 +143,39 @@ def test_version_is_the_installed_package_version() -> None:
     done = roger("--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"roger {package_version()}" != "roger unknown"
+
+
+@pytest.mark.parametrize(
+    ("callback", "why"),
+    [
+        ("subprocess:Popen", "class Popen implements none of the hooks"),
+        ("collections:Counter", "class Counter implements none of the hooks"),
+        ("os:getpid", "it is a built-in function, not a class"),
+    ],
+)
+def test_a_callback_that_is_not_a_callback_class_stops_the_worker(
+    callback: str, why: str, tmp_path: Path
+) -> None:
+    """Refused before the broker is contacted and before anything is called: exit 2, one
+    line naming the callback and why."""
+    marker = tmp_path / "ran"
+    r = roger(
+        "worker",
+        "--partition",
+        "p",
+        "--queue",
+        "default=1",
+        "--jobs",
+        "tests.jobs.basic",
+        "--callback",
+        "tests.jobs.callbacks:Recorder",
+        "--callback",
+        callback,
+        amqp_url=URL,
+        env=env(ROGER_TEST_HOOKS=str(marker)),
+    )
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"roger: callback {callback} rejected: {why}"), r.stderr
+    assert not marker.exists()

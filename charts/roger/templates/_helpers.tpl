@@ -113,10 +113,10 @@ the worker rules it grants to every worker Role (RBAC forbids granting what one 
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Its own Events, and the workers' (granted to their Roles).
+# Its own Events, and the workers' (granted to their Roles); list: CallbackRejected.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list]
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from roger_operator.builders.callback_secrets import worker_config
 from roger_operator.builders.model import CallbackResource, PartitionSpec
 
 
@@ -23,8 +24,8 @@ def render_config(spec: PartitionSpec, callbacks: Sequence[CallbackResource]) ->
         "queues": {q.name: q.max_workers for q in spec.queues},
         "jobs": list(spec.jobs),
         "callbacks": [
-            {"class": cb.module, "hooks": list(cb.hooks), "config": dict(cb.config)}
-            for cb in callbacks
+            {"class": cb.module, "hooks": list(cb.hooks), "config": worker_config(i, cb)}
+            for i, cb in enumerate(callbacks)
         ],
         "retry_levels": list(spec.retry_levels),
         "buried_max_length": spec.buried_max_length,

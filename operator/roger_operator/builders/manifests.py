@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from roger.core.rbac import WORKER_RULES
+from roger_operator.builders.callback_secrets import env_entries
 from roger_operator.builders.config import config_hash, config_text, render_config
 from roger_operator.builders.model import (
     AMQP_URL_ENV,
@@ -144,7 +145,7 @@ def service(spec: PartitionSpec) -> Manifest:
     }
 
 
-def _env(spec: PartitionSpec) -> list[dict[str, Any]]:
+def _env(spec: PartitionSpec, extra: Sequence[Manifest] = ()) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {
             "name": AMQP_URL_ENV,
@@ -160,6 +161,7 @@ def _env(spec: PartitionSpec) -> list[dict[str, Any]]:
     ]
     if spec.log_format != "text":  # only when asked: existing pods keep their template
         env.append({"name": LOG_FORMAT_ENV, "value": spec.log_format})
+    env.extend(extra)  # callback config values from Secrets (by reference)
     own = {e["name"] for e in env}
     env.extend(copy.deepcopy(dict(e)) for e in spec.env if e.get("name") not in own)
     return env
@@ -187,7 +189,9 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def deployment(spec: PartitionSpec, template_hash: str) -> Manifest:
+def deployment(
+    spec: PartitionSpec, template_hash: str, extra_env: Sequence[Manifest] = ()
+) -> Manifest:
     pt = spec.pod_template
     pod_labels = {**dict(pt.get("labels") or {}), **labels(spec)}
     pod_annotations = {
@@ -200,7 +204,7 @@ def deployment(spec: PartitionSpec, template_hash: str) -> Manifest:
         "name": WORKER_CONTAINER,
         "image": spec.image,
         "command": list(WORKER_COMMAND),
-        "env": _env(spec),
+        "env": _env(spec, extra_env),
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}],
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -262,5 +266,5 @@ def build_children(
         role_binding(spec),
         config_map(spec, text),
         service(spec),
-        deployment(spec, digest),
+        deployment(spec, digest, env_entries(callbacks)),
     ], digest

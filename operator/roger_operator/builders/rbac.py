@@ -49,8 +49,9 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "patch"]},
     # The AMQP URL, read by name when reconciling (never listed or watched, never copied).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    # Its own Events (kept queues, conflicts).
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+    # Its own Events (kept queues, conflicts); list: a worker's CallbackRejected Event about
+    # its Partition (field selector on the Partition, never a watch).
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch", "list"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     # kopf: namespace patterns and resource discovery.
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]},

@@ -30,6 +30,8 @@ R_BROKER_UNAVAILABLE: Final = "BrokerUnavailable"
 R_APPLY_FAILED: Final = "ApplyFailed"
 R_DEPLOYMENT_FAILED: Final = "DeploymentFailed"
 R_DEPLOYMENT_MISSING: Final = "DeploymentMissing"
+R_QUEUE_NAME_CONFLICT: Final = "QueueNameConflict"
+R_CALLBACK_REJECTED: Final = "CallbackRejected"
 
 
 @dataclass(frozen=True)

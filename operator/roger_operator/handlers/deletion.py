@@ -29,6 +29,7 @@ from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.partition import owner_token, publish_phases, read_amqp_url
 from roger_operator.kube import resource_path
 from roger_operator.rabbit import BrokerError, ClaimConflict, inventory
+from roger_operator.rabbit.claims import owned, release_queues
 
 log = logging.getLogger("roger_operator.deletion")
 KEPT = "QueuesKept"
@@ -106,6 +107,7 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
         _broker_down(ctx, key, spec, body, elapsed, str(exc))
         return
     try:
+        spec = owned(ctx.broker, url, spec, owner_token(spec))  # never another's queues
         facts, sampled = inventory.partition_facts(ctx.broker, url, spec)
         pods = _pods(ctx, spec)
         running = cleanup.still_running(facts, pods, bool(ctx.broker.management_port))
@@ -129,6 +131,7 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
             )
         else:
             ctx.broker.release(url, spec.partition_id, owner_token(spec))
+            release_queues(ctx.broker, url, spec, owner_token(spec))
             _report(
                 ctx,
                 key,

@@ -26,9 +26,16 @@ from roger_operator.builders.model import (
     parse_partition,
 )
 from roger_operator.handlers.context import Context, Key
+from roger_operator.handlers.tenancy import (
+    callback_config_problems,
+    callback_rejection,
+    queue_conflict_problem,
+    queue_naming_problem,
+)
 from roger_operator.kube import KubeError, resource_path
 from roger_operator.kube.client import partition_path
 from roger_operator.rabbit import BrokerError, ClaimConflict
+from roger_operator.rabbit.claims import QueueNameConflict, claim_queues
 
 log = logging.getLogger("roger_operator.partition")
 
@@ -174,16 +181,23 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
     resolved, missing = resolve_callbacks(ctx, spec)
     if missing:
         problems.append(st.callbacks_problem(spec, missing))
+    problems.extend(callback_config_problems(ctx, spec, resolved))
     url, secret_problem = read_amqp_url(ctx, spec)
     if secret_problem:
         problems.append(secret_problem)
 
     claimed: str | None = None
     stats = None
-    if url:
+    naming_problem = queue_naming_problem(spec)
+    if naming_problem:
+        problems.insert(0, naming_problem)
+    elif url:
         try:
             ctx.broker.claim(url, spec.partition_id, owner_token(spec))
+            claim_queues(ctx.broker, url, spec, owner_token(spec))
             claimed = spec.partition_id
+        except QueueNameConflict as exc:
+            problems.insert(0, queue_conflict_problem(spec, exc))
         except ClaimConflict as exc:
             problems.insert(
                 0,
@@ -219,6 +233,9 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
             metrics.ERRORS.labels("Partition", "apply").inc()
     if deployment is None:
         deployment = ctx.kube.get(_deployment_path(spec))
+    rejected = callback_rejection(ctx, spec, digest)
+    if rejected:  # the pods of this config cannot run: what to fix first
+        problems.insert(0, rejected)
 
     if url and claimed:
         try:
@@ -267,6 +284,8 @@ def refresh(
                 st.R_SECRET_NOT_FOUND,
                 st.R_CALLBACK_NOT_FOUND,
                 st.R_ID_CONFLICT,
+                st.R_QUEUE_NAME_CONFLICT,
+                st.R_CALLBACK_REJECTED,
                 st.R_BROKER_UNAVAILABLE,
                 st.R_APPLY_FAILED,
                 st.R_DEPLOYMENT_MISSING,
@@ -282,6 +301,9 @@ def refresh(
             if deployment is None:
                 reconcile(ctx, body, "repair")
                 return
+        if with_stats and callback_rejection(ctx, spec, previous.get("configHash")):
+            reconcile(ctx, body, "refresh")  # a new rejection: the whole status again
+            return
         stats = None
         if with_stats:
             url = cached_amqp_url(ctx, spec)

@@ -146,7 +146,7 @@ def prepare(
             raise EnqueueError(str(exc)) from None
     name, definition = _definition(job)
     queue = queue or (definition.queue if definition else "default")
-    naming.validate_name("queue", queue)
+    naming.validate_queue(partition, queue)
     queue_key, execution_key = definition.keys(args) if definition else (None, None)
     msg = JobMessage(
         id=new_job_id() if job_id is None else job_id,

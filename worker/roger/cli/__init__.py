@@ -203,6 +203,31 @@ def _import(what: str, path: str) -> Any:
         raise UsageError(f"cannot import {what} {path!r}: {type(exc).__name__}: {exc}") from None
 
 
+def _check_callbacks(opts: argparse.Namespace, config: WorkerConfig) -> None:
+    """Refuse, before anything is called, a callback that is not a callback class; in a pod
+    the Partition hears why (a ``CallbackRejected`` Event the operator reads)."""
+    from roger.worker.callbacks import CallbackRejected, check
+
+    for cb in config.callbacks:
+        try:
+            check(cb, os.environ)
+        except CallbackRejected as exc:
+            from roger.kube.rejection import report_callback_rejected
+
+            report_callback_rejected(config, str(exc), _config_text(opts))
+            raise UsageError(str(exc)) from None
+
+
+def _config_text(opts: argparse.Namespace) -> str | None:
+    if not opts.config:
+        return None
+    try:
+        with open(opts.config, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
 def _worker(opts: argparse.Namespace) -> int:
     url = _amqp_url(opts)
     config = worker_config(opts)
@@ -213,10 +238,7 @@ def _worker(opts: argparse.Namespace) -> int:
     registry = JobRegistry(_import("jobs module", m) for m in config.jobs)
     if not registry.jobs:
         raise UsageError(f"no @roger.job functions in {', '.join(config.jobs)}")
-    for cb in config.callbacks:
-        module, _, cls = cb.path.partition(":")
-        if not callable(getattr(_import("callback module", module), cls, None)):
-            raise UsageError(f"callback class {cb.path} not found")
+    _check_callbacks(opts, config)
     from roger.worker.runtime import Worker
 
     telemetry: Any = None

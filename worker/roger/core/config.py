@@ -17,6 +17,7 @@ from roger.core.naming import (
     DEFAULT_BURIED_MAX_LENGTH,
     DEFAULT_RETRY_LEVELS,
     validate_name,
+    validate_queue,
 )
 
 MODULE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
@@ -97,7 +98,43 @@ def parse_callback(value: Any) -> CallbackSpec:
     unknown = set(value) - {"class", "hooks", "config"}
     if unknown:
         raise ConfigError(f"callback {path}: unknown keys {sorted(unknown)}")
+    for key, item in config.items():
+        if isinstance(item, Mapping) and "valueFrom" in item:
+            _env_reference(path, key, item)
     return CallbackSpec(path=path, hooks=_hooks(value.get("hooks"), path), config=dict(config))
+
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_reference(path: str, key: str, item: Mapping[str, Any]) -> str:
+    """The variable named by ``{valueFrom: {env: NAME}}`` (how the operator passes a value
+    from a Secret: the pod gets it as an env var, the file only names the variable)."""
+    source = item.get("valueFrom")
+    name = source.get("env") if isinstance(source, Mapping) else None
+    if set(item) != {"valueFrom"} or set(source or ()) != {"env"} or not isinstance(name, str):
+        raise ConfigError(
+            f"callback {path}: config {key}: a value from the environment is "
+            f"{{valueFrom: {{env: NAME}}}}; got {dict(item)!r}"
+        )
+    if not _ENV_NAME_RE.match(name):
+        raise ConfigError(f"callback {path}: config {key}: {name!r} is not a variable name")
+    return name
+
+
+def resolve_callback_config(config: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """A callback's keyword arguments with every ``{valueFrom: {env: NAME}}`` replaced by the
+    variable's value; a missing variable is a ``ConfigError`` naming it (never its value)."""
+    out: dict[str, Any] = {}
+    for key, item in config.items():
+        if isinstance(item, Mapping) and "valueFrom" in item:
+            name = _env_reference("callback", key, item)
+            if name not in env:
+                raise ConfigError(f"config {key}: environment variable {name} is not set")
+            out[key] = env[name]
+        else:
+            out[key] = item
+    return out
 
 
 def parse_retry_levels(value: Any) -> tuple[int, ...]:
@@ -205,9 +242,12 @@ def parse_config(data: Mapping[str, Any]) -> WorkerConfig:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key} must be a number of seconds >= 0; got {value!r}")
         timeouts[key] = float(value)
+    queues = _queues(data.get("queues"))
+    for queue in queues:
+        validate_queue(partition, queue)
     return WorkerConfig(
         partition=partition,
-        queues=_queues(data.get("queues")),
+        queues=queues,
         jobs=_modules(data.get("jobs")),
         callbacks=tuple(parse_callback(c) for c in data.get("callbacks") or ()),
         retry_levels=parse_retry_levels(data.get("retry_levels", list(DEFAULT_RETRY_LEVELS))),

@@ -3,6 +3,20 @@
 The names follow Roger (Elixir) so that tools reading the broker recognise them:
 ``<partition>-<queue>``, ``.retry.<seconds>``, ``.buried``, plus ``.invalid`` for
 messages that must never run.
+
+Tenant isolation (no two partitions on one broker share a name) rests on three facts,
+proven by ``tests/unit/test_naming_isolation.py``:
+
+- partition-wide state is ``<partition>.<suffix>``; partition ids have no dot, so the
+  text before the first dot names the partition, and the state suffixes (``control``,
+  ``pause.<q>``, ``qkey.<hex>``, ...) never equal a job queue's (``""``, ``retry.<s>``,
+  ``buried``, ``invalid``, a waiting room's ``<hex>``);
+- ``<partition>-<queue>`` (the *stem* of a queue's main, retry, buried and invalid queues)
+  is ambiguous (``a`` + ``b-c`` and ``a-b`` + ``c``), so each stem is claimed on the broker
+  by the Partition that uses it (``queue_claim_exchange_name``), as the partition id is;
+- a stem never contains ``-execution-waiting-`` (``validate_queue``), which every
+  execution-key waiting room does, and a partition id never ends with
+  ``-execution-waiting`` (else none of its stems is valid).
 """
 
 from __future__ import annotations
@@ -32,8 +46,37 @@ def validate_name(kind: str, name: str) -> str:
     return name
 
 
+WAITING_ROOM_INFIX = "-execution-waiting-"
+
+
 def queue_name(partition: str, queue: str) -> str:
+    """The stem of a partition queue's names (and its main queue's name)."""
     return f"{partition}-{queue}"
+
+
+def queue_name_problem(partition: str, queue: str) -> str | None:
+    """Why ``queue`` cannot be a queue of ``partition`` (None when it can).
+
+    A stem containing ``-execution-waiting-`` could be the waiting room of an execution
+    key (``<p>-execution-waiting-<key>``) of this partition or of another one.
+    """
+    stem = queue_name(partition, queue)
+    if WAITING_ROOM_INFIX in stem:
+        return (
+            f"queue {queue!r} of partition {partition!r}: its RabbitMQ name {stem!r} contains "
+            f"{WAITING_ROOM_INFIX!r}, which names execution-key waiting rooms; rename the queue"
+            " (or use another partition id)"
+        )
+    return None
+
+
+def validate_queue(partition: str, queue: str) -> str:
+    """``queue`` as a queue of ``partition``: a valid name whose stem is unambiguous."""
+    validate_name("queue", queue)
+    problem = queue_name_problem(partition, queue)
+    if problem:
+        raise InvalidName(problem)
+    return queue
 
 
 def retry_queue_name(partition: str, queue: str, seconds: int) -> str:
@@ -98,6 +141,17 @@ def claim_exchange_name(partition: str) -> str:
     owner from the refusal. Nothing is ever published to it.
     """
     return f"roger.claim.{partition}"
+
+
+def queue_claim_exchange_name(partition: str, queue: str) -> str:
+    """The claim (as ``claim_exchange_name``) of the stem ``<partition>-<queue>``: whoever
+    declares it first owns the queue's main, retry, buried and invalid queues.
+
+    Claims are on the stem, so ``a`` + ``b-c`` and ``a-b`` + ``c`` claim the same exchange
+    and the second Partition is refused. Partition ids have no dot, so these never equal a
+    partition claim.
+    """
+    return f"roger.claim.queue.{queue_name(partition, queue)}"
 
 
 # -- partition-wide state (part 2): cancel, pause, queue keys, execution keys ----------

@@ -29,6 +29,7 @@ from roger.core import frames
 from roger.core.hooks import HookName, implemented_hooks
 from roger.core.jobs import JobDefinition, JobRegistry
 from roger.core.message import Job
+from roger.worker import callbacks
 from roger.worker.slots import Inbox, Results, Slot, Watchdog
 
 PR_SET_PDEATHSIG = 1
@@ -78,8 +79,7 @@ class Child:
         self.registry = JobRegistry(importlib.import_module(m) for m in spec["jobs"])
         self.hooks: dict[str, list[Hook]] = {}
         for cb in spec["callbacks"]:
-            module, _, cls_name = cb["path"].partition(":")
-            obj = getattr(importlib.import_module(module), cls_name)(**cb["config"])
+            obj = callbacks.instantiate(cb["path"], cb["config"], os.environ)
             for hook in implemented_hooks(obj):
                 if hook in cb["hooks"]:
                     self.hooks.setdefault(hook, []).append((cb["path"], getattr(obj, hook)))
