@@ -1,6 +1,8 @@
-"""The chaos run's hands on the 3-node 3.10 cluster: through hack/rabbitmq-cluster.sh, as a
-person would, plus the one thing the script does not do: SIGKILL a node's beam process
-(by the pid in its state directory, after checking that pid is that node's)."""
+"""The 3-node cluster of hack/rabbitmq-cluster.sh as tools see it: ``cluster_script`` is the
+one way in (the integration tests' ``cluster_support`` calls it too), and ``ChaosCluster``
+is the chaos run's hands on the 3.10 cluster, plus the one thing the script does not do:
+SIGKILL a node's beam process (by the pid in its state directory, after checking that the
+pid is that node's)."""
 
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ NODES = (1, 2, 3)
 PREFIX = "roger-c"
 
 
-def _script(*args: str, timeout: float = 300) -> str:
-    env = {**os.environ, "ROGER_CLUSTER_RABBITMQ": "3.10"}
+def cluster_script(*args: str, version: str = "3.10", timeout: float = 300) -> str:
+    """Run hack/rabbitmq-cluster.sh for the cluster of RabbitMQ ``version``; its stdout."""
+    env = {**os.environ, "ROGER_CLUSTER_RABBITMQ": version}
     done = subprocess.run(
         ["bash", str(SCRIPT), *args],
         cwd=ROOT,
@@ -40,20 +43,20 @@ def _script(*args: str, timeout: float = 300) -> str:
 
 class ChaosCluster:
     def __init__(self) -> None:
-        self.urls = tuple(_script("urls").strip().split(","))
+        self.urls = tuple(cluster_script("urls").strip().split(","))
         self.url_list = ",".join(self.urls)
         self.down: set[int] = set()
         state = Path(os.environ.get("ROGER_STATE_DIR", ROOT / ".cluster"))
         self.state = state / "rabbitmq-cluster"
 
     def up(self) -> None:
-        _script("up", timeout=600)
+        cluster_script("up", timeout=600)
         self.down.clear()
 
     def ctl(self, *args: str) -> str:
         """rabbitmqctl on a node that runs."""
         node = next(n for n in NODES if n not in self.down)
-        return _script("ctl", str(node), *args, timeout=120)
+        return cluster_script("ctl", str(node), *args, timeout=120)
 
     def version(self) -> str:
         return self.ctl("eval", "rabbit_misc:version().").strip().strip('"')
@@ -72,7 +75,7 @@ class ChaosCluster:
     def stop_node(self, n: int, hard: bool) -> None:
         self.down.add(n)
         if not hard:
-            _script("stop-node", str(n))
+            cluster_script("stop-node", str(n))
             return
         pid = int((self.state / f"c{n}" / "rabbitmq.pid").read_text().strip())
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
@@ -82,13 +85,20 @@ class ChaosCluster:
         eventually(lambda: not alive(pid), 30, message=f"node {n} gone")
 
     def start_node(self, n: int) -> None:
-        _script("start-node", str(n), timeout=300)
+        cluster_script("start-node", str(n), timeout=300)
         self.down.discard(n)
+
+    def restart_all(self) -> None:
+        """Every node stopped (the last one stopped is the first the others wait for),
+        then the cluster started again."""
+        for n in (3, 2, 1):
+            self.stop_node(n, hard=False)
+        self.up()
 
     def close_all_connections(self) -> None:
         for n in NODES:
             if n not in self.down:
-                _script("ctl", str(n), "close_all_connections", "--global", "chaos", timeout=120)
+                cluster_script("ctl", str(n), "close_all_connections", "--global", "chaos")
 
     def connection(self) -> pika.BlockingConnection:
         return pika.BlockingConnection([pika.URLParameters(u) for u in self.urls])
