@@ -17,6 +17,7 @@ pid in its state directory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -236,17 +237,18 @@ class Chaos:
         stuck = self.producer.settle(self.cluster, self.args.settle_timeout)
         self.fleet.workers.stop_all()
         ev = collect_evidence(self.producer, self.recorder, self.cluster, self.faults)
-        report = judge(
-            Evidence(
-                plan=ev.plan,
-                runs=ev.runs,
-                endings=ev.endings,
-                faults=[*self.faults, *ev.cancel_kills],
-                unexpected_exits=self.fleet.unexpected_exits,
-                stuck=stuck,
-                violations=self.violations,
-            )
+        evidence = Evidence(
+            plan=ev.plan,
+            runs=ev.runs,
+            endings=ev.endings,
+            faults=[*self.faults, *ev.cancel_kills],
+            unexpected_exits=self.fleet.unexpected_exits,
+            stuck=stuck,
+            violations=self.violations,
         )
+        # kept for a post-mortem: everything the verdict was decided on
+        (self.workdir / "evidence.json").write_text(json.dumps(dataclasses.asdict(evidence)))
+        report = judge(evidence)
         self.cluster.delete_partition(self.partition)
         return report
 

@@ -66,6 +66,8 @@ class Ending:
     outcome: str
     t: float | None = None
     detail: str = ""  # for a burial: the error kind (``worker_crash``, ``RuntimeError``...)
+    pid: int = 0  # the process that ran the hook, and its worker (0: read from the broker)
+    ppid: int = 0
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,21 @@ def exposures(runs: list[Run], faults: Iterable[Fault], grace: float) -> list[se
     return out
 
 
+def ending_exposures(endings: list[Ending], faults: list[Fault], grace: float) -> list[set[str]]:
+    """For each hook ending, the kinds of faults that hit the process that ran the hook
+    within ``grace`` seconds after it wrote its record."""
+    out: list[set[str]] = []
+    for e in endings:
+        if e.t is None or not e.pid:
+            out.append(set())
+            continue
+        as_run = Run(e.tag, e.pid, e.ppid, e.t, e.t)
+        out.append(
+            {f.kind for f in faults if f.start <= e.t + grace and f.end >= e.t and _hits(f, as_run)}
+        )
+    return out
+
+
 def judge_job(
     job: PlannedJob, runs: list[Run], endings: list[Ending], faults: list[Fault], grace: float
 ) -> JobVerdict:
@@ -176,9 +193,11 @@ def judge_job(
     endings = sorted(endings, key=lambda e: math.inf if e.t is None else e.t)
     hit = exposures(runs, faults, grace)
     # The last run causes no rerun; a run's own outcome landing twice is caused by an
-    # earlier run whose settlement a fault cut.
-    causes = sorted(set().union(*hit[:-1])) if len(hit) > 1 else []
-    exposed = sum(bool(h) for h in hit[:-1])
+    # earlier run whose settlement a fault cut, or by a hook whose process was killed
+    # before it told its worker the hook was done (the worker runs it again).
+    cut = hit[:-1] + ending_exposures(endings[:-1], faults, grace)
+    causes = sorted(set().union(*cut))
+    exposed = sum(bool(h) for h in cut)
     extra = max(len(runs) - job.max_runs, len(endings) - 1, 0)
     explained = tuple(causes) if extra <= exposed else ()
     if job.expected is None:

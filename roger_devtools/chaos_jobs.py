@@ -239,8 +239,11 @@ def collect_evidence(
     producer: Producer, recorder: Recorder, cluster: ChaosCluster, faults: list[Fault]
 ) -> Collected:
     p = producer.partition
-    endings = [Ending(e["tag"], "succeeded", e["t"]) for e in recorder.events("after_run")]
-    endings += [Ending(e["tag"], "cancelled", e["t"]) for e in recorder.events("on_cancel")]
+    endings = [
+        Ending(e["tag"], outcome, e["t"], pid=e["pid"], ppid=e["ppid"])
+        for hook, outcome in (("after_run", "succeeded"), ("on_cancel", "cancelled"))
+        for e in recorder.events(hook)
+    ]
     buried_at: dict[str, list[float]] = {}
     for e in recorder.events("on_buried"):
         buried_at.setdefault(str(e["tag"]), []).append(float(e["t"]))

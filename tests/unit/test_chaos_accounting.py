@@ -185,3 +185,16 @@ def test_the_fault_schedule_follows_the_seed_and_hits_every_kind_and_node() -> N
     targets = [p.target for p in one if p.kind in ("node_stop", "node_kill")]
     assert targets[:6] == ["leader", "1", "leader", "2", "leader", "3"]
     assert all(0 < b.at - a.at <= 7.5 for a, b in itertools.pairwise(one))
+
+
+def test_a_hook_rerun_because_its_process_was_killed_for_a_cancel_is_explained() -> None:
+    """Seen in a full run: on_cancel of a killed job ran in another job process, which the
+    worker then killed to stop a second cancelled job before the hook reported back."""
+    cancel = PlannedJob("j", "cancel", "cancelled", 1)
+    first = Ending("j", "cancelled", 10.0, pid=PROC + 5, ppid=WORKER)
+    again = Ending("j", "cancelled", 11.0, pid=PROC + 6, ppid=WORKER)
+    _, v = verdict(cancel, [run(9)], [first, again])
+    assert v.extra == 1 and v.explained_by == ()
+    kill = Fault("cancel_kill", 9.5, 10.6, PROC + 5)
+    report, v = verdict(cancel, [run(9)], [first, again], (kill,))
+    assert v.explained_by == ("cancel_kill",) and report.failures() == []
