@@ -84,11 +84,11 @@ def fault_schedule(
     return out
 
 
-def expected_length(schedule: list[Planned], duration: float) -> float:
+def expected_length(schedule: list[Planned]) -> float:
     """How long the fault phase will take: its gaps plus the node faults' own time (the
     producer spreads the jobs over it)."""
     nodes = sum(p.kind in ("node_stop", "node_kill") for p in schedule)
-    return duration + NODE_FAULT_SECONDS * nodes
+    return (schedule[-1].at if schedule else 0.0) + NODE_FAULT_SECONDS * nodes
 
 
 class Fleet:
@@ -221,7 +221,7 @@ class Chaos:
         self.fleet.fill()
         a = self.args
         schedule = fault_schedule(a.seed, a.duration, a.mean_gap, a.faults)
-        self.producer.start(self.args.jobs, expected_length(schedule, self.args.duration))
+        self.producer.start(self.args.jobs, expected_length(schedule))
         previous = 0.0
         for p in schedule:
             time.sleep(p.at - previous)

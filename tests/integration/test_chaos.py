@@ -21,8 +21,12 @@ pytestmark = pytest.mark.integration
     BROKER.version != "3.10", reason="the chaos run kills 3.10 cluster nodes by their pid files"
 )
 def test_a_short_chaos_run_loses_nothing_and_runs_nothing_twice_without_a_cause(
-    rabbitmq_cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    rabbitmq_cluster: Cluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))  # the client computes keys from pjobs
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1_000_000))
     argv = ["--jobs", "160", "--faults", "7", "--mean-gap", "4", "--seed", str(seed)]
     argv += ["--held", "3", "--settle-timeout", "120", "--workdir", str(tmp_path)]
