@@ -17,6 +17,7 @@ from tests.integration.cluster_support import Cluster
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(600)  # 2 node restarts: 25-40 s each on a loaded machine
 @pytest.mark.skipif(
     BROKER.version != "3.10", reason="the chaos run kills 3.10 cluster nodes by their pid files"
 )
