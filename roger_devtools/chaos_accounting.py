@@ -263,7 +263,11 @@ def judge(ev: Evidence) -> Report:
         expected=Counter(
             ev.plan[v.tag].expected or "refused at enqueue (never runs)" for v in present
         ),
-        observed=Counter(v.outcome or "refused at enqueue (never runs)" for v in present),
+        observed=Counter(
+            v.outcome or "refused at enqueue (never runs)"
+            for v in present
+            if v.outcome or v.status == "ok"  # a lost job has no outcome: counted as lost
+        ),
         jobs=verdicts,
         unexpected_exits=ev.unexpected_exits,
         stuck=dict(ev.stuck),

@@ -52,6 +52,7 @@ def test_a_confirmed_job_with_no_ending_is_lost() -> None:
     report, v = verdict(ok_job(), [], [])
     assert v.status == "lost"
     assert any("lost" in f for f in report.failures())
+    assert sum(report.observed.values()) == 0  # counted in no outcome's row
 
 
 def test_a_job_the_client_saw_fail_may_be_absent_but_not_started_and_lost() -> None:
