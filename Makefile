@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/.cluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv tools cluster-up cluster-down rabbitmq-up rabbitmq-down prometheus-up \
         prometheus-down lint test test-unit test-integration test-e2e test-lowest bench demo down \
-        status rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4
+        status rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4 chaos
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ lint: $(PY) ## ruff, mypy and the import-linter contracts
 	$(VENV)/bin/ruff format --check worker operator tests bench hack roger_devtools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node cluster (CHAOS_JOBS, CHAOS_DURATION, CHAOS_SEED)
+	$(PY) -m roger_devtools.chaos
 
 test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests
 	$(PY) -m pytest tests

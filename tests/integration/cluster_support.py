@@ -9,30 +9,18 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from roger_devtools.chaos_cluster import cluster_script
 from tests.brokers import BROKER
-from tests.conftest import ROOT
 
-SCRIPT = "hack/rabbitmq-cluster.sh"
 NODES = (1, 2, 3)
 
 
 def script(*args: str, timeout: float = 300) -> str:
-    done = subprocess.run(
-        ["bash", SCRIPT, *args],
-        cwd=ROOT,
-        env={**os.environ, "ROGER_CLUSTER_RABBITMQ": BROKER.version},
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return done.stdout
+    return cluster_script(*args, version=BROKER.version, timeout=timeout)
 
 
 def node_name(n: int) -> str:
