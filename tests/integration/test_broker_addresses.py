@@ -6,6 +6,7 @@ Runs against the single test broker (3.10 or 4.0) with a dead address in front o
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from pika.exceptions import AMQPConnectionError
 
 import roger
+from roger_devtools.polling import eventually
 from roger_devtools.ports import free_port
 from roger_devtools.silent_server import silent_server
 from roger_devtools.workers import Workers
@@ -89,3 +91,19 @@ def test_a_hung_first_address_is_skipped_by_the_client_and_the_operator(
         finally:
             broker.close()
         assert hung.accepted >= 3
+
+
+def test_a_worker_that_never_reached_its_broker_stops_cleanly(
+    unique_name: str, tmp_path: Path
+) -> None:
+    """SIGTERM while the connection is still opening (a hung broker): exit 0, no traceback."""
+    with silent_server() as hung:
+        workers = Workers(hung.amqp_url, unique_name, tmp_path, jobs=["tests.jobs.basic"])
+        worker = workers.start(ready=False)
+        try:
+            eventually(lambda: hung.accepted, 30, message="the worker connects")
+            worker.signal(signal.SIGTERM)
+            assert worker.wait(30) == 0, worker.output()
+            assert "Traceback" not in worker.output()
+        finally:
+            workers.stop_all()

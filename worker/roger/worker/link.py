@@ -125,9 +125,9 @@ class Link:
     def close(self) -> None:
         """Close (unacked deliveries go back to their queues); the loop stops after."""
         self.closing = True
-        if self.conn is not None and (self.conn.is_open or self.conn.is_opening):
+        if self.conn is not None and self.conn.is_open:
             self.conn.close()
-        else:
+        else:  # never opened, or still opening: closing mid-handshake trips an assert in pika
             self.ioloop.stop()
 
     # -- publish channel and topology -------------------------------------------------
