@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -96,6 +97,8 @@ def main() -> int:
         "--fresh-vhost", action="store_true", help="run in a new vhost, deleted at the end"
     )
     opts = p.parse_args()
+    # A stop (SIGTERM, as from a background shell) unwinds: the worker and the vhost go too.
+    signal.signal(signal.SIGTERM, lambda _s, _f: sys.exit(143))
     if opts.fresh_vhost:
         with wt.fresh_vhost(opts.amqp_url) as url:
             run(opts, url)
