@@ -125,9 +125,9 @@ def fresh_vhost(url: str) -> Iterator[str]:
     runs' leftover queues on a shared broker neither slow the run nor get touched by it."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
     quoted = urllib.parse.quote(name, safe="")
-    with management("PUT", f"vhosts/{quoted}", {}):
-        pass
     try:
+        with management("PUT", f"vhosts/{quoted}", {}, timeout=120):
+            pass
         user = pika.URLParameters(url).credentials.username
         perms = {"configure": ".*", "write": ".*", "read": ".*"}
         with management("PUT", f"permissions/{quoted}/{user}", perms):
