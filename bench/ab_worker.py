@@ -1,18 +1,23 @@
-"""Interleaved A/B rounds of the Roger worker's drain rate (and bare pika as the ceiling).
+"""Paired A/B rounds of the Roger worker's drain rate (and bare pika as the ceiling).
 
 Each variant is a name plus extra environment for the ``roger worker`` process (e.g. a
-PYTHONPATH that puts another tree's ``worker/`` first). Rounds are interleaved (A B C, A B
-C, ...) so a change in the machine's load hits every variant alike; prints each round, then
-the median and the spread (min..max) per variant, and the load average.
+PYTHONPATH that puts another tree's ``worker/`` first). Every round runs each variant once,
+and the order alternates (A B, B A, A B, ...: ABBA), so neither a change in the machine's
+load nor the position in a round favours one variant. Prints each round, the median and
+spread (min..max) per variant, and, paired per round, each variant's ratio to the first
+one: its median and spread are the verdict (a difference inside the spread is noise).
+With ``--fresh-vhost`` the run uses a vhost of its own, deleted at the end: leftover
+queues of other runs on a shared broker neither slow it nor are touched by it.
 
-Usage: python bench/ab_worker.py --rounds 3 --jobs 20000 \\
-    --variant off= --variant on=ROGER_X=1 [--pika] [--dramatiq]
+Usage: python bench/ab_worker.py --rounds 10 --jobs 20000 --fresh-vhost \\
+    --variant base=PYTHONPATH=/old/worker:bench:. --variant new= [--pika] [--dramatiq]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import sys
 from pathlib import Path
@@ -31,33 +36,36 @@ def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
     return name, extra
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    wt.add_amqp_url(p)
-    p.add_argument("--jobs", type=int, default=20000)
-    p.add_argument("--workers", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V")
-    p.add_argument("--pika", action="store_true", help="also bare pika, same prefetch")
-    p.add_argument("--dramatiq", action="store_true", help="also Dramatiq 2 processes x 8")
-    opts = p.parse_args()
-    variants = [parse_variant(v) for v in opts.variant]
-    names = [n for n, _ in variants] + (["pika"] if opts.pika else [])
-    names += ["dramatiq"] if opts.dramatiq else []
+def round_order(names: list[str], r: int) -> list[str]:
+    """Round ``r``'s order (0-based): as given on even rounds, reversed on odd ones."""
+    return list(names) if r % 2 == 0 else list(reversed(names))
+
+
+def ratio_line(name: str, peer: str, mine: list[float], theirs: list[float]) -> str:
+    ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
+    return (
+        f"- {name} / {peer}, paired per round: median {statistics.median(ratios):.3f},"
+        f" spread {min(ratios):.2f}..{max(ratios):.2f}"
+        f" ({' '.join(f'{x:.2f}' for x in ratios)})"
+    )
+
+
+def run(opts: argparse.Namespace, url: str) -> None:
+    variants = dict(parse_variant(v) for v in opts.variant)
+    peers = (["pika"] if opts.pika else []) + (["dramatiq"] if opts.dramatiq else [])
+    names = [*variants, *peers]
     rates: dict[str, list[float]] = {n: [] for n in names}
-    print(f"# {opts.jobs} jobs, {opts.workers} job processes, load {os.getloadavg()}")
+    print(f"# {opts.jobs} jobs, {opts.workers} job slots, load {os.getloadavg()}", flush=True)
     for r in range(opts.rounds):
-        for name, extra in variants:
-            rates[name].append(
-                wt.bench_roger(opts.amqp_url, opts.jobs, opts.workers, extra_env=extra)
-            )
-            print(f"round {r + 1} {name:<12} {rates[name][-1]:7.0f}/s", flush=True)
-        if opts.pika:
-            rates["pika"].append(wt.bench_pika(opts.amqp_url, opts.jobs, opts.workers, "quorum"))
-            print(f"round {r + 1} {'pika':<12} {rates['pika'][-1]:7.0f}/s", flush=True)
-        if opts.dramatiq:
-            rates["dramatiq"].append(wt.bench_dramatiq(opts.amqp_url, opts.jobs))
-            print(f"round {r + 1} {'dramatiq':<12} {rates['dramatiq'][-1]:7.0f}/s", flush=True)
+        for name in round_order(names, r):
+            if name == "pika":
+                rate = wt.bench_pika(url, opts.jobs, opts.workers, "quorum")
+            elif name == "dramatiq":
+                rate = wt.bench_dramatiq(url, opts.jobs)
+            else:
+                rate = wt.bench_roger(url, opts.jobs, opts.workers, extra_env=variants[name])
+            rates[name].append(rate)
+            print(f"round {r + 1} {name:<12} {rate:7.0f}/s", flush=True)
         print(f"  load {os.getloadavg()}", flush=True)
     print()
     print("| variant | median jobs/s | min..max | rounds |")
@@ -68,14 +76,34 @@ def main() -> int:
             f"| {name} | {statistics.median(v):.0f} | {min(v):.0f}..{max(v):.0f} |"
             f" {' '.join(f'{x:.0f}' for x in v)} |"
         )
-    for name, _ in variants:  # paired per round: both saw the same machine phase
-        for peer in ("pika", "dramatiq"):
-            if peer in rates:
-                ratios = [a / b for a, b in zip(rates[name], rates[peer], strict=True)]
-                print(
-                    f"- {name} / {peer}, per round: median {statistics.median(ratios):.2f}"
-                    f" ({' '.join(f'{x:.2f}' for x in ratios)})"
-                )
+    first = next(iter(variants), None)
+    for name in variants:  # paired per round: both saw the same machine phase
+        if first is not None and name != first:
+            print(ratio_line(name, first, rates[name], rates[first]))
+        for peer in peers:
+            print(ratio_line(name, peer, rates[name], rates[peer]))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    wt.add_amqp_url(p)
+    p.add_argument("--jobs", type=int, default=20000)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V")
+    p.add_argument("--pika", action="store_true", help="also bare pika, same prefetch")
+    p.add_argument("--dramatiq", action="store_true", help="also Dramatiq 2 processes x 8")
+    p.add_argument(
+        "--fresh-vhost", action="store_true", help="run in a new vhost, deleted at the end"
+    )
+    opts = p.parse_args()
+    # A stop (SIGTERM, as from a background shell) unwinds: the worker and the vhost go too.
+    signal.signal(signal.SIGTERM, lambda _s, _f: sys.exit(143))
+    if opts.fresh_vhost:
+        with wt.fresh_vhost(opts.amqp_url) as url:
+            run(opts, url)
+    else:
+        run(opts, opts.amqp_url)
     return 0
 
 

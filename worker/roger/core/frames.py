@@ -121,10 +121,13 @@ def _json(obj: dict[str, Any]) -> bytes:
 def encode_run(key: int, failure_hook: HookName, skip_before: bool, body: bytes) -> bytes:
     """``Run`` with the delivery's body embedded as is (it was validated as a JSON object
     by the worker's decoder): no parse and dump round on the hot path."""
-    return _frame(
-        b'{"t":"run","k":%d,"h":"%s","s":%d,"job":%b}'
-        % (key, failure_hook.encode(), skip_before, body)
+    payload = b'{"t":"run","k":%d,"h":"%s","s":%d,"job":%b}' % (
+        key,
+        failure_hook.encode(),
+        skip_before,
+        body,
     )
+    return _LEN.pack(len(payload)) + payload  # once per job: _frame inline
 
 
 def encode_ok(key: int, duration: float, started_at: float) -> bytes:

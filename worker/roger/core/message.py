@@ -262,11 +262,18 @@ def _validate(data: dict[str, Any]) -> JobMessage:
     if type(retry_count) is not int or retry_count < 0:
         raise InvalidMessage(INVALID_FIELD, "retry_count must be an integer >= 0")
     queued_at = data.get("queued_at", 0.0)
-    queued_at_float = _finite(queued_at) if _number(queued_at) else None
+    # A float from _DECODER is finite already (_parse_float): the usual case, no helpers.
+    queued_at_float = (
+        queued_at
+        if type(queued_at) is float and math.isfinite(queued_at)
+        else _finite(queued_at)
+        if _number(queued_at)
+        else None
+    )
     if queued_at_float is None:
         raise InvalidMessage(INVALID_FIELD, "queued_at must be a finite number")
     met = data.get("max_execution_time")
-    met_float = _finite(met) if _number(met) else None
+    met_float = None if met is None else _finite(met) if _number(met) else None
     if met is not None and (met_float is None or met_float < 1):
         raise InvalidMessage(INVALID_FIELD, "max_execution_time must be null or a number >= 1")
     return JobMessage(

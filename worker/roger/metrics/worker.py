@@ -94,6 +94,10 @@ class WorkerMetrics:
             {"version": version or package_version()}
         )
         self._cache: dict[tuple[Any, ...], Any] = {}
+        # The hot path (two lifecycle events and one outcome per job), keyed by labels alone.
+        self._events: dict[tuple[str, str, str], Any] = {}
+        self._outcomes: dict[tuple[str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str, str], Any] = {}
         self._running: dict[str, int] = {}
         self._child(self.reconnects)  # a counter at 0 from the start, not at the first one
 
@@ -108,18 +112,29 @@ class WorkerMetrics:
         if event.hook == BURIED_DROPPED:  # no hook fired: its own counter
             self._child(self.buried_dropped, event.queue).inc()
             return
-        self._child(self.lifecycle, event.queue, event.job_name, event.hook).inc()
+        key = (event.queue, event.job_name, event.hook)
+        child = self._events.get(key)
+        if child is None:
+            child = self._events[key] = self._child(self.lifecycle, *key)
+        child.inc()
 
     def running(self, queue: str, delta: int) -> None:
         # A plain count read at scrape time: two gauge updates per job cost more.
         self._running[queue] = self._running.get(queue, 0) + delta
 
     def outcome(self, queue: str, job: str, outcome: str, duration: float | None) -> None:
-        self._child(self.outcomes, queue, job, outcome).inc()
+        key = (queue, job, outcome)
+        counter = self._outcomes.get(key)
+        if counter is None:
+            counter = self._outcomes[key] = self._child(self.outcomes, *key)
+        counter.inc()
         if outcome == "retried":
             self._child(self.retries, queue, job).inc()
         if duration is not None:
-            self._child(self.duration, queue, job, outcome).observe(duration)
+            histogram = self._durations.get(key)
+            if histogram is None:
+                histogram = self._durations[key] = self._child(self.duration, *key)
+            histogram.observe(duration)
 
     def parked(self, queue: str, reason: str) -> None:
         self._child(self.parked_total, queue, reason).inc()

@@ -19,11 +19,12 @@ from roger.core.settle import AckTracker
 class Epoch:
     """One consumer channel, from its first delivery until its connection is gone."""
 
-    __slots__ = ("alive", "channel", "tracker")
+    __slots__ = ("alive", "channel", "delivered", "tracker")
 
     def __init__(self, channel: Any) -> None:
         self.channel = channel
         self.tracker = AckTracker()
+        self.delivered = self.tracker.delivered  # once per delivery: one call, not two
         self.alive = True
 
     def usable(self) -> bool:
@@ -49,10 +50,6 @@ class Ledger:
         for epoch in self._epochs:
             epoch.alive = False
         self._epochs.clear()
-
-    @staticmethod
-    def delivered(epoch: Epoch, tag: int) -> None:
-        epoch.tracker.delivered(tag)
 
     def settle(self, epoch: Epoch, tag: int) -> None:
         """The delivery's outcome is safe elsewhere (or it succeeded): ack it soon."""

@@ -163,7 +163,8 @@ class JobPool:
             if len(q.pending) >= DISPATCH_GROUP:
                 self.pump(q)  # pika may be decoding many more: let the job processes start
                 return
-        self.pump_soon(q)
+        if not q.pump_scheduled:  # once per delivery: no call when a pump is due anyway
+            self.pump_soon(q)
 
     def rerun(self, task: Task) -> None:
         """Run again first, without ``before_run`` (its hook hung)."""

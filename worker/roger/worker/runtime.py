@@ -31,7 +31,7 @@ from roger.core import envelope, fate, topology
 from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
-from roger.core.lifecycle import LifecycleObserver
+from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
 from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body
 from roger.worker.edges import REAL_EDGES, Edges
 from roger.worker.ledger import Epoch, Ledger
@@ -39,7 +39,7 @@ from roger.worker.outbox import Outbox, sample_queues
 from roger.worker.partition import PartitionFeatures
 from roger.worker.pool import JobPool, available_cpus, job_process_spec
 from roger.worker.tasks import QueueState, Task
-from roger.worker.telemetry import NullTelemetry, Telemetry, fan_out
+from roger.worker.telemetry import NullTelemetry, Telemetry
 
 log = logging.getLogger("roger.worker")
 SAMPLE_EVERY = 5.0
@@ -90,7 +90,7 @@ class Worker:
             self.telemetry,
             self.ledger.settle,
             config.buried_max_length,
-            lambda event: fan_out(self.observers, event),
+            self._observe_all,
         )
         self.features = PartitionFeatures(self.partition, self, edges.partition_state)
         self.telemetry.prepare([n for n, q in self.queues.items() if q.max_workers > 0])
@@ -314,7 +314,8 @@ class Worker:
         self._carry_out(task, happened, None)
 
     def settled_work(self) -> None:
-        self._maybe_finish()
+        if self.stopping:  # once per job: no call on the hot path
+            self._maybe_finish()
 
     def accept(self, task: Task) -> None:
         self.pool.submit(task)
@@ -346,7 +347,7 @@ class Worker:
                 self.emit(task, "after_run", duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
                 self.features.finished(task, leaving=True)
-                self.settle(task)
+                self.ledger.settle(task.epoch, task.tag)
             case fate.Retry() | fate.Bury():
                 stack = happened.stack if isinstance(happened, fate.Raised) else None
                 self.outbox.failed(task, decided, stack)
@@ -374,6 +375,14 @@ class Worker:
             case fate.Abandon():
                 pass
 
+    def _observe_all(self, event: LifecycleEvent) -> None:
+        """Events that are not a hook of a running task (a buried job dropped by the bound)."""
+        for o in self.observers:
+            try:
+                o.observe(event)
+            except Exception:  # an observer never stops the loop
+                log.exception("lifecycle observer %r failed", o)
+
     def emit(
         self,
         task: Task,
@@ -381,14 +390,19 @@ class Worker:
         error: tuple[str, str] | None = None,
         duration: float | None = None,
     ) -> None:
-        fan_out(self.observers, task.lifecycle_event(hook, error, duration))
+        event = task.lifecycle_event(hook, error, duration)
+        for o in self.observers:  # twice per job: the loop inline, not a helper call
+            try:
+                o.observe(event)
+            except Exception:  # an observer never stops the loop
+                log.exception("lifecycle observer %r failed", o)
 
     # -- deliveries ----------------------------------------------------------------
     def _on_message(
         self, q: QueueState, epoch: Epoch, channel: Any, method: Any, props: Any, body: bytes
     ) -> None:
         tag = method.delivery_tag
-        self.ledger.delivered(epoch, tag)
+        epoch.delivered(tag)  # in the ledger's books from now
         if self.stopping:
             self.ledger.requeue(epoch, tag)
             return
@@ -408,8 +422,9 @@ class Worker:
         task = Task(
             next(self.pool.keys), q, tag, epoch, msg, job_body, props, found, facts, failure_hook
         )
-        count = envelope.delivery_count(props)
-        if fate.too_many_deliveries(count):  # it killed the worker that ran it, again and again
+        # Only a redelivery from a quorum queue has headers with a count: none, no calls.
+        count = envelope.delivery_count(props) if getattr(props, "headers", None) else 0
+        if count and fate.too_many_deliveries(count):  # it killed worker after worker
             self.happened(task, fate.DeliveredTooOften(count))
         elif not self.features.intercept(task):  # cancelled, paused or keyed: handled there
             self.pool.submit(task)

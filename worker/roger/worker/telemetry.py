@@ -6,12 +6,9 @@ A protocol keeps the loop free of prometheus: tests and ``--metrics-port``-less 
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
-from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
-
-log = logging.getLogger("roger.worker")
+from roger.core.lifecycle import LifecycleEvent
 
 
 class Telemetry(Protocol):
@@ -57,12 +54,3 @@ class NullTelemetry:
 
     def close(self, timeout: float) -> None:
         pass
-
-
-def fan_out(observers: list[LifecycleObserver], event: LifecycleEvent) -> None:
-    """Hand a lifecycle event to every observer; a failing observer never stops the loop."""
-    for o in observers:
-        try:
-            o.observe(event)
-        except Exception:
-            log.exception("lifecycle observer %r failed", o)
