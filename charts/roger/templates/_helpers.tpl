@@ -95,6 +95,10 @@ the worker rules it grants to every worker Role (RBAC forbids granting what one 
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
+# The worker pods' status: why a rollout cannot finish (an image, a crashing container).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 # The AMQP URL, read by name (never listed or watched).
 - apiGroups: [""]
   resources: [secrets]

@@ -37,6 +37,8 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "resources": ["roles", "rolebindings"],
         "verbs": _CRUD,
     },
+    # The worker pods' status: why a rollout cannot finish (an image, a crashing container).
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     # The AMQP URL, read by name when reconciling (never listed or watched, never copied).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Its own Events (kept queues, conflicts).

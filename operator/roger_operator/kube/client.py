@@ -29,6 +29,7 @@ _PLURALS: Final = {
     "Service": "services",
     "ServiceAccount": "serviceaccounts",
     "Secret": "secrets",
+    "Pod": "pods",
     "Event": "events",
     "Deployment": "deployments",
     "Role": "roles",
