@@ -45,6 +45,7 @@ from roger_devtools.podspec import LocalProcess, UnresolvableEnv, local_process
 from roger_devtools.ports import free_port
 
 log = logging.getLogger("roger.localpods")
+API_TIMEOUT = 10.0  # a request hung on a restarted API server must not stall every pod
 RESEND_EVERY = 30.0  # rewrite an unchanged status this often (nobody else may own it)
 
 
@@ -155,17 +156,31 @@ class LocalPods:
 
     def _pods(self) -> list[Any]:
         if self.namespace:
-            items = self.api.list_namespaced_pod(self.namespace, label_selector=self.selector).items
+            items = self.api.list_namespaced_pod(
+                self.namespace, label_selector=self.selector, _request_timeout=API_TIMEOUT
+            ).items
         else:
-            items = self.api.list_pod_for_all_namespaces(label_selector=self.selector).items
+            items = self.api.list_pod_for_all_namespaces(
+                label_selector=self.selector, _request_timeout=API_TIMEOUT
+            ).items
         return list(items)
 
     def _data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         try:
             if kind == "secret":
-                raw = self.api.read_namespaced_secret(name, namespace).data or {}
+                raw = (
+                    self.api.read_namespaced_secret(
+                        name, namespace, _request_timeout=API_TIMEOUT
+                    ).data
+                    or {}
+                )
                 return {k: base64.b64decode(v).decode() for k, v in raw.items()}
-            return dict(self.api.read_namespaced_config_map(name, namespace).data or {})
+            return dict(
+                self.api.read_namespaced_config_map(
+                    name, namespace, _request_timeout=API_TIMEOUT
+                ).data
+                or {}
+            )
         except client.ApiException as exc:
             if exc.status == 404:
                 return {}
@@ -347,7 +362,11 @@ class LocalPods:
         if patch is not None:
             try:
                 self.api.patch_namespaced_pod_status(
-                    c.name, c.namespace, patch, _content_type="application/merge-patch+json"
+                    c.name,
+                    c.namespace,
+                    patch,
+                    _content_type="application/merge-patch+json",
+                    _request_timeout=API_TIMEOUT,
                 )
             except client.ApiException as exc:
                 if exc.status != 404:
@@ -454,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         tuple(args.runnable_image or kubelet.RUNNABLE_IMAGES),
     )
     stopping = False
+    log.info("running pods %s in %s", args.selector, args.namespace or "all namespaces")
 
     def on_signal(*_: object) -> None:
         nonlocal stopping
