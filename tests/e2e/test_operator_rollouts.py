@@ -66,6 +66,7 @@ def operator(
 @pytest.fixture
 def localpods(kubeconfig: str, ns: str, tmp_path: Path) -> Iterator[LocalPodsProcess]:  # noqa: F811
     lp = LocalPodsProcess(kubeconfig, ns, tmp_path / "pods").start()
+    eventually(lambda: "running pods" in lp.tail(), timeout=30, message="localpods started")
     yield lp
     lp.stop()
 
@@ -76,7 +77,9 @@ def pods(k: Kubectl, space: str, name: str) -> list[dict[str, Any]]:
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
-    return condition(pod, "Ready").get("status") == "True"
+    """Ready as localpods reports it (kwok's instant Ready has no ``started`` field)."""
+    started = container(pod).get("started") is True
+    return started and condition(pod, "Ready").get("status") == "True"
 
 
 def container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +89,17 @@ def container(pod: dict[str, Any]) -> dict[str, Any]:
 
 def ready_pods(k: Kubectl, space: str, name: str) -> set[str]:
     return {p["metadata"]["name"] for p in pods(k, space, name) if pod_ready(p)}
+
+
+def wait_serving(k: Kubectl, space: str, name: str, count: int) -> set[str]:
+    """The Partition is Ready and ``count`` pods run a worker that passes its probes."""
+    wait_condition(k, space, name, "Ready", "True", timeout=120)
+    found: set[str] = eventually(
+        lambda: len(ready := ready_pods(k, space, name)) == count and ready,
+        timeout=60,
+        message=f"{count} probed-ready pods",
+    )
+    return found
 
 
 def the_pod(k: Kubectl, space: str, name: str) -> dict[str, Any]:
@@ -123,7 +137,7 @@ def test_rollout_readiness_follows_readyz(
         url = urllib.parse.urlparse(amqp_url)._replace(netloc=f"guest:guest@127.0.0.1:{proxy.port}")
         k.apply(secret_manifest(ns, url.geturl()))
         k.apply(partition_manifest(name, ns))
-        wait_condition(k, ns, name, "Ready", "True", timeout=120)
+        wait_serving(k, ns, name, 1)
         pod = the_pod(k, ns, name)
         assert pod_ready(pod) and container(pod)["started"] is True, pod["status"]
         assert "running" in container(pod)["state"], localpods.tail()
@@ -157,8 +171,7 @@ def test_rollout_liveness_restarts_a_wedged_worker(
             name, ns, worker={"shutdownTimeout": 2, "terminationGracePeriodSeconds": 3}
         )
     )
-    wait_condition(k, ns, name, "Ready", "True", timeout=120)
-    pod = the_pod(k, ns, name)["metadata"]["name"]
+    (pod,) = wait_serving(k, ns, name, 1)
     wedged = localpods.worker_pid(pod)
     os.kill(wedged, signal.SIGSTOP)  # the loop stops turning: /healthz stops answering
     try:
@@ -187,8 +200,7 @@ def test_rollout_bad_edits_keep_old_pods_serving(
     k, name = kubectl, short_id()
     out = tmp_path / "jobs.txt"
     k.apply(partition_manifest(name, ns, worker={"replicas": 2}))
-    wait_condition(k, ns, name, "Ready", "True", timeout=120)
-    serving = eventually(lambda: len(ready_pods(k, ns, name)) == 2 and ready_pods(k, ns, name))
+    serving = wait_serving(k, ns, name, 2)
     job_runs(amqp_url, name, out, 0)
     good = k.get_json("-n", ns, "partition", name)["spec"]
     edits: list[tuple[dict[str, Any], str, str]] = [
