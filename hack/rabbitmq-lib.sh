@@ -69,7 +69,7 @@ CONF
 # every address when none runs: say so, since only stopping every node can fix it.
 rmq_epmd() {
   epmd -address 127.0.0.1 -daemon 9>&-
-  if ss -Hltn 'sport = :4369' 2>/dev/null | awk '{print $4}' | grep -qv '^127\.0\.0\.1:'; then
+  if grep -qv '^127\.0\.0\.1:' < <(ss -Hltn 'sport = :4369' 2>/dev/null | awk '{print $4}'); then
     rmq_log "WARNING: epmd listens beyond 127.0.0.1 (started outside these scripts);" \
       "stop every RabbitMQ node, then epmd, and start again"
   fi
@@ -108,7 +108,9 @@ rmq_stop() {
   [ -n "$pid" ] || pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)
   [ -n "$pid" ] || return 0
   # A stale pid file may name a pid reused since: only this node's beam is ours to stop.
-  tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "RABBITMQ_NODENAME=$RABBITMQ_NODENAME" || return 0
+  # (grep reads a process substitution, not a pipe: under pipefail, grep -q quitting at its
+  # match could SIGPIPE the writer and make a pipeline "fail" even though it matched.)
+  grep -qx "RABBITMQ_NODENAME=$RABBITMQ_NODENAME" < <(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null) || return 0
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
   kill "$pid" 2>/dev/null || true
 }

@@ -39,6 +39,16 @@ done
 HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM"
 HELM_LDFLAGS+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 
+# reports TEXT CMD...: whether CMD's output contains TEXT. Not `CMD | grep -q TEXT`: under
+# pipefail, grep exiting at the first match can kill CMD with SIGPIPE, the pipeline then
+# "fails", and a good binary was deleted and rebuilt (minutes without kubectl for every
+# suite on the machine).
+reports() {
+  local text=$1 out; shift
+  out=$("$@" 2>/dev/null) || return 1
+  [[ $out == *"$text"* ]]
+}
+
 # build DIR OUT_DIR LDFLAGS PACKAGE... : one `go build` per module so packages compile once.
 # A cached binary is reused only if it reports the pinned version (STAMP, when given).
 build() {
@@ -47,7 +57,7 @@ build() {
   for pkg in "$@"; do
     local b
     b=$out/$(basename "$pkg")
-    if [ ! -x "$b" ] || { [ -n "${STAMP:-}" ] && ! "$b" --version 2>/dev/null | grep -q -- "$STAMP"; }; then
+    if [ ! -x "$b" ] || { [ -n "${STAMP:-}" ] && ! reports "$STAMP" "$b" --version; }; then
       missing+=("$pkg")
     fi
   done
@@ -72,7 +82,7 @@ flock 9
 k8s_out=$CACHE/k8s-$K8S
 mkdir -p "$k8s_out"
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ] \
-   && "$KUBEBUILDER_ASSETS/kube-apiserver" --version 2>/dev/null | grep -q "$K8S\$"; then
+   && reports "$K8S" "$KUBEBUILDER_ASSETS/kube-apiserver" --version; then
   log "using kube-apiserver/kubectl/etcd from KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS"
   for b in kube-apiserver kubectl; do
     [ -x "$KUBEBUILDER_ASSETS/$b" ] && ln -sf "$KUBEBUILDER_ASSETS/$b" "$k8s_out/$b"
@@ -84,7 +94,7 @@ STAMP=$K8S build kube "$k8s_out" "$K8S_LDFLAGS" k8s.io/kubernetes/cmd/kube-apise
 etcd_out=$CACHE/etcd-$ETCD
 mkdir -p "$etcd_out"
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ] && [ ! -x "$etcd_out/etcd" ] \
-   && "$KUBEBUILDER_ASSETS/etcd" --version 2>/dev/null | grep -q "${ETCD#v}"; then
+   && reports "${ETCD#v}" "$KUBEBUILDER_ASSETS/etcd" --version; then
   ln -sf "$KUBEBUILDER_ASSETS/etcd" "$etcd_out/etcd"
 fi
 if [ ! -x "$etcd_out/etcd" ]; then
@@ -94,12 +104,12 @@ if [ ! -x "$etcd_out/etcd" ]; then
 fi
 
 # kubectl --version is not a flag; its stamp is checked through `kubectl version --client`.
-if [ -x "$k8s_out/kubectl" ] && ! "$k8s_out/kubectl" version --client 2>/dev/null | grep -q "$K8S"; then
+if [ -x "$k8s_out/kubectl" ] && ! reports "$K8S" "$k8s_out/kubectl" version --client; then
   rm -f "$k8s_out/kubectl"
 fi
 build kube "$k8s_out" "$K8S_LDFLAGS" k8s.io/kubernetes/cmd/kubectl
 build kwok "$CACHE/kwok-$KWOK" "-s -w" sigs.k8s.io/kwok/cmd/kwok
-if [ -x "$CACHE/helm-$HELM/helm" ] && ! "$CACHE/helm-$HELM/helm" version --short | grep -q "^$HELM"; then
+if [ -x "$CACHE/helm-$HELM/helm" ] && ! reports "$HELM" "$CACHE/helm-$HELM/helm" version --short; then
   rm -f "$CACHE/helm-$HELM/helm"
 fi
 build helm "$CACHE/helm-$HELM" "$HELM_LDFLAGS" helm.sh/helm/v3/cmd/helm
@@ -116,9 +126,12 @@ if [ ! -s "$stages" ]; then
   done >"$stages.tmp" && mv "$stages.tmp" "$stages"
 fi
 
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do ln -sf "$k8s_out/$b" "$BIN/$b"; done
-ln -sf "$etcd_out/etcd" "$BIN/etcd"
-ln -sf "$CACHE/kwok-$KWOK/kwok" "$BIN/kwok"
-ln -sf "$CACHE/helm-$HELM/helm" "$BIN/helm"
-ln -sf "$stages" "$BIN/kwok-stages.yaml"
+# Each link is replaced atomically (a new link renamed over the old one): suites running
+# side by side call this script while others run kubectl, which must never find a gap.
+link() { ln -sfn "$1" "$2.tmp.$$" && mv -Tf "$2.tmp.$$" "$2"; }
+for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do link "$k8s_out/$b" "$BIN/$b"; done
+link "$etcd_out/etcd" "$BIN/etcd"
+link "$CACHE/kwok-$KWOK/kwok" "$BIN/kwok"
+link "$CACHE/helm-$HELM/helm" "$BIN/helm"
+link "$stages" "$BIN/kwok-stages.yaml"
 log "ready in .cluster/bin: kubernetes $K8S, etcd $ETCD, kwok $KWOK, helm $HELM"
