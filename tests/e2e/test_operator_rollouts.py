@@ -27,6 +27,7 @@ from tests.e2e.operator_support import (
     LocalPodsProcess,
     OperatorProcess,
     condition,
+    delete_partition_sync,
     partition_manifest,
     secret_manifest,
     short_id,
@@ -163,6 +164,7 @@ def test_rollout_readiness_follows_readyz(
         eventually(lambda: pod_ready(the_pod(k, ns, name)), timeout=SLOW, message="ready again")
         wait_condition(k, ns, name, "Ready", "True", timeout=SLOW)
         assert container(the_pod(k, ns, name))["restartCount"] == 0
+        delete_partition_sync(k, ns, name)  # while its broker is reachable
     finally:
         proxy.cut()
 
