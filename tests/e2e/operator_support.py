@@ -208,3 +208,63 @@ def elapsed(start: float) -> float:
 
 def delete_partition_sync(k: Kubectl, ns: str, name: str) -> None:
     k.run("-n", ns, "delete", "partition", name, "--wait=true", "--timeout=60s", check=False)
+
+
+class LocalPodsProcess:
+    """``roger_devtools.localpods`` for one namespace: runs its worker Pods' containers,
+    probes them and reports their status like a kubelet (kwok runs nothing)."""
+
+    def __init__(self, kubeconfig: str, namespace: str, state_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.namespace = namespace
+        self.state_dir = state_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalPodsProcess:
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubeconfig,
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "PYTHONPATH": str(ROOT),  # the test jobs (tests.jobs.*) import in the workers
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.state_dir / "localpods.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "roger_devtools.localpods", "--namespace", self.namespace,
+             "--state-dir", str(self.state_dir), "--interval", "0.5"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            text = (self.state_dir / "localpods.log").read_text()
+            return "\n".join(text.splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def worker_pid(self, pod: str) -> int:
+        """The pid of the process running ``pod``'s container (its cwd is the pod's dir)."""
+        pod_dir = (self.state_dir / self.namespace / pod).resolve()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if Path(os.readlink(entry / "cwd")) != pod_dir:
+                    continue
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(") ", 1)[1].split()[2]) == int(entry.name):
+                    return int(entry.name)  # the session leader; job processes are in it
+            except (OSError, ValueError):
+                continue
+        raise AssertionError(f"no process runs pod {pod}")

@@ -105,10 +105,11 @@ the worker rules it grants to every worker Role (RBAC forbids granting what one 
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]
-# Deleting a Partition waits until its worker Pods are gone.
+# Worker pods: deleting a Partition waits until they are gone, their status says why a
+# rollout cannot finish, and autoscaling keeps their pod-deletion-cost current.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list]
+  verbs: [get, list, patch]
 # The AMQP URL, read by name (never listed or watched).
 - apiGroups: [""]
   resources: [secrets]

@@ -6,7 +6,8 @@ and the ``app.kubernetes.io/*`` labels; they are applied with server-side apply.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from roger.core.rbac import WORKER_RULES
@@ -43,6 +44,28 @@ WORKER_COMMAND = ("roger", "worker", "--config", CONFIG_PATH)
 # Downward API: the worker names its Events' reporting instance after the pod.
 POD_NAME_ENV = "POD_NAME"
 POD_NAMESPACE_ENV = "POD_NAMESPACE"
+
+# Probes on the worker's metrics port (roger.metrics.server). /healthz: the event loop turns
+# and no job process is wedged; /readyz: connected and consuming every unpaused queue.
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+# Up to 2 min to start (imports, first connection) before liveness counts.
+STARTUP_PROBE = {"periodSeconds": 2, "failureThreshold": 60, "timeoutSeconds": 3}
+# A wedged worker is restarted after ~30 s of failed /healthz (it fails 15 s after the loop
+# stops turning), short of a slow scrape or a GC pause.
+LIVENESS_PROBE = {"periodSeconds": 10, "failureThreshold": 3, "timeoutSeconds": 5}
+# Out of the Service and of rollout progress within ~10 s of losing the broker.
+READINESS_PROBE = {
+    "periodSeconds": 5,
+    "failureThreshold": 2,
+    "successThreshold": 1,
+    "timeoutSeconds": 3,
+}
+# Rollouts only add pods (maxUnavailable 0): a working pod goes only once its replacement
+# has been Ready for MIN_READY_SECONDS; a rollout stuck this long is reported as failed.
+MAX_SURGE = 1
+MIN_READY_SECONDS = 10
+PROGRESS_DEADLINE_SECONDS = 300
 
 
 def labels(spec: PartitionSpec, component: str = "worker") -> dict[str, str]:
@@ -189,6 +212,29 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def probes() -> dict[str, Any]:
+    """startupProbe, livenessProbe and readinessProbe of the worker container."""
+
+    def http(path: str, settings: Mapping[str, int]) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "metrics", "scheme": "HTTP"}, **settings}
+
+    return {
+        "startupProbe": http(HEALTH_PATH, STARTUP_PROBE),
+        "livenessProbe": http(HEALTH_PATH, LIVENESS_PROBE),
+        "readinessProbe": http(READY_PATH, READINESS_PROBE),
+    }
+
+
+def grace_period(spec: PartitionSpec) -> int:
+    """terminationGracePeriodSeconds, always above the worker's shutdown timeout (running
+    jobs get the whole timeout, the worker its last acks, before SIGKILL)."""
+    return max(spec.grace_period, math.ceil(spec.shutdown_timeout) + 1)
+
+
+def rollout_strategy() -> dict[str, Any]:
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": MAX_SURGE}}
+
+
 def deployment(
     spec: PartitionSpec, template_hash: str, extra_env: Sequence[Manifest] = ()
 ) -> Manifest:
@@ -211,6 +257,10 @@ def deployment(
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "securityContext": container_security_context(),
+        # Why a pod died (a jobs module that does not import, a refused queue argument)
+        # is in its status, where the operator reads it for the Partition's Degraded.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **probes(),
     }
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
@@ -219,7 +269,7 @@ def deployment(
     pod_spec: dict[str, Any] = {
         "serviceAccountName": spec.child_name,
         "automountServiceAccountToken": True,
-        "terminationGracePeriodSeconds": spec.grace_period,
+        "terminationGracePeriodSeconds": grace_period(spec),
         "securityContext": pod_security_context(spec),
         "containers": [container],
         "volumes": [
@@ -245,7 +295,9 @@ def deployment(
             "replicas": spec.replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector_labels(spec.name)},
-            "strategy": {"type": "RollingUpdate"},
+            "strategy": rollout_strategy(),
+            "minReadySeconds": MIN_READY_SECONDS,
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_SECONDS,
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": pod_spec,

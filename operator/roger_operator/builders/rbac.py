@@ -44,8 +44,8 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "resources": ["roles", "rolebindings"],
         "verbs": _CRUD,
     },
-    # Deleting a Partition waits until its worker Pods are gone; autoscaling keeps each
-    # worker Pod's pod-deletion-cost current.
+    # Worker pods: deleting a Partition waits until they are gone, their status says why a
+    # rollout cannot finish, and autoscaling keeps their pod-deletion-cost current.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "patch"]},
     # The AMQP URL, read by name when reconciling (never listed or watched, never copied).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},

@@ -5,6 +5,7 @@ whose ``lastTransitionTime`` only moves when their status does.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -32,6 +33,20 @@ R_DEPLOYMENT_FAILED: Final = "DeploymentFailed"
 R_DEPLOYMENT_MISSING: Final = "DeploymentMissing"
 R_QUEUE_NAME_CONFLICT: Final = "QueueNameConflict"
 R_CALLBACK_REJECTED: Final = "CallbackRejected"
+# Why new worker pods cannot run, read from their status (see ``pod_problems``).
+R_IMAGE_PULL_FAILED: Final = "ImagePullFailed"
+R_JOBS_IMPORT_FAILED: Final = "JobsImportFailed"
+R_QUEUE_ARGUMENTS_REFUSED: Final = "QueueArgumentsRefused"
+R_WORKER_CRASHING: Final = "WorkerCrashing"
+# Reasons recomputed from the Deployment and its pods on every status refresh: a refresh
+# never carries them over from the previous status (a reverted edit clears them).
+DERIVED_REASONS: Final = (
+    R_DEPLOYMENT_FAILED,
+    R_DEPLOYMENT_MISSING,
+    R_IMAGE_PULL_FAILED,
+    R_JOBS_IMPORT_FAILED,
+    R_WORKER_CRASHING,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,8 @@ class Observation:
     claimed_id: str | None = None
     config_hash: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The Partition's worker pods (as the API returns them), when they were read.
+    pods: Sequence[Mapping[str, Any]] | None = None
 
 
 def callbacks_problem(spec: PartitionSpec, missing: Sequence[str]) -> Problem:
@@ -65,6 +82,102 @@ def callbacks_problem(spec: PartitionSpec, missing: Sequence[str]) -> Problem:
         f"{'them' if plural else 'it'} or remove {'them' if plural else 'it'} from "
         "spec.callbacks; the running Deployment is left as it was",
     )
+
+
+IMAGE_PULL_REASONS: Final = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+_JOBS_IMPORT_RE = re.compile(r"cannot import jobs module '([^']+)': ([^\n]*)")
+_REFUSED_ARG_RE = re.compile(r"(inequivalent arg '[^']+' for queue '[^']+'[^\n)]*)")
+_KEEP = "; the pods of the previous version keep serving until this is fixed or reverted"
+
+
+def queue_arguments_problem(refused: Sequence[str]) -> Problem:
+    """The broker refused queue declarations of the spec (arguments RabbitMQ cannot change
+    in place): nothing is rolled out, the running pods keep their queues."""
+    return Problem(
+        R_QUEUE_ARGUMENTS_REFUSED,
+        f"RabbitMQ refused the queue arguments ({'; '.join(refused)}): the Deployment was "
+        "not rolled out and its pods keep their queues; revert the change in spec.retry or "
+        "spec.queues, or drain and delete the queue so that it is declared anew",
+    )
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _crash_problem(pod: str, terminated: Mapping[str, Any]) -> Problem:
+    """Why a worker container exited, from its termination message (its log's tail)."""
+    text = str(terminated.get("message") or "")
+    found = _JOBS_IMPORT_RE.search(text)
+    if found:
+        module, error = found.groups()
+        return Problem(
+            R_JOBS_IMPORT_FAILED,
+            f"jobs module {module} does not import in pod {pod} ({error.strip()}): fix or "
+            f"revert spec.jobs or spec.worker.image{_KEEP}",
+            blocking=False,
+        )
+    found = _REFUSED_ARG_RE.search(text)
+    if found or "refused the queue declarations" in text:
+        detail = found.group(1) if found else _last_line(text)
+        return Problem(
+            R_QUEUE_ARGUMENTS_REFUSED,
+            f"RabbitMQ refused the queue arguments of pod {pod} ({detail}){_KEEP}",
+            blocking=False,
+        )
+    code = terminated.get("exitCode")
+    why = _last_line(text) or str(terminated.get("reason") or "no message")
+    return Problem(
+        R_WORKER_CRASHING,
+        f"worker container of pod {pod} exits (code {code}): {why}{_KEEP}",
+        blocking=False,
+    )
+
+
+def pod_problems(pods: Sequence[Mapping[str, Any]]) -> list[Problem]:
+    """What keeps worker pods from running, one problem per distinct reason (pods in
+    name order): an image that cannot be pulled, a container that keeps exiting.
+
+    A container that is ready, or a pod being deleted, is no problem; a restart count
+    alone is not either (the container recovered).
+    """
+    found: dict[str, Problem] = {}
+    ordered = sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name")))
+    for pod in ordered:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        name = str(meta.get("name"))
+        images = {
+            c.get("name"): c.get("image") for c in (pod.get("spec") or {}).get("containers") or ()
+        }
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ():
+            if cs.get("ready"):
+                continue
+            state = cs.get("state") or {}
+            waiting = state.get("waiting") or {}
+            problem = None
+            if waiting.get("reason") in IMAGE_PULL_REASONS:
+                image = images.get(cs.get("name")) or cs.get("image")
+                detail = waiting.get("message") or waiting["reason"]
+                problem = Problem(
+                    R_IMAGE_PULL_FAILED,
+                    f"image {image} of pod {name} cannot be pulled ({waiting['reason']}: "
+                    f"{detail}): fix or revert spec.worker.image{_KEEP}",
+                    blocking=False,
+                )
+            else:
+                terminated = state.get("terminated") or (cs.get("lastState") or {}).get(
+                    "terminated"
+                )
+                if terminated and terminated.get("exitCode") not in (None, 0):
+                    problem = _crash_problem(name, terminated)
+            if problem is not None and problem.reason not in found:
+                found[problem.reason] = problem
+    return list(found.values())
 
 
 def _condition(
@@ -119,6 +232,7 @@ def compute_status(
     gen = spec.generation
     exists, complete, failure, replicas, ready = rollout(obs.deployment, spec.replicas)
     problems = list(obs.problems)
+    problems.extend(pod_problems(obs.pods or ()))
     if failure:
         problems.append(Problem(R_DEPLOYMENT_FAILED, failure, blocking=False))
     if not exists and not problems:
@@ -156,7 +270,10 @@ def compute_status(
     else:
         msg = f"rolling out: {ready}/{spec.replicas} worker pods ready"
         progressing = _condition(PROGRESSING, True, R_ROLLING_OUT, msg, gen, now, old)
-        ready_cond = _condition(READY, False, R_ROLLING_OUT, msg, gen, now, old)
+        if first:  # a rollout that cannot finish says why, not just "rolling out"
+            ready_cond = _condition(READY, False, first.reason, first.message, gen, now, old)
+        else:
+            ready_cond = _condition(READY, False, R_ROLLING_OUT, msg, gen, now, old)
 
     status: dict[str, Any] = {
         "observedGeneration": gen,

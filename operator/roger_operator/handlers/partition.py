@@ -24,6 +24,7 @@ from roger_operator.builders.model import (
     SpecError,
     parse_callback,
     parse_partition,
+    selector_string,
 )
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.tenancy import (
@@ -122,6 +123,20 @@ def _deployment_path(spec: PartitionSpec) -> str:
     return resource_path("apps/v1", "Deployment", spec.namespace, spec.child_name)
 
 
+def worker_pods(ctx: Context, spec: PartitionSpec) -> list[Any] | None:
+    """The Partition's worker pods (why a rollout cannot finish); None if unreadable."""
+    try:
+        found = ctx.kube.request(
+            "GET",
+            resource_path("v1", "Pod", spec.namespace),
+            query={"labelSelector": selector_string(spec.name)},
+        )
+    except KubeError as exc:
+        log.warning("Partition %s/%s: cannot list its pods: %s", spec.namespace, spec.name, exc)
+        return None
+    return list((found or {}).get("items") or ())
+
+
 def write_status(
     ctx: Context, key: Key, body: Mapping[str, Any], status: Mapping[str, Any]
 ) -> None:
@@ -212,6 +227,17 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
             before = previous.get("partitionId") == spec.partition_id
             problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=not before))
 
+    if url and claimed:
+        # Before the pods: a template whose queues the broker refuses is never rolled out
+        # (its pods could only crash-loop); the running pods keep their queues.
+        try:
+            refused = ctx.broker.declare(url, spec)
+        except BrokerError as exc:
+            refused = []
+            problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=False))
+        if refused:
+            problems.append(st.queue_arguments_problem(refused))
+
     blocked = any(p.blocking for p in problems)
     deployment: Mapping[str, Any] | None = None
     digest: str | None = None
@@ -237,10 +263,8 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
     if rejected:  # the pods of this config cannot run: what to fix first
         problems.insert(0, rejected)
 
-    if url and claimed:
+    if url and claimed and not blocked:
         try:
-            for warning in ctx.broker.declare(url, spec):
-                problems.append(st.Problem("QueueMismatch", warning, blocking=False))
             ctx.broker.set_paused(url, spec)
             stats = ctx.broker.stats(url, spec)
         except BrokerError as exc:
@@ -256,6 +280,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         stats_time=now() if stats is not None else None,
         claimed_id=claimed,
         config_hash=digest,
+        pods=worker_pods(ctx, spec),
     )
     write_status(ctx, key, body, st.compute_status(previous, obs, now()))
 
@@ -289,6 +314,7 @@ def refresh(
                 st.R_BROKER_UNAVAILABLE,
                 st.R_APPLY_FAILED,
                 st.R_DEPLOYMENT_MISSING,
+                st.R_QUEUE_ARGUMENTS_REFUSED,
             )
         ):
             # Blocked or never finished: retry the whole reconcile (level-triggered).
@@ -316,13 +342,13 @@ def refresh(
         problems = tuple(
             st.Problem(c["reason"], c["message"], blocking=False)
             for c in [st.condition(previous, st.DEGRADED) or {}]
-            if c.get("status") == "True"
-            and c.get("reason") not in (st.R_DEPLOYMENT_FAILED, st.R_DEPLOYMENT_MISSING)
+            if c.get("status") == "True" and c.get("reason") not in st.DERIVED_REASONS
         )
         obs = st.Observation(
             spec=spec,
             problems=problems,
             deployment=deployment,
+            pods=worker_pods(ctx, spec),
             queue_stats=stats,
             stats_time=now() if stats is not None else None,
         )
