@@ -31,6 +31,7 @@ from pathlib import Path
 from roger_devtools.chaos_accounting import Evidence, Fault, Report, format_table, judge
 from roger_devtools.chaos_cluster import ChaosCluster
 from roger_devtools.chaos_jobs import JobMix, Producer, collect_evidence
+from roger_devtools.chaos_stranded import StrandedWatch
 from roger_devtools.polling import eventually
 from roger_devtools.processes import alive
 from roger_devtools.recording import recording_workers
@@ -234,7 +235,15 @@ class Chaos:
         self.check_held("at the end")
         self.producer.client_call(lambda c: c.resume(self.partition, "mail"))
         self.producer.client_call(lambda c: c.resume(self.partition, "held"))
-        stuck = self.producer.settle(self.cluster, self.args.settle_timeout)
+        stranded = StrandedWatch(
+            lambda: [
+                q
+                for q in self.cluster.message_counts()
+                if str(q["name"]).startswith(f"{self.partition}-")
+            ],
+            self.cluster.restart_leader_member,
+        )
+        stuck = self.producer.settle(self.cluster, self.args.settle_timeout, stranded)
         self.fleet.workers.stop_all()
         ev = collect_evidence(self.producer, self.recorder, self.cluster, self.faults)
         evidence = Evidence(
@@ -245,6 +254,7 @@ class Chaos:
             unexpected_exits=self.fleet.unexpected_exits,
             stuck=stuck,
             violations=self.violations,
+            stranded_recovered=stranded.recovered,
         )
         # kept for a post-mortem: everything the verdict was decided on
         (self.workdir / "evidence.json").write_text(json.dumps(dataclasses.asdict(evidence)))

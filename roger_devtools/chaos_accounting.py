@@ -90,6 +90,10 @@ class Evidence:
     unexpected_exits: int = 0
     stuck: dict[str, int] = field(default_factory=dict)  # queue -> messages left at the end
     violations: list[str] = field(default_factory=list)  # what the runner saw break live
+    # retry queues stranded by rabbitmq-server#16652 and given the runbook remedy while the
+    # run settled: their jobs count as not lost only if they then end exactly once (judged
+    # like every other job); a stranding the remedy did not clear leaves them ``stuck``
+    stranded_recovered: list[str] = field(default_factory=list)
     grace: float = 5.0
 
 
@@ -112,6 +116,7 @@ class Report:
     stuck: dict[str, int]
     violations: list[str]
     gaps: tuple[float, float, float]  # p50, p99, max seconds between completions
+    stranded_recovered: list[str] = field(default_factory=list)
 
     def count(self, status: str) -> int:
         return sum(v.status == status for v in self.jobs)
@@ -271,6 +276,7 @@ def judge(ev: Evidence) -> Report:
         jobs=verdicts,
         unexpected_exits=ev.unexpected_exits,
         stuck=dict(ev.stuck),
+        stranded_recovered=list(ev.stranded_recovered),
         violations=violations,
         gaps=completion_gaps(ev.endings, _pending(ev.plan, endings)),
     )
@@ -325,9 +331,12 @@ def format_table(report: Report, title: str) -> str:
         f"{len(report.duplicates) - len(report.unexplained)} (faults that hit them: {by}) |",
         f"| ran or ended more than once, unexplained | {len(report.unexplained)} |",
         f"| workers that exited by themselves | {report.unexpected_exits} |",
+        f"| retry queues stranded (rabbitmq-server#16652), recovered by the runbook remedy | "
+        f"{len(report.stranded_recovered)} |",
         f"| gap between completions p50 / p99 / max | {p50:.2f} s / {p99:.2f} s / {top:.1f} s |",
         f"| verdict | {'PASS' if not report.failures() else 'FAIL'} |",
     ]
+    lines += [f"\nstranded: {s}" for s in report.stranded_recovered]
     lines += [f"\nFAIL: {f}" for f in report.failures()]
     return "\n".join(lines)
 

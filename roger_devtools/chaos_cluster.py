@@ -17,6 +17,7 @@ from typing import Any
 import pika
 
 from roger.core import naming
+from roger_devtools.chaos_stranded import restart_leader_member_expression
 from roger_devtools.polling import eventually
 from roger_devtools.processes import alive
 from roger_devtools.workers import ROOT
@@ -64,6 +65,23 @@ class ChaosCluster:
     def queues(self) -> list[dict[str, Any]]:
         out = self.ctl("list_queues", "name", "leader", "messages", "--formatter", "json")
         return list(json.loads(out))
+
+    def message_counts(self) -> list[dict[str, Any]]:
+        """name, messages, messages_ready and messages_unacknowledged of every queue."""
+        out = self.ctl(
+            "list_queues",
+            "name",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "--formatter",
+            "json",
+        )
+        return list(json.loads(out))
+
+    def restart_leader_member(self, queue: str) -> str:
+        """The runbook's remedy for a stranded retry queue (docs/runbooks.md)."""
+        return self.ctl("eval", restart_leader_member_expression(queue))
 
     def leader_of(self, queue: str) -> int:
         """The node number that leads ``queue`` now (node 1 if none is reported)."""

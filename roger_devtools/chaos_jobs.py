@@ -180,9 +180,12 @@ class Producer:
         if self.thread is not None:
             self.thread.join()
 
-    def settle(self, cluster: ChaosCluster, timeout: float) -> dict[str, int]:
+    def settle(
+        self, cluster: ChaosCluster, timeout: float, watch: Callable[[float], None] | None = None
+    ) -> dict[str, int]:
         """Until no job is left in a main, retry or waiting queue (ready or unacked), three
-        polls in a row; returns what is left if that never happens."""
+        polls in a row; returns what is left if that never happens. ``watch`` runs on every
+        poll that finds jobs left (the stranded-retry-queue remedy)."""
         left: dict[str, int] = {}
         calm = 0
 
@@ -196,6 +199,8 @@ class Producer:
                 and int(q.get("messages") or 0) > 0
             }
             calm = 0 if left else calm + 1
+            if left and watch is not None:
+                watch(time.time())
             return calm >= 3
 
         try:

@@ -179,6 +179,15 @@ def test_the_table_names_every_fault_kind_and_the_verdict() -> None:
     assert "| lost | 0 | 1 |" in table and "| verdict | FAIL |" in table
 
 
+def test_a_stranded_retry_queue_is_reported_and_its_jobs_are_still_judged() -> None:
+    """A remedied stranding is shown; a job it held that never ends is still lost."""
+    held = "p-default.retry.1: 9 job(s) held, remedy answered ok"
+    report = judge(Evidence({"j": ok_job()}, [], [], [], stranded_recovered=[held]))
+    table = format_table(report, "t")
+    assert "recovered by the runbook remedy | 1 |" in table and held in table
+    assert "| lost | 0 | 1 |" in table and "| verdict | FAIL |" in table
+
+
 def test_the_fault_schedule_follows_the_seed_and_hits_every_kind_and_node() -> None:
     one = fault_schedule(7, 200, 5)
     assert one == fault_schedule(7, 200, 5) and one != fault_schedule(8, 200, 5)
