@@ -485,7 +485,9 @@ def test_operator_delete_collects_children_and_keeps_queues_with_jobs(
         wait_gone(k, "-n", ns, kind, child)
     assert queue_count(amqp_url, naming.queue_name(name, "default")) == 1
     assert queue_count(amqp_url, naming.queue_name(name, "email")) is None
-    assert queue_count(amqp_url, naming.retry_queue_name(name, "default", 1)) is None
+    # A kept queue keeps its group (retry, buried, invalid): its jobs can still retry.
+    assert queue_count(amqp_url, naming.retry_queue_name(name, "default", 1)) == 0
+    assert queue_count(amqp_url, naming.retry_queue_name(name, "email", 1)) is None
     events = k.get_json("-n", ns, "events.events.k8s.io")["items"]
     kept = [e for e in events if e["reason"] == "QueuesKept" and e["regarding"]["name"] == name]
     assert kept and naming.queue_name(name, "default") in kept[0]["note"]
