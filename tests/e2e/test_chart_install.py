@@ -136,10 +136,11 @@ def test_chart_installs_in_a_restricted_namespace_and_its_rbac_runs_the_operator
     assert "STATUS: deployed" in install.stdout, install.stdout
     assert "roger-operator" in install.stdout  # NOTES.txt
 
-    # The operator pod is admitted and runs (a kwok fake), nothing refused.
+    # The operator pods (2 replicas: leader and standby) are admitted and run (kwok fakes),
+    # nothing refused.
     operator = f"{release}-roger-operator"
     pods = kubectl.get_json("-n", namespace, "pods", "-l", f"app.kubernetes.io/instance={release}")
-    assert [p["status"]["phase"] for p in pods["items"]] == ["Running"]
+    assert [p["status"]["phase"] for p in pods["items"]] == ["Running", "Running"]
     events = kubectl.get_json("-n", namespace, "events")["items"]
     refused = [e["message"] for e in events if e.get("reason") == "FailedCreate"]
     assert not refused, refused

@@ -11,7 +11,7 @@ import roger
 from roger.core import naming
 from roger_devtools.polling import eventually
 from roger_devtools.workers import Workers
-from tests.integration.support import Broker
+from tests.integration.support import MGMT, Broker
 from tests.integration.support import roger as roger_cli
 from tests.integration.test_buried_admin import bury_legacy, declare
 from tests.jobs import basic
@@ -82,12 +82,12 @@ def test_info_without_a_partition_lists_every_partition(
     bury_legacy(broker, unique_name, ["b1"])
 
     def ours() -> dict[str, object] | None:
-        out = roger_cli("info", "--json", amqp_url=amqp_url)
+        out = roger_cli("info", "--json", "--management-url", MGMT, amqp_url=amqp_url)
         assert out.returncode == 0, out.stderr
         found = [p for p in json.loads(out.stdout) if p["partition"] == unique_name]
         q = found[0]["queues"]["default"] if found else None
         return q if q and q["ready"] == 1 and q["buried"] == 1 else None  # stats lag a little
 
     eventually(ours, 30, interval=1.0, message="the partition in roger info")
-    table = roger_cli("info", amqp_url=amqp_url)
+    table = roger_cli("info", "--management-url", MGMT, amqp_url=amqp_url)
     assert any(line.split()[:2] == [unique_name, "default"] for line in table.stdout.splitlines())

@@ -132,13 +132,11 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
         else:
             ctx.broker.release(url, spec.partition_id, owner_token(spec))
             release_queues(ctx.broker, url, spec, owner_token(spec))
-            _report(
-                ctx,
-                key,
-                body,
-                DELETED,
-                f"deleted {len(deleted)} empty queues and streams of {spec.partition_id}",
-            )
+            message = f"deleted {len(deleted)} empty queues and streams of {spec.partition_id}"
+            if deleted:
+                _report(ctx, key, body, DELETED, message)
+            else:  # a second pass (a retried finalizer, a new leader): nothing new to say
+                log.info("Partition %s/%s: %s", *key, message)
         ctx.broker.forget_partition(url, spec.partition_id)
     except BrokerError as exc:
         _broker_down(ctx, key, spec, body, elapsed, str(exc))
