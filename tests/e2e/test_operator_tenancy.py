@@ -177,8 +177,15 @@ def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
     assert "subprocess:Popen" in degraded["message"]
     assert "implements none of the hooks" in degraded["message"]
     assert condition(obj, "Ready")["status"] == "False"
-    logs = "".join(p.read_text() for p in (tmp_path / "pods").rglob("process.log"))
-    assert "roger: callback subprocess:Popen rejected" in logs
+    # What the worker said as it exited: the container's termination message (its log tail;
+    # the log itself starts afresh on each restart, as a kubelet's does).
+    said = [
+        ((cs.get("lastState") or {}).get("terminated") or {}).get("message", "")
+        for pod in k.get_json("-n", tenant, "pods")["items"]
+        for cs in (pod.get("status") or {}).get("containerStatuses") or ()
+    ]
+    said += [p.read_text() for p in (tmp_path / "pods").rglob("process.log")]
+    assert any("roger: callback subprocess:Popen rejected" in m for m in said), said
     assert not marker.exists(), "Popen was called"
 
     # Fixed: a real callback class whose config value comes from a Secret. (Not under /tmp:
