@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import BROKER
+from tests.helpers import TEST_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("ROGER_TEST_AMQP_URL", BROKER.amqp_url)
@@ -49,7 +50,7 @@ def kubectl_bin(kubeconfig: str) -> str:
 def unique_name(request: pytest.FixtureRequest) -> str:
     """A short name no other test uses: for partitions, namespaces, queues."""
     base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:30].strip("-")
-    return f"t-{base}-{uuid.uuid4().hex[:6]}"
+    return f"{TEST_TAG}-{base}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from typing import Any
+
+# The first segment of every name the tests give a namespace or Partition ("t" unless set).
+# Two checkouts sharing one local cluster set different tags (ROGER_TEST_TAG=ta, tb, ...), so
+# the test operators of one never act on the other's namespaces (their globs start with it).
+TEST_TAG = os.environ.get("ROGER_TEST_TAG", "t")
 
 
 class Kubectl:

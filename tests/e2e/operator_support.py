@@ -18,13 +18,13 @@ import yaml
 
 from roger_devtools.polling import eventually
 from roger_devtools.ports import free_port
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # Every operator e2e test is named test_operator_*, so its namespace (from `unique_name`)
 # matches this glob; the test operator watches only those and leaves others' alone.
-NAMESPACE_GLOB = "t-test-operator*"
+NAMESPACE_GLOB = f"{TEST_TAG}-test-operator*"
 
 
 class OperatorProcess:

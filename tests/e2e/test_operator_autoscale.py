@@ -36,7 +36,7 @@ from tests.e2e.operator_support import (
     secret_manifest,
     short_id,
 )
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +154,7 @@ def operator(
         kubeconfig,
         log,
         extra_args=("--autoscale-interval", "1"),
-        namespace="t-test-operator-autoscale*",
+        namespace=f"{TEST_TAG}-test-operator-autoscale*",
     )
     op.start()
     yield op

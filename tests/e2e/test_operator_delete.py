@@ -33,11 +33,11 @@ from tests.e2e.operator_support import (
 
 # The operator e2e fixtures (one definition, in test_operator_flows):
 from tests.e2e.test_operator_flows import kubectl, ns, queue_count  # noqa: F401
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
 JOB_SECONDS = 20
-NAMESPACES = "t-test-delete*"
+NAMESPACES = f"{TEST_TAG}-test-delete*"
 
 
 @pytest.fixture(scope="module")

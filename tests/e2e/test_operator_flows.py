@@ -39,7 +39,7 @@ from tests.e2e.operator_support import (
     wait_condition,
     wait_gone,
 )
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -64,7 +64,9 @@ def operator(
 
     def mine() -> list[dict[str, Any]]:
         items = kubectl.get_json("partitions", "-A")["items"]
-        return [p for p in items if p["metadata"]["namespace"].startswith("t-test-operator")]
+        return [
+            p for p in items if p["metadata"]["namespace"].startswith(f"{TEST_TAG}-test-operator")
+        ]
 
     try:  # test namespaces are deleted without waiting: let their finalizers run first
         eventually(lambda: not mine(), timeout=60, message="test Partitions gone")

@@ -34,12 +34,12 @@ from tests.e2e.operator_support import (
     wait_condition,
 )
 from tests.e2e.test_operator_flows import kubectl, ns  # noqa: F401 - fixtures
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 from tests.jobs import basic
 
 # Rollouts take minutes on a loaded machine (surge pods, minReadySeconds, reverts).
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
-ROLLOUT_GLOB = "t-test-rollout*"
+ROLLOUT_GLOB = f"{TEST_TAG}-test-rollout*"
 USED: set[str] = set()  # namespaces of this run's tests
 # What a rollout step may take on the 2-core machine under load (load average ~15 seen):
 # pod creation, a worker's start, minReadySeconds, the operator's status refresh.

@@ -36,10 +36,10 @@ from tests.e2e.operator_support import (
     short_id,
     wait_condition,
 )
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
-GLOB = "t-tenancy-*"
+GLOB = f"{TEST_TAG}-tenancy-*"
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def operator(
 @pytest.fixture
 def tenant(kubectl: Kubectl, amqp_url: str, unique_name: str) -> Iterator[str]:
     """A namespace of the test's own, matched by the operator's glob, with the AMQP Secret."""
-    ns = f"t-tenancy-{unique_name[-6:]}"
+    ns = f"{TEST_TAG}-tenancy-{unique_name[-6:]}"
     kubectl.run("create", "namespace", ns)
     kubectl.apply(secret_manifest(ns, amqp_url))
     yield ns

@@ -12,7 +12,7 @@ import yaml
 
 from roger_devtools.polling import eventually
 from tests.e2e.operator_support import ROOT
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -139,7 +139,7 @@ def vns(kubectl_bin: str, kubeconfig: str) -> Iterator[tuple[Kubectl, str]]:
     k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
     for crd in ("partitions.roger.dev", "callbacks.roger.dev"):
         k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-    ns = f"t-validation-{uuid.uuid4().hex[:6]}"  # no operator watches it
+    ns = f"{TEST_TAG}-validation-{uuid.uuid4().hex[:6]}"  # no operator watches it
     k.run("create", "namespace", ns)
     yield k, ns
     k.run("delete", "namespace", ns, "--wait=false", check=False)

@@ -14,7 +14,7 @@ import yaml
 from roger_devtools.polling import eventually
 from tests.chart import of_kind, render
 from tests.e2e.observe_support import apply_crds
-from tests.helpers import Kubectl
+from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +26,7 @@ def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
 
 @pytest.fixture
 def tenant_roles(kubectl: Kubectl) -> Iterator[list[str]]:
-    prefix = f"t-roles-{uuid.uuid4().hex[:6]}"
+    prefix = f"{TEST_TAG}-roles-{uuid.uuid4().hex[:6]}"
     roles = [
         r
         for r in of_kind(render(f"rbac.tenantRoles.namePrefix={prefix}"), "ClusterRole")
