@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from typing import Any
 
@@ -11,6 +12,10 @@ from typing import Any
 # Two checkouts sharing one local cluster set different tags (ROGER_TEST_TAG=ta, tb, ...), so
 # the test operators of one never act on the other's namespaces (their globs start with it).
 TEST_TAG = os.environ.get("ROGER_TEST_TAG", "t")
+# A namespace name is a DNS label (at most 63 characters); the longest test name takes 38 of
+# them after the tag, so a tag is a few lower-case letters or digits.
+if not re.fullmatch(r"[a-z0-9]{1,8}", TEST_TAG):
+    raise SystemExit(f"ROGER_TEST_TAG={TEST_TAG!r}: expected 1-8 lower-case letters or digits")
 
 
 class Kubectl:

@@ -6,6 +6,7 @@ Every test here is named ``test_operator_*`` so its namespace matches the operat
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from roger_devtools.polling import eventually
 from roger_devtools.processes import stop
 from tests.e2e.operator_support import (
     BIN,
+    NAMESPACE_GLOB,
     ROOT,
     OperatorProcess,
     callback_manifest,
@@ -39,7 +41,7 @@ from tests.e2e.operator_support import (
     wait_condition,
     wait_gone,
 )
-from tests.helpers import TEST_TAG, Kubectl
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -64,9 +66,7 @@ def operator(
 
     def mine() -> list[dict[str, Any]]:
         items = kubectl.get_json("partitions", "-A")["items"]
-        return [
-            p for p in items if p["metadata"]["namespace"].startswith(f"{TEST_TAG}-test-operator")
-        ]
+        return [p for p in items if fnmatch.fnmatch(p["metadata"]["namespace"], NAMESPACE_GLOB)]
 
     try:  # test namespaces are deleted without waiting: let their finalizers run first
         eventually(lambda: not mine(), timeout=60, message="test Partitions gone")
