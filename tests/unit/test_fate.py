@@ -145,3 +145,9 @@ def test_the_table_is_total_and_every_fate_has_at_most_one_hook() -> None:
             assert (retryable and count >= len(LEVELS)) or isinstance(
                 happened, fate.DeliveredTooOften
             )
+
+
+def test_a_retry_too_large_to_publish_is_buried_as_delivered_with_its_error() -> None:
+    got = fate.retry_too_large(fate.Retry(3, ERR))
+    assert got == fate.Bury(fate.RETRY_TOO_LARGE, ERR, "on_error")
+    assert fate.RETRY_TOO_LARGE in typing.get_args(fate.BuriedReason)

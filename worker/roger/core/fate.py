@@ -42,7 +42,8 @@ Error = tuple[str, str]  # (kind, message)
 RETRIES_EXHAUSTED: Final = "retries_exhausted"
 NOT_RETRYABLE: Final = "not_retryable"
 DELIVERY_LIMIT: Final = "delivery_limit"
-BuriedReason = Literal["retries_exhausted", "not_retryable", "delivery_limit"]
+RETRY_TOO_LARGE: Final = "retry_too_large"  # its next attempt's body would not fit
+BuriedReason = Literal["retries_exhausted", "not_retryable", "delivery_limit", "retry_too_large"]
 ACK_TIMEOUT_WHY: Final = "its channel was closed by the broker's consumer_timeout"
 MAX_DELIVERIES: Final = 10  # below RabbitMQ 4's default quorum-queue limit of 20
 
@@ -275,6 +276,13 @@ def on_failure(facts: JobFacts, error: Error) -> Retry | Bury:
     if facts.retry_count < len(facts.levels):
         return Retry(facts.levels[facts.retry_count], error)
     return Bury(RETRIES_EXHAUSTED, error, "on_buried")
+
+
+def retry_too_large(decided: Retry) -> Bury:
+    """A retry whose body would be refused (``roger.core.message.retry_body``): kept in
+    ``.buried`` as delivered, with the failure's error, rather than lost or looping. Its
+    hook stays ``on_error``, which ran (or runs) for the failure already."""
+    return Bury(RETRY_TOO_LARGE, decided.error, decided.hook)
 
 
 def failure_hook(facts: JobFacts) -> HookName:

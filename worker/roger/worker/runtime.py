@@ -32,7 +32,7 @@ from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
 from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
-from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body
+from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body, retry_body
 from roger.worker.edges import REAL_EDGES, Edges
 from roger.worker.ledger import Epoch, Ledger
 from roger.worker.outbox import Outbox, sample_queues
@@ -405,7 +405,11 @@ class Worker:
                 self.ledger.settle(task.epoch, task.tag)
             case fate.Retry() | fate.Bury():
                 stack = happened.stack if isinstance(happened, fate.Raised) else None
-                self.outbox.failed(task, decided, stack)
+                body = retry_body(msg) if isinstance(decided, fate.Retry) else None
+                if isinstance(decided, fate.Retry) and body is None:
+                    log.warning("job %s: its retry would be too large; buried", msg.id)
+                    decided = fate.retry_too_large(decided)
+                self.outbox.failed(task, decided, stack, body)
                 self.features.finished(task, leaving=isinstance(decided, fate.Bury))
                 self.emit(task, decided.hook, error=decided.error, duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
