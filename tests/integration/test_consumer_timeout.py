@@ -13,12 +13,15 @@ and the mail job in flight ran twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pika
 import pytest
 
 import roger
@@ -86,3 +89,43 @@ def test_a_job_past_the_consumer_timeout_never_runs_twice_and_other_queues_go_on
         workers.stop_all()
         broker.delete(*queue_names(p, "default", (1,)), *queue_names(p, "mail", (1,)))
         broker.close()
+
+
+def _closed_within(
+    url: str,
+    queue: str,
+    seconds: float,
+    queue_args: dict[str, Any] | None = None,
+    consumer_args: dict[str, Any] | None = None,
+) -> bool:
+    """Consume one message of a fresh quorum queue without acknowledging it: whether the
+    broker closes the channel for its consumer timeout within ``seconds``."""
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        ch.queue_delete(queue)
+        declared = {"x-queue-type": "quorum", **(queue_args or {})}
+        ch.queue_declare(queue, durable=True, arguments=declared)
+        ch.basic_publish("", queue, b"held", pika.BasicProperties(delivery_mode=2))
+        ch.basic_consume(queue, lambda *_: None, arguments=consumer_args or {})
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and ch.is_open:
+            conn.process_data_events(0.2)
+        return bool(ch.is_closed)  # nothing else on this node closes it
+    finally:
+        with contextlib.suppress(Exception):
+            conn.channel().queue_delete(queue)
+        conn.close()
+
+
+def test_which_consumer_timeout_settings_the_broker_honours(
+    short_timeout_url: str, unique_name: str
+) -> None:
+    """Why the worker cannot lengthen the timeout for its own jobs (docs/reliability.md):
+    a longer ``x-consumer-timeout`` consumer argument is ignored by 3.10.8 and 4.0.5 alike;
+    the queue argument is honoured by 4.0 (3.12+), ignored by 3.10; and the queues are the
+    operator's to declare (a redeclaration with another value changes nothing)."""
+    longer = {"x-consumer-timeout": 60_000}
+    assert _closed_within(short_timeout_url, unique_name, 10, consumer_args=longer)
+    by_queue = _closed_within(short_timeout_url, unique_name, 10, queue_args=longer)
+    assert by_queue is (BROKER.version == "3.10"), BROKER.version
