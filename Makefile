@@ -60,7 +60,7 @@ lint: $(PY) ## ruff, mypy and the import-linter contracts
 	$(VENV)/bin/lint-imports
 
 chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node cluster (CHAOS_JOBS, CHAOS_DURATION, CHAOS_SEED)
-	$(PY) -m roger_devtools.chaos
+	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) $(PY) -m roger_devtools.chaos
 
 test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests
 	$(PY) -m pytest tests

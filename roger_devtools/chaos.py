@@ -10,8 +10,9 @@ fault its jobs must all still be there, none started. Then everything is counted
 
     python -m roger_devtools.chaos --jobs 3000 --duration 420 --seed 1
 
-Only the 3.10 cluster of hack/rabbitmq-cluster.sh (ports 5681-5683): it kills a node by the
-pid in its state directory.
+The 3.10 cluster of hack/rabbitmq-cluster.sh (ports 5681-5683), or with ``--rabbitmq 4.0``
+(``make chaos RABBITMQ=4.0``) the 4.0 one (5691-5693); it kills a node by the pid in its
+state directory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roger_devtools.chaos_accounting import Evidence, Fault, Report, format_table, judge
-from roger_devtools.chaos_cluster import ChaosCluster
+from roger_devtools.chaos_cluster import PREFIXES, ChaosCluster, cluster_version
 from roger_devtools.chaos_jobs import JobMix, Producer, collect_evidence
 from roger_devtools.chaos_stranded import StrandedWatch
 from roger_devtools.polling import eventually
@@ -139,7 +140,7 @@ class Chaos:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
-        self.cluster = ChaosCluster()
+        self.cluster = ChaosCluster(args.rabbitmq)
         self.partition = f"chaos-{args.seed}-{int(time.time())}"
         self.workdir = workdir
         workers, self.recorder = recording_workers(workdir, self.cluster.url_list, self.partition)
@@ -306,6 +307,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="then stop all three nodes and start them again this many times",
     )
     p.add_argument("--retry-levels", default="1,2")
+    p.add_argument(
+        "--rabbitmq",
+        choices=sorted(PREFIXES),
+        default=cluster_version(),
+        help="the cluster's RabbitMQ version (default: ROGER_CLUSTER_RABBITMQ, else 3.10)",
+    )
     p.add_argument("--settle-timeout", type=float, default=180)
     p.add_argument("--workdir", type=Path)
     return p.parse_args(argv)

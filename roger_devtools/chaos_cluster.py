@@ -1,8 +1,8 @@
 """The 3-node cluster of hack/rabbitmq-cluster.sh as tools see it: ``cluster_script`` is the
 one way in (the integration tests' ``cluster_support`` calls it too), and ``ChaosCluster``
-is the chaos run's hands on the 3.10 cluster, plus the one thing the script does not do:
-SIGKILL a node's beam process (by the pid in its state directory, after checking that the
-pid is that node's)."""
+is the chaos run's hands on the cluster of one RabbitMQ version (3.10, or 4.0 from the trixie
+root), plus the one thing the script does not do: SIGKILL a node's beam process (by the pid
+in its state directory, after checking that the pid is that node's)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,22 @@ from roger_devtools.workers import ROOT
 SCRIPT = ROOT / "hack" / "rabbitmq-cluster.sh"
 NODES = (1, 2, 3)
 PREFIX = "roger-c"
+PREFIXES = {"3.10": PREFIX, "4.0": "roger4-c"}  # as hack/rabbitmq-cluster.sh names nodes
+TRIXIE_ROOT = (
+    Path(
+        os.environ.get("ROGER_TOOLS_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "roger-tools"
+    )
+    / "rabbitmq-trixie"
+)  # hack/rabbitmq-lib.sh's RMQ_TRIXIE_ROOT
+
+
+def cluster_version() -> str:
+    """The cluster the chaos run drives: ROGER_CLUSTER_RABBITMQ (make chaos RABBITMQ=4.0)."""
+    version = os.environ.get("ROGER_CLUSTER_RABBITMQ", "3.10")
+    if version not in PREFIXES:
+        raise SystemExit(f"ROGER_CLUSTER_RABBITMQ={version!r}: expected 3.10 or 4.0")
+    return version
 
 
 def cluster_script(*args: str, version: str = "3.10", timeout: float = 300) -> str:
@@ -43,21 +59,29 @@ def cluster_script(*args: str, version: str = "3.10", timeout: float = 300) -> s
 
 
 class ChaosCluster:
-    def __init__(self) -> None:
-        self.urls = tuple(cluster_script("urls").strip().split(","))
+    def __init__(self, version: str = "3.10") -> None:
+        self.rabbitmq = version
+        self.prefix = PREFIXES[version]
+        self.urls = tuple(self._script("urls").strip().split(","))
         self.url_list = ",".join(self.urls)
         self.down: set[int] = set()
-        state = Path(os.environ.get("ROGER_STATE_DIR", ROOT / ".cluster"))
-        self.state = state / "rabbitmq-cluster"
+        if version == "4.0":
+            self.state = TRIXIE_ROOT / "roger-state" / "cluster"
+        else:
+            state = Path(os.environ.get("ROGER_STATE_DIR", ROOT / ".cluster"))
+            self.state = state / "rabbitmq-cluster"
+
+    def _script(self, *args: str, timeout: float = 300) -> str:
+        return cluster_script(*args, version=self.rabbitmq, timeout=timeout)
 
     def up(self) -> None:
-        cluster_script("up", timeout=600)
+        self._script("up", timeout=600)
         self.down.clear()
 
     def ctl(self, *args: str) -> str:
         """rabbitmqctl on a node that runs."""
         node = next(n for n in NODES if n not in self.down)
-        return cluster_script("ctl", str(node), *args, timeout=120)
+        return self._script("ctl", str(node), *args, timeout=120)
 
     def version(self) -> str:
         return self.ctl("eval", "rabbit_misc:version().").strip().strip('"')
@@ -87,23 +111,23 @@ class ChaosCluster:
         """The node number that leads ``queue`` now (node 1 if none is reported)."""
         for q in self.queues():
             if q["name"] == queue and q.get("leader"):
-                return int(str(q["leader"]).split("@")[0].removeprefix(PREFIX))
+                return int(str(q["leader"]).split("@")[0].removeprefix(self.prefix))
         return 1
 
     def stop_node(self, n: int, hard: bool) -> None:
         self.down.add(n)
         if not hard:
-            cluster_script("stop-node", str(n))
+            self._script("stop-node", str(n))
             return
         pid = int((self.state / f"c{n}" / "rabbitmq.pid").read_text().strip())
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        if f"RABBITMQ_NODENAME={PREFIX}{n}@localhost".encode() not in environ:
+        if f"RABBITMQ_NODENAME={self.prefix}{n}@localhost".encode() not in environ:
             raise RuntimeError(f"pid {pid} is not node {n}'s beam")
         os.kill(pid, signal.SIGKILL)
         eventually(lambda: not alive(pid), 30, message=f"node {n} gone")
 
     def start_node(self, n: int) -> None:
-        cluster_script("start-node", str(n), timeout=300)
+        self._script("start-node", str(n), timeout=300)
         self.down.discard(n)
 
     def restart_all(self) -> None:
@@ -116,7 +140,7 @@ class ChaosCluster:
     def close_all_connections(self) -> None:
         for n in NODES:
             if n not in self.down:
-                cluster_script("ctl", str(n), "close_all_connections", "--global", "chaos")
+                self._script("ctl", str(n), "close_all_connections", "--global", "chaos")
 
     def connection(self) -> pika.BlockingConnection:
         return pika.BlockingConnection([pika.URLParameters(u) for u in self.urls])

@@ -18,9 +18,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.timeout(600)  # 2 node restarts: 25-40 s each on a loaded machine
-@pytest.mark.skipif(
-    BROKER.version != "3.10", reason="the chaos run kills 3.10 cluster nodes by their pid files"
-)
 def test_a_short_chaos_run_loses_nothing_and_runs_nothing_twice_without_a_cause(
     rabbitmq_cluster: Cluster,
     tmp_path: Path,
@@ -31,6 +28,7 @@ def test_a_short_chaos_run_loses_nothing_and_runs_nothing_twice_without_a_cause(
     seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1_000_000))
     argv = ["--jobs", "160", "--faults", "7", "--mean-gap", "4", "--seed", str(seed)]
     argv += ["--held", "3", "--settle-timeout", "120", "--workdir", str(tmp_path)]
+    argv += ["--rabbitmq", BROKER.version]
     try:
         code = chaos.main(argv)
     finally:

@@ -98,6 +98,37 @@ def test_start_up_reads_from_the_last_checkpoint_not_from_the_horizon(
         loop.close()
 
 
+def test_a_checkpoint_read_late_still_ends_the_replay_from_the_horizon(
+    amqp_url: str, unique_name: str, conn: pika.BlockingConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loaded broker delivers the last checkpoint after the worker stopped waiting for it
+    (here: it waits 0 s) and began replaying 20,000 events from the horizon. The follower
+    folds the checkpoint anyway and continues from its offset: it knows what only the
+    checkpoint holds, and the events after it. Before, the late checkpoint was ignored and
+    the whole history replayed (~700 events/s on a loaded machine)."""
+    monkeypatch.setattr(control_mod, "CHECKPOINT_READ_TIMEOUT", 0.0)
+    p, now = unique_name, time.time()
+    _publish_events(conn, p, [st.wait(f"user-{i}", now) for i in range(19_999)])
+    folded = st.ControlState()
+    folded.apply(st.cancel("only-in-checkpoint", now), now)
+    ch = conn.channel()
+    ch.queue_declare(
+        naming.checkpoint_stream_name(p), durable=True, arguments=st.checkpoint_stream_arguments()
+    )
+    ch.confirm_delivery()
+    props = pika.BasicProperties(headers={control_mod.OFFSET_HEADER: 20_000})
+    ch.basic_publish("", naming.checkpoint_stream_name(p), st.encode_checkpoint(folded), props)
+    ch.close()
+    _publish_events(conn, p, [st.cancel("after", now)])
+    loop = StateLoop(amqp_url, p, ["default"])
+    try:
+        s = loop.state
+        assert s.is_cancelled("only-in-checkpoint") and s.is_cancelled("after")
+        assert s.controls._start_offset == 20_000
+    finally:
+        loop.close()
+
+
 def test_ready_workers_write_checkpoints_that_later_workers_start_from(
     amqp_url: str,
     unique_name: str,

@@ -12,7 +12,7 @@ import pytest
 
 import roger
 from roger.core import naming
-from roger_devtools.chaos_cluster import ChaosCluster, cluster_script
+from roger_devtools.chaos_cluster import ChaosCluster
 from roger_devtools.chaos_stranded import (
     StrandedWatch,
     held_for_dead_lettering,
@@ -21,6 +21,7 @@ from roger_devtools.chaos_stranded import (
 from roger_devtools.polling import eventually
 from roger_devtools.recording import recording_workers
 from tests.brokers import BROKER
+from tests.integration import cluster_support
 from tests.integration.cluster_support import Cluster
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,6 @@ JOBS = 8
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(BROKER.version != "3.10", reason="ChaosCluster drives the 3.10 cluster")
 def test_a_stranded_retry_queue_is_seen_and_the_remedy_ends_every_job_once(
     rabbitmq_cluster: Cluster,
     unique_name: str,
@@ -36,13 +36,15 @@ def test_a_stranded_retry_queue_is_seen_and_the_remedy_ends_every_job_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.syspath_prepend(str(tmp_path))  # the client imports pjobs
-    cluster = ChaosCluster()
+    cluster = ChaosCluster(BROKER.version)
     workers, recorder = recording_workers(tmp_path, cluster.url_list, unique_name)
     retry = naming.retry_queue_name(unique_name, "default", 1)
     try:
         workers.start(["default=4"], ready=False).wait_ready(timeout=120)
         leader = cluster.leader_of(retry)
-        cluster_script("ctl", str(leader), "eval", stop_dead_letter_worker_expression(retry))
+        cluster_support.script(
+            "ctl", str(leader), "eval", stop_dead_letter_worker_expression(retry)
+        )
         tags = [f"s{i}" for i in range(JOBS)]
         with roger.Client(cluster.url_list) as client:
             for tag in tags:  # fails its first run, then succeeds

@@ -141,6 +141,7 @@ class FakeLink:
         self.closed = False
         # ``.buried`` queues as the worker sees them before a burial: (props, body) each
         self.buried: dict[str, list[tuple[Any, bytes]]] = {}
+        self.on_ack_timeout: Callable[[str, Any, float | None], None] | None = None
 
     def connect(self) -> None:
         pass
@@ -158,6 +159,14 @@ class FakeLink:
         self.channels = {}
         self.unconfirmed_publishes.clear()
         self.on_lost()
+
+    def time_out(self, queue: str, timeout: float | None) -> None:
+        """The broker closes ``queue``'s consumer channel for its consumer timeout: every
+        delivery of that channel is back in the queue; the connection stays."""
+        ch = self.channels.pop(queue)
+        ch.is_open = False
+        assert self.on_ack_timeout is not None
+        self.on_ack_timeout(queue, ch, timeout)
 
     def consume(self, queue: str, prefetch: int, on_channel: Callable[[Any], None]) -> None:
         ch = self.channels[queue] = FakeChannel(queue)

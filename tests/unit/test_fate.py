@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from roger.core import fate
-from roger.core.hooks import TIMEOUT, WORKER_CRASH
+from roger.core.hooks import CONSUMER_TIMEOUT, TIMEOUT, WORKER_CRASH
 
 pytestmark = pytest.mark.unit
 LEVELS = (1, 3, 5)
@@ -81,6 +81,34 @@ def test_a_job_delivered_too_often_without_an_outcome_is_buried() -> None:
     assert got.hook == "on_buried" and fate.MAX_DELIVERIES < 20  # RabbitMQ 4's default
 
 
+@pytest.mark.parametrize("retryable", [True, False])
+@pytest.mark.parametrize("retry_count", range(len(LEVELS) + 2))
+def test_a_channel_closed_by_the_consumer_timeout_stops_or_drops_and_never_acks(
+    retryable: bool, retry_count: int
+) -> None:
+    """The broker has every delivery of that channel again: a running job is stopped (it
+    would otherwise run twice at once), a waiting one dropped; nothing is charged, no hook
+    runs, nothing is published or acknowledged."""
+    f = facts(retryable, retry_count)
+    running = fate.decide(fate.AckTimedOut(running=True), f)
+    waiting = fate.decide(fate.AckTimedOut(running=False), f)
+    assert running == fate.Stop(fate.ACK_TIMEOUT_WHY)
+    assert waiting == fate.Drop(fate.ACK_TIMEOUT_WHY)
+    assert not hasattr(running, "hook") and not hasattr(waiting, "hook")
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+@pytest.mark.parametrize("retry_count", range(len(LEVELS) + 2))
+def test_the_redelivery_of_a_job_that_overran_the_consumer_timeout_is_a_failure(
+    retryable: bool, retry_count: int
+) -> None:
+    """It cannot finish within the broker's limit: charged like a timeout, so it ends in
+    ``.buried`` after its retries instead of timing out forever."""
+    f = facts(retryable, retry_count)
+    error = (CONSUMER_TIMEOUT, "held its delivery past the broker's consumer_timeout of 60s")
+    assert fate.decide(fate.Overran(60.0), f) == fate.on_failure(f, error)
+
+
 def _every_happened() -> list[fate.Happened]:
     samples: dict[type, list[fate.Happened]] = {
         fate.Succeeded: [fate.Succeeded()],
@@ -96,6 +124,8 @@ def _every_happened() -> list[fate.Happened]:
         fate.MoveRefused: [fate.MoveRefused()],
         fate.ConnectionLost: [fate.ConnectionLost()],
         fate.DeliveredTooOften: [fate.DeliveredTooOften(fate.MAX_DELIVERIES)],
+        fate.AckTimedOut: [fate.AckTimedOut(running=True), fate.AckTimedOut(running=False)],
+        fate.Overran: [fate.Overran(1800.0)],
     }
     assert set(samples) == set(typing.get_args(fate.Happened)), "a new Happened needs a sample"
     return [h for hs in samples.values() for h in hs]
@@ -115,3 +145,9 @@ def test_the_table_is_total_and_every_fate_has_at_most_one_hook() -> None:
             assert (retryable and count >= len(LEVELS)) or isinstance(
                 happened, fate.DeliveredTooOften
             )
+
+
+def test_a_retry_too_large_to_publish_is_buried_as_delivered_with_its_error() -> None:
+    got = fate.retry_too_large(fate.Retry(3, ERR))
+    assert got == fate.Bury(fate.RETRY_TOO_LARGE, ERR, "on_error")
+    assert fate.RETRY_TOO_LARGE in typing.get_args(fate.BuriedReason)

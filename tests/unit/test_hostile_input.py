@@ -110,6 +110,10 @@ def _handled(body: bytes) -> None:
     assert frame["job"]["id"] == msg.id
     retried = message.decode(message.encode(msg.retried()))
     assert retried.retry_count == msg.retry_count + 1
+    body_of_retry = message.retry_body(msg)  # what the worker publishes: fits, or None
+    if body_of_retry is not None:
+        assert len(body_of_retry) <= message.MAX_BODY_BYTES
+        assert message.decode(body_of_retry).retry_count == msg.retry_count + 1
     error = ("Boom\ud800", "x" * 5000)
     for fields in (
         envelope.retry_properties(msg, "p", error),

@@ -62,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--shutdown-timeout", type=float)
     w.add_argument("--callback-timeout", type=float)
     w.add_argument(
+        "--broker-consumer-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="the broker's consumer_timeout (default 1800, RabbitMQ's): queues whose jobs "
+        "may hold a delivery longer are named at start-up",
+    )
+    w.add_argument(
         "--job-processes",
         type=int,
         metavar="N",
@@ -163,6 +170,7 @@ def worker_config(opts: argparse.Namespace) -> WorkerConfig:
         "shutdown_timeout": opts.shutdown_timeout,
         "callback_timeout": opts.callback_timeout,
         "job_processes": opts.job_processes,
+        "broker_consumer_timeout": opts.broker_consumer_timeout,
     }
     data.update({k: v for k, v in flags.items() if v is not None})
     kube = {

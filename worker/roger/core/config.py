@@ -62,6 +62,9 @@ class WorkerConfig:
     kube: KubeSettings = KubeSettings()
     # Job processes per queue (its slots are split over them); None: one per usable CPU.
     job_processes: int | None = None
+    # The broker's consumer_timeout (seconds) as configured there (RabbitMQ's default):
+    # queues whose jobs may outlast it are named at start-up (roger.core.ack_timeout).
+    broker_consumer_timeout: float = 1800.0
 
 
 def split_slots(max_workers: int, processes: int) -> list[int]:
@@ -206,6 +209,7 @@ _FILE_KEYS = {
     "callback_timeout",
     "kube",
     "job_processes",
+    "broker_consumer_timeout",
 }
 
 
@@ -237,7 +241,11 @@ def parse_config(data: Mapping[str, Any]) -> WorkerConfig:
     ):
         raise ConfigError(f"job_processes must be an integer 1..1024; got {processes!r}")
     timeouts = {}
-    for key, default in (("shutdown_timeout", 10.0), ("callback_timeout", 30.0)):
+    for key, default in (
+        ("shutdown_timeout", 10.0),
+        ("callback_timeout", 30.0),
+        ("broker_consumer_timeout", 1800.0),
+    ):
         value = data.get(key, default)
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key} must be a number of seconds >= 0; got {value!r}")

@@ -19,6 +19,14 @@ died or lost its connection with the job: a job delivered ``MAX_DELIVERIES`` tim
 an outcome (it kills the whole worker, say) is buried with ``delivery_limit`` before
 RabbitMQ 4's quorum queues (20 by default) would drop it, and no message can keep a worker
 in a crash loop.
+
+A delivery held unacknowledged past the broker's ``consumer_timeout`` closes its channel,
+and the broker has every delivery of that channel again at once (``AckTimedOut``). Each of
+them may be delivered elsewhere at once, so none may go on running here: a running one is
+stopped (``Stop``: its job process is killed), a waiting one dropped (``Drop``); neither is
+acknowledged, and what they hold is freed. The one that overran comes back as a failed
+attempt (``Overran``) if its redelivery reaches this worker; elsewhere it is an ordinary
+redelivery, counted like any other.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from roger.core.hooks import TIMEOUT, WORKER_CRASH, HookName
+from roger.core.hooks import CONSUMER_TIMEOUT, TIMEOUT, WORKER_CRASH, HookName
 
 Error = tuple[str, str]  # (kind, message)
 
@@ -34,7 +42,9 @@ Error = tuple[str, str]  # (kind, message)
 RETRIES_EXHAUSTED: Final = "retries_exhausted"
 NOT_RETRYABLE: Final = "not_retryable"
 DELIVERY_LIMIT: Final = "delivery_limit"
-BuriedReason = Literal["retries_exhausted", "not_retryable", "delivery_limit"]
+RETRY_TOO_LARGE: Final = "retry_too_large"  # its next attempt's body would not fit
+BuriedReason = Literal["retries_exhausted", "not_retryable", "delivery_limit", "retry_too_large"]
+ACK_TIMEOUT_WHY: Final = "its channel was closed by the broker's consumer_timeout"
 MAX_DELIVERIES: Final = 10  # below RabbitMQ 4's default quorum-queue limit of 20
 
 
@@ -131,6 +141,23 @@ class ConnectionLost:
     """The channel that delivered it is gone: the broker has the message again."""
 
 
+@dataclass(frozen=True, slots=True)
+class AckTimedOut:
+    """The broker closed the channel that delivered it: a delivery there (this one or
+    another) stayed unacknowledged past its ``consumer_timeout``. The broker has it again.
+    ``running``: its job process has it."""
+
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Overran:
+    """A redelivery of a job this worker stopped because it held its delivery past the
+    broker's ``consumer_timeout`` (``timeout`` seconds)."""
+
+    timeout: float
+
+
 Happened = (
     DeliveredTooOften
     | Succeeded
@@ -145,6 +172,8 @@ Happened = (
     | ShuttingDown
     | MoveRefused
     | ConnectionLost
+    | AckTimedOut
+    | Overran
 )
 
 
@@ -220,7 +249,24 @@ class Abandon:
     """Nothing to do: the broker redelivers it (its channel is gone)."""
 
 
-Fate = Ack | Retry | Bury | Park | CancelJob | Requeue | Quarantine | Rerun | Abandon
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The broker has it again (its channel is gone): free what it holds (execution keys),
+    acknowledge nothing, never run it here."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The broker has it again (its channel is gone) and may deliver it elsewhere at once:
+    kill its job process so that it never runs twice at once, free what it holds,
+    acknowledge nothing."""
+
+    why: str
+
+
+Fate = Ack | Retry | Bury | Park | CancelJob | Requeue | Quarantine | Rerun | Abandon | Drop | Stop
 
 
 def on_failure(facts: JobFacts, error: Error) -> Retry | Bury:
@@ -230,6 +276,13 @@ def on_failure(facts: JobFacts, error: Error) -> Retry | Bury:
     if facts.retry_count < len(facts.levels):
         return Retry(facts.levels[facts.retry_count], error)
     return Bury(RETRIES_EXHAUSTED, error, "on_buried")
+
+
+def retry_too_large(decided: Retry) -> Bury:
+    """A retry whose body would be refused (``roger.core.message.retry_body``): kept in
+    ``.buried`` as delivered, with the failure's error, rather than lost or looping. Its
+    hook stays ``on_error``, which ran (or runs) for the failure already."""
+    return Bury(RETRY_TOO_LARGE, decided.error, decided.hook)
 
 
 def failure_hook(facts: JobFacts) -> HookName:
@@ -294,4 +347,11 @@ def decide(happened: Happened, facts: JobFacts) -> Fate:
             return Requeue("the waiting room refused it")
         case ConnectionLost():
             return Abandon()
+        case AckTimedOut(running=True):
+            return Stop(ACK_TIMEOUT_WHY)
+        case AckTimedOut(running=False):
+            return Drop(ACK_TIMEOUT_WHY)
+        case Overran(timeout=timeout):
+            detail = f"held its delivery past the broker's consumer_timeout of {timeout:g}s"
+            return on_failure(facts, (CONSUMER_TIMEOUT, detail))
     raise AssertionError(f"no fate for {happened!r}")  # pragma: no cover (mypy checks)

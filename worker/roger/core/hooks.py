@@ -18,6 +18,7 @@ HOOKS: Final[tuple[HookName, ...]] = (
 # Error kinds that are not exception class names (Roger's reasons).
 TIMEOUT: Final = "timeout"
 WORKER_CRASH: Final = "worker_crash"
+CONSUMER_TIMEOUT: Final = "consumer_timeout"  # held past the broker's consumer_timeout
 
 
 class Callback:

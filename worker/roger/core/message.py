@@ -104,9 +104,10 @@ def _dataclass_fields(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def encode(msg: JobMessage) -> bytes:
+def encode(msg: JobMessage, ascii_only: bool = True) -> bytes:
     """The JSON body. Built field by field: ``asdict`` deep-copies the args first, which
-    was most of the cost of an enqueue."""
+    was most of the cost of an enqueue. ``ascii_only=False`` writes text as UTF-8 rather
+    than ``\\u`` escapes (up to 6 times smaller: see ``retry_body``)."""
     fields = {
         "id": msg.id,
         "name": msg.name,
@@ -119,8 +120,26 @@ def encode(msg: JobMessage) -> bytes:
         "max_execution_time": msg.max_execution_time,
     }
     return json.dumps(
-        fields, separators=(",", ":"), allow_nan=False, default=_dataclass_fields
+        fields,
+        separators=(",", ":"),
+        allow_nan=False,
+        default=_dataclass_fields,
+        ensure_ascii=ascii_only,
     ).encode()
+
+
+def retry_body(msg: JobMessage) -> bytes | None:
+    """The body of ``msg``'s next attempt, within ``MAX_BODY_BYTES`` (what a RabbitMQ 4
+    broker takes by default, and what the decoder accepts): ASCII JSON as usual, UTF-8
+    JSON when escaped text would not fit (a body of non-ASCII text grows up to 6 times
+    when escaped), or ``None`` when neither fits (fate.retry_too_large: buried as
+    delivered instead)."""
+    retried = msg.retried()
+    body = encode(retried)
+    if len(body) <= MAX_BODY_BYTES:
+        return body
+    body = encode(retried, ascii_only=False)
+    return body if len(body) <= MAX_BODY_BYTES else None
 
 
 def amqp_timestamp(queued_at: float) -> int:

@@ -27,6 +27,10 @@ QUEUE_INVALID: Final = "roger_queue_invalid"  # gauge {partition,queue} parked i
 QUEUE_PAUSED: Final = "roger_queue_paused"  # gauge {partition,queue} 0/1
 WORKER_INFO: Final = "roger_worker"  # info {partition,version}
 BROKER_RECONNECTS: Final = "roger_broker_reconnects"  # counter {partition}
+# Consumer channels the broker closed for its consumer_timeout, and queues whose jobs may
+# hold a delivery longer than it (roger.core.ack_timeout).
+CONSUMER_TIMEOUTS: Final = "roger_consumer_timeouts"  # counter {partition,queue}
+CONSUMER_TIMEOUT_RISK: Final = "roger_consumer_timeout_risk"  # gauge {partition,queue} 0/1
 
 # Worker: Kubernetes Events emitter.
 KUBE_EVENTS_EMITTED: Final = "roger_kube_events_emitted"  # counter {partition,reason}
@@ -50,6 +54,7 @@ COUNTERS: Final = (
     BURIED_DROPPED,
     CALLBACK_FAILURES,
     BROKER_RECONNECTS,
+    CONSUMER_TIMEOUTS,
     KUBE_EVENTS_EMITTED,
     KUBE_EVENTS_DROPPED,
     KUBE_EVENT_WRITES,

@@ -87,6 +87,18 @@ class WorkerMetrics:
             for key, name in _SAMPLED.items()
         }
         self.reconnects = Counter(names.BROKER_RECONNECTS, "AMQP reconnects", p, registry=r)
+        self.ack_timeouts = Counter(
+            names.CONSUMER_TIMEOUTS,
+            "Consumer channels the broker closed for its consumer_timeout",
+            [*p, "queue"],
+            registry=r,
+        )
+        self.ack_risk = Gauge(
+            names.CONSUMER_TIMEOUT_RISK,
+            "1: jobs of the queue may hold a delivery past the broker's consumer_timeout",
+            [*p, "queue"],
+            registry=r,
+        )
         self.paused = Gauge(
             names.QUEUE_PAUSED, "Queue paused (1) or consumed (0)", [*p, "queue"], registry=r
         )
@@ -151,10 +163,17 @@ class WorkerMetrics:
     def reconnected(self) -> None:
         self._child(self.reconnects).inc()
 
+    def ack_timed_out(self, queue: str) -> None:
+        self._child(self.ack_timeouts, queue).inc()
+
+    def ack_timeout_risk(self, queue: str, at_risk: bool) -> None:
+        self._child(self.ack_risk, queue).set(1 if at_risk else 0)
+
     def prepare(self, queues: list[str]) -> None:
         """Series of the known label sets at 0, so that dashboards show 0, not "No data"."""
         for queue in queues:
             self._child(self.paused, queue).set(0)
+            self._child(self.ack_timeouts, queue)
             self._child(self.jobs_running, queue).set_function(
                 lambda queue=queue: self._running.get(queue, 0)
             )

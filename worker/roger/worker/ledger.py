@@ -51,6 +51,12 @@ class Ledger:
             epoch.alive = False
         self._epochs.clear()
 
+    def drop(self, epoch: Epoch) -> None:
+        """One channel is gone (the broker closed it): none of its deliveries is acked."""
+        epoch.alive = False
+        if epoch in self._epochs:
+            self._epochs.remove(epoch)
+
     def settle(self, epoch: Epoch, tag: int) -> None:
         """The delivery's outcome is safe elsewhere (or it succeeded): ack it soon."""
         if not epoch.alive:

@@ -3,7 +3,10 @@
 One ``SelectConnection`` at a time on a loop the worker owns (children's pipes stay
 registered across reconnects). A confirm channel carries retry/bury/park publishes; each
 consumed queue gets its own channel. Any channel error drops the whole connection, so the
-worker has one simple notion of "generation" for its in-flight deliveries.
+worker has one simple notion of "generation" for its in-flight deliveries, with one
+exception: a consumer channel closed by the broker's consumer timeout is that queue's
+business alone (``on_ack_timeout``); dropping the connection for it would make every
+other queue's jobs run again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pika import spec
 from pika.adapters.select_connection import SelectConnection
 
 from roger.broker.channels import Confirm, Confirms
+from roger.core.ack_timeout import is_ack_timeout, timeout_in_reply
 from roger.core.amqp_urls import parse_amqp_urls, redact
 
 log = logging.getLogger("roger.worker")
@@ -55,6 +59,8 @@ class Link:
         self.failures = 0
         self.opened = 0  # connections opened so far
         self._confirms: Confirms | None = None  # of the publish channel ``pub``
+        # A consumer channel closed by the consumer timeout: (queue, channel, timeout or None)
+        self.on_ack_timeout: Callable[[str, Any, float | None], None] | None = None
 
     # -- connection ---------------------------------------------------------------
     @property
@@ -170,8 +176,24 @@ class Link:
     def consume(self, queue: str, prefetch: int, on_channel: Callable[[Any], None]) -> None:
         """Open a consumer channel for ``queue`` with ``prefetch``; the caller consumes."""
 
+        def closed(channel: Any, reason: Exception) -> None:
+            code = getattr(reason, "reply_code", 0)
+            text = str(getattr(reason, "reply_text", ""))
+            conn = self.conn
+            if (
+                self.on_ack_timeout is not None
+                and is_ack_timeout(code, text)
+                and not self.closing
+                and conn is not None
+                and conn.is_open
+            ):
+                log.warning("RabbitMQ closed the consumer channel of %s: %s", queue, text)
+                self.on_ack_timeout(queue, channel, timeout_in_reply(text))
+                return
+            self._channel_closed(channel, reason)
+
         def opened(channel: Any) -> None:
-            channel.add_on_close_callback(self._channel_closed)
+            channel.add_on_close_callback(closed)
             channel.add_on_cancel_callback(lambda _frame: self._cancelled_by_broker(queue))
             channel.basic_qos(prefetch_count=prefetch, callback=lambda _f: on_channel(channel))
 

@@ -44,13 +44,20 @@ class Outbox:
         self.buried_max_length = buried_max_length
         self.dropped = dropped
 
-    def failed(self, task: Task, decision: fate.Retry | fate.Bury, stack: str | None) -> None:
-        """Republish a failed job: to its retry level (retry_count + 1) or to ``.buried``."""
+    def failed(
+        self,
+        task: Task,
+        decision: fate.Retry | fate.Bury,
+        stack: str | None,
+        retry_body: bytes | None = None,
+    ) -> None:
+        """Republish a failed job: to its retry level (``retry_body``: retry_count + 1,
+        from ``roger.core.message.retry_body``) or to ``.buried`` (as delivered)."""
         q, msg, error = task.queue, task.msg, decision.error
         carried = carried_headers(getattr(task.props, "headers", None))
         if isinstance(decision, fate.Retry):
             target = naming.retry_queue_name(self.partition, q.name, decision.seconds)
-            body = encode(msg.retried())
+            body = retry_body if retry_body is not None else encode(msg.retried())
             fields = envelope.retry_properties(msg, self.partition, error, carried)
         else:
             target = naming.buried_queue_name(self.partition, q.name)

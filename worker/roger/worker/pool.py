@@ -400,6 +400,8 @@ class JobPool:
                 self._end(task, fate.ProcessDied(alone=alone, exit_code=child.exit_code()))
             elif key == child.cause_key:
                 self._end(task, self._killed_for(task, str(cause)))
+            elif not task.epoch.alive:  # its channel is gone: nothing to requeue
+                self._end(task, fate.ConnectionLost())
             else:
                 self._end(task, fate.Bystander())
             if isinstance(task, Task) and child.quarantine:
@@ -415,6 +417,8 @@ class JobPool:
             return fate.TimedOut(task.max_execution_time() or 0.0)
         if cause == "cancel":
             return fate.Cancelled()
+        if cause == "ack_timeout":  # stopped: the broker has its delivery again
+            return fate.ConnectionLost()
         return fate.BeforeRunHung()  # "hook": the only hook that runs before the outcome
 
     def _hooks_lost(self, task: HookTask, crashed: bool, mine: bool) -> None:

@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from roger.core import envelope, fate, topology
+from roger.core import ack_timeout, envelope, fate, topology
 from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
 from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
-from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body
+from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body, retry_body
 from roger.worker.edges import REAL_EDGES, Edges
 from roger.worker.ledger import Epoch, Ledger
 from roger.worker.outbox import Outbox, sample_queues
@@ -81,6 +81,11 @@ class Worker:
             self.fatal,
             name=f"roger-worker {self.partition} {os.uname().nodename} {os.getpid()}",
         )
+        self.link.on_ack_timeout = self._ack_timed_out
+        # Jobs stopped for holding a delivery past the broker's consumer timeout: their
+        # redelivery here is a failed attempt (fate.Overran). id -> (retry_count, timeout)
+        self.overran: dict[str, tuple[int, float]] = {}
+        self.ack_timeout = config.broker_consumer_timeout  # corrected by the broker's word
         self.ledger = Ledger(lambda fn: self.ioloop.call_later(0, fn))
         self.ledger.after_flush = self._maybe_finish
         self.outbox = Outbox(
@@ -114,6 +119,7 @@ class Worker:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._signal)
+        self._warn_ack_timeout()
         processes = self.config.job_processes or available_cpus()
         for q in self.queues.values():
             self.pool.start(q, split_slots(q.max_workers, processes))
@@ -127,6 +133,20 @@ class Worker:
             except Exception:  # closing must not mask the exit code
                 log.exception("observer close failed")
         return self.exit_code
+
+    def _warn_ack_timeout(self) -> None:
+        """Name the queues whose jobs may hold a delivery past the broker's timeout."""
+        limits: dict[str, list[float | None]] = {
+            name: [] for name, q in self.queues.items() if q.max_workers > 0
+        }
+        for job in self.registry.jobs.values():
+            if job.queue in limits:
+                limits[job.queue].append(job.max_execution_time)
+        risky = ack_timeout.at_risk(limits, self.config.callback_timeout, self.ack_timeout)
+        for name in limits:
+            self.telemetry.ack_timeout_risk(name, name in risky)
+            if name in risky:
+                log.warning("consumer_timeout: %s", risky[name])
 
     def healthy(self) -> bool:
         """For /healthz (another thread): the loop turns, and no job process is wedged."""
@@ -299,6 +319,41 @@ class Worker:
         if self.stopping:
             self._finish()
 
+    def _ack_timed_out(self, rabbit: str, channel: Any, timeout: float | None) -> None:
+        """The broker closed ``rabbit``'s consumer channel (consumer timeout) and has
+        every delivery of that channel again: stop or drop each of them here (decided in
+        ``fate``), remember the overdue one, and consume again on a new channel. Every
+        other queue and its jobs go on untouched."""
+        q = next((q for q in self.queues.values() if q.rabbit == rabbit), None)
+        if q is None or q.epoch is None or q.epoch.channel is not channel:
+            return
+        epoch, q.epoch, q.consumer_tag = q.epoch, None, None
+        if timeout is not None:
+            self.ack_timeout = timeout
+        self.telemetry.ack_timed_out(q.name)
+        running = [task for task in self.running() if task.epoch is epoch]
+        now = time.monotonic()
+        ages = [now - task.started for task in running]
+        for i in ack_timeout.overdue(ages, timeout):
+            task = running[i]
+            log.warning(
+                "job %s held its delivery past the broker's consumer_timeout (%s): stopped; "
+                "its redelivery here counts as a failed attempt",
+                task.msg.id,
+                f"{timeout:g}s" if timeout is not None else "unknown",
+            )
+            self.overran[task.msg.id] = (task.msg.retry_count, timeout or self.ack_timeout)
+            while len(self.overran) > 10_000:  # bounded: forget the oldest
+                del self.overran[next(iter(self.overran))]
+        # Decided while the epoch still counts as alive, so that keys are freed.
+        for task in running:
+            self.happened(task, fate.AckTimedOut(running=True))
+        for task in self.pool.take_waiting(q):
+            self.happened(task, fate.AckTimedOut(running=False))
+        self.ledger.drop(epoch)
+        if not self.features.is_paused(q.name):
+            self._consume(q)
+
     # -- what the pool and the features report -------------------------------------
     def job_started(self, task: Task) -> None:
         self.telemetry.running(task.queue.name, 1)
@@ -341,7 +396,7 @@ class Worker:
         """Do what ``fate.decide`` says. The only place a job's fate is acted on."""
         decided = fate.decide(happened, task.facts)
         q, msg = task.queue, task.msg
-        task.settled = not isinstance(decided, fate.Rerun)
+        task.settled = not isinstance(decided, fate.Rerun | fate.Stop)
         match decided:
             case fate.Ack():
                 self.emit(task, "after_run", duration=duration)
@@ -350,7 +405,11 @@ class Worker:
                 self.ledger.settle(task.epoch, task.tag)
             case fate.Retry() | fate.Bury():
                 stack = happened.stack if isinstance(happened, fate.Raised) else None
-                self.outbox.failed(task, decided, stack)
+                body = retry_body(msg) if isinstance(decided, fate.Retry) else None
+                if isinstance(decided, fate.Retry) and body is None:
+                    log.warning("job %s: its retry would be too large; buried", msg.id)
+                    decided = fate.retry_too_large(decided)
+                self.outbox.failed(task, decided, stack, body)
                 self.features.finished(task, leaving=isinstance(decided, fate.Bury))
                 self.emit(task, decided.hook, error=decided.error, duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
@@ -372,6 +431,15 @@ class Worker:
                 self.ledger.requeue(task.epoch, task.tag)
             case fate.Rerun():
                 self.pool.rerun(task)
+            case fate.Drop(why=why):
+                log.info("job %s dropped here: %s", msg.id, why)
+                self.features.finished(task, leaving=False)
+            case fate.Stop(why=why):
+                log.info("job %s stopped: %s", msg.id, why)
+                self.features.finished(task, leaving=False)
+                # Killed once its epoch is dead, so that the jobs beside it are not
+                # requeued (the broker has them too); reported ConnectionLost: Abandon.
+                self.ioloop.call_later(0, partial(self.pool.kill, msg.id, "ack_timeout"))
             case fate.Abandon():
                 pass
 
@@ -426,8 +494,19 @@ class Worker:
         count = envelope.delivery_count(props) if getattr(props, "headers", None) else 0
         if count and fate.too_many_deliveries(count):  # it killed worker after worker
             self.happened(task, fate.DeliveredTooOften(count))
+        elif self.overran and self._overran(task):
+            pass
         elif not self.features.intercept(task):  # cancelled, paused or keyed: handled there
             self.pool.submit(task)
+
+    def _overran(self, task: Task) -> bool:
+        """The redelivery of a job stopped here for the consumer timeout: a failure."""
+        seen = self.overran.get(task.msg.id)
+        if seen is None or seen[0] != task.msg.retry_count:
+            return False
+        del self.overran[task.msg.id]
+        self.happened(task, fate.Overran(seen[1]))
+        return True
 
     # -- sampling ------------------------------------------------------------------
     def _sample(self) -> None:

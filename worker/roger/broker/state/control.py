@@ -15,7 +15,11 @@ nonce included; a confirmed nonce makes the log non-empty first. A nonce not bac
 Start-up does not replay history that grows without bound: it first reads the last
 checkpoint of ``<p>.checkpoint`` (the control stream folded up to an offset; waiting at most
 ``CHECKPOINT_READ_TIMEOUT`` for it) and subscribes from that offset, not from
-``now - HORIZON``. Ready workers write checkpoints (see ``roger.core.state``).
+``now - HORIZON``. Ready workers write checkpoints (see ``roger.core.state``). A checkpoint
+that arrives after that wait (a loaded broker) is not wasted: while the replay from the
+horizon has not reached its offset, the follower folds it and subscribes again from there,
+so a slow checkpoint read never turns into a replay of the whole horizon (~700 events/s
+on a loaded machine: docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 
 import pika
 
+from roger.broker.channels import cancel_stream_consumer
 from roger.broker.flow import Flow, run
 from roger.broker.state.session import PERSISTENT, Session
 from roger.core import naming
@@ -99,7 +104,19 @@ class ControlFollower:
         if not isinstance(offset, int) or offset < 0:
             return
         self.checkpointed = max(self.checkpointed, offset)
-        if not self._loading or not self.s.alive(gen):
+        if not self.s.alive(gen):
+            return
+        late = not self._loading and not self.synced and self._start_offset is None
+        if late and offset > self.next_offset:
+            log.info(
+                "partition %s: checkpoint at control offset %d read after %.0fs, while the "
+                "replay from the horizon is at %d: continuing from the checkpoint",
+                self.s.partition,
+                offset,
+                CHECKPOINT_READ_TIMEOUT,
+                self.next_offset,
+            )
+        elif not self._loading:
             return  # live: only its offset matters (to know when to write the next one)
         try:
             events = st.decode_checkpoint(body)
@@ -117,7 +134,11 @@ class ControlFollower:
             offset,
         )
         self._start_offset = offset
-        self._loaded(gen)
+        if late:
+            self._attempt = max(0, self._attempt - 1)  # not a failed sync: start over
+            self._sync_round(gen)
+        else:
+            self._loaded(gen)
 
     def _loaded(self, gen: int) -> None:
         if self._loading and self.s.alive(gen):
@@ -166,7 +187,7 @@ class ControlFollower:
         self._attempt += 1
         if self._tag is not None:
             if s.cons.is_open:
-                s.cons.basic_cancel(self._tag)
+                cancel_stream_consumer(s.cons, self._tag)
             self._tag = None
         nonce = self._nonce = uuid.uuid4().hex
         run(self._subscribe_after_nonce(gen, nonce, self._attempt))
