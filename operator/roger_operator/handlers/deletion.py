@@ -83,6 +83,11 @@ def delete(ctx: Context, body: Mapping[str, Any]) -> None:
     publish_phases(ctx, spec.namespace)
     for kind in CHILD_KINDS:
         ctx.applied.pop((kind, spec.namespace, child_name(spec.name)), None)
+    prefix = f"{child_name(spec.name)}-"  # the config ConfigMaps (builders.config_maps)
+    for record in [r for r in ctx.applied if r[0] == "ConfigMap" and r[1] == spec.namespace]:
+        rest = record[2][len(prefix) :]
+        if record[2].startswith(prefix) and len(rest) == 16 and rest.isalnum():
+            ctx.applied.pop(record, None)
 
 
 def _report(ctx: Context, key: Key, body: Mapping[str, Any], reason: str, message: str) -> None:

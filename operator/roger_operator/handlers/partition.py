@@ -26,6 +26,7 @@ from roger_operator.builders.model import (
     parse_partition,
     selector_string,
 )
+from roger_operator.handlers import configs
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.tenancy import (
     callback_config_problems,
@@ -254,6 +255,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
                 _remember(ctx, live)
                 if manifest["kind"] == "Deployment":
                     deployment = ctx.remember_deployment(key, live)
+                    ctx.configs_pending.add(key)
         except KubeError as exc:
             problems.append(st.Problem(st.R_APPLY_FAILED, f"server-side apply failed: {exc}"))
             metrics.ERRORS.labels("Partition", "apply").inc()
@@ -271,6 +273,8 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
             problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=False))
             metrics.ERRORS.labels("Partition", "broker").inc()
 
+    pods = worker_pods(ctx, spec)
+    configs.collect(ctx, spec, deployment, pods)
     obs = st.Observation(
         spec=spec,
         missing_callbacks=tuple(missing),
@@ -280,7 +284,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         stats_time=now() if stats is not None else None,
         claimed_id=claimed,
         config_hash=digest,
-        pods=worker_pods(ctx, spec),
+        pods=pods,
     )
     write_status(ctx, key, body, st.compute_status(previous, obs, now()))
 
@@ -344,11 +348,13 @@ def refresh(
             for c in [st.condition(previous, st.DEGRADED) or {}]
             if c.get("status") == "True" and c.get("reason") not in st.DERIVED_REASONS
         )
+        pods = worker_pods(ctx, spec)
+        configs.collect(ctx, spec, deployment, pods)
         obs = st.Observation(
             spec=spec,
             problems=problems,
             deployment=deployment,
-            pods=worker_pods(ctx, spec),
+            pods=pods,
             queue_stats=stats,
             stats_time=now() if stats is not None else None,
         )
