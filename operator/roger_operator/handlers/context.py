@@ -42,6 +42,8 @@ class Context:
     autoscale: dict[Key, Memory] = field(default_factory=dict)
     # Partitions that may have old config ConfigMaps to delete (handlers.configs).
     configs_pending: set[Key] = field(default_factory=set)
+    # Partitions with retired retry queues left to drain (handlers.partition.drain_retired).
+    drains_pending: set[Key] = field(default_factory=set)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,6 +73,7 @@ class Context:
             self.deployments.pop(key, None)
             self.autoscale.pop(key, None)
             self.configs_pending.discard(key)
+            self.drains_pending.discard(key)
 
 
 def _rv(body: Mapping[str, Any]) -> int:

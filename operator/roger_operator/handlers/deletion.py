@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from roger.core import naming
 from roger_operator.builders import cleanup
 from roger_operator.builders.model import (
     PartitionSpec,
@@ -28,7 +29,7 @@ from roger_operator.builders.model import (
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.partition import owner_token, publish_phases, read_amqp_url
 from roger_operator.kube import resource_path
-from roger_operator.rabbit import BrokerError, ClaimConflict, inventory
+from roger_operator.rabbit import BrokerError, ClaimConflict, inventory, migration
 from roger_operator.rabbit.claims import owned, release_queues
 
 log = logging.getLogger("roger_operator.deletion")
@@ -123,6 +124,8 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
         verdicts = cleanup.decide(facts)
         inventory.delete(ctx.broker, url, verdicts)
         deleted, kept = cleanup.summary(verdicts)
+        buried = {naming.buried_queue_name(spec.partition_id, q.name) for q in spec.queues}
+        migration.drop_bounds(ctx.broker, url, [n for n in deleted if n in buried])
         if kept:
             late = f" (workers still running after {elapsed:.0f}s)" if running else ""
             _report(

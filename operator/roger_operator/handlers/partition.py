@@ -26,6 +26,7 @@ from roger_operator.builders.model import (
     parse_partition,
     selector_string,
 )
+from roger_operator.builders.queue_plan import rollout_finished
 from roger_operator.handlers import configs
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.tenancy import (
@@ -136,6 +137,19 @@ def worker_pods(ctx: Context, spec: PartitionSpec) -> list[Any] | None:
         log.warning("Partition %s/%s: cannot list its pods: %s", spec.namespace, spec.name, exc)
         return None
     return list((found or {}).get("items") or ())
+
+
+def drain_retired(
+    ctx: Context, key: Key, url: str, spec: PartitionSpec, deployment: Mapping[str, Any] | None
+) -> None:
+    """Delete the retry queues no level uses any more once they are empty and no pod of an
+    older config runs (``builders.queue_plan``); until then the refresh comes back."""
+    if not ctx.broker.retired(url, spec.partition_id):
+        ctx.drains_pending.discard(key)
+        return
+    ctx.drains_pending.add(key)
+    if rollout_finished(deployment) and not ctx.broker.drain_retired(url, spec):
+        ctx.drains_pending.discard(key)
 
 
 def write_status(
@@ -269,6 +283,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         try:
             ctx.broker.set_paused(url, spec)
             stats = ctx.broker.stats(url, spec)
+            drain_retired(ctx, key, url, spec, deployment)
         except BrokerError as exc:
             problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=False))
             metrics.ERRORS.labels("Partition", "broker").inc()
@@ -340,6 +355,8 @@ def refresh(
             if url:
                 try:
                     stats = ctx.broker.stats(url, spec)
+                    if key in ctx.drains_pending:
+                        drain_retired(ctx, key, url, spec, deployment)
                 except BrokerError:
                     stats = None
                     ctx.urls.pop((spec.namespace, spec.secret_name, spec.secret_key), None)

@@ -68,10 +68,9 @@ class Worker:
         decls = [
             d
             for name in config.queues
-            for d in topology.declarations(
-                self.partition, name, config.retry_levels, config.buried_max_length
-            )
+            for d in topology.declarations(self.partition, name, config.retry_levels)
         ]
+        keep = {k for n in config.queues for k in topology.keeps_its_arguments(self.partition, n)}
         self.link = edges.link(
             amqp_url,
             self.ioloop,
@@ -80,6 +79,7 @@ class Worker:
             self._lost,
             self.fatal,
             name=f"roger-worker {self.partition} {os.uname().nodename} {os.getpid()}",
+            keep_existing=keep,
         )
         self.ledger = Ledger(lambda fn: self.ioloop.call_later(0, fn))
         self.ledger.after_flush = self._maybe_finish
