@@ -193,6 +193,18 @@ def template_hash(k: Kubectl, ns: str, name: str) -> str:
     return str(dep["spec"]["template"]["metadata"]["annotations"]["roger.dev/config-hash"])
 
 
+def config_map_name(k: Kubectl, ns: str, name: str) -> str:
+    """The ConfigMap the Deployment's pods read now (one per config content)."""
+    dep = k.get_json("-n", ns, "deployment", f"roger-{name}")
+    (volume,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"]
+    return str(volume["configMap"]["name"])
+
+
+def config_map(k: Kubectl, ns: str, name: str) -> Any:
+    """That ConfigMap (as the API returns it)."""
+    return k.get_json("-n", ns, "configmap", config_map_name(k, ns, name))
+
+
 def secret_data(k: Kubectl, ns: str, name: str) -> dict[str, str]:
     obj = k.get_json("-n", ns, "secret", name)
     return {key: base64.b64decode(v).decode() for key, v in (obj.get("data") or {}).items()}

@@ -27,6 +27,7 @@ from tests.e2e.observe_support import (
     start_operator,
     tail,
 )
+from tests.e2e.operator_support import config_map_name
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -200,8 +201,11 @@ def test_chart_installs_in_a_restricted_namespace_and_its_rbac_runs_the_operator
             timeout=60,
             message=f"Deployment {child}; operator log: {tail(log)}",
         )
-        for kind in ("configmap", "service", "serviceaccount", "role", "rolebinding"):
+        for kind in ("service", "serviceaccount", "role", "rolebinding"):
             kubectl.run("-n", namespace, "get", kind, child)
+        kubectl.run(
+            "-n", namespace, "get", "configmap", config_map_name(kubectl, namespace, partition)
+        )
 
         def ready() -> bool:
             obj = kubectl.get_json("-n", namespace, "partition", partition)

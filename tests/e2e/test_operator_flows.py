@@ -32,6 +32,8 @@ from tests.e2e.operator_support import (
     OperatorProcess,
     callback_manifest,
     condition,
+    config_map,
+    config_map_name,
     get_or_none,
     partition_manifest,
     secret_data,
@@ -118,7 +120,7 @@ def run_pod_locally(
     template = dep["spec"]["template"]
     pod = {"metadata": {"name": f"{name}-local", "namespace": ns}, "spec": template["spec"]}
     secrets = {"rabbitmq": secret_data(k, ns, "rabbitmq")}
-    cms = {f"roger-{name}": k.get_json("-n", ns, "configmap", f"roger-{name}")["data"]}
+    cms = {config_map_name(k, ns, name): config_map(k, ns, name)["data"]}
     proc = local_process(pod, "worker", secrets, cms, str(workdir))
     for rel, text in proc.files.items():
         path = workdir / rel
@@ -151,7 +153,7 @@ def test_operator_apply_to_ready_and_jobs_run(
 
     # Children, as expected.
     child = f"roger-{name}"
-    cm = k.get_json("-n", ns, "configmap", child)
+    cm = config_map(k, ns, name)
     cfg = parse_config(yaml.safe_load(cm["data"]["worker.yaml"]))
     assert (cfg.partition, dict(cfg.queues)) == (name, {"default": 2, "email": 1})
     assert cfg.callbacks[0].config == {"path": str(hooks)}
@@ -256,6 +258,7 @@ def test_operator_edit_scale_and_pause(
     k.apply(partition_manifest(name, ns))
     wait_condition(k, ns, name, "Ready", "True")
     before = template_hash(k, ns, name)
+    first_cm = config_map_name(k, ns, name)
 
     # Scale through the scale subresource.
     k.run("-n", ns, "scale", f"partition/{name}", "--replicas", "3")
@@ -277,10 +280,16 @@ def test_operator_edit_scale_and_pause(
         '[{"op":"replace","path":"/spec/queues/0/maxWorkers","value":7}]',
     )
     wait_condition(k, ns, name, "Ready", "True")
-    cm = k.get_json("-n", ns, "configmap", f"roger-{name}")
+    cm = config_map(k, ns, name)
     assert yaml.safe_load(cm["data"]["worker.yaml"])["queues"]["default"] == 7
     edited = template_hash(k, ns, name)
     assert edited != before
+    # One ConfigMap per config: the old one goes once no ReplicaSet with replicas uses it.
+    assert cm["metadata"]["name"] != first_cm
+    eventually(
+        lambda: get_or_none(k, "-n", ns, "configmap", first_cm) is None,
+        message="the old config's ConfigMap collected after the rollout",
+    )
 
     # Pause: no restart (the template is unchanged); the broker state follows.
     k.run(
@@ -339,7 +348,7 @@ def test_operator_callback_change_rolls_and_missing_callback_blocks(
 
     k.apply(callback_manifest("audit", ns, level="b"))
     eventually(lambda: template_hash(k, ns, name) != before, message="rollout on Callback change")
-    cm = k.get_json("-n", ns, "configmap", f"roger-{name}")
+    cm = config_map(k, ns, name)
     assert yaml.safe_load(cm["data"]["worker.yaml"])["callbacks"][0]["config"] == {"level": "b"}
 
     rolled = k.get_json("-n", ns, "deployment", f"roger-{name}")
@@ -406,14 +415,15 @@ def test_operator_repairs_deleted_and_drifted_children(
         ),
         message="Deployment recreated",
     )
-    for kind in ("configmap", "service", "role"):
-        uid = k.get_json("-n", ns, kind, child)["metadata"]["uid"]
-        k.run("-n", ns, "delete", kind, child)
+    cm_name = config_map_name(k, ns, name)
+    for kind, obj_name in (("configmap", cm_name), ("service", child), ("role", child)):
+        uid = k.get_json("-n", ns, kind, obj_name)["metadata"]["uid"]
+        k.run("-n", ns, "delete", kind, obj_name)
         eventually(
-            lambda kind=kind, uid=uid: (
-                (get_or_none(k, "-n", ns, kind, child) or {"metadata": {"uid": uid}})["metadata"][
-                    "uid"
-                ]
+            lambda kind=kind, obj_name=obj_name, uid=uid: (
+                (get_or_none(k, "-n", ns, kind, obj_name) or {"metadata": {"uid": uid}})[
+                    "metadata"
+                ]["uid"]
                 != uid
             ),
             message=f"{kind} recreated",
@@ -424,20 +434,20 @@ def test_operator_repairs_deleted_and_drifted_children(
         lambda: k.get_json("-n", ns, "deployment", child)["spec"]["replicas"] == 2,
         message="replicas restored",
     )
-    k.run(
+    # A config's ConfigMap is immutable: what a pod reads cannot drift.
+    edit = k.run(
         "-n",
         ns,
         "patch",
         "configmap",
-        child,
+        cm_name,
         "--type=merge",
         "-p",
         '{"data":{"worker.yaml":"partition: hacked"}}',
+        check=False,
     )
-    eventually(
-        lambda: "hacked" not in k.get_json("-n", ns, "configmap", child)["data"]["worker.yaml"],
-        message="ConfigMap restored",
-    )
+    assert edit.returncode != 0 and "immutable" in edit.stderr, edit.stderr
+    assert "hacked" not in k.get_json("-n", ns, "configmap", cm_name)["data"]["worker.yaml"]
     wait_condition(k, ns, name, "Ready", "True")
 
 
@@ -478,13 +488,15 @@ def test_operator_delete_collects_children_and_keeps_queues_with_jobs(
     child = f"roger-{name}"
     k.apply(partition_manifest(name, ns))
     wait_condition(k, ns, name, "Ready", "True")
+    cm_name = config_map_name(k, ns, name)
     import roger
 
     with roger.Client(amqp_url) as client:
         client.enqueue(name, "tests.jobs.basic:noop", None, queue="default")
     k.run("-n", ns, "delete", "partition", name, "--timeout=60s")
-    for kind in ("deployment", "configmap", "service", "serviceaccount", "role", "rolebinding"):
+    for kind in ("deployment", "service", "serviceaccount", "role", "rolebinding"):
         wait_gone(k, "-n", ns, kind, child)
+    wait_gone(k, "-n", ns, "configmap", cm_name)
     assert queue_count(amqp_url, naming.queue_name(name, "default")) == 1
     assert queue_count(amqp_url, naming.queue_name(name, "email")) is None
     # A kept queue keeps its group (retry, buried, invalid): its jobs can still retry.

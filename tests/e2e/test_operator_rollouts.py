@@ -13,14 +13,19 @@ import contextlib
 import json
 import os
 import signal
+import urllib.error
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pika
 import pytest
 
 import roger
+from roger.broker import buried_store
+from roger.core import naming
+from roger.core.buried import fallback_burial_id
 from roger_devtools.polling import eventually
 from roger_devtools.tcpproxy import TcpProxy
 from tests.e2e.operator_support import (
@@ -35,6 +40,7 @@ from tests.e2e.operator_support import (
 )
 from tests.e2e.test_operator_flows import kubectl, ns  # noqa: F401 - fixtures
 from tests.helpers import TEST_TAG, Kubectl
+from tests.integration.support import management
 from tests.jobs import basic
 
 # Rollouts take minutes on a loaded machine (surge pods, minReadySeconds, reverts).
@@ -218,9 +224,14 @@ def test_rollout_bad_edits_keep_old_pods_serving(
          "tests.jobs.no_such_module"),
         ({"worker": {"image": "registry.invalid/no-such-image:1"}}, "ImagePullFailed",
          "registry.invalid/no-such-image:1"),
-        ({"retry": {"levels": [1, 2], "buriedMaxLength": 20}}, "QueueArgumentsRefused",
-         "x-max-length"),
+        # Spec changes of queue arguments are migrated (test_rollout_bound_and_levels_...);
+        # what stays refused is a queue of the partition's names Roger did not make.
+        ({"queues": [*good["queues"], {"name": "extra", "maxWorkers": 1}]},
+         "QueueArgumentsRefused", "'x-queue-type'"),
     ]  # fmt: skip
+    foreign = f"{name}-extra"  # someone's classic queue, where the edit wants a quorum one
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_declare(foreign, durable=True, arguments={"x-queue-type": "classic"})
     for n, (edit, reason, named) in enumerate(edits, 1):
         generation = k.get_json("-n", ns, "deployment", f"roger-{name}")["metadata"]["generation"]
         patch(k, ns, name, edit)
@@ -243,3 +254,101 @@ def test_rollout_bad_edits_keep_old_pods_serving(
             timeout=120,
             message="the bad pods gone",
         )
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_delete(foreign)
+
+
+def policy(name: str) -> Any:
+    """A policy through the management API (None: there is none)."""
+    try:
+        return management(f"/policies/%2F/{urllib.parse.quote(name, safe='')}")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def queue_info(name: str) -> Any:
+    try:
+        return management(f"/queues/%2F/{urllib.parse.quote(name, safe='')}")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def test_rollout_bound_and_levels_migrate_without_degrading(
+    operator: OperatorProcess,
+    kubectl: Kubectl,  # noqa: F811
+    ns: str,  # noqa: F811
+    amqp_url: str,
+    localpods: LocalPodsProcess,
+    tmp_path: Path,
+) -> None:
+    """retry {levels [1, 2], buriedMaxLength 10} -> {[1, 3], 20} on a running Partition: no
+    Degraded, the new bound is the broker's (policy), .retry.3 is declared and the retired
+    .retry.2 deleted once empty; a .buried left by an earlier version with x-max-length 10
+    (queue ``legacy``) is replaced without losing its buried job; jobs run throughout."""
+    k, name = kubectl, short_id()
+    out = tmp_path / "jobs.txt"
+    buried, legacy = (
+        naming.buried_queue_name(name, "default"),
+        naming.buried_queue_name(name, "legacy"),
+    )
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        ch = conn.channel()
+        ch.queue_declare(
+            legacy, durable=True, arguments={"x-queue-type": "quorum", "x-max-length": 10}
+        )
+        ch.basic_publish("", legacy, b'{"id": "old-burial"}')
+    queues = [{"name": "default", "maxWorkers": 2}, {"name": "legacy", "maxWorkers": 1}]
+    k.apply(partition_manifest(name, ns, queues=queues))
+    wait_serving(k, ns, name, 1)
+    assert policy(f"roger-bound:{buried}")["definition"] == {
+        "max-length": 10,
+        "overflow": "drop-head",
+    }
+    assert "x-max-length" not in queue_info(buried)["arguments"]
+    assert queue_info(legacy)["arguments"]["x-max-length"] == 10  # 10 = 10: kept as it is
+    job_runs(amqp_url, name, out, 0)
+
+    patch(k, ns, name, {"retry": {"levels": [1, 3], "buriedMaxLength": 20}})
+    generation = k.get_json("-n", ns, "partition", name)["metadata"]["generation"]
+
+    def migrated() -> bool:
+        obj = k.get_json("-n", ns, "partition", name)
+        degraded = condition(obj, "Degraded")
+        assert degraded.get("status") != "True", degraded  # never, at any point
+        return (
+            obj["status"].get("observedGeneration") == generation
+            and condition(obj, "Ready").get("status") == "True"
+        )
+
+    eventually(migrated, timeout=SLOW, message="Ready at the new generation, never Degraded")
+    assert policy(f"roger-bound:{buried}")["definition"]["max-length"] == 20
+    eventually(
+        lambda: (
+            (queue_info(buried).get("effective_policy_definition") or {}).get("max-length") == 20
+        ),
+        timeout=60,
+        message="the new bound effective on .buried",
+    )
+    fresh = queue_info(legacy)
+    assert "x-max-length" not in fresh["arguments"], fresh  # replaced: the policy bounds it
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        filed = buried_store.jobs(conn, name, "legacy")
+    # The one burial the old queue held: filed into .buried.log, not lost.
+    assert [j.burial_id for j in filed] == [fallback_burial_id(b'{"id": "old-burial"}')]
+    assert queue_info(naming.retry_queue_name(name, "default", 3)) is not None
+    eventually(
+        lambda: queue_info(naming.retry_queue_name(name, "default", 2)) is None,
+        timeout=SLOW,
+        message="the retired .retry.2 deleted once the rollout finished",
+    )
+    job_runs(amqp_url, name, out, 1)
+    delete_partition_sync(k, ns, name)
+    eventually(
+        lambda: policy(f"roger-bound:{buried}") is None,
+        timeout=60,
+        message="the bound's policy deleted with its queue",
+    )

@@ -30,6 +30,7 @@ from tests.e2e.operator_support import (
     ROOT,
     OperatorProcess,
     condition,
+    config_map,
     get_or_none,
     partition_manifest,
     secret_manifest,
@@ -153,13 +154,6 @@ def pods(
     local.stop_all()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known defect (issue 13, open): old and new worker pods share one ConfigMap, so "
-    "during the fix's rollout a restarting old pod reads the new config and exits (its env "
-    "lacks the Secret's variable); the rollout to Ready then often exceeds the wait. The "
-    "CallbackRejected part passes; reported as xfail/xpass, never as a pass",
-)
 def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
     operator: OperatorProcess,
     kubectl: Kubectl,
@@ -211,7 +205,7 @@ def test_operator_tenancy_callback_rejected_then_secret_value_reaches_the_hook(
         )
 
     eventually(ready, timeout=240, message="Ready with the fixed callback")
-    cm = k.get_json("-n", tenant, "configmap", f"roger-{name}")
+    cm = config_map(k, tenant, name)
     assert str(hooks) not in json.dumps(cm)
     assert str(hooks) not in json.dumps(k.get_json("-n", tenant, "partition", name))
     import roger

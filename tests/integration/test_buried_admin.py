@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 def declare(broker: Broker, partition: str, queue: str = "default") -> None:
     ch = broker._channel()
-    for name, args in topology.declarations(partition, queue, (1,), 10_000):
+    for name, args in topology.declarations(partition, queue, (1,)):
         ch.queue_declare(name, durable=True, arguments=args)
 
 

@@ -181,7 +181,7 @@ def _operator_like(url: str, partition: str, stop: threading.Event) -> None:
             try:
                 ch = conn.channel()
                 for q in QUEUES:
-                    for name, args in topology.declarations(partition, q, (1, 3, 5), 100):
+                    for name, args in topology.declarations(partition, q, (1, 3, 5)):
                         ch.queue_declare(name, durable=True, arguments=args)
             finally:
                 conn.close()
@@ -218,8 +218,8 @@ def partition_names(amqp_url: str) -> Iterator[list[str]]:
     for p in made:
         names = _state_names(p)
         for q in QUEUES:
-            names += [n for n, _ in topology.declarations(p, q, (1, 3, 5), 100)]
-            names += [n for n, _ in topology.declarations(p, q, (1,), 100)]
+            names += [n for n, _ in topology.declarations(p, q, (1, 3, 5))]
+            names += [n for n, _ in topology.declarations(p, q, (1,))]
         _delete(amqp_url, sorted(set(names)))
 
 

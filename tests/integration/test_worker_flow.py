@@ -40,7 +40,26 @@ def test_topology_is_durable_quorum_with_ttl_retry_queues(
         assert args["x-dead-letter-routing-key"] == base
         assert args["x-dead-letter-strategy"] == "at-least-once"
         assert args["x-overflow"] == "reject-publish"
-    assert info[f"{base}.buried"]["arguments"]["x-max-length"] == 7
+    # No length bound among .buried's arguments (RabbitMQ cannot change one in place): the
+    # worker keeps the bound itself, the operator with a policy (queue_plan).
+    assert "x-max-length" not in info[f"{base}.buried"]["arguments"]
+
+
+def test_worker_uses_a_buried_queue_that_carries_a_bound_from_an_earlier_version(
+    workers: Workers, broker: Broker, amqp_url: str, unique_name: str
+) -> None:
+    """``.buried`` declared with ``x-max-length`` (as earlier versions did) is used as it
+    is: the worker becomes ready (no 406) and buries into it."""
+    buried = f"{unique_name}-default.buried"
+    legacy = {"x-queue-type": "quorum", "x-max-length": 5}
+    broker.ch.queue_declare(buried, durable=True, arguments=legacy)
+    worker = workers.start(queues=["default=1"], extra=["--buried-max-length", "7"])
+    with roger.Client(amqp_url) as client:
+        client.enqueue(unique_name, basic.fails_once_not_retryable, {}, queue="default")
+    eventually(lambda: broker.count(buried) == 1, timeout=30, message="buried into it")
+    assert worker.get("/readyz")[0] == 200
+    info = {q["name"]: q for q in management("/queues/%2F") if q["name"] == buried}
+    assert info[buried]["arguments"]["x-max-length"] == 5  # untouched
 
 
 def test_enqueue_is_persistent_and_confirmed(

@@ -130,6 +130,7 @@ class FakeLink:
         on_lost: Callable[[], None],
         on_fatal: Callable[[str], None],
         name: str = "",
+        keep_existing: Any = (),
     ) -> None:
         self.ioloop = ioloop
         self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal

@@ -126,7 +126,7 @@ def test_retry_queue_dead_letters_back_to_the_main_queue() -> None:
     args = topology.retry_queue_arguments("p", "q", 3)
     assert args["x-message-ttl"] == 3000 and args["x-dead-letter-routing-key"] == "p-q"
     assert args["x-queue-type"] == "quorum"
-    names = [n for n, _ in topology.declarations("p", "q", (1, 3), 9)]
+    names = [n for n, _ in topology.declarations("p", "q", (1, 3))]
     assert names == ["p-q", "p-q.retry.1", "p-q.retry.3", "p-q.buried", "p-q.invalid"]
 
 

@@ -99,6 +99,10 @@ the worker rules it grants to every worker Role (RBAC forbids granting what one 
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, update, patch, delete]
+# Which old config ConfigMaps a ReplicaSet with replicas still names.
+- apiGroups: [apps]
+  resources: [replicasets]
+  verbs: [list]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, update, patch, delete]

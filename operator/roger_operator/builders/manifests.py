@@ -13,12 +13,14 @@ from typing import Any
 from roger.core.rbac import WORKER_RULES
 from roger_operator.builders.callback_secrets import env_entries
 from roger_operator.builders.config import config_hash, config_text, render_config
+from roger_operator.builders.config_maps import CONFIG_VOLUME, config_map_name
 from roger_operator.builders.model import (
     AMQP_URL_ENV,
     API_VERSION,
     CONFIG_DIR,
     CONFIG_FILE,
     CONFIG_HASH_ANNOTATION,
+    CONFIG_HASH_LABEL,
     CONFIG_PATH,
     DEFAULT_RUN_AS_USER,
     GROUP,
@@ -139,11 +141,17 @@ def role_binding(spec: PartitionSpec) -> Manifest:
     }
 
 
-def config_map(spec: PartitionSpec, text: str) -> Manifest:
+def config_map(spec: PartitionSpec, text: str, digest: str) -> Manifest:
+    """The config of one pod template, named after its content (``builders.config_maps``):
+    immutable, so a pod always reads the config its ReplicaSet was made with."""
+    meta = _meta(spec, "config")
+    meta["name"] = config_map_name(spec.name, digest)
+    meta["labels"][CONFIG_HASH_LABEL] = digest
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(spec),
+        "metadata": meta,
+        "immutable": True,
         "data": {CONFIG_FILE: text},
     }
 
@@ -238,6 +246,7 @@ def rollout_strategy() -> dict[str, Any]:
 def deployment(
     spec: PartitionSpec, template_hash: str, extra_env: Sequence[Manifest] = ()
 ) -> Manifest:
+    """The workers; their config volume is the ConfigMap of ``template_hash``."""
     pt = spec.pod_template
     pod_labels = {**dict(pt.get("labels") or {}), **labels(spec)}
     pod_annotations = {
@@ -253,7 +262,7 @@ def deployment(
         "env": _env(spec, extra_env),
         "ports": [{"name": "metrics", "containerPort": spec.metrics_port, "protocol": "TCP"}],
         "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "securityContext": container_security_context(),
@@ -273,7 +282,10 @@ def deployment(
         "securityContext": pod_security_context(spec),
         "containers": [container],
         "volumes": [
-            {"name": "config", "configMap": {"name": spec.child_name}},
+            {
+                "name": CONFIG_VOLUME,
+                "configMap": {"name": config_map_name(spec.name, template_hash)},
+            },
             {"name": "tmp", "emptyDir": {}},
         ],
     }
@@ -316,7 +328,7 @@ def build_children(
         service_account(spec),
         role(spec),
         role_binding(spec),
-        config_map(spec, text),
+        config_map(spec, text, digest),
         service(spec),
         deployment(spec, digest, env_entries(callbacks)),
     ], digest

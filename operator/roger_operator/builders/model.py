@@ -46,6 +46,7 @@ LABEL_VERSION: Final = "app.kubernetes.io/version"
 LABEL_PARTITION: Final = "roger.dev/partition"
 WORKER_APP: Final = "roger-worker"
 CONFIG_HASH_ANNOTATION: Final = "roger.dev/config-hash"
+CONFIG_HASH_LABEL: Final = CONFIG_HASH_ANNOTATION  # on each config's ConfigMap
 MANAGED_SELECTOR: Final = f"{LABEL_MANAGED_BY}={MANAGER}"
 
 

@@ -38,6 +38,8 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
         "verbs": _CRUD,
     },
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CRUD},
+    # Which old config ConfigMaps a ReplicaSet with replicas still names (handlers.configs).
+    {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CRUD},
     {
         "apiGroups": ["rbac.authorization.k8s.io"],

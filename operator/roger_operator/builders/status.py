@@ -93,13 +93,14 @@ _KEEP = "; the pods of the previous version keep serving until this is fixed or 
 
 
 def queue_arguments_problem(refused: Sequence[str]) -> Problem:
-    """The broker refused queue declarations of the spec (arguments RabbitMQ cannot change
-    in place): nothing is rolled out, the running pods keep their queues."""
+    """Queues of the spec's names exist with arguments Roger never gives them (another
+    queue type, another delay; ``builders.queue_plan``), or the broker refused a
+    declaration: nothing is rolled out, the running pods keep their queues."""
     return Problem(
         R_QUEUE_ARGUMENTS_REFUSED,
-        f"RabbitMQ refused the queue arguments ({'; '.join(refused)}): the Deployment was "
-        "not rolled out and its pods keep their queues; revert the change in spec.retry or "
-        "spec.queues, or drain and delete the queue so that it is declared anew",
+        f"queues exist with arguments Roger cannot migrate ({'; '.join(refused)}): the "
+        "Deployment was not rolled out and its pods keep their queues; revert the change in "
+        "spec.queues, or delete or rename the queue on the broker",
     )
 
 

@@ -126,6 +126,8 @@ def on_child_event(ctx: Context, event: Mapping[str, Any], plural: str = "") -> 
     meta = body.get("metadata") or {}
     kind = str(body.get("kind") or "")
     record = ctx.applied.get((kind, str(meta.get("namespace")), str(meta.get("name"))))
+    if etype == "DELETED" and kind == "ConfigMap" and record is None:
+        return  # an old config collected by handlers.configs (or never applied here)
     if etype == "DELETED":
         log.info("%s %s/%s deleted: repairing", kind, meta.get("namespace"), meta.get("name"))
         partition.reconcile(ctx, parent, "repair")

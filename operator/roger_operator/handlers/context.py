@@ -40,6 +40,10 @@ class Context:
     url_ttl: float = 3600.0  # dropped at once when the broker refuses it
     autoscale_interval: float = 5.0  # seconds between autoscaling evaluations; 0: off
     autoscale: dict[Key, Memory] = field(default_factory=dict)
+    # Partitions that may have old config ConfigMaps to delete (handlers.configs).
+    configs_pending: set[Key] = field(default_factory=set)
+    # Partitions with retired retry queues left to drain (handlers.partition.drain_retired).
+    drains_pending: set[Key] = field(default_factory=set)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +72,8 @@ class Context:
             self.phases.pop(key, None)
             self.deployments.pop(key, None)
             self.autoscale.pop(key, None)
+            self.configs_pending.discard(key)
+            self.drains_pending.discard(key)
 
 
 def _rv(body: Mapping[str, Any]) -> int:

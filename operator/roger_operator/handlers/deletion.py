@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from roger.core import naming
 from roger_operator.builders import cleanup
 from roger_operator.builders.model import (
     PartitionSpec,
@@ -28,7 +29,7 @@ from roger_operator.builders.model import (
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.partition import owner_token, publish_phases, read_amqp_url
 from roger_operator.kube import resource_path
-from roger_operator.rabbit import BrokerError, ClaimConflict, inventory
+from roger_operator.rabbit import BrokerError, ClaimConflict, inventory, migration
 from roger_operator.rabbit.claims import owned, release_queues
 
 log = logging.getLogger("roger_operator.deletion")
@@ -83,6 +84,11 @@ def delete(ctx: Context, body: Mapping[str, Any]) -> None:
     publish_phases(ctx, spec.namespace)
     for kind in CHILD_KINDS:
         ctx.applied.pop((kind, spec.namespace, child_name(spec.name)), None)
+    prefix = f"{child_name(spec.name)}-"  # the config ConfigMaps (builders.config_maps)
+    for record in [r for r in ctx.applied if r[0] == "ConfigMap" and r[1] == spec.namespace]:
+        rest = record[2][len(prefix) :]
+        if record[2].startswith(prefix) and len(rest) == 16 and rest.isalnum():
+            ctx.applied.pop(record, None)
 
 
 def _report(ctx: Context, key: Key, body: Mapping[str, Any], reason: str, message: str) -> None:
@@ -118,6 +124,8 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
         verdicts = cleanup.decide(facts)
         inventory.delete(ctx.broker, url, verdicts)
         deleted, kept = cleanup.summary(verdicts)
+        buried = {naming.buried_queue_name(spec.partition_id, q.name) for q in spec.queues}
+        migration.drop_bounds(ctx.broker, url, [n for n in deleted if n in buried])
         if kept:
             late = f" (workers still running after {elapsed:.0f}s)" if running else ""
             _report(

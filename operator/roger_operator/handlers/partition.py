@@ -26,6 +26,8 @@ from roger_operator.builders.model import (
     parse_partition,
     selector_string,
 )
+from roger_operator.builders.queue_plan import rollout_finished
+from roger_operator.handlers import configs
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.tenancy import (
     callback_config_problems,
@@ -135,6 +137,19 @@ def worker_pods(ctx: Context, spec: PartitionSpec) -> list[Any] | None:
         log.warning("Partition %s/%s: cannot list its pods: %s", spec.namespace, spec.name, exc)
         return None
     return list((found or {}).get("items") or ())
+
+
+def drain_retired(
+    ctx: Context, key: Key, url: str, spec: PartitionSpec, deployment: Mapping[str, Any] | None
+) -> None:
+    """Delete the retry queues no level uses any more once they are empty and no pod of an
+    older config runs (``builders.queue_plan``); until then the refresh comes back."""
+    if not ctx.broker.retired(url, spec.partition_id):
+        ctx.drains_pending.discard(key)
+        return
+    ctx.drains_pending.add(key)
+    if rollout_finished(deployment) and not ctx.broker.drain_retired(url, spec):
+        ctx.drains_pending.discard(key)
 
 
 def write_status(
@@ -254,6 +269,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
                 _remember(ctx, live)
                 if manifest["kind"] == "Deployment":
                     deployment = ctx.remember_deployment(key, live)
+                    ctx.configs_pending.add(key)
         except KubeError as exc:
             problems.append(st.Problem(st.R_APPLY_FAILED, f"server-side apply failed: {exc}"))
             metrics.ERRORS.labels("Partition", "apply").inc()
@@ -267,10 +283,13 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         try:
             ctx.broker.set_paused(url, spec)
             stats = ctx.broker.stats(url, spec)
+            drain_retired(ctx, key, url, spec, deployment)
         except BrokerError as exc:
             problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=False))
             metrics.ERRORS.labels("Partition", "broker").inc()
 
+    pods = worker_pods(ctx, spec)
+    configs.collect(ctx, spec, deployment, pods)
     obs = st.Observation(
         spec=spec,
         missing_callbacks=tuple(missing),
@@ -280,7 +299,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         stats_time=now() if stats is not None else None,
         claimed_id=claimed,
         config_hash=digest,
-        pods=worker_pods(ctx, spec),
+        pods=pods,
     )
     write_status(ctx, key, body, st.compute_status(previous, obs, now()))
 
@@ -336,6 +355,8 @@ def refresh(
             if url:
                 try:
                     stats = ctx.broker.stats(url, spec)
+                    if key in ctx.drains_pending:
+                        drain_retired(ctx, key, url, spec, deployment)
                 except BrokerError:
                     stats = None
                     ctx.urls.pop((spec.namespace, spec.secret_name, spec.secret_key), None)
@@ -344,11 +365,13 @@ def refresh(
             for c in [st.condition(previous, st.DEGRADED) or {}]
             if c.get("status") == "True" and c.get("reason") not in st.DERIVED_REASONS
         )
+        pods = worker_pods(ctx, spec)
+        configs.collect(ctx, spec, deployment, pods)
         obs = st.Observation(
             spec=spec,
             problems=problems,
             deployment=deployment,
-            pods=worker_pods(ctx, spec),
+            pods=pods,
             queue_stats=stats,
             stats_time=now() if stats is not None else None,
         )

@@ -32,6 +32,7 @@ _PLURALS: Final = {
     "Pod": "pods",
     "Event": "events",
     "Deployment": "deployments",
+    "ReplicaSet": "replicasets",
     "Role": "roles",
     "RoleBinding": "rolebindings",
     "Partition": "partitions",

@@ -28,10 +28,11 @@ import pika.exceptions
 
 from roger.broker.connect import blocking_connection
 from roger.core import naming, topology
-from roger.core.amqp_urls import AmqpUrlError, parse_amqp_urls
+from roger_operator.builders import queue_plan
 from roger_operator.builders.model import PartitionSpec
-from roger_operator.rabbit import pause
+from roger_operator.rabbit import migration, pause
 from roger_operator.rabbit.lanes import Lanes, LaneUnavailable
+from roger_operator.rabbit.redaction import addresses, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,25 +49,6 @@ class ClaimConflict(Exception):
         super().__init__(f"partition id {partition_id!r} is claimed by Partition {owner}")
         self.partition_id = partition_id
         self.owner = owner
-
-
-def addresses(url: str) -> tuple[str, ...]:
-    """The broker addresses in the Secret's value: one, or several for a cluster."""
-    try:
-        return parse_amqp_urls(url)
-    except AmqpUrlError:
-        return (url,)  # connecting reports what is wrong with it
-
-
-def redact(text: str, url: str) -> str:
-    """``text`` without any address's password (or the URL itself)."""
-    out = text.replace(url, "<amqp-url>")
-    for one in addresses(url):
-        parsed = urllib.parse.urlparse(one)
-        for secret in {parsed.password, urllib.parse.unquote(parsed.password or "")}:
-            if secret and len(secret) >= 3:
-                out = out.replace(secret, "***")
-    return out
 
 
 @dataclass(frozen=True)
@@ -135,6 +117,7 @@ class Broker:
         )
         self._declared: dict[tuple[str, str], str] = {}
         self._paused: dict[tuple[str, str], set[str]] = {}  # as last read/set in the broker
+        self._retired: dict[tuple[str, str], list[str]] = {}  # retry queues left to drain
         self._lock = threading.Lock()
 
     # -- connections ---------------------------------------------------------------------
@@ -228,36 +211,80 @@ class Broker:
     def declarations(spec: PartitionSpec) -> list[tuple[str, dict[str, Any]]]:
         out: list[tuple[str, dict[str, Any]]] = []
         for q in spec.queues:
-            out.extend(
-                topology.declarations(
-                    spec.partition_id, q.name, spec.retry_levels, spec.buried_max_length
-                )
-            )
+            out.extend(topology.declarations(spec.partition_id, q.name, spec.retry_levels))
         return out
 
     @_in_lane
     def declare(self, url: str, spec: PartitionSpec) -> list[str]:
-        """Declare every queue of the partition (the worker's own arguments).
+        """Bring the partition's queues to the spec (``builders.queue_plan``): declare them,
+        bound ``.buried`` by policy, replace a legacy intake, note retired retry queues.
 
-        Returns warnings for queues that exist with other arguments (RabbitMQ cannot change
-        those in place). Skipped when this process already declared the same set.
+        Returns what the broker refuses (arguments Roger cannot migrate). Skipped when this
+        process already did it for the same spec.
         """
-        decls = self.declarations(spec)
-        digest = json.dumps(decls, sort_keys=True)
+        digest = json.dumps([self.declarations(spec), spec.buried_max_length], sort_keys=True)
         key = (url, spec.partition_id)
         with self._lock:
             if self._declared.get(key) == digest:
                 return []
-        warnings: list[str] = []
-        for name, args in decls:
-            try:
-                self.run(url, functools.partial(_declare_queue, name=name, arguments=args))
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                warnings.append(f"queue {name}: {redact(str(exc.reply_text), url)}")
-        if not warnings:
-            with self._lock:
+        seen = migration.observe(self, url, spec)
+        actions = queue_plan.plan(
+            spec.partition_id,
+            [q.name for q in spec.queues],
+            spec.retry_levels,
+            spec.buried_max_length,
+            seen,
+        )
+        try:
+            done = migration.carry_out(self, url, actions)
+        except (pika.exceptions.AMQPError, TimeoutError) as exc:
+            why = redact(f"migrating queues: {type(exc).__name__}: {exc}", url)
+            raise BrokerError(why) from None
+        with self._lock:
+            self._retired[key] = sorted(set(self._retired.get(key, [])) | set(done.retired))
+            if not done.refused and not done.unfinished:
                 self._declared[key] = digest
-        return warnings
+        return done.refused
+
+    def retired(self, url: str, partition_id: str) -> list[str]:
+        """Retry queues no level uses any more, still to be drained."""
+        with self._lock:
+            return list(self._retired.get((url, partition_id), []))
+
+    @_in_lane
+    def drain_retired(self, url: str, spec: PartitionSpec) -> list[str]:
+        """Delete the retired retry queues that are empty; the ones left. Call only once no
+        pod of an older config runs (it could publish to them)."""
+        key = (url, spec.partition_id)
+        left = migration.drain(self, url, self.retired(url, spec.partition_id))
+        with self._lock:
+            self._retired[key] = left
+        return left
+
+    def management_call(
+        self, url: str, method: str, kind: str, name: str, body: Any = None
+    ) -> int | None:
+        """``<method> /api/<kind>/<vhost>/<name>`` with a JSON body: the HTTP status, or
+        None when the management API is off or does not answer."""
+        if not self.management_port:
+            return None
+        ep = _endpoint(url)
+        api = (
+            f"http://{ep.host}:{self.management_port}/api/{kind}/"
+            f"{urllib.parse.quote(ep.vhost, safe='')}/{urllib.parse.quote(name, safe='')}"
+        )
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(api, data=data, method=method)
+        token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (urllib.error.URLError, OSError):
+            return None
 
     def forget(self, url: str | None, partition_id: str) -> None:
         with self._lock:
@@ -409,3 +436,4 @@ class Broker:
         self.forget(url, partition_id)
         with self._lock:
             self._paused.pop((url, partition_id), None)
+            self._retired.pop((url, partition_id), None)

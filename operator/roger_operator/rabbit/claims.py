@@ -19,7 +19,8 @@ import pika.exceptions
 
 from roger.core import naming
 from roger_operator.builders.model import PartitionSpec
-from roger_operator.rabbit.broker import Broker, BrokerError, redact
+from roger_operator.rabbit.broker import Broker, BrokerError
+from roger_operator.rabbit.redaction import redact
 
 _OWNER_RE = re.compile(r"current is '([^']*)'")  # the 406 names the current argument
 

@@ -17,7 +17,8 @@ import pika.exceptions
 from roger.core import naming
 from roger_operator.builders import cleanup
 from roger_operator.builders.model import PartitionSpec
-from roger_operator.rabbit.broker import Broker, BrokerError, redact
+from roger_operator.rabbit.broker import Broker, BrokerError
+from roger_operator.rabbit.redaction import redact
 
 _LIVE = tuple[int, int] | None | str  # (ready, consumers), missing, or "exclusive"
 LISTING_TIMEOUT = 20.0

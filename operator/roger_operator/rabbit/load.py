@@ -19,7 +19,8 @@ from roger.core import naming
 from roger.core import state as st
 from roger_operator.builders.autoscale import QueueCounters
 from roger_operator.builders.model import PartitionSpec
-from roger_operator.rabbit.broker import Broker, BrokerError, addresses, redact
+from roger_operator.rabbit.broker import Broker, BrokerError
+from roger_operator.rabbit.redaction import addresses, redact
 
 READ_LIMIT = 8.0  # seconds at most spent reading heartbeats
 FIRST_WAIT = 3.0  # seconds a stream may take to deliver its first record

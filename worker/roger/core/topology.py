@@ -33,8 +33,19 @@ def retry_queue_arguments(partition: str, queue: str, seconds: int) -> dict[str,
     }
 
 
-def buried_queue_arguments(max_length: int) -> dict[str, Any]:
-    return {**QUORUM, "x-max-length": max_length}
+def buried_queue_arguments() -> dict[str, Any]:
+    """No length bound among the arguments: RabbitMQ cannot change an argument in place
+    (a re-declare with another ``x-max-length`` is refused), so the bound of ``.buried``
+    is the worker's own (``Outbox.keep_bound``) and, under the operator, a policy that can
+    change (``roger_operator.builders.queue_plan``). Queues declared by earlier versions
+    carry ``x-max-length``: ``keeps_its_arguments`` lets the worker use them as they are."""
+    return dict(QUORUM)
+
+
+def keeps_its_arguments(partition: str, queue: str) -> set[str]:
+    """Queues the worker uses as they exist (passive declare) and declares only when they
+    do not: ``.buried``, which may carry a length bound from an earlier version."""
+    return {naming.buried_queue_name(partition, queue)}
 
 
 BURIED_LOG_MAX_AGE = "30D"
@@ -70,7 +81,7 @@ def invalid_queue_arguments() -> dict[str, Any]:
 
 
 def declarations(
-    partition: str, queue: str, retry_levels: tuple[int, ...], buried_max_length: int
+    partition: str, queue: str, retry_levels: tuple[int, ...]
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every (queue name, arguments) of one partition queue, main queue first."""
     return [
@@ -82,6 +93,6 @@ def declarations(
             )
             for s in retry_levels
         ),
-        (naming.buried_queue_name(partition, queue), buried_queue_arguments(buried_max_length)),
+        (naming.buried_queue_name(partition, queue), buried_queue_arguments()),
         (naming.invalid_queue_name(partition, queue), invalid_queue_arguments()),
     ]

@@ -11,8 +11,9 @@ other queue's jobs run again.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import pika
@@ -38,6 +39,7 @@ class Link:
         on_lost: Callable[[], None],
         on_fatal: Callable[[str], None],
         name: str = "roger-worker",
+        keep_existing: Collection[str] = (),
     ) -> None:
         # One address or several (roger.core.amqp_urls): each attempt takes the next one, so
         # a stopped node costs one refused connect, not a backoff.
@@ -50,6 +52,9 @@ class Link:
             params.client_properties = {"connection_name": name}
         self.ioloop = ioloop
         self.declarations = declarations
+        # Declared only when missing; used as they are when they exist (their arguments
+        # may differ: roger.core.topology.keeps_its_arguments).
+        self.keep_existing = frozenset(keep_existing)
         self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal
         self.conn: SelectConnection | None = None
         self.pub: Any = None
@@ -151,6 +156,26 @@ class Link:
             self.conn.close()
 
     def _declare(self, _frame: Any) -> None:
+        """Find which ``keep_existing`` queues exist (each on a throwaway channel: a
+        passive declare of a missing queue closes its channel), then declare."""
+        probe = [n for n, _ in self.declarations if n in self.keep_existing]
+        if not probe:
+            self._declare_all(set())
+            return
+        existing: set[str] = set()
+        left = [len(probe)]
+
+        def probed(name: str, messages: int | None) -> None:
+            if messages is not None:
+                existing.add(name)
+            left[0] -= 1
+            if left[0] == 0 and self.pub is not None:
+                self._declare_all(existing)
+
+        for name in probe:
+            self.count(name, functools.partial(probed, name))
+
+    def _declare_all(self, existing: set[str]) -> None:
         left = [len(self.declarations)]
 
         def one_done(_f: Any) -> None:
@@ -161,7 +186,10 @@ class Link:
                 self.on_ready()
 
         for name, arguments in self.declarations:
-            self.pub.queue_declare(name, durable=True, arguments=arguments, callback=one_done)
+            if name in existing:  # deleted since: the 404 starts a new connection
+                self.pub.queue_declare(name, passive=True, callback=one_done)
+            else:
+                self.pub.queue_declare(name, durable=True, arguments=arguments, callback=one_done)
 
     def publish(self, routing_key: str, body: bytes, props: Any, on_confirm: Confirm) -> bool:
         """Publish on the confirm channel; False if there is none open now."""

@@ -68,10 +68,9 @@ class Worker:
         decls = [
             d
             for name in config.queues
-            for d in topology.declarations(
-                self.partition, name, config.retry_levels, config.buried_max_length
-            )
+            for d in topology.declarations(self.partition, name, config.retry_levels)
         ]
+        keep = {k for n in config.queues for k in topology.keeps_its_arguments(self.partition, n)}
         self.link = edges.link(
             amqp_url,
             self.ioloop,
@@ -80,6 +79,7 @@ class Worker:
             self._lost,
             self.fatal,
             name=f"roger-worker {self.partition} {os.uname().nodename} {os.getpid()}",
+            keep_existing=keep,
         )
         self.link.on_ack_timeout = self._ack_timed_out
         # Jobs stopped for holding a delivery past the broker's consumer timeout: their

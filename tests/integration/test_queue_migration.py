@@ -1,0 +1,162 @@
+"""Queue-argument migration (``roger_operator.rabbit.migration``) on the real broker, and the
+RabbitMQ behaviour it rests on, on whichever broker the tier runs (3.10, or 4.0 with
+``ROGER_TEST_RABBITMQ``): the answers below were the same on both when this was written,
+and a broker version that changes one fails here first."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from collections.abc import Iterator
+
+import pika
+import pika.exceptions
+import pytest
+
+from roger.broker import buried_store
+from roger.core import naming
+from roger_devtools.polling import eventually
+from roger_operator.builders.model import PartitionSpec, QueueSpec
+from roger_operator.rabbit.broker import Broker
+from tests.brokers import selected
+from tests.integration.support import management
+
+pytestmark = pytest.mark.integration
+
+
+def spec(partition_id: str, levels: tuple[int, ...], bound: int) -> PartitionSpec:
+    return PartitionSpec(
+        name=partition_id, namespace="ns", uid="u", generation=1, partition_id=partition_id,
+        secret_name="s", secret_key="url", image="i", replicas=1, jobs=("m",),
+        queues=(QueueSpec("q"),), retry_levels=levels, buried_max_length=bound,
+        callbacks=(), event_hooks=(), metrics_port=9100, shutdown_timeout=1.0,
+        callback_timeout=1.0, grace_period=1,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def broker(amqp_url: str, unique_name: str) -> Iterator[Broker]:
+    b = Broker(selected().management_port, timeout=30.0, wait=120.0)  # a loaded machine
+    yield b
+    b.close()
+    for name in list_queues(unique_name):
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+            conn.channel().queue_delete(name)
+    for policy in management("/policies/%2F"):
+        if unique_name in policy["name"]:
+            management(f"/policies/%2F/{urllib.parse.quote(policy['name'], safe='')}", "DELETE")
+
+
+def list_queues(prefix: str) -> list[str]:
+    return [q["name"] for q in management("/queues/%2F") if q["name"].startswith(prefix)]
+
+
+def applied(queue: str, bound: int) -> None:
+    """Until the broker shows the policy's bound on the queue (applied asynchronously)."""
+
+    def shown() -> bool:
+        found = management(f"/queues/%2F/{queue}").get("effective_policy_definition") or {}
+        return found.get("max-length") == bound
+
+    eventually(shown, timeout=30, message=f"max-length {bound} applied to {queue}")
+
+
+def fill(amqp_url: str, queue: str, n: int) -> int:
+    """Publish ``n`` messages (confirmed), return how many the queue keeps."""
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for i in range(n):
+            ch.basic_publish("", queue, str(i).encode())
+        return int(ch.queue_declare(queue, passive=True).method.message_count)
+
+
+def test_rabbitmq_never_changes_a_bound_argument_in_place(amqp_url: str, unique_name: str) -> None:
+    """Why the bound is a policy: a re-declare with another or no x-max-length is a 406,
+    and a quorum queue has no if-empty delete (540, the connection closes)."""
+    name = f"{unique_name}.probe"
+    args = {"x-queue-type": "quorum", "x-max-length": 10}
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_declare(name, durable=True, arguments=args)
+        for other in ({"x-queue-type": "quorum"}, {**args, "x-max-length": 20}):
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+                conn.channel().queue_declare(name, durable=True, arguments=other)
+            assert refused.value.reply_code == 406
+            assert "x-max-length" in refused.value.reply_text
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            conn.channel().queue_delete(name, if_empty=True)
+        assert closed.value.reply_code == 540
+
+
+def test_the_bound_is_a_policy_that_changes_in_place(
+    broker: Broker, amqp_url: str, unique_name: str
+) -> None:
+    buried = naming.buried_queue_name(unique_name, "q")
+    assert broker.declare(amqp_url, spec(unique_name, (1,), 3)) == []
+    assert "x-max-length" not in management(f"/queues/%2F/{buried}")["arguments"]
+    applied(buried, 3)
+    assert fill(amqp_url, buried, 5) == 3  # drop-head at the policy's bound
+    assert broker.declare(amqp_url, spec(unique_name, (1,), 6)) == []  # raised in place
+    applied(buried, 6)
+    assert fill(amqp_url, buried, 5) == 6
+
+
+@pytest.mark.parametrize(("wanted", "kept"), [(5, 5), (20, 20)])
+def test_a_legacy_bound_argument_is_lowered_by_the_policy_or_the_queue_replaced(
+    broker: Broker, amqp_url: str, unique_name: str, wanted: int, kept: int
+) -> None:
+    """x-max-length 10 (an earlier version's .buried): with a policy, RabbitMQ applies the
+    lower of the two, so 5 is the policy alone; 20 replaces the queue (its jobs filed into
+    .buried.log first)."""
+    buried = naming.buried_queue_name(unique_name, "q")
+    legacy = {"x-queue-type": "quorum", "x-max-length": 10}
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_declare(buried, durable=True, arguments=legacy)
+    assert fill(amqp_url, buried, 2) == 2
+    assert broker.declare(amqp_url, spec(unique_name, (1,), wanted)) == []
+    args = management(f"/queues/%2F/{buried}")["arguments"]
+    assert ("x-max-length" in args) is (wanted <= 10)
+    if wanted > 10:  # replaced: the two jobs it held went to the log, not away
+        assert fill(amqp_url, buried, 0) == 0
+        with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+            assert len(buried_store.jobs(conn, unique_name, "q")) == 2
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_purge(buried)
+    applied(buried, wanted)
+    assert fill(amqp_url, buried, 25) == kept
+
+
+def test_retired_retry_queues_are_deleted_once_empty(
+    broker: Broker, amqp_url: str, unique_name: str
+) -> None:
+    first = spec(unique_name, (1, 2), 10)
+    assert broker.declare(amqp_url, first) == []
+    old = naming.retry_queue_name(unique_name, "q", 2)
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_delete(naming.queue_name(unique_name, "q"))  # no dead-letter target
+        conn.channel().queue_declare(naming.queue_name(unique_name, "q"), durable=True,
+                                     arguments={"x-queue-type": "quorum"})  # fmt: skip
+    second = dataclasses.replace(first, retry_levels=(1, 3))
+    assert broker.declare(amqp_url, second) == []
+    assert broker.retired(amqp_url, unique_name) == [old]
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        ch = conn.channel()
+        ch.confirm_delivery()  # in the queue before the drain looks
+        ch.basic_publish("", old, b"job", pika.BasicProperties(expiration="600000"))
+    assert broker.drain_retired(amqp_url, second) == [old]  # a job waits in it: kept
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_purge(old)
+    assert broker.drain_retired(amqp_url, second) == []
+    assert old not in list_queues(unique_name)
+    assert naming.retry_queue_name(unique_name, "q", 3) in list_queues(unique_name)
+
+
+def test_a_foreign_queue_is_refused_by_name(
+    broker: Broker, amqp_url: str, unique_name: str
+) -> None:
+    main = naming.queue_name(unique_name, "q")
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
+        conn.channel().queue_declare(main, durable=True, arguments={"x-queue-type": "classic"})
+    (refused,) = broker.declare(amqp_url, spec(unique_name, (1,), 10))
+    assert main in refused and "'x-queue-type'" in refused
