@@ -26,10 +26,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import pika
-
-from roger.broker import state_client
-from roger.broker.publisher import ConnectionLost, DeclareRefused, Publish, Refused, Unroutable
+from roger.broker import state_client, wire
+from roger.broker.publishes import ConnectionLost, DeclareRefused, Publish, Refused, Unroutable
 from roger.core import naming, topology
 from roger.core import state as st
 from roger.core.jobs import JobDefinition
@@ -43,6 +41,7 @@ from roger.core.message import (
 )
 
 log = logging.getLogger("roger.client")
+_MAIN_QUEUE = topology.main_queue_arguments()  # declared as is, never changed
 
 
 class EnqueueError(RuntimeError):
@@ -73,8 +72,8 @@ class Prepared:
     target: str
 
     def job_publish(self) -> Publish:
-        props = pika.BasicProperties(**properties(self.message, self.partition))
-        return Publish(self.target, self.body, props, topology.main_queue_arguments())
+        props = wire.properties(properties(self.message, self.partition))
+        return Publish(self.target, self.body, props, self.message.id, _MAIN_QUEUE)
 
 
 @dataclass(frozen=True)
@@ -129,6 +128,24 @@ def _definition(job: JobDefinition | str) -> tuple[str, JobDefinition | None]:
     return job, value
 
 
+_TARGETS: dict[tuple[str, str], str] = {}  # (partition, queue) seen valid -> queue name
+_PARTITIONS: set[str] = set()  # partition names seen valid
+
+
+def _target(partition: str, queue: str) -> str:
+    """The main queue of ``queue`` in ``partition``, both names checked (once per pair)."""
+    found = _TARGETS.get((partition, queue))
+    if found is not None:
+        return found
+    naming.validate_name("partition", partition)
+    naming.validate_queue(partition, queue)
+    name = naming.queue_name(partition, queue)
+    if len(_TARGETS) < CACHE_MAX:
+        _TARGETS[(partition, queue)] = name
+        _PARTITIONS.add(partition)
+    return name
+
+
 def prepare(
     partition: str,
     job: JobDefinition | str,
@@ -138,7 +155,8 @@ def prepare(
 ) -> Prepared:
     """Validate and encode one job; raises ``EnqueueError``/``InvalidName`` on bad input.
     ``job_id`` is the caller's own id (else a new UUID)."""
-    naming.validate_name("partition", partition)
+    if partition not in _PARTITIONS:
+        naming.validate_name("partition", partition)
     if job_id is not None:
         try:
             caller_job_id(job_id)
@@ -146,7 +164,7 @@ def prepare(
             raise EnqueueError(str(exc)) from None
     name, definition = _definition(job)
     queue = queue or (definition.queue if definition else "default")
-    naming.validate_queue(partition, queue)
+    target = _target(partition, queue)
     queue_key, execution_key = definition.keys(args) if definition else (None, None)
     msg = JobMessage(
         id=new_job_id() if job_id is None else job_id,
@@ -162,7 +180,7 @@ def prepare(
         body = encode(msg)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EnqueueError(f"args must be JSON-serialisable: {exc}") from None
-    return Prepared(partition, msg, body, naming.queue_name(partition, queue))
+    return Prepared(partition, msg, body, target)
 
 
 JobSpec = (
