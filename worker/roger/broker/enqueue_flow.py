@@ -218,7 +218,7 @@ def _publish_error(exc: BaseException) -> BaseException:
 
 def steps(jobs: Sequence[Prepared]) -> Steps:
     """The enqueue of ``jobs`` (see the module docstring); returns one result per job."""
-    done: dict[int, tuple[EnqueueResult, BaseException | None]] = {}
+    done: list[tuple[EnqueueResult, BaseException | None] | None] = [None] * len(jobs)
 
     def refuse(i: int, exc: BaseException) -> None:
         m = jobs[i].message
@@ -227,21 +227,21 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
         )
         done[i] = (EnqueueResult(m.id, status, m.queue_key, str(exc) or repr(exc)), exc)
 
-    # 1. queue keys
-    taken: set[int] = set()
-    keyed = [i for i, j in enumerate(jobs) if j.message.queue_key is not None]
-    for i in keyed:  # one at a time, in order: of two jobs with one key, the first wins
-        [out] = yield [_take(jobs[i])]
-        key = str(jobs[i].message.queue_key)
+    # 1. queue keys, one at a time, in order: of two jobs with one key, the first wins
+    taken: list[int] = []
+    for i, job in enumerate(jobs):
+        if job.message.queue_key is None:
+            continue
+        [out] = yield [_take(job)]
         if isinstance(out, BaseException):
             refuse(i, out)
-        elif out == jobs[i].message.id:
-            taken.add(i)
+        elif out == job.message.id:
+            taken.append(i)
         else:
-            refuse(i, state_client.DuplicateJob(jobs[i].partition, key, out))
+            refuse(i, state_client.DuplicateJob(job.partition, str(job.message.queue_key), out))
 
     # 2. the jobs
-    pending = [i for i in range(len(jobs)) if i not in done]
+    pending = [i for i, d in enumerate(done) if d is None]
     for attempt in range(2):
         if not pending:
             break
@@ -258,12 +258,10 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
         pending = retry
 
     # 3. keys: held for the life of the jobs that are there, freed for those that are not
-    settle: list[Action] = [
-        _hold(jobs[i]) if done[i][0].ok else _release(jobs[i]) for i in sorted(taken)
-    ]
-    if settle:
-        yield settle
-    return [done[i] for i in range(len(jobs))]
+    results = [d for d in done if d is not None]  # every job has its result by now
+    if taken:
+        yield [_hold(jobs[i]) if results[i][0].ok else _release(jobs[i]) for i in taken]
+    return results
 
 
 def _take(job: Prepared) -> Control:

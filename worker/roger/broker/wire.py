@@ -66,20 +66,35 @@ def properties(fields: dict[str, Any]) -> bytes:
     )
 
 
+_METHODS: dict[tuple[int, str], bytes] = {}  # (channel, queue) -> its method frame
+_METHODS_MAX: Final = 4096
+
+
+def _method_frame(channel: int, queue: str) -> bytes:
+    found = _METHODS.get((channel, queue))
+    if found is None:
+        method = _PUBLISH_HEAD + _short(queue) + _MANDATORY
+        found = _FRAME.pack(_METHOD, channel, len(method)) + method + _FRAME_END
+        if len(_METHODS) < _METHODS_MAX:
+            _METHODS[(channel, queue)] = found
+    return found
+
+
 def publish(channel: int, queue: str, body: bytes, props: bytes, body_max: int) -> bytes:
     """Every frame of a mandatory publish of ``body`` to ``queue`` (default exchange);
     ``props`` from ``properties``, ``body_max`` the connection's frame size less 8."""
-    method = _PUBLISH_HEAD + _short(queue) + _MANDATORY
-    header = _HEADER_HEAD.pack(60, 0, len(body)) + props
+    size = len(body)
     parts = [
-        _FRAME.pack(_METHOD, channel, len(method)),
-        method,
-        _FRAME_END,
-        _FRAME.pack(_HEADER, channel, len(header)),
-        header,
+        _method_frame(channel, queue),
+        _FRAME.pack(_HEADER, channel, 12 + len(props)),
+        _HEADER_HEAD.pack(60, 0, size),
+        props,
         _FRAME_END,
     ]
-    for start in range(0, len(body), body_max):
-        chunk = body[start : start + body_max]
-        parts += (_FRAME.pack(_BODY, channel, len(chunk)), chunk, _FRAME_END)
+    if 0 < size <= body_max:  # the common case: one body frame
+        parts += (_FRAME.pack(_BODY, channel, size), body, _FRAME_END)
+    else:
+        for start in range(0, size, body_max):
+            chunk = body[start : start + body_max]
+            parts += (_FRAME.pack(_BODY, channel, len(chunk)), chunk, _FRAME_END)
     return b"".join(parts)
