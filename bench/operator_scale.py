@@ -2,8 +2,11 @@
 
 Measures: seconds until every Deployment exists and until every Partition reports Ready,
 Kubernetes API requests (the operator's own client counter, and the API server's
-``apiserver_request_total`` diff for the resources the operator touches), operator peak
-RSS, and operator CPU while nothing changes. Then deletes everything and times that too.
+``apiserver_request_total`` diff for the resources the operator touches), operator CPU
+seconds up to all Ready (also per Partition), operator peak RSS, the machine's load
+average, and operator CPU while nothing changes. Then deletes everything and times that
+too. The namespace starts with ``ROGER_TEST_TAG`` (as the tests' do), so two checkouts
+sharing the cluster never touch each other's.
 
     .venv/bin/python bench/operator_scale.py [--partitions 200] [--idle-seconds 60]
 
@@ -102,11 +105,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
 
 
-def peak_rss_mib(pid: int) -> float:
+def _status_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def peak_rss_mib(pid: int) -> float:
+    return _status_kib(pid, "VmHWM:") / 1024
+
+
+def rss_mib(pid: int) -> float:
+    return _status_kib(pid, "VmRSS:") / 1024
 
 
 def manifests(ns: str, names: list[str]) -> tuple[str, str]:
@@ -191,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apply-streams", type=int, default=4, help="parallel kubectl applies")
     args = parser.parse_args(argv)
 
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    ns = f"bench-operator-{uuid.uuid4().hex[:6]}"
+    try:  # installed already: a shared cluster's CRDs may be newer than this checkout's
+        kubectl("get", "crd", "partitions.roger.dev")
+    except RuntimeError:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+    tag = os.environ.get("ROGER_TEST_TAG", "t")
+    ns = f"{tag}-bench-operator-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", ns)
     metrics_port, health_port = free_port(), free_port()
     log_path = Path(f"/tmp/{ns}.log")
@@ -227,26 +242,41 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.2)
         time.sleep(1)
         api0, own0 = apiserver_requests(), operator_requests(metrics_port)
+        result["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
+        cpu_start = cpu_seconds(op.pid)
         start = time.monotonic()
         apply_parallel(ns, names, args.apply_streams)
         result["apply_seconds"] = round(time.monotonic() - start, 2)
         result["apply_streams"] = args.apply_streams
-        deployments_at = None
-        while time.monotonic() - start < args.timeout:
-            if deployments_at is None and count_deployments(ns) >= args.partitions:
-                deployments_at = time.monotonic() - start
+        deployments_at, timeline, last_mark = None, [], -1
+        while True:
+            elapsed = time.monotonic() - start
+            deployments = count_deployments(ns) if deployments_at is None else args.partitions
+            if deployments_at is None and deployments >= args.partitions:
+                deployments_at = elapsed
             _total, ready = count_ready(ns)
+            if int(elapsed // 30) != last_mark:  # how far it got, every 30 s
+                last_mark = int(elapsed // 30)
+                timeline.append((round(elapsed), deployments, ready))
             if deployments_at is not None and ready >= args.partitions:
                 break
+            if elapsed > args.timeout:
+                result["timed_out_ready"] = ready
+                break
             time.sleep(0.5)
-        else:
-            raise SystemExit(f"timed out: {count_ready(ns)} (total, ready)")
-        result["all_deployments_seconds"] = round(deployments_at, 1)
+        result["timeline_seconds_deployments_ready"] = timeline
+        result["all_deployments_seconds"] = deployments_at and round(deployments_at, 1)
         result["all_ready_seconds"] = round(time.monotonic() - start, 1)
+        cpu_ready = cpu_seconds(op.pid) - cpu_start
+        result["load_average_at_ready"] = [round(x, 1) for x in os.getloadavg()]
+        result["operator_cpu_seconds_to_ready"] = round(cpu_ready, 2)
+        result["operator_cpu_ms_per_partition"] = round(1000 * cpu_ready / args.partitions, 1)
+        result["rss_mib_at_ready"] = round(rss_mib(op.pid), 1)
         api1, own1 = apiserver_requests(), operator_requests(metrics_port)
         result["apiserver_requests_to_ready"] = api1 - api0
         result["operator_client_requests_to_ready"] = own1 - own0
         result["requests_per_partition"] = round((api1 - api0) / args.partitions, 1)
+        result["operator_requests_per_partition"] = round((own1 - own0) / args.partitions, 1)
 
         time.sleep(3)  # let the last status events settle
         cpu0, t0, own_idle0 = cpu_seconds(op.pid), time.monotonic(), operator_requests(metrics_port)
@@ -260,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         result["status_interval_seconds"] = args.status_interval
         result["peak_rss_mib"] = round(peak_rss_mib(op.pid), 1)
 
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), cpu_seconds(op.pid)
         kubectl("delete", "partitions", "--all", "-n", ns, "--timeout=600s")
         result["delete_all_seconds"] = round(time.monotonic() - start, 1)
+        result["operator_cpu_seconds_to_delete"] = round(cpu_seconds(op.pid) - cpu_start, 2)
+        result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
         result["peak_rss_mib"] = round(peak_rss_mib(op.pid), 1)
     finally:
         if op.poll() is None:
@@ -282,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True,
             check=False,
         )
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result))
     return 0
 
 

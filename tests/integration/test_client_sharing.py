@@ -66,7 +66,7 @@ def test_32_threads_share_one_client(
     assert len(returned) == 32 * per_thread
     found = ids_in(broker, f"{unique_name}-default")
     assert found == Counter(returned)  # every id once, nothing else
-    assert client._publisher is not None and client._publisher._pub_ch is not None
+    assert client._links.publisher is not None and client._links.publisher._pub_ch is not None
 
 
 _FORKING_SERVER = """
@@ -77,7 +77,7 @@ from tests.jobs import basic
 client = roger.Client(sys.argv[1])
 partition, children, per_process = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 client.enqueue(partition, basic.noop, {"who": "parent-before"})  # the parent is connected
-parent_sock = client._publisher._conn._transport._sock
+parent_sock = client._links.publisher._conn._transport._sock
 parent_port = parent_sock.getsockname()[1]
 pids = []
 for c in range(children):
@@ -92,7 +92,7 @@ for c in range(children):
                    for n in range(per_process)]
             many = client.enqueue_many(partition, [(basic.noop, {"who": c, "m": n})
                                                    for n in range(per_process)])
-            port = client._publisher._conn._transport._sock.getsockname()[1]
+            port = client._links.publisher._conn._transport._sock.getsockname()[1]
             out = {"ids": ids + [m.job_id for m in many if m.ok], "port": port,
                    "inherited_closed": inherited_closed}
         except BaseException as exc:
@@ -111,7 +111,7 @@ for pid, r in pids:
     _, status = os.waitpid(pid, 0)
     reports[-1]["status"] = status
 ids.append(client.enqueue(partition, basic.noop, {"who": "parent-after"}))
-same = client._publisher._conn._transport._sock is parent_sock
+same = client._links.publisher._conn._transport._sock is parent_sock
 print(json.dumps({"parent_ids": ids, "parent_port": parent_port, "children": reports,
                   "parent_kept_its_connection": same}))
 client.close()

@@ -1,8 +1,8 @@
 """``roger.AsyncClient``: the client for asyncio applications (FastAPI, aiohttp).
 
 No new dependency: it drives the same enqueue steps as ``roger.Client`` over the same I/O
-thread, and awaits each publish's ``concurrent.futures.Future`` with
-``asyncio.wrap_future``, so the event loop never blocks on the broker and every await
+thread: a step's batch of publishes wakes the loop once (``call_soon_threadsafe``) when
+its last confirm arrives, so the event loop never blocks on the broker and every await
 returns only once the broker confirmed its own message. An asyncio AMQP library
 (aio-pika, aiormq) would be a second AMQP stack with its own connection handling and
 fork and reconnect rules to keep equal; here both APIs share one. Calls on the blocking
@@ -12,13 +12,14 @@ connection (cancel, pause, info, ...) run in the loop's default executor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
 from roger.broker import enqueue_flow as flow
-from roger.broker.client import Client, PartitionInfo, _outcome
+from roger.broker.client import Client, PartitionInfo
 from roger.broker.enqueue_flow import EnqueueResult, JobSpec
 from roger.core.jobs import JobDefinition
 
@@ -43,19 +44,27 @@ class AsyncClient:
         await self._in_thread(self.sync.close)
 
     async def _run(self, steps: flow.Steps) -> list[tuple[EnqueueResult, BaseException | None]]:
+        links, loop = self.sync._links, asyncio.get_running_loop()
         outcomes: list[Any] | None = None
         try:
             while True:
                 actions = steps.send(outcomes)  # type: ignore[arg-type]
+                settled = loop.create_future()
+
+                def wake(f: asyncio.Future[None] = settled) -> None:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        loop.call_soon_threadsafe(_finish, f)
+
                 # starting may connect (blocking): only then off the loop
-                futures = (
-                    self.sync._dispatch(actions)
-                    if self.sync._connected()
-                    else await self._in_thread(self.sync._dispatch, actions)
+                started = (
+                    links.dispatch(actions, wake)
+                    if links.connected()
+                    else await self._in_thread(links.dispatch, actions, wake)
                 )
-                waited = [asyncio.wrap_future(f) for f in futures]
-                await asyncio.wait(waited)
-                outcomes = [_outcome(f) for f in futures]
+                await settled
+                if started.controls:
+                    await asyncio.wait([asyncio.wrap_future(f) for f in started.controls])
+                outcomes = started.outcomes()
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
@@ -104,3 +113,8 @@ class AsyncClient:
         retry_levels: tuple[int, ...] | None = None,
     ) -> PartitionInfo:
         return await self._in_thread(self.sync.info, partition, queues, retry_levels)
+
+
+def _finish(settled: asyncio.Future[None]) -> None:
+    if not settled.done():
+        settled.set_result(None)

@@ -26,10 +26,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import pika
-
-from roger.broker import state_client
-from roger.broker.publisher import ConnectionLost, DeclareRefused, Publish, Refused, Unroutable
+from roger.broker import state_client, wire
+from roger.broker.publishes import ConnectionLost, DeclareRefused, Publish, Refused, Unroutable
 from roger.core import naming, topology
 from roger.core import state as st
 from roger.core.jobs import JobDefinition
@@ -43,6 +41,7 @@ from roger.core.message import (
 )
 
 log = logging.getLogger("roger.client")
+_MAIN_QUEUE = topology.main_queue_arguments()  # declared as is, never changed
 
 
 class EnqueueError(RuntimeError):
@@ -73,8 +72,8 @@ class Prepared:
     target: str
 
     def job_publish(self) -> Publish:
-        props = pika.BasicProperties(**properties(self.message, self.partition))
-        return Publish(self.target, self.body, props, topology.main_queue_arguments())
+        props = wire.properties(properties(self.message, self.partition))
+        return Publish(self.target, self.body, props, self.message.id, _MAIN_QUEUE)
 
 
 @dataclass(frozen=True)
@@ -129,6 +128,24 @@ def _definition(job: JobDefinition | str) -> tuple[str, JobDefinition | None]:
     return job, value
 
 
+_TARGETS: dict[tuple[str, str], str] = {}  # (partition, queue) seen valid -> queue name
+_PARTITIONS: set[str] = set()  # partition names seen valid
+
+
+def _target(partition: str, queue: str) -> str:
+    """The main queue of ``queue`` in ``partition``, both names checked (once per pair)."""
+    found = _TARGETS.get((partition, queue))
+    if found is not None:
+        return found
+    naming.validate_name("partition", partition)
+    naming.validate_queue(partition, queue)
+    name = naming.queue_name(partition, queue)
+    if len(_TARGETS) < CACHE_MAX:
+        _TARGETS[(partition, queue)] = name
+        _PARTITIONS.add(partition)
+    return name
+
+
 def prepare(
     partition: str,
     job: JobDefinition | str,
@@ -138,7 +155,8 @@ def prepare(
 ) -> Prepared:
     """Validate and encode one job; raises ``EnqueueError``/``InvalidName`` on bad input.
     ``job_id`` is the caller's own id (else a new UUID)."""
-    naming.validate_name("partition", partition)
+    if partition not in _PARTITIONS:
+        naming.validate_name("partition", partition)
     if job_id is not None:
         try:
             caller_job_id(job_id)
@@ -146,7 +164,7 @@ def prepare(
             raise EnqueueError(str(exc)) from None
     name, definition = _definition(job)
     queue = queue or (definition.queue if definition else "default")
-    naming.validate_queue(partition, queue)
+    target = _target(partition, queue)
     queue_key, execution_key = definition.keys(args) if definition else (None, None)
     msg = JobMessage(
         id=new_job_id() if job_id is None else job_id,
@@ -162,7 +180,7 @@ def prepare(
         body = encode(msg)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EnqueueError(f"args must be JSON-serialisable: {exc}") from None
-    return Prepared(partition, msg, body, naming.queue_name(partition, queue))
+    return Prepared(partition, msg, body, target)
 
 
 JobSpec = (
@@ -200,7 +218,7 @@ def _publish_error(exc: BaseException) -> BaseException:
 
 def steps(jobs: Sequence[Prepared]) -> Steps:
     """The enqueue of ``jobs`` (see the module docstring); returns one result per job."""
-    done: dict[int, tuple[EnqueueResult, BaseException | None]] = {}
+    done: list[tuple[EnqueueResult, BaseException | None] | None] = [None] * len(jobs)
 
     def refuse(i: int, exc: BaseException) -> None:
         m = jobs[i].message
@@ -209,21 +227,21 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
         )
         done[i] = (EnqueueResult(m.id, status, m.queue_key, str(exc) or repr(exc)), exc)
 
-    # 1. queue keys
-    taken: set[int] = set()
-    keyed = [i for i, j in enumerate(jobs) if j.message.queue_key is not None]
-    for i in keyed:  # one at a time, in order: of two jobs with one key, the first wins
-        [out] = yield [_take(jobs[i])]
-        key = str(jobs[i].message.queue_key)
+    # 1. queue keys, one at a time, in order: of two jobs with one key, the first wins
+    taken: list[int] = []
+    for i, job in enumerate(jobs):
+        if job.message.queue_key is None:
+            continue
+        [out] = yield [_take(job)]
         if isinstance(out, BaseException):
             refuse(i, out)
-        elif out == jobs[i].message.id:
-            taken.add(i)
+        elif out == job.message.id:
+            taken.append(i)
         else:
-            refuse(i, state_client.DuplicateJob(jobs[i].partition, key, out))
+            refuse(i, state_client.DuplicateJob(job.partition, str(job.message.queue_key), out))
 
     # 2. the jobs
-    pending = [i for i in range(len(jobs)) if i not in done]
+    pending = [i for i, d in enumerate(done) if d is None]
     for attempt in range(2):
         if not pending:
             break
@@ -240,12 +258,10 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
         pending = retry
 
     # 3. keys: held for the life of the jobs that are there, freed for those that are not
-    settle: list[Action] = [
-        _hold(jobs[i]) if done[i][0].ok else _release(jobs[i]) for i in sorted(taken)
-    ]
-    if settle:
-        yield settle
-    return [done[i] for i in range(len(jobs))]
+    results = [d for d in done if d is not None]  # every job has its result by now
+    if taken:
+        yield [_hold(jobs[i]) if results[i][0].ok else _release(jobs[i]) for i in taken]
+    return results
 
 
 def _take(job: Prepared) -> Control:

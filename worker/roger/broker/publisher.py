@@ -3,14 +3,15 @@
 pika connections are not thread-safe, and a ``BlockingConnection`` in confirm mode waits
 for each confirm before the next publish. Here one thread runs a ``SelectConnection``;
 any thread submits publishes through a locked inbox (one wake-up per batch) and gets a
-``concurrent.futures.Future`` per message, settled by the broker's confirm (one
-``multiple`` ack settles many). Waiting on the future blocks only the caller; asyncio
-code awaits it with ``asyncio.wrap_future``.
+``Publish`` per message, settled by the broker's confirm (one ``multiple`` ack settles
+many) and waited for a batch at a time (``roger.broker.publishes``). The caller's thread
+builds each publish's frames (``roger.broker.wire``); this thread writes a whole batch
+with one call instead of marshalling every message through pika.
 
 Two channels: publishes go on a confirm channel that nothing should ever close; queue
 declarations, which the broker may refuse (arguments differ, a queue being deleted), go
 on their own channel, one at a time, and a publish waits for its queue's declare-ok.
-A lost connection fails every unsettled future with ``ConnectionLost`` and ends the
+A lost connection fails every unsettled publish with ``ConnectionLost`` and ends the
 thread; the owner starts a new ``Publisher`` for the next call.
 """
 
@@ -21,8 +22,6 @@ import logging
 import os
 import threading
 from collections import deque
-from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import pika
@@ -30,59 +29,28 @@ import pika.exceptions
 from pika import spec
 from pika.adapters.select_connection import SelectConnection
 
+from roger.broker.publishes import (
+    ConnectionLost,
+    DeclareRefused,
+    Publish,
+    PublishError,
+    Refused,
+    Unroutable,
+)
 from roger.core.confirms import ConfirmLedger
+
+__all__ = [
+    "ConnectionLost",
+    "DeclareRefused",
+    "Publish",
+    "PublishError",
+    "Publisher",
+    "Refused",
+    "Unroutable",
+]
 
 log = logging.getLogger("roger.client")
 START_TIMEOUT = 30.0  # seconds to connect and open the channels
-
-
-class PublishError(Exception):
-    """A publish the broker did not take."""
-
-
-class Unroutable(PublishError):
-    """Returned by the broker: the queue does not exist."""
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(f"queue {queue} does not exist")
-        self.queue = queue
-
-
-class Refused(PublishError):
-    """Nacked by the broker (a full ``reject-publish`` queue, or a broker-side error)."""
-
-    def __init__(self, queue: str) -> None:
-        super().__init__(f"the broker refused the message for {queue}")
-        self.queue = queue
-
-
-class DeclareRefused(PublishError):
-    """The broker refused to declare the queue (e.g. it exists with other arguments)."""
-
-    def __init__(self, queue: str, code: int, text: str) -> None:
-        super().__init__(f"cannot declare queue {queue}: {code} {text}")
-        self.queue, self.code, self.text = queue, code, text
-
-
-class ConnectionLost(pika.exceptions.AMQPConnectionError):  # type: ignore[misc]
-    """The connection closed before the broker confirmed: the outcome is unknown."""
-
-
-@dataclass(eq=False)
-class Publish:
-    """One message to publish; ``declare`` arguments are declared first (once per
-    connection when ``remember``, else before every publish: queue-key queues vanish)."""
-
-    queue: str
-    body: bytes
-    props: pika.BasicProperties
-    declare: dict[str, Any] | None = None
-    remember: bool = True
-    future: Future[None] = field(default_factory=Future)
-    returned: bool = False
-
-    def __post_init__(self) -> None:
-        self.future.set_running_or_notify_cancel()  # only the confirm settles it
 
 
 class Publisher:
@@ -100,6 +68,8 @@ class Publisher:
         self._pub_ch: Any = None
         self._decl_ch: Any = None
         self._ledger: ConfirmLedger[Publish] = ConfirmLedger()
+        self._pub_no = 0  # the publish channel's number (frames are built for it)
+        self._body_max = 0  # the connection's largest body frame
         self._by_return: dict[tuple[str, str], Publish] = {}
         self._unsent: deque[Publish] = deque()  # waiting for the publish channel
         self._declared: set[str] = set()
@@ -123,7 +93,14 @@ class Publisher:
         return not self._dead and self.pid == os.getpid()
 
     def submit(self, publishes: list[Publish]) -> None:
-        """Hand publishes to the I/O thread; each one's future settles with its confirm."""
+        """Hand publishes to the I/O thread; each one settles with its confirm."""
+        channel, body_max = self._pub_no, self._body_max
+        for p in publishes:
+            try:
+                p.build(channel, body_max)
+            except Exception as exc:  # e.g. a queue name over 255 bytes: this one only
+                p.settle(PublishError(f"cannot publish to {p.queue}: {exc}"))
+        publishes = [p for p in publishes if not p.settled]
         with self._lock:
             if self._dead:
                 raise ConnectionLost("the client's connection is closed")
@@ -164,7 +141,7 @@ class Publisher:
             self._dead = True
             left, self._inbox = self._inbox, []
         for p in left:
-            _fail(p, ConnectionLost(str(error)))
+            p.settle(ConnectionLost(str(error)))
 
     # -- the I/O thread --------------------------------------------------------------
     def _run(self) -> None:
@@ -182,7 +159,9 @@ class Publisher:
         try:
             self._conn.ioloop.start()
         finally:
-            self._mark_dead(ConnectionLost("the client's connection is closed"))
+            lost = ConnectionLost("the client's connection is closed")
+            self._mark_dead(lost)
+            self._fail_outstanding(lost)
             self._ready.set()
             with contextlib.suppress(Exception):
                 self._conn.ioloop.close()
@@ -203,16 +182,19 @@ class Publisher:
     def _on_closed(self, conn: Any, reason: BaseException) -> None:
         lost = ConnectionLost(f"connection closed before the broker confirmed: {reason!r}")
         self._mark_dead(lost)
-        for p in [*self._ledger.drain(), *self._unsent]:
-            _fail(p, lost)
-        for waiting in self._declaring.values():
-            for p in waiting:
-                _fail(p, lost)
-        self._unsent.clear()
-        self._declaring.clear()
+        self._fail_outstanding(lost)
         if not self._closing:
             log.warning("roger client: %s", lost)
         conn.ioloop.stop()
+
+    def _fail_outstanding(self, lost: ConnectionLost) -> None:
+        for p in [*self._ledger.drain(), *self._unsent]:
+            p.settle(lost)
+        for waiting in self._declaring.values():
+            for p in waiting:
+                p.settle(lost)
+        self._unsent.clear()
+        self._declaring.clear()
 
     def _close_now(self) -> None:
         self._closing = True
@@ -225,11 +207,13 @@ class Publisher:
         ch.confirm_delivery(self._on_confirm, callback=lambda _f: self._pub_ready(ch))
 
     def _pub_ready(self, ch: Any) -> None:
-        self._pub_ch = ch
+        self._pub_ch, self._pub_no = ch, ch.channel_number
+        self._body_max = self._conn._body_max_length
         self._ledger = ConfirmLedger()
         self._ready.set()
-        while self._unsent:
-            self._send(self._unsent.popleft())
+        unsent = list(self._unsent)
+        self._unsent.clear()
+        self._write(unsent)
 
     def _on_pub_channel_closed(self, ch: Any, reason: BaseException) -> None:
         self._pub_ch = None
@@ -238,7 +222,7 @@ class Publisher:
         lost = ConnectionLost(f"publish channel closed before the broker confirmed: {reason!r}")
         log.warning("roger client: %s", lost)
         for p in self._ledger.drain():
-            _fail(p, lost)
+            p.settle(lost)
         self._by_return.clear()
         self._conn.channel(on_open_callback=self._on_pub_channel)
 
@@ -257,18 +241,20 @@ class Publisher:
             code = getattr(reason, "reply_code", 0)
             text = getattr(reason, "reply_text", str(reason))
             for p in self._declaring.pop(queue, []):
-                _fail(p, DeclareRefused(queue, code, text))
+                p.settle(DeclareRefused(queue, code, text))
         self._conn.channel(on_open_callback=self._on_decl_channel)
 
     def _take_inbox(self) -> None:
         with self._lock:
             batch, self._inbox = self._inbox, []
             self._wake_scheduled = False
+        ready = []
         for p in batch:
             if p.declare is not None and not (p.remember and p.queue in self._declared):
                 self._declare_then_send(p)
             else:
-                self._send(p)
+                ready.append(p)
+        self._write(ready)
 
     def _declare_then_send(self, p: Publish) -> None:
         waiting = self._declaring.get(p.queue)
@@ -288,23 +274,30 @@ class Publisher:
             waiting = self._declaring.pop(queue, [])
             if any(p.remember for p in waiting):
                 self._declared.add(queue)
-            for p in waiting:
-                self._send(p)
+            self._write(waiting)
 
         self._decl_ch.queue_declare(queue, durable=True, arguments=args, callback=ok)
 
-    def _send(self, p: Publish) -> None:
+    def _write(self, publishes: list[Publish]) -> None:
+        """Put ``publishes`` on the publish channel in order, in one write."""
+        if not publishes:
+            return
         if self._pub_ch is None or not self._pub_ch.is_open:
-            self._unsent.append(p)
+            self._unsent.extend(publishes)
             return
-        try:
-            self._pub_ch.basic_publish("", p.queue, p.body, p.props, mandatory=True)
-        except Exception as exc:  # refused before sending: this message only, no tag used
-            _fail(p, PublishError(f"cannot publish to {p.queue}: {exc}"))
-            return
-        self._ledger.add(p)
-        if p.props.message_id is not None:
-            self._by_return[(p.queue, p.props.message_id)] = p
+        frames = []
+        for p in publishes:
+            if p.channel != self._pub_no:  # built for a channel since replaced
+                try:
+                    p.build(self._pub_no, self._body_max)
+                except Exception as exc:  # refused before sending: no tag used
+                    p.settle(PublishError(f"cannot publish to {p.queue}: {exc}"))
+                    continue
+            self._ledger.add(p)
+            if p.message_id is not None:
+                self._by_return[(p.queue, p.message_id)] = p
+            frames.append(p.frames)
+        self._conn._output_marshaled_frames([b"".join(frames)])
 
     def _on_return(self, _ch: Any, method: Any, props: Any, _body: bytes) -> None:
         p = self._by_return.get((method.routing_key, props.message_id))
@@ -314,20 +307,13 @@ class Publisher:
     def _on_confirm(self, frame: Any) -> None:
         m = frame.method
         acked = isinstance(m, spec.Basic.Ack)
+        by_return = self._by_return
         for p in self._ledger.settle(m.delivery_tag, m.multiple):
-            message_id = p.props.message_id
-            if message_id is not None and self._by_return.get((p.queue, message_id)) is p:
-                del self._by_return[(p.queue, message_id)]
-            if p.future.done():
-                continue
+            if p.message_id is not None and by_return.get((p.queue, p.message_id)) is p:
+                del by_return[(p.queue, p.message_id)]
             if p.returned:
-                p.future.set_exception(Unroutable(p.queue))
+                p.settle(Unroutable(p.queue))
             elif acked:
-                p.future.set_result(None)
+                p.settle()
             else:
-                p.future.set_exception(Refused(p.queue))
-
-
-def _fail(p: Publish, exc: BaseException) -> None:
-    if not p.future.done():
-        p.future.set_exception(exc)
+                p.settle(Refused(p.queue))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
-import uuid
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from typing import Any, Final
 
@@ -73,7 +73,12 @@ class JobMessage:
 
 
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """A random (version 4) UUID as 32 hex digits, as ``uuid.uuid4().hex`` gives, without
+    building a ``UUID`` object (a tenth of an enqueue's time)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def caller_job_id(value: object) -> str:
@@ -104,6 +109,17 @@ def _dataclass_fields(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+_ENCODERS: Final = {
+    ascii_only: json.JSONEncoder(
+        separators=(",", ":"),
+        allow_nan=False,
+        default=_dataclass_fields,
+        ensure_ascii=ascii_only,
+    )
+    for ascii_only in (True, False)
+}  # built once: ``json.dumps`` with options builds a new encoder per call
+
+
 def encode(msg: JobMessage, ascii_only: bool = True) -> bytes:
     """The JSON body. Built field by field: ``asdict`` deep-copies the args first, which
     was most of the cost of an enqueue. ``ascii_only=False`` writes text as UTF-8 rather
@@ -119,13 +135,7 @@ def encode(msg: JobMessage, ascii_only: bool = True) -> bytes:
         "queued_at": msg.queued_at,
         "max_execution_time": msg.max_execution_time,
     }
-    return json.dumps(
-        fields,
-        separators=(",", ":"),
-        allow_nan=False,
-        default=_dataclass_fields,
-        ensure_ascii=ascii_only,
-    ).encode()
+    return _ENCODERS[ascii_only].encode(fields).encode()
 
 
 def retry_body(msg: JobMessage) -> bytes | None:
