@@ -130,6 +130,8 @@ class FakeLink:
         on_lost: Callable[[], None],
         on_fatal: Callable[[str], None],
         name: str = "",
+        exchanges: list[str] | None = None,
+        bindings: list[Any] | None = None,
     ) -> None:
         self.ioloop = ioloop
         self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal

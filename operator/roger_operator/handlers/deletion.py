@@ -116,7 +116,7 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
         if running and elapsed < worker_deadline(ctx, spec):
             raise NotYet(f"waiting for workers to stop: {'; '.join(running[:5])}", 2.0)
         verdicts = cleanup.decide(facts)
-        inventory.delete(ctx.broker, url, verdicts)
+        inventory.delete(ctx.broker, url, verdicts, spec.partition_id)
         deleted, kept = cleanup.summary(verdicts)
         if kept:
             late = f" (workers still running after {elapsed:.0f}s)" if running else ""

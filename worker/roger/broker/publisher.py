@@ -71,7 +71,9 @@ class ConnectionLost(pika.exceptions.AMQPConnectionError):  # type: ignore[misc]
 @dataclass(eq=False)
 class Publish:
     """One message to publish; ``declare`` arguments are declared first (once per
-    connection when ``remember``, else before every publish: queue-key queues vanish)."""
+    connection when ``remember``, else before every publish: queue-key queues vanish).
+    ``queue`` is the routing key: a queue's name, or a delayed job's route on
+    ``exchange``."""
 
     queue: str
     body: bytes
@@ -80,6 +82,7 @@ class Publish:
     remember: bool = True
     future: Future[None] = field(default_factory=Future)
     returned: bool = False
+    exchange: str = ""
 
     def __post_init__(self) -> None:
         self.future.set_running_or_notify_cancel()  # only the confirm settles it
@@ -298,7 +301,7 @@ class Publisher:
             self._unsent.append(p)
             return
         try:
-            self._pub_ch.basic_publish("", p.queue, p.body, p.props, mandatory=True)
+            self._pub_ch.basic_publish(p.exchange, p.queue, p.body, p.props, mandatory=True)
         except Exception as exc:  # refused before sending: this message only, no tag used
             _fail(p, PublishError(f"cannot publish to {p.queue}: {exc}"))
             return

@@ -131,6 +131,14 @@ class ConnectionLost:
     """The channel that delivered it is gone: the broker has the message again."""
 
 
+@dataclass(frozen=True, slots=True)
+class NotDue:
+    """A delayed job arrived ``seconds`` before its time (a delay longer than one pass of
+    the ladder, ``roger.core.delay.LEG_MAX``)."""
+
+    seconds: float
+
+
 Happened = (
     DeliveredTooOften
     | Succeeded
@@ -145,6 +153,7 @@ Happened = (
     | ShuttingDown
     | MoveRefused
     | ConnectionLost
+    | NotDue
 )
 
 
@@ -216,11 +225,18 @@ class Rerun:
 
 
 @dataclass(frozen=True, slots=True)
+class Delay:
+    """Into the delay ladder again for ``seconds`` (confirmed), then acknowledged."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Abandon:
     """Nothing to do: the broker redelivers it (its channel is gone)."""
 
 
-Fate = Ack | Retry | Bury | Park | CancelJob | Requeue | Quarantine | Rerun | Abandon
+Fate = Ack | Retry | Bury | Park | CancelJob | Requeue | Quarantine | Rerun | Delay | Abandon
 
 
 def on_failure(facts: JobFacts, error: Error) -> Retry | Bury:
@@ -294,4 +310,6 @@ def decide(happened: Happened, facts: JobFacts) -> Fate:
             return Requeue("the waiting room refused it")
         case ConnectionLost():
             return Abandon()
+        case NotDue(seconds=seconds):
+            return Delay(seconds)
     raise AssertionError(f"no fate for {happened!r}")  # pragma: no cover (mypy checks)

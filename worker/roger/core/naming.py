@@ -204,3 +204,24 @@ def queue_key_lock_name(partition: str, queue_key: str) -> str:
 def execution_lock_queue_name(partition: str, execution_key: str) -> str:
     """Exclusive queue declared by the connection running a job with this key: a lock."""
     return f"{partition}.xkey.{key_digest(execution_key)}"
+
+
+# -- delayed jobs: the ladder (``roger.core.delay``) ---------------------------------
+# Partition-wide state like the others (``<partition>.delay.<k>``): a delayed job's queue is
+# only in its routing key, so one ladder serves every queue of the partition.
+
+
+def delay_queue_name(partition: str, level: int) -> str:
+    """Level ``level`` of the ladder: holds a delayed job ``UNIT_MS * 2**level`` ms."""
+    return f"{partition}.delay.{level}"
+
+
+def delay_exchange_name(partition: str, level: int) -> str:
+    """The topic exchange in front of level ``level`` (the same text as its queue's name:
+    exchanges and queues are separate namespaces in RabbitMQ)."""
+    return f"{partition}.delay.{level}"
+
+
+def delay_due_exchange_name(partition: str) -> str:
+    """Below level 0: routes each due job to its queue by its routing key's last word."""
+    return f"{partition}.delay.due"

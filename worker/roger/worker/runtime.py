@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from roger.core import envelope, fate, topology
+from roger.core import delay, envelope, fate, topology
 from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
@@ -72,14 +72,20 @@ class Worker:
                 self.partition, name, config.retry_levels, config.buried_max_length
             )
         ]
+        # the delay ladder: long delays come back here and are sent round again
+        ladder_queues, exchanges, bindings = delay.worker_topology(
+            self.partition, list(config.queues)
+        )
         self.link = edges.link(
             amqp_url,
             self.ioloop,
-            decls,
+            decls + ladder_queues,
             self._connected,
             self._lost,
             self.fatal,
             name=f"roger-worker {self.partition} {os.uname().nodename} {os.getpid()}",
+            exchanges=exchanges,
+            bindings=bindings,
         )
         self.ledger = Ledger(lambda fn: self.ioloop.call_later(0, fn))
         self.ledger.after_flush = self._maybe_finish
@@ -372,6 +378,10 @@ class Worker:
                 self.ledger.requeue(task.epoch, task.tag)
             case fate.Rerun():
                 self.pool.rerun(task)
+            case fate.Delay(seconds=seconds):
+                log.info("job %s not due for %.1fs: into the delay queues again", msg.id, seconds)
+                self.features.finished(task, leaving=False)
+                self.outbox.delay(task, seconds)
             case fate.Abandon():
                 pass
 
