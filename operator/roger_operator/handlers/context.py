@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,10 @@ class Context:
     url_ttl: float = 3600.0  # dropped at once when the broker refuses it
     autoscale_interval: float = 5.0  # seconds between autoscaling evaluations; 0: off
     autoscale: dict[Key, Memory] = field(default_factory=dict)
+    # Schedules: the last tick this process enqueued (the watch may not show its status
+    # write yet), and one roger.Client per broker URL.
+    schedule_ticks: dict[Key, tuple[datetime.datetime, str]] = field(default_factory=dict)
+    clients: dict[str, Any] = field(default_factory=dict)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 

@@ -37,6 +37,7 @@ _PLURALS: Final = {
     "Partition": "partitions",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Callback": "callbacks",
+    "Schedule": "schedules",
 }
 
 
