@@ -118,6 +118,7 @@ class Publish:
     body: bytes
     props: Any
     on_confirm: Callable[[bool], None]
+    exchange: str = ""
 
 
 class FakeLink:
@@ -165,8 +166,10 @@ class FakeLink:
         ch = self.channels[queue] = FakeChannel(queue)
         on_channel(ch)
 
-    def publish(self, routing_key: str, body: bytes, props: Any, on_confirm: Any) -> bool:
-        self.unconfirmed_publishes.append(Publish(routing_key, body, props, on_confirm))
+    def publish(
+        self, routing_key: str, body: bytes, props: Any, on_confirm: Any, exchange: str = ""
+    ) -> bool:
+        self.unconfirmed_publishes.append(Publish(routing_key, body, props, on_confirm, exchange))
         return True
 
     def confirm_all(self, ok: bool = True) -> list[Publish]:
