@@ -1,8 +1,9 @@
 """Declaring a partition's delay ladder (``roger.core.delay``) on a blocking channel.
 
-Idempotent: the client declares it before its first delayed job of a partition queue, the
-worker at start for its queues (the worker sends long delays round again). Declares are
-cheap and the objects are the same for everyone, so no one needs to know who was first.
+Idempotent: the client declares it before its first delayed job of a partition queue (once
+per connection); the objects are the same for everyone, so no one needs to know who was
+first. A worker declares only the due exchange and its queues' bindings
+(``roger.core.delay.worker_topology``).
 """
 
 from __future__ import annotations

@@ -73,16 +73,24 @@ class Prepared:
     message: JobMessage
     body: bytes
     target: str
-    route: delay.Route | None = None  # a delayed job's first leg
-    due_at: float | None = None
+    due_at: float | None = None  # a delayed job's time (epoch seconds)
+
+    @property
+    def delayed(self) -> bool:
+        return self.due_at is not None
 
     def job_publish(self) -> Publish:
+        """The job's publish; a delayed one's route is planned now, from what is left of
+        its delay (declaring the ladder or taking a key took some of it)."""
         fields = properties(self.message, self.partition)
-        if self.route is None or self.due_at is None:
+        if self.due_at is None:
             props = pika.BasicProperties(**fields)
             return Publish(self.target, self.body, props, topology.main_queue_arguments())
         props = pika.BasicProperties(**fields, headers=delay.due_header(self.due_at))
-        return Publish(self.route.routing_key, self.body, props, exchange=self.route.exchange)
+        leg = delay.route(self.partition, self.message.queue, self.due_at - time.time())
+        if leg is None:  # due already: straight to its queue
+            return Publish(self.target, self.body, props, topology.main_queue_arguments())
+        return Publish(leg.routing_key, self.body, props, exchange=leg.exchange)
 
 
 @dataclass(frozen=True)
@@ -188,15 +196,14 @@ def prepare(
     except (TypeError, ValueError, RecursionError) as exc:
         raise EnqueueError(f"args must be JSON-serialisable: {exc}") from None
     target = naming.queue_name(partition, queue)
-    leg = delay.route(partition, queue, due_in) if due_in else None
-    if leg is None:
+    if not due_in or delay.route(partition, queue, due_in) is None:
         return Prepared(partition, msg, body, target)
-    return Prepared(partition, msg, body, target, leg, msg.queued_at + float(due_in or 0))
+    return Prepared(partition, msg, body, target, msg.queued_at + due_in)
 
 
 def _ladder(jobs: Sequence[Prepared]) -> list[Action]:
     """Declare the ladder and the due binding once per connection for delayed jobs."""
-    wanted = sorted({(j.partition, j.message.queue) for j in jobs if j.route is not None})
+    wanted = sorted({(j.partition, j.message.queue) for j in jobs if j.delayed})
     return [Control(functools.partial(_ensure, partition=p, queue=q), "ladder") for p, q in wanted]
 
 
@@ -271,7 +278,7 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
     if ladder:
         failed = [o for o in (yield ladder) if isinstance(o, BaseException)]
         for i, j in enumerate(jobs):
-            if j.route is not None and failed:
+            if j.delayed and failed:
                 refuse(i, EnqueueError(f"cannot prepare the delay queues: {failed[0]}"))
 
     # 1. queue keys

@@ -36,7 +36,7 @@ LEG_UNITS: Final = 2**LEVELS - 1
 LEG_MAX: Final = LEG_UNITS * UNIT_MS / 1000  # seconds one pass of the ladder can hold (~3 d)
 MAX_DELAY: Final = 90 * 86400  # seconds: the longest delay accepted
 DUE_AT_HEADER: Final = "x-roger-due-at-ms"  # epoch milliseconds (int) at which it is due
-EARLY_TOLERANCE: Final = UNIT_MS / 1000  # a job this close to its time runs now
+EARLY_TOLERANCE: Final = 0.02  # seconds: a job this close to its time runs now
 
 
 class InvalidDelay(ValueError):
@@ -110,7 +110,8 @@ def remaining(headers: Any, now: float) -> float:
 
 def not_due(headers: Any, now: float) -> float:
     """Seconds a delivered job is early (0: run it). A job is run, not sent round, within
-    ``EARLY_TOLERANCE`` of its time, or when its header is beyond any delay we accept."""
+    ``EARLY_TOLERANCE`` of its time (clock jitter), or when its header is beyond any delay
+    we accept; earlier, it goes round again (at least one 250 ms unit)."""
     left = remaining(headers, now)
     if left <= EARLY_TOLERANCE or left > MAX_DELAY + LEG_MAX:
         return 0.0
@@ -221,11 +222,15 @@ def due_binding(partition: str, queue: str) -> tuple[str, str, str]:
 
 def worker_topology(
     partition: str, queues: list[str]
-) -> tuple[list[tuple[str, dict[str, Any]]], list[str], list[tuple[str, str, str, bool]]]:
-    """What a worker of ``queues`` declares for delayed jobs: (queues, exchanges, bindings
-    as (destination, source, pattern, destination is an exchange)), in a working order."""
-    ld = ladder(partition)
-    bindings = [(q, x, pat, False) for q, x, pat in ld.queue_bindings]
-    bindings += [(d, x, pat, True) for d, x, pat in ld.exchange_bindings]
-    bindings += [(*due_binding(partition, q), False) for q in queues]
-    return ld.queues, ld.exchanges, bindings
+) -> tuple[list[str], list[tuple[str, str, str, bool]]]:
+    """What a worker of ``queues`` declares at start: the due exchange and its queues'
+    bindings to it, as (destination, source, pattern, destination is an exchange).
+
+    Only these: a queue re-declared (recreated) loses its bindings, and the binding is
+    what hands it its due jobs. The ladder's 20 quorum queues are declared by the client
+    before the partition's first delayed job (a worker that sends a job round again got
+    it from the ladder, so the ladder is there); a partition that never delays a job
+    never has them.
+    """
+    bindings = [(*due_binding(partition, q), False) for q in queues]
+    return [naming.delay_due_exchange_name(partition)], bindings

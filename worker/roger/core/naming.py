@@ -9,8 +9,8 @@ proven by ``tests/unit/test_naming_isolation.py``:
 
 - partition-wide state is ``<partition>.<suffix>``; partition ids have no dot, so the
   text before the first dot names the partition, and the state suffixes (``control``,
-  ``pause.<q>``, ``qkey.<hex>``, ...) never equal a job queue's (``""``, ``retry.<s>``,
-  ``buried``, ``invalid``, a waiting room's ``<hex>``);
+  ``pause.<q>``, ``qkey.<hex>``, ``delay.<k>``, ...) never equal a job queue's (``""``,
+  ``retry.<s>``, ``buried``, ``invalid``, a waiting room's ``<hex>``);
 - ``<partition>-<queue>`` (the *stem* of a queue's main, retry, buried and invalid queues)
   is ambiguous (``a`` + ``b-c`` and ``a-b`` + ``c``), so each stem is claimed on the broker
   by the Partition that uses it (``queue_claim_exchange_name``), as the partition id is;

@@ -72,14 +72,12 @@ class Worker:
                 self.partition, name, config.retry_levels, config.buried_max_length
             )
         ]
-        # the delay ladder: long delays come back here and are sent round again
-        ladder_queues, exchanges, bindings = delay.worker_topology(
-            self.partition, list(config.queues)
-        )
+        # delayed jobs reach these queues through the ladder's due exchange
+        exchanges, bindings = delay.worker_topology(self.partition, list(config.queues))
         self.link = edges.link(
             amqp_url,
             self.ioloop,
-            decls + ladder_queues,
+            decls,
             self._connected,
             self._lost,
             self.fatal,
