@@ -1,5 +1,7 @@
 """A Schedule ``* * * * *`` enqueues exactly one job a minute, for 3 minutes, while its
-operator leader is killed (SIGKILL) just before a tick and a standby takes over.
+operator leader is killed (SIGKILL) just before a tick and a standby takes over; beside
+it, the same Schedule with ``concurrencyPolicy: Forbid`` enqueues its first job only (no
+worker runs it, so its queue key stays held) and skips the next ticks.
 
 Two operator processes with leader election watch only this test's namespace (named
 ``test_schedule_*``: no other test operator's glob matches it). The Partition runs no
@@ -31,6 +33,7 @@ from tests.e2e.operator_support import (
     short_id,
 )
 from tests.helpers import Kubectl
+from tests.integration.support import Broker
 
 pytestmark = pytest.mark.e2e
 LEASE = "roger-operator-schedule-test"
@@ -130,7 +133,30 @@ def test_schedule_enqueues_one_job_a_minute_across_a_leader_kill(
         },
     }
     kubectl.apply(yaml.safe_dump(schedule))
+    forbid = {
+        **schedule,
+        "metadata": {"name": "forbid", "namespace": namespace},
+        "spec": {**schedule["spec"], "queue": "email", "concurrencyPolicy": "Forbid"},
+    }
+    kubectl.apply(yaml.safe_dump(forbid))
     t0 = time.time()
+    try:
+        _run(operators, kubectl, namespace, amqp_url, queue, naming.queue_name(pid, "email"), t0)
+    finally:
+        broker = Broker(amqp_url)
+        broker.delete_partition(pid)
+        broker.close()
+
+
+def _run(
+    operators: list[OperatorProcess],
+    kubectl: Kubectl,
+    namespace: str,
+    amqp_url: str,
+    queue: str,
+    email: str,
+    t0: float,
+) -> None:
 
     def jobs() -> list[tuple[str, float]]:
         return queued(amqp_url, queue)
@@ -161,3 +187,9 @@ def test_schedule_enqueues_one_job_a_minute_across_a_leader_kill(
     assert status["lastJobId"] == got[-1][0]
     assert status["lastScheduleTime"] == ticks[-1].strftime("%Y-%m-%dT%H:%M:%SZ")
     assert status["conditions"][0]["reason"] in ("Enqueued", "Scheduled")
+    [(first, _)] = queued(amqp_url, email)  # Forbid: one job, its key held since
+    assert tick_of(first) == ticks[0], first
+    forbidden = kubectl.get_json("-n", namespace, "schedule", "forbid")["status"]
+    assert forbidden["lastJobId"] == first
+    assert forbidden["lastScheduleTime"] == status["lastScheduleTime"]  # skipped ticks count
+    assert forbidden["conditions"][0]["reason"] in ("Skipped", "Scheduled")
