@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 ROGER = ["secret-rabbitmq.yaml", "callback-audit.yaml", "partition-tenant-a.yaml"]
-ROGER += ["partition-tenant-b.yaml"]
+ROGER += ["partition-tenant-b.yaml", "schedule-tenant-a.yaml"]
 
 
 def test_examples_pass_server_side_validation(

@@ -118,6 +118,7 @@ class Publish:
     body: bytes
     props: Any
     on_confirm: Callable[[bool], None]
+    exchange: str = ""
 
 
 class FakeLink:
@@ -131,6 +132,8 @@ class FakeLink:
         on_fatal: Callable[[str], None],
         name: str = "",
         keep_existing: Any = (),
+        exchanges: list[str] | None = None,
+        bindings: list[Any] | None = None,
     ) -> None:
         self.ioloop = ioloop
         self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal
@@ -173,8 +176,10 @@ class FakeLink:
         ch = self.channels[queue] = FakeChannel(queue)
         on_channel(ch)
 
-    def publish(self, routing_key: str, body: bytes, props: Any, on_confirm: Any) -> bool:
-        self.unconfirmed_publishes.append(Publish(routing_key, body, props, on_confirm))
+    def publish(
+        self, routing_key: str, body: bytes, props: Any, on_confirm: Any, exchange: str = ""
+    ) -> bool:
+        self.unconfirmed_publishes.append(Publish(routing_key, body, props, on_confirm, exchange))
         return True
 
     def confirm_all(self, ok: bool = True) -> list[Publish]:

@@ -65,6 +65,7 @@ def test_what_is_not_the_jobs_fault_charges_nothing() -> None:
     assert fate.decide(fate.ProcessDied(alone=False), facts()) == fate.Quarantine()
     assert fate.decide(fate.BeforeRunHung(), facts()) == fate.Rerun(skip_before=True)
     assert fate.decide(fate.ConnectionLost(), facts()) == fate.Abandon()
+    assert fate.decide(fate.NotDue(60.0), facts(retry_count=2)) == fate.Delay(60.0)
 
 
 def test_success_cancel_and_refusal() -> None:
@@ -126,6 +127,7 @@ def _every_happened() -> list[fate.Happened]:
         fate.DeliveredTooOften: [fate.DeliveredTooOften(fate.MAX_DELIVERIES)],
         fate.AckTimedOut: [fate.AckTimedOut(running=True), fate.AckTimedOut(running=False)],
         fate.Overran: [fate.Overran(1800.0)],
+        fate.NotDue: [fate.NotDue(3600.0)],
     }
     assert set(samples) == set(typing.get_args(fate.Happened)), "a new Happened needs a sample"
     return [h for hs in samples.values() for h in hs]

@@ -2,7 +2,8 @@
 
 Every name a partition uses belongs to a *thing*: a queue (main, retry, buried, invalid),
 a queue's pause stream, a queue key (token queue and lock), an execution key (lock and
-waiting room), or the partition's own streams (control, checkpoint, workers). A queue's
+waiting room), the partition's own streams (control, checkpoint, workers), or its delay
+ladder (queues and exchanges ``<p>.delay.<k>``, exchange ``<p>.delay.due``). A queue's
 names hang off its stem ``<partition>-<queue>``, which the operator claims on the broker;
 everything else hangs off the partition id, which is claimed too. So the promise is: two
 different things share a name only when they are queues with the same stem, and then the
@@ -17,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roger.core import naming
+from roger.core import delay, naming
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +50,7 @@ LEVELS = (1, 5, 30)
 
 @dataclass(frozen=True)
 class Thing:
-    kind: str  # queue | pause | queue_key | execution_key | streams
+    kind: str  # queue | pause | queue_key | execution_key | streams | delay
     partition: str
     label: str = ""
 
@@ -65,6 +66,12 @@ class Thing:
             return {
                 naming.execution_lock_queue_name(p, x),
                 naming.execution_waiting_queue_name(p, x),
+            }
+        if self.kind == "delay":  # queues and exchanges: one namespace here, to be strict
+            return {
+                *(naming.delay_queue_name(p, k) for k in range(delay.LEVELS)),
+                *(naming.delay_exchange_name(p, k) for k in range(delay.LEVELS)),
+                naming.delay_due_exchange_name(p),
             }
         return {
             naming.control_stream_name(p),
@@ -90,7 +97,9 @@ def admitted(partition: str, queue: str) -> bool:
 
 @st.composite
 def things(draw: st.DrawFn) -> Thing:
-    kind = draw(st.sampled_from(["queue", "pause", "queue_key", "execution_key", "streams"]))
+    kind = draw(
+        st.sampled_from(["queue", "pause", "queue_key", "execution_key", "streams", "delay"])
+    )
     partition = draw(names)
     if kind in ("queue", "pause"):
         queue = draw(names)
@@ -101,7 +110,7 @@ def things(draw: st.DrawFn) -> Thing:
         return Thing(kind, partition, queue)
     if not admitted(partition, "default"):
         partition = "p"
-    if kind == "streams":
+    if kind in ("streams", "delay"):
         return Thing(kind, partition)
     return Thing(kind, partition, draw(keys))
 
@@ -122,6 +131,8 @@ def readings(name: str) -> list[Thing]:
                 out.append(Thing("queue", partition, queue))
         elif ch == ".":
             out.append(Thing("streams", partition))
+            if rest.startswith("delay."):
+                out.append(Thing("delay", partition))
             if rest.startswith("pause.") and _valid(rest[len("pause.") :]):
                 out.append(Thing("pause", partition, rest[len("pause.") :]))
     return [t for t in out if admitted(t.partition, t.label if t.label else "default")]

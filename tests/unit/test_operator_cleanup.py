@@ -14,6 +14,7 @@ from roger_operator.builders.cleanup import (
     attribute,
     consumed,
     decide,
+    ladder_deleted,
     still_running,
     summary,
 )
@@ -188,3 +189,31 @@ def test_only_queues_workers_consume_can_hold_unacked_messages() -> None:
     assert consumed(Name(naming.execution_waiting_queue_name(P, "k"), "waiting"))
     assert consumed(Name(naming.queue_key_queue_name(P, "k"), "key"))
     assert not consumed(Name(f"{P}.control", "stream"))
+
+
+def test_a_delayed_job_keeps_the_ladder_and_every_queue_it_may_go_to() -> None:
+    ladder = [naming.delay_queue_name(P, k) for k in (0, 7)]
+    facts = [
+        job(MAIN),
+        job(OTHER_MAIN),
+        other(ladder[0], "delay"),
+        other(ladder[1], "delay", ready=1),
+        other(f"{P}.control", "stream"),
+    ]
+    out = verdicts(facts)
+    assert not any(v.delete for v in out.values()), out
+    assert "shop.delay.7" in out[MAIN].reason and "same ladder" in out[ladder[0]].reason
+    assert not ladder_deleted(list(out.values()), P)
+
+
+def test_an_empty_ladder_goes_with_its_exchanges() -> None:
+    facts = [job(MAIN), other(naming.delay_queue_name(P, 3), "delay")]
+    out = list(verdicts(facts).values())
+    assert all(v.delete for v in out) and ladder_deleted(out, P)
+
+
+def test_the_ladder_is_attributed_to_its_partition_only() -> None:
+    names = attribute(P, [MAIN], [MAIN], [], [f"{P}.delay.4", f"{P}-x.delay.4", f"{P}.delay.x"])
+    kinds = {n.name: n.kind for n in names}
+    assert kinds[f"{P}.delay.4"] == "delay" and kinds[naming.delay_queue_name(P, 0)] == "delay"
+    assert f"{P}-x.delay.4" not in kinds and f"{P}.delay.x" not in kinds

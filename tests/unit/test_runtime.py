@@ -7,9 +7,11 @@ and publishes, and on which channel.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from roger.core import frames
+from roger.core import delay, frames, naming
 from tests.unit.runtime_fakes import Rig
 
 pytestmark = pytest.mark.unit
@@ -287,3 +289,27 @@ def test_uncharged_requeues_are_fresh_copies_without_a_delivery_count() -> None:
     rig.loop.run()
     [copy] = rig.link.unconfirmed_publishes
     assert copy.body == body and copy.props.headers == {"mine": "kept"}
+
+
+def test_a_delayed_job_that_arrives_early_goes_round_the_ladder_again_unless_cancelled() -> None:
+    rig = Rig(queues={"default": 1}, job_processes=1)
+    rig.up()
+    due = time.time() + 5 * 86400  # longer than one pass of the ladder
+    body = b'{"id":"later","name":"tests.jobs.basic:ok","args":{},"queue":"default"}'
+    headers = {**delay.due_header(due), "x-death": [{"queue": "p.delay.19"}], "mine": 1}
+    tag = rig.channel().deliver(body, message_id="later", headers=headers)
+    rig.loop.run()
+    assert not rig.alive()[0].runs(), "an early job is not run"
+    [copy] = rig.link.unconfirmed_publishes
+    assert copy.exchange == naming.delay_exchange_name("p", delay.LEVELS - 1)
+    assert copy.routing_key.endswith(".p-default") and copy.body == body
+    assert copy.props.headers == {**delay.due_header(due), "mine": 1}  # x-death dropped
+    assert tag not in rig.channel().acked()
+    rig.link.confirm_all()
+    rig.loop.run()
+    assert tag in rig.channel().acked()
+    rig.partition.cancel("gone")
+    rig.loop.run()
+    rig.channel().deliver(body.replace(b"later", b"gone"), message_id="gone", headers=headers)
+    rig.loop.run()
+    assert len(rig.link.unconfirmed_publishes) == 0 and rig.state.cancel_handled("gone")

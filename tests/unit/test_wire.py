@@ -15,9 +15,12 @@ from roger.core import message
 pytestmark = pytest.mark.unit
 
 
-def pika_frames(channel: int, queue: str, body: bytes, props: Any, body_max: int) -> bytes:
+def pika_frames(
+    channel: int, queue: str, body: bytes, props: Any, body_max: int, exchange: str = ""
+) -> bytes:
+    publish = spec.Basic.Publish(exchange=exchange, routing_key=queue, mandatory=True)
     out = [
-        frame.Method(channel, spec.Basic.Publish(exchange="", routing_key=queue, mandatory=True)),
+        frame.Method(channel, publish),
         frame.Header(channel, len(body), props),
     ]
     out += [frame.Body(channel, body[i : i + body_max]) for i in range(0, len(body), body_max)]
@@ -31,6 +34,15 @@ def test_job_publish_frames_equal_pikas_for_every_body_size(size: int) -> None:
     body = bytes(range(256)) * (size // 256) + bytes(size % 256)
     ours = wire.publish(7, "part-q", body, wire.properties(fields), 4088)
     assert ours == pika_frames(7, "part-q", body, pika.BasicProperties(**fields), 4088)
+
+
+def test_a_delayed_job_goes_to_its_ladder_exchange_with_its_due_header() -> None:
+    fields = {"delivery_mode": 2, "message_id": "a", "headers": {"x-roger-due-at-ms": 17}}
+    props = wire.properties(fields)
+    ours = wire.publish(3, "1.0.1", b"{}", props, 4088, exchange="p.delay.x")
+    theirs = pika_frames(3, "1.0.1", b"{}", pika.BasicProperties(**fields), 4088, "p.delay.x")
+    assert ours == theirs
+    assert ours != wire.publish(3, "1.0.1", b"{}", props, 4088)  # not cached per key alone
 
 
 def test_properties_roger_does_not_set_itself_go_through_pika() -> None:

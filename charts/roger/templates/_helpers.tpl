@@ -75,15 +75,16 @@ operator/roger_operator/builders/rbac.py (tests/unit/test_chart.py checks it), i
 the worker rules it grants to every worker Role (RBAC forbids granting what one lacks).
 */}}
 {{- define "roger.namespacedRules" -}}
-# Partitions and Callbacks: watch, finalizers and kopf annotations, status.
+# Partitions, Callbacks and Schedules: watch, finalizers (kopf puts one on each Schedule
+# for its timer) and kopf annotations, status.
 - apiGroups: [roger.dev]
-  resources: [partitions, callbacks]
+  resources: [partitions, callbacks, schedules]
   verbs: [get, list, watch, patch, update]
 - apiGroups: [roger.dev]
-  resources: [partitions/status]
+  resources: [partitions/status, schedules/status]
   verbs: [get, patch, update]
 - apiGroups: [roger.dev]
-  resources: [partitions/finalizers]
+  resources: [partitions/finalizers, schedules/finalizers]
   verbs: [update]
 # spec.autoscaling: the scale subresource, and worker Pods' pod-deletion-cost.
 - apiGroups: [roger.dev]

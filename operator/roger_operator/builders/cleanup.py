@@ -10,6 +10,10 @@ Pure, so every rule is unit-tested. The rules lose nothing:
   were still there) counts as a job; only queues workers consume can have one (``consumed``);
 - waiting rooms and key queues go when they hold nothing; exclusive lock queues belong to a
   live connection and are never touched;
+- the delay ladder (``<p>.delay.<k>``) holds delayed jobs of any of the partition's
+  queues (their queue is only in their routing key): while one of its queues holds a job,
+  the whole ladder and every job queue group are kept, else the ladder goes (its exchanges
+  with it, ``ladder_deleted``);
 - state streams (control, checkpoint, pause, workers) describe the jobs: they go only when
   nothing else of the partition is kept;
 - a name that another claimed partition id also explains (``a`` vs ``a-b``) is never
@@ -23,13 +27,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from roger.core import naming
+from roger.core import delay, naming
 
-Kind = Literal["job", "waiting", "key", "lock", "stream"]
+Kind = Literal["job", "waiting", "key", "lock", "stream", "delay"]
 JOB: Final = "job"
 STREAM_SUFFIXES: Final = ("control", "checkpoint", "workers")
 _KEY_RE: Final = re.compile(r"^qkey\.[0-9a-f]{32}$")
 _LOCK_RE: Final = re.compile(r"^(qkey\.[0-9a-f]{32}\.lock|xkey\.[0-9a-f]{32})$")
+_DELAY_RE: Final = re.compile(r"^delay\.[0-9]{1,2}$")
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ def attribute(
         add(f"{partition_id}.{suffix}", "stream")
     for queue in pause_queues:
         add(naming.pause_stream_name(partition_id, queue), "stream")
+    for level in range(delay.LEVELS):
+        add(naming.delay_queue_name(partition_id, level), "delay")
     waiting = naming.execution_waiting_queue_name(partition_id, "x")[:-1]  # the key comes last
     for name in listed:
         if name in out:
@@ -117,6 +124,8 @@ def attribute(
                 add(name, "key")
             elif _LOCK_RE.match(rest):
                 add(name, "lock")
+            elif _DELAY_RE.match(rest):
+                add(name, "delay")
         elif name.startswith(waiting) and len(name) > len(waiting):
             add(name, "waiting")
         else:
@@ -147,6 +156,13 @@ def decide(facts: Sequence[QueueFacts]) -> list[Verdict]:
         why = f.holds()
         if f.name.kind == JOB and why and f.name.group not in busy_groups:
             busy_groups[f.name.group] = f"{f.name.name}: {why}"
+    delayed = next(
+        (f"{f.name.name}: {f.holds()}" for f in facts if f.name.kind == "delay" and f.holds()), ""
+    )
+    if delayed:  # a delayed job's queue is not known here: every queue may get it
+        for f in facts:
+            if f.name.kind == JOB:
+                busy_groups.setdefault(f.name.group, f"{delayed} (delayed jobs)")
     verdicts: list[Verdict] = []
     streams: list[QueueFacts] = []
     for f in facts:
@@ -157,6 +173,9 @@ def decide(facts: Sequence[QueueFacts]) -> list[Verdict]:
             verdicts.append(Verdict(n.name, False, "lock held by a live connection"))
         elif n.kind == "stream":
             streams.append(f)
+        elif n.kind == "delay" and delayed:
+            why = f.holds() or f"same ladder as {delayed.split(':', 1)[0]}, which holds jobs"
+            verdicts.append(Verdict(n.name, False, why))
         elif n.kind == JOB and n.group in busy_groups:
             why = f.holds()
             if not why:
@@ -177,6 +196,12 @@ def decide(facts: Sequence[QueueFacts]) -> list[Verdict]:
         else:
             verdicts.append(Verdict(f.name.name, True, "nothing left it describes"))
     return verdicts
+
+
+def ladder_deleted(verdicts: Sequence[Verdict], partition_id: str) -> bool:
+    """Whether no queue of the delay ladder is kept: its exchanges can go too."""
+    ladder = {naming.delay_queue_name(partition_id, k) for k in range(delay.LEVELS)}
+    return not any(v.name in ladder and not v.delete for v in verdicts)
 
 
 def still_running(facts: Sequence[QueueFacts], pods: int, sampled: bool = True) -> list[str]:

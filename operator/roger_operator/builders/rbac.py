@@ -13,18 +13,23 @@ from roger.core.rbac import WORKER_RULES
 _CRUD: Final = ["get", "list", "watch", "create", "update", "patch", "delete"]
 
 OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
-    # Its own resources: watch them, finalizer and kopf annotations, status.
+    # Its own resources: watch them, finalizer and kopf annotations, status (kopf puts a
+    # finalizer on each Schedule for its timer).
     {
         "apiGroups": ["roger.dev"],
-        "resources": ["partitions", "callbacks"],
+        "resources": ["partitions", "callbacks", "schedules"],
         "verbs": ["get", "list", "watch", "patch", "update"],
     },
     {
         "apiGroups": ["roger.dev"],
-        "resources": ["partitions/status"],
+        "resources": ["partitions/status", "schedules/status"],
         "verbs": ["get", "patch", "update"],
     },
-    {"apiGroups": ["roger.dev"], "resources": ["partitions/finalizers"], "verbs": ["update"]},
+    {
+        "apiGroups": ["roger.dev"],
+        "resources": ["partitions/finalizers", "schedules/finalizers"],
+        "verbs": ["update"],
+    },
     # spec.autoscaling: the scale subresource.
     {
         "apiGroups": ["roger.dev"],

@@ -25,7 +25,7 @@ from roger_operator.builders.model import (
     parse_callback,
     parse_partition,
 )
-from roger_operator.handlers import autoscale, deletion, partition
+from roger_operator.handlers import autoscale, deletion, partition, schedule
 from roger_operator.handlers.context import Context, Key
 
 log = logging.getLogger("roger_operator.handlers")
@@ -161,6 +161,10 @@ def finalize(ctx: Context, body: dict[str, Any]) -> None:
         ctx.kube.event(body, reason=deletion.KEPT, message=message, type_="Warning")
 
 
+SCHEDULE_PLURAL: Final = "schedules"
+SCHEDULE_INTERVAL: Final = 1.0
+
+
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     p = (GROUP, VERSION, PLURAL)
     managed = {LABEL_MANAGED_BY: MANAGER}
@@ -208,6 +212,18 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     kopf.on.event(GROUP, VERSION, CALLBACK_PLURAL, id="callbacks", registry=registry)(
         watch_callback
     )
+
+    def tick_schedule(body: Any, **_: Any) -> None:
+        schedule.reconcile(ctx, plain(body))
+
+    def forget_schedule(body: Any, **_: Any) -> None:
+        schedule.forget(ctx, plain(body))
+
+    # Every second: a tick's job starts within about a second of its time. Nothing is
+    # written unless something changed (a tick enqueued, a condition).
+    s = (GROUP, VERSION, SCHEDULE_PLURAL)
+    kopf.timer(*s, id="schedule", interval=SCHEDULE_INTERVAL, registry=registry)(tick_schedule)
+    kopf.on.delete(*s, id="forget", optional=True, registry=registry)(forget_schedule)
     for group, version, plural in CHILDREN:
         kopf.on.event(
             group, version, plural, id=f"child-{plural}", labels=managed, registry=registry

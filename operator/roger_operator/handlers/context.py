@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,10 @@ class Context:
     configs_pending: set[Key] = field(default_factory=set)
     # Partitions with retired retry queues left to drain (handlers.partition.drain_retired).
     drains_pending: set[Key] = field(default_factory=set)
+    # Schedules: the last tick this process enqueued (the watch may not show its status
+    # write yet), and one roger.Client per broker URL.
+    schedule_ticks: dict[Key, tuple[datetime.datetime, str]] = field(default_factory=dict)
+    clients: dict[str, Any] = field(default_factory=dict)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 

@@ -122,7 +122,7 @@ def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]
         if running and elapsed < worker_deadline(ctx, spec):
             raise NotYet(f"waiting for workers to stop: {'; '.join(running[:5])}", 2.0)
         verdicts = cleanup.decide(facts)
-        inventory.delete(ctx.broker, url, verdicts)
+        inventory.delete(ctx.broker, url, verdicts, spec.partition_id)
         deleted, kept = cleanup.summary(verdicts)
         buried = {naming.buried_queue_name(spec.partition_id, q.name) for q in spec.queues}
         migration.drop_bounds(ctx.broker, url, [n for n in deleted if n in buried])

@@ -38,6 +38,7 @@ _PLURALS: Final = {
     "Partition": "partitions",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Callback": "callbacks",
+    "Schedule": "schedules",
 }
 
 

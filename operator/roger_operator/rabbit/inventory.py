@@ -14,7 +14,7 @@ from typing import Any
 
 import pika.exceptions
 
-from roger.core import naming
+from roger.core import delay, naming
 from roger_operator.builders import cleanup
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit.broker import Broker, BrokerError
@@ -91,8 +91,19 @@ def partition_facts(
     return facts, sampled
 
 
-def delete(broker: Broker, url: str, verdicts: list[cleanup.Verdict]) -> None:
-    """Delete the queues and streams decided so, job queues before the state they need."""
+def delete(
+    broker: Broker, url: str, verdicts: list[cleanup.Verdict], partition_id: str = ""
+) -> None:
+    """Delete the queues and streams decided so, job queues before the state they need;
+    the delay ladder's exchanges once none of its queues is kept."""
     for v in sorted(verdicts, key=lambda v: v.name.endswith((".control", ".checkpoint"))):
         if v.delete:
             broker.delete_queue(url, v.name)
+    if partition_id and cleanup.ladder_deleted(verdicts, partition_id):
+        names = delay.ladder(partition_id).exchanges
+
+        def drop(channel: Any) -> None:
+            for name in names:
+                channel.exchange_delete(name)
+
+        broker.run(url, drop)

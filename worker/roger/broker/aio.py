@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -76,10 +77,13 @@ class AsyncClient:
         *,
         queue: str | None = None,
         id: str | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | None = None,
+        queue_key: str | None = None,
     ) -> str:
         """As ``Client.enqueue``: returns the id once the broker confirmed the job."""
         [(result, exc)] = await self._run(
-            flow.steps([flow.prepare(partition, job, args, queue, id)])
+            flow.steps([flow.prepare_one(partition, job, args, queue, id, delay, at, queue_key)])
         )
         if exc is not None:
             raise exc

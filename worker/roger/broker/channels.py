@@ -47,12 +47,14 @@ class Confirms:
         self._on_unroutable = on_unroutable
         channel.add_on_return_callback(self._on_return)
 
-    def publish(self, routing_key: str, body: bytes, props: Any, done: Confirm) -> bool:
-        """Publish to the default exchange; False (and ``done`` never called) if the
-        channel is closed."""
+    def publish(
+        self, routing_key: str, body: bytes, props: Any, done: Confirm, exchange: str = ""
+    ) -> bool:
+        """Publish (to the default exchange unless ``exchange``); False (and ``done`` never
+        called) if the channel is closed."""
         if not self.channel.is_open:
             return False
-        self.channel.basic_publish("", routing_key, body, props, mandatory=True)
+        self.channel.basic_publish(exchange, routing_key, body, props, mandatory=True)
         self._seq += 1
         self._waiting[self._seq] = done
         self._targets[self._seq] = (routing_key, getattr(props, "message_id", None))

@@ -12,6 +12,7 @@ jobs, queued jobs, purge) are in ``roger.broker.client_admin``.
 
 from __future__ import annotations
 
+import datetime
 import os
 import weakref
 from collections.abc import Callable, Iterable
@@ -91,6 +92,9 @@ class Client(AdminCalls):
         *,
         queue: str | None = None,
         id: str | None = None,
+        delay: float | None = None,
+        at: datetime.datetime | None = None,
+        queue_key: str | None = None,
     ) -> str:
         """Publish a job (persistent, confirmed) and return its id.
 
@@ -98,9 +102,14 @@ class Client(AdminCalls):
         raises ``roger.DuplicateJob`` while another job holds it. ``id`` is the caller's
         own job id (Roger's ``Job.create(module, args, id)``), used as given: it is not
         checked for uniqueness (a queue_key is what refuses a second job).
+
+        ``delay`` (seconds) or ``at`` (an aware datetime) delays the job: it waits in the
+        broker (``roger.core.delay``) and starts within about a second of its time. A
+        ``queue_key`` (``queue_key=`` replaces the job's own) is taken now, as for an
+        immediate job, and held until the job ran.
         """
         [(result, exc)] = self._links.run(
-            flow.steps([flow.prepare(partition, job, args, queue, id)])
+            flow.steps([flow.prepare_one(partition, job, args, queue, id, delay, at, queue_key)])
         )
         if exc is not None:
             raise exc

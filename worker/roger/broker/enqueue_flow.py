@@ -19,6 +19,8 @@ more (at-least-once, as a worker's redelivery).
 
 from __future__ import annotations
 
+import datetime
+import functools
 import importlib
 import logging
 import time
@@ -26,9 +28,9 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from roger.broker import state_client, wire
+from roger.broker import delayed, state_client, wire
 from roger.broker.publishes import ConnectionLost, DeclareRefused, Publish, Refused, Unroutable
-from roger.core import naming, topology
+from roger.core import delay, naming, topology
 from roger.core import state as st
 from roger.core.jobs import JobDefinition
 from roger.core.message import (
@@ -70,10 +72,24 @@ class Prepared:
     message: JobMessage
     body: bytes
     target: str
+    due_at: float | None = None  # a delayed job's time (epoch seconds)
+
+    @property
+    def delayed(self) -> bool:
+        return self.due_at is not None
 
     def job_publish(self) -> Publish:
-        props = wire.properties(properties(self.message, self.partition))
-        return Publish(self.target, self.body, props, self.message.id, _MAIN_QUEUE)
+        """The job's publish; a delayed one's route is planned now, from what is left of
+        its delay (declaring the ladder or taking a key took some of it)."""
+        fields = properties(self.message, self.partition)
+        if self.due_at is None:
+            props = wire.properties(fields)
+            return Publish(self.target, self.body, props, self.message.id, _MAIN_QUEUE)
+        props = wire.properties({**fields, "headers": delay.due_header(self.due_at)})
+        leg = delay.route(self.partition, self.message.queue, self.due_at - time.time())
+        if leg is None:  # due already: straight to its queue
+            return Publish(self.target, self.body, props, self.message.id, _MAIN_QUEUE)
+        return Publish(leg.routing_key, self.body, props, self.message.id, exchange=leg.exchange)
 
 
 @dataclass(frozen=True)
@@ -146,15 +162,24 @@ def _target(partition: str, queue: str) -> str:
     return name
 
 
+KEYED_DELAY_MAX: float = st.QUEUE_KEY_MAX_HOLD - 86400
+"""A delayed job's queue_key is taken at enqueue and frees itself ``QUEUE_KEY_MAX_HOLD``
+(7 days) later: a keyed job may wait at most 6 days, so it still holds its key a day
+after it is due."""
+
+
 def prepare(
     partition: str,
     job: JobDefinition | str,
     args: Any,
     queue: str | None,
     job_id: str | None = None,
+    due_in: float | None = None,
+    queue_key: str | None = None,
 ) -> Prepared:
     """Validate and encode one job; raises ``EnqueueError``/``InvalidName`` on bad input.
-    ``job_id`` is the caller's own id (else a new UUID)."""
+    ``job_id`` is the caller's own id (else a new UUID); ``due_in`` a delay in seconds
+    checked by ``roger.core.delay.delay_seconds``; ``queue_key`` replaces the job's own."""
     if partition not in _PARTITIONS:
         naming.validate_name("partition", partition)
     if job_id is not None:
@@ -165,7 +190,15 @@ def prepare(
     name, definition = _definition(job)
     queue = queue or (definition.queue if definition else "default")
     target = _target(partition, queue)
-    queue_key, execution_key = definition.keys(args) if definition else (None, None)
+    own_key, execution_key = definition.keys(args) if definition else (None, None)
+    if queue_key is not None and (not isinstance(queue_key, str) or not queue_key):
+        raise EnqueueError(f"queue_key must be a non-empty string; got {queue_key!r}")
+    queue_key = queue_key if queue_key is not None else own_key
+    if due_in is not None and queue_key is not None and due_in > KEYED_DELAY_MAX:
+        raise EnqueueError(
+            f"a job with a queue_key can be delayed at most {KEYED_DELAY_MAX:.0f}s (6 days):"
+            f" its key is held from now and frees itself after {st.QUEUE_KEY_MAX_HOLD}s"
+        )
     msg = JobMessage(
         id=new_job_id() if job_id is None else job_id,
         name=name,
@@ -180,7 +213,37 @@ def prepare(
         body = encode(msg)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EnqueueError(f"args must be JSON-serialisable: {exc}") from None
-    return Prepared(partition, msg, body, target)
+    if not due_in or delay.route(partition, queue, due_in) is None:
+        return Prepared(partition, msg, body, target)
+    return Prepared(partition, msg, body, target, msg.queued_at + due_in)
+
+
+def _ladder(jobs: Sequence[Prepared]) -> list[Action]:
+    """Declare the ladder and the due binding once per connection for delayed jobs."""
+    wanted = sorted({(j.partition, j.message.queue) for j in jobs if j.delayed})
+    return [Control(functools.partial(_ensure, partition=p, queue=q), "ladder") for p, q in wanted]
+
+
+def _ensure(conn: Any, partition: str, queue: str) -> None:
+    delayed.ensure(conn, partition, queue)
+
+
+def prepare_one(
+    partition: str,
+    job: JobDefinition | str,
+    args: Any,
+    queue: str | None,
+    job_id: str | None,
+    delay_s: float | None,
+    at: datetime.datetime | None,
+    queue_key: str | None,
+) -> Prepared:
+    """``Client.enqueue``'s arguments, checked: ``delay_s`` seconds or ``at`` (aware)."""
+    try:
+        due_in = delay.delay_seconds(delay_s, at, time.time())
+    except delay.InvalidDelay as exc:
+        raise EnqueueError(str(exc)) from None
+    return prepare(partition, job, args, queue, job_id, due_in, queue_key)
 
 
 JobSpec = (
@@ -227,10 +290,18 @@ def steps(jobs: Sequence[Prepared]) -> Steps:
         )
         done[i] = (EnqueueResult(m.id, status, m.queue_key, str(exc) or repr(exc)), exc)
 
+    # 0. the ladder, for delayed jobs (a refusal refuses them, not the others)
+    ladder = _ladder(jobs)
+    if ladder:
+        failed = [o for o in (yield ladder) if isinstance(o, BaseException)]
+        for i, j in enumerate(jobs):
+            if j.delayed and failed:
+                refuse(i, EnqueueError(f"cannot prepare the delay queues: {failed[0]}"))
+
     # 1. queue keys, one at a time, in order: of two jobs with one key, the first wins
     taken: list[int] = []
     for i, job in enumerate(jobs):
-        if job.message.queue_key is None:
+        if job.message.queue_key is None or done[i] is not None:
             continue
         [out] = yield [_take(job)]
         if isinstance(out, BaseException):

@@ -91,7 +91,9 @@ class Batch:
 class Publish:
     """One message to publish; ``declare`` arguments are declared first (once per
     connection when ``remember``, else before every publish: queue-key queues vanish).
-    ``props`` is the encoded property section (``wire.properties``)."""
+    ``props`` is the encoded property section (``wire.properties``). ``queue`` is the
+    routing key: a queue's name on the default exchange, or a delayed job's route on
+    ``exchange``."""
 
     __slots__ = (
         "batch",
@@ -99,6 +101,7 @@ class Publish:
         "channel",
         "declare",
         "error",
+        "exchange",
         "frames",
         "message_id",
         "props",
@@ -116,8 +119,10 @@ class Publish:
         message_id: str | None = None,
         declare: dict[str, Any] | None = None,
         remember: bool = True,
+        exchange: str = "",
     ) -> None:
         self.queue, self.body, self.props, self.message_id = queue, body, props, message_id
+        self.exchange = exchange
         self.declare, self.remember = declare, remember
         self.batch: Batch | None = None
         self.error: BaseException | None = None
@@ -132,7 +137,9 @@ class Publish:
         return cls(queue, body, b"".join(props.encode()), props.message_id)
 
     def build(self, channel: int, body_max: int) -> None:
-        self.frames = wire.publish(channel, self.queue, self.body, self.props, body_max)
+        self.frames = wire.publish(
+            channel, self.queue, self.body, self.props, body_max, self.exchange
+        )
         self.channel = channel
 
     def settle(self, error: BaseException | None = None) -> None:

@@ -17,7 +17,7 @@ import pika
 
 _METHOD, _HEADER, _BODY, _FRAME_END = 1, 2, 3, b"\xce"
 _FRAME: Final = struct.Struct(">BHI")  # type, channel, payload size
-_PUBLISH_HEAD: Final = b"\x00\x3c\x00\x28\x00\x00\x00"  # basic.publish, ticket 0, exchange ""
+_PUBLISH_HEAD: Final = b"\x00\x3c\x00\x28\x00\x00"  # basic.publish, ticket 0
 _HEADER_HEAD: Final = struct.Struct(">HHQ")  # class basic, weight 0, body size
 _MANDATORY: Final = b"\x01"
 
@@ -66,26 +66,29 @@ def properties(fields: dict[str, Any]) -> bytes:
     )
 
 
-_METHODS: dict[tuple[int, str], bytes] = {}  # (channel, queue) -> its method frame
+_METHODS: dict[tuple[int, str, str], bytes] = {}  # (channel, exchange, key) -> method frame
 _METHODS_MAX: Final = 4096
 
 
-def _method_frame(channel: int, queue: str) -> bytes:
-    found = _METHODS.get((channel, queue))
+def _method_frame(channel: int, exchange: str, routing_key: str) -> bytes:
+    found = _METHODS.get((channel, exchange, routing_key))
     if found is None:
-        method = _PUBLISH_HEAD + _short(queue) + _MANDATORY
+        method = _PUBLISH_HEAD + _short(exchange) + _short(routing_key) + _MANDATORY
         found = _FRAME.pack(_METHOD, channel, len(method)) + method + _FRAME_END
         if len(_METHODS) < _METHODS_MAX:
-            _METHODS[(channel, queue)] = found
+            _METHODS[(channel, exchange, routing_key)] = found
     return found
 
 
-def publish(channel: int, queue: str, body: bytes, props: bytes, body_max: int) -> bytes:
-    """Every frame of a mandatory publish of ``body`` to ``queue`` (default exchange);
-    ``props`` from ``properties``, ``body_max`` the connection's frame size less 8."""
+def publish(
+    channel: int, queue: str, body: bytes, props: bytes, body_max: int, exchange: str = ""
+) -> bytes:
+    """Every frame of a mandatory publish of ``body`` with routing key ``queue`` to
+    ``exchange`` (the default exchange: the queue of that name); ``props`` from
+    ``properties``, ``body_max`` the connection's frame size less 8."""
     size = len(body)
     parts = [
-        _method_frame(channel, queue),
+        _method_frame(channel, exchange, queue),
         _FRAME.pack(_HEADER, channel, 12 + len(props)),
         _HEADER_HEAD.pack(60, 0, size),
         props,

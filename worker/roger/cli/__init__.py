@@ -105,6 +105,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--queue", help="the queue (default: the job's own, else 'default')")
     e.add_argument("--id", dest="job_id", metavar="ID", help="the job's id (default: a new UUID)")
     e.add_argument("--file", metavar="JOBS_JSONL", help="jobs to enqueue, one per line; - is stdin")
+    when = e.add_mutually_exclusive_group()
+    when.add_argument(
+        "--delay",
+        type=float,
+        metavar="SECONDS",
+        help="start the job this many seconds from now (up to 90 days; held in the broker)",
+    )
+    when.add_argument(
+        "--at",
+        metavar="TIME",
+        help="start the job at TIME, ISO 8601 with an offset or Z (2026-12-01T09:00:00+01:00)",
+    )
 
     for name, what in (
         ("pause", "stop consuming QUEUE on every worker (persisted)"),
@@ -339,6 +351,8 @@ def _enqueue(opts: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # the job's module gives its queue and keys
     if opts.file is not None:
+        if opts.delay is not None or opts.at is not None:
+            raise UsageError("--delay and --at are for one job, not with --file")
         return _enqueue_file(opts, url)
     if opts.job is None:
         raise UsageError("give JOB_NAME (or --file JOBS_JSONL)")
@@ -348,10 +362,24 @@ def _enqueue(opts: argparse.Namespace) -> int:
         raise UsageError(f"ARGS_JSON is not JSON: {exc}") from None
     from roger.broker.client import Client, EnqueueError
     from roger.broker.state_client import DuplicateJob
+    from roger.core.delay import InvalidDelay, parse_at
 
     try:
+        at = parse_at(opts.at) if opts.at is not None else None
+    except InvalidDelay as exc:
+        raise UsageError(str(exc)) from None
+    try:
         with Client(url) as client:
-            print(client.enqueue(opts.partition, opts.job, args, queue=opts.queue, id=opts.job_id))
+            job_id = client.enqueue(
+                opts.partition,
+                opts.job,
+                args,
+                queue=opts.queue,
+                id=opts.job_id,
+                delay=opts.delay,
+                at=at,
+            )
+            print(job_id)
     except EnqueueError as exc:
         raise UsageError(str(exc)) from None
     except DuplicateJob as exc:

@@ -158,6 +158,14 @@ class Overran:
     timeout: float
 
 
+@dataclass(frozen=True, slots=True)
+class NotDue:
+    """A delayed job arrived ``seconds`` before its time (a delay longer than one pass of
+    the ladder, ``roger.core.delay.LEG_MAX``)."""
+
+    seconds: float
+
+
 Happened = (
     DeliveredTooOften
     | Succeeded
@@ -174,6 +182,7 @@ Happened = (
     | ConnectionLost
     | AckTimedOut
     | Overran
+    | NotDue
 )
 
 
@@ -245,6 +254,13 @@ class Rerun:
 
 
 @dataclass(frozen=True, slots=True)
+class Delay:
+    """Into the delay ladder again for ``seconds`` (confirmed), then acknowledged."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Abandon:
     """Nothing to do: the broker redelivers it (its channel is gone)."""
 
@@ -266,7 +282,20 @@ class Stop:
     why: str
 
 
-Fate = Ack | Retry | Bury | Park | CancelJob | Requeue | Quarantine | Rerun | Abandon | Drop | Stop
+Fate = (
+    Ack
+    | Retry
+    | Bury
+    | Park
+    | CancelJob
+    | Requeue
+    | Quarantine
+    | Rerun
+    | Delay
+    | Abandon
+    | Drop
+    | Stop
+)
 
 
 def on_failure(facts: JobFacts, error: Error) -> Retry | Bury:
@@ -354,4 +383,6 @@ def decide(happened: Happened, facts: JobFacts) -> Fate:
         case Overran(timeout=timeout):
             detail = f"held its delivery past the broker's consumer_timeout of {timeout:g}s"
             return on_failure(facts, (CONSUMER_TIMEOUT, detail))
+        case NotDue(seconds=seconds):
+            return Delay(seconds)
     raise AssertionError(f"no fate for {happened!r}")  # pragma: no cover (mypy checks)

@@ -9,8 +9,8 @@ proven by ``tests/unit/test_naming_isolation.py``:
 
 - partition-wide state is ``<partition>.<suffix>``; partition ids have no dot, so the
   text before the first dot names the partition, and the state suffixes (``control``,
-  ``pause.<q>``, ``qkey.<hex>``, ...) never equal a job queue's (``""``, ``retry.<s>``,
-  ``buried``, ``invalid``, a waiting room's ``<hex>``);
+  ``pause.<q>``, ``qkey.<hex>``, ``delay.<k>``, ...) never equal a job queue's (``""``,
+  ``retry.<s>``, ``buried``, ``invalid``, a waiting room's ``<hex>``);
 - ``<partition>-<queue>`` (the *stem* of a queue's main, retry, buried and invalid queues)
   is ambiguous (``a`` + ``b-c`` and ``a-b`` + ``c``), so each stem is claimed on the broker
   by the Partition that uses it (``queue_claim_exchange_name``), as the partition id is;
@@ -204,3 +204,24 @@ def queue_key_lock_name(partition: str, queue_key: str) -> str:
 def execution_lock_queue_name(partition: str, execution_key: str) -> str:
     """Exclusive queue declared by the connection running a job with this key: a lock."""
     return f"{partition}.xkey.{key_digest(execution_key)}"
+
+
+# -- delayed jobs: the ladder (``roger.core.delay``) ---------------------------------
+# Partition-wide state like the others (``<partition>.delay.<k>``): a delayed job's queue is
+# only in its routing key, so one ladder serves every queue of the partition.
+
+
+def delay_queue_name(partition: str, level: int) -> str:
+    """Level ``level`` of the ladder: holds a delayed job ``UNIT_MS * 2**level`` ms."""
+    return f"{partition}.delay.{level}"
+
+
+def delay_exchange_name(partition: str, level: int) -> str:
+    """The topic exchange in front of level ``level`` (the same text as its queue's name:
+    exchanges and queues are separate namespaces in RabbitMQ)."""
+    return f"{partition}.delay.{level}"
+
+
+def delay_due_exchange_name(partition: str) -> str:
+    """Below level 0: routes each due job to its queue by its routing key's last word."""
+    return f"{partition}.delay.due"

@@ -40,6 +40,8 @@ class Link:
         on_fatal: Callable[[str], None],
         name: str = "roger-worker",
         keep_existing: Collection[str] = (),
+        exchanges: list[str] | None = None,
+        bindings: list[tuple[str, str, str, bool]] | None = None,
     ) -> None:
         # One address or several (roger.core.amqp_urls): each attempt takes the next one, so
         # a stopped node costs one refused connect, not a backoff.
@@ -55,6 +57,8 @@ class Link:
         # Declared only when missing; used as they are when they exist (their arguments
         # may differ: roger.core.topology.keeps_its_arguments).
         self.keep_existing = frozenset(keep_existing)
+        self.exchanges = exchanges or []  # topic exchanges (the delay ladder's)
+        self.bindings = bindings or []  # (destination, source, pattern, is an exchange)
         self.on_ready, self.on_lost, self.on_fatal = on_ready, on_lost, on_fatal
         self.conn: SelectConnection | None = None
         self.pub: Any = None
@@ -176,7 +180,7 @@ class Link:
             self.count(name, functools.partial(probed, name))
 
     def _declare_all(self, existing: set[str]) -> None:
-        left = [len(self.declarations)]
+        left = [len(self.declarations) + len(self.exchanges) + len(self.bindings)]
 
         def one_done(_f: Any) -> None:
             left[0] -= 1
@@ -185,17 +189,27 @@ class Link:
                 self.generation += 1
                 self.on_ready()
 
+        # One channel answers in order: exchanges and queues exist before their bindings.
+        for exchange in self.exchanges:
+            self.pub.exchange_declare(exchange, "topic", durable=True, callback=one_done)
         for name, arguments in self.declarations:
             if name in existing:  # deleted since: the 404 starts a new connection
                 self.pub.queue_declare(name, passive=True, callback=one_done)
             else:
                 self.pub.queue_declare(name, durable=True, arguments=arguments, callback=one_done)
+        for destination, source, pattern, to_exchange in self.bindings:
+            if to_exchange:
+                self.pub.exchange_bind(destination, source, pattern, callback=one_done)
+            else:
+                self.pub.queue_bind(destination, source, pattern, callback=one_done)
 
-    def publish(self, routing_key: str, body: bytes, props: Any, on_confirm: Confirm) -> bool:
+    def publish(
+        self, routing_key: str, body: bytes, props: Any, on_confirm: Confirm, exchange: str = ""
+    ) -> bool:
         """Publish on the confirm channel; False if there is none open now."""
         if self.pub is None or self._confirms is None:
             return False
-        return self._confirms.publish(routing_key, body, props, on_confirm)
+        return self._confirms.publish(routing_key, body, props, on_confirm, exchange)
 
     def unconfirmed(self) -> int:
         return 0 if self._confirms is None else self._confirms.pending()

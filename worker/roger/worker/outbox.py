@@ -14,7 +14,7 @@ from typing import Any
 
 import pika
 
-from roger.core import envelope, fate, naming
+from roger.core import delay, envelope, fate, naming
 from roger.core.buried import buried_dropped_event, carried_headers
 from roger.core.lifecycle import LifecycleEvent
 from roger.core.message import encode
@@ -110,6 +110,18 @@ class Outbox:
         props = pika.BasicProperties(**envelope.kept_properties(task.props))
         self.publish(task.epoch, task.tag, task.queue.rabbit, task.body, props)
 
+    def delay(self, task: Task, seconds: float) -> None:
+        """A delayed job early (its delay is longer than one pass of the ladder): into the
+        ladder for what is left, as it is (its due time in its headers), then ack."""
+        leg = delay.route(self.partition, task.queue.name, seconds)
+        if leg is None:  # due after all: a plain requeue runs it
+            self.requeue(task)
+            return
+        fields = envelope.kept_properties(task.props)
+        fields["headers"] = delay.without_deaths(fields["headers"])
+        props = pika.BasicProperties(**fields)
+        self.publish(task.epoch, task.tag, leg.routing_key, task.body, props, leg.exchange)
+
     def park(
         self,
         q: QueueState,
@@ -134,7 +146,9 @@ class Outbox:
         target = naming.invalid_queue_name(self.partition, q.name)
         self.publish(epoch, tag, target, body, parked)
 
-    def publish(self, epoch: Epoch, tag: int, target: str, body: bytes, props: Any) -> None:
+    def publish(
+        self, epoch: Epoch, tag: int, target: str, body: bytes, props: Any, exchange: str = ""
+    ) -> None:
         """Publish, and acknowledge the delivery ``tag`` once the broker confirms."""
         if not epoch.alive:
             return  # the delivery died with its connection: the broker has it again
@@ -144,9 +158,11 @@ class Outbox:
                 self.settle(epoch, tag)
             else:  # the broker refused it: try again rather than lose or loop
                 log.warning("publish to %s refused; retrying in 1s", target)
-                self.ioloop.call_later(1.0, lambda: self.publish(epoch, tag, target, body, props))
+                self.ioloop.call_later(
+                    1.0, lambda: self.publish(epoch, tag, target, body, props, exchange)
+                )
 
-        self.link.publish(target, body, props, confirmed)
+        self.link.publish(target, body, props, confirmed, exchange)
 
 
 def sample_queues(

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import pika
 
 from roger.broker.state import PartitionState
-from roger.core import envelope, fate
+from roger.core import delay, envelope, fate
 from roger.core import state as st
 from roger.core.hooks import HookName
 from roger.core.message import JobMessage
@@ -121,6 +121,10 @@ class PartitionFeatures:
             return True
         if self.state.is_paused(task.queue.name):
             self.w.happened(task, fate.Paused())  # arrived just as the queue was paused
+            return True
+        early = delay.not_due(getattr(task.props, "headers", None), time.time())
+        if early:  # a long delay, one pass of the ladder done: round again
+            self.w.happened(task, fate.NotDue(early))
             return True
         key = msg.execution_key
         if key is None:

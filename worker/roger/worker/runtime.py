@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from roger.core import ack_timeout, envelope, fate, topology
+from roger.core import ack_timeout, delay, envelope, fate, topology
 from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition, JobRegistry
@@ -71,6 +71,8 @@ class Worker:
             for d in topology.declarations(self.partition, name, config.retry_levels)
         ]
         keep = {k for n in config.queues for k in topology.keeps_its_arguments(self.partition, n)}
+        # delayed jobs reach these queues through the ladder's due exchange
+        exchanges, bindings = delay.worker_topology(self.partition, list(config.queues))
         self.link = edges.link(
             amqp_url,
             self.ioloop,
@@ -80,6 +82,8 @@ class Worker:
             self.fatal,
             name=f"roger-worker {self.partition} {os.uname().nodename} {os.getpid()}",
             keep_existing=keep,
+            exchanges=exchanges,
+            bindings=bindings,
         )
         self.link.on_ack_timeout = self._ack_timed_out
         # Jobs stopped for holding a delivery past the broker's consumer timeout: their
@@ -440,6 +444,10 @@ class Worker:
                 # Killed once its epoch is dead, so that the jobs beside it are not
                 # requeued (the broker has them too); reported ConnectionLost: Abandon.
                 self.ioloop.call_later(0, partial(self.pool.kill, msg.id, "ack_timeout"))
+            case fate.Delay(seconds=seconds):
+                log.info("job %s not due for %.1fs: into the delay queues again", msg.id, seconds)
+                self.features.finished(task, leaving=False)
+                self.outbox.delay(task, seconds)
             case fate.Abandon():
                 pass
 
