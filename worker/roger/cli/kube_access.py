@@ -138,8 +138,11 @@ class Kube:
         scope = ["-A"] if self.flags.all_namespaces else self.namespace_args()
         return list(self.get("Partitions", RESOURCE, *scope)["items"])
 
-    def broker_url(self, partition: dict[str, Any]) -> tuple[BrokerRef, str]:
-        """The Partition's partition id and broker URL, read from its Secret."""
+    def broker_url(
+        self, partition: dict[str, Any], secrets: dict[tuple[str, str], Any] | None = None
+    ) -> tuple[BrokerRef, str]:
+        """The Partition's partition id and broker URL, read from its Secret (``secrets``:
+        Secrets already read, by namespace and name: Partitions often share one)."""
         meta = partition.get("metadata") or {}
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         try:
@@ -147,7 +150,10 @@ class Kube:
         except PartitionRefError as exc:
             raise KubeRefused(f"Partition {ns}/{name}: {exc}") from None
         what = f"Secret {ns}/{ref.secret_name} (the broker of Partition {name})"
-        secret = self.get(what, "secret", ref.secret_name, "-n", ns)
+        cache = {} if secrets is None else secrets
+        if (ns, ref.secret_name) not in cache:
+            cache[ns, ref.secret_name] = self.get(what, "secret", ref.secret_name, "-n", ns)
+        secret = cache[ns, ref.secret_name]
         try:
             url = secret_value(secret, ref.secret_key)
             if url is None:

@@ -118,6 +118,7 @@ class Sampler:
 
     def sample(self) -> list[PartitionView]:
         activity: dict[str, dict[str, QueueActivity] | None] = {}
+        secrets: dict[tuple[str, str], Any] = {}
         views = []
         for obj in self.kube.partitions():
             meta = obj.get("metadata") or {}
@@ -125,18 +126,28 @@ class Sampler:
             views.append(view)
             url = None
             try:
-                ref, url = self.kube.broker_url(obj)
+                ref, url = self.kube.broker_url(obj, secrets)
                 view.partition_id = ref.partition_id
                 if url not in activity:
                     activity[url] = self._activity(url)
-                self._fill(view, url, obj, activity[url])
+                try:
+                    self._fill(view, url, obj, activity[url])
+                except Exception:  # a connection lost in between: once more, on a new one
+                    self._forget(url)
+                    view.queues, view.workers = [], []
+                    self._fill(view, url, obj, activity[url])
             except KubeRefused as exc:
                 view.error = str(exc)
             except Exception as exc:  # one broker down must not hide the others
-                if url is not None and (client := self.clients.pop(url, None)) is not None:
-                    client.close()
+                if url is not None:
+                    self._forget(url)
                 view.error = f"broker: {type(exc).__name__}: {exc}".splitlines()[0]
         return views
+
+    def _forget(self, url: str) -> None:
+        client = self.clients.pop(url, None)
+        if client is not None:
+            client.close()
 
     def _activity(self, url: str) -> dict[str, QueueActivity] | None:
         try:
