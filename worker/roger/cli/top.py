@@ -73,13 +73,13 @@ def render(views: Sequence[PartitionView], now: float) -> str:
                 f" {_rate(a.acked_per_s if a else None):>6} {'yes' if q.paused else 'no'}"
             )
     out.append("")
-    out.append(f"{'NAMESPACE':<16} {'PARTITION':<20} {'WORKER':<28} {'SEEN':>5} RUNNING")
+    out.append(f"{'NAMESPACE':<16} {'PARTITION':<20} {'WORKER':<36} {'SEEN':>5} RUNNING")
     for v in views:
         for w in v.workers:
             jobs = ", ".join(f"{r['name']} {r['id']} ({r['queue']})" for r in w["running"])
             seen = f"{max(0.0, now - float(w['at'])):.0f}s"
             out.append(
-                f"{v.namespace:<16} {v.name:<20} {w['worker']:<28} {seen:>5}"
+                f"{v.namespace:<16} {v.name:<20} {w['worker']:<36} {seen:>5}"
                 f" {len(w['running'])}{': ' + jobs if jobs else ''}"
             )
     return "\n".join(out)
