@@ -11,6 +11,7 @@ or from Python: ``roger.Client(amqp_url).enqueue("tenant-a", send_welcome, {"use
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import roger
@@ -42,6 +43,17 @@ def charge_card(args: dict[str, Any]) -> None:
 def import_report(args: dict[str, Any]) -> None:
     """Not retryable and fails: buried at once (``on_error`` is not called, ``on_buried`` is)."""
     raise KeyError("column 'total' missing")
+
+
+@roger.job
+def import_invoice(args: dict[str, Any]) -> str:
+    """Imports the file ``path`` and writes ``<path>.done``. Not retryable: a file that has
+    not arrived yet is buried at once (``FileNotFoundError``); once it is there, replay the
+    buried job (``kubectl roger buried replay tenant-a --id ID``, as ``make demo`` does)."""
+    path = Path(str(args["path"]))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    path.with_name(path.name + ".done").write_text(f"{len(lines)} lines imported\n")
+    return f"{len(lines)} lines imported"
 
 
 @roger.job(queue="reports", max_execution_time=2)

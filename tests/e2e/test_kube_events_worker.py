@@ -35,8 +35,14 @@ def _metric(port: int, name: str, **labels: str) -> float:
 
 @pytest.fixture
 def worker(
-    amqp_url: str, kubeconfig: str, kubectl_bin: str, namespace: str, unique_name: str
+    request: pytest.FixtureRequest,
+    amqp_url: str,
+    kubeconfig: str,
+    kubectl_bin: str,
+    namespace: str,
+    unique_name: str,
 ) -> Iterator[tuple[str, int, Kubectl]]:
+    """A worker emitting Events about a Partition; ``request.param``: extra worker flags."""
     kubectl = Kubectl(kubectl_bin, kubeconfig)
     ensure_partition_crd(kubectl)
     partition = unique_name[:40].rstrip("-")
@@ -65,6 +71,7 @@ def worker(
             str(port),
             "--kube-namespace",
             namespace,
+            *getattr(request, "param", ()),
         ],
         env=env,
         cwd=ROOT,
@@ -170,3 +177,38 @@ def test_cancelled_running_job_becomes_a_job_cancelled_event(
     assert _metric(port, "roger_lifecycle_events_total") == 2  # before_run, on_cancel
     assert _metric(port, "roger_kube_events_emitted_total") == 2
     assert _metric(port, "roger_kube_events_dropped_total") == 0
+
+
+@pytest.mark.parametrize("worker", [("--buried-max-length", "1")], indirect=True)
+def test_a_buried_job_dropped_at_the_bound_is_a_buried_job_dropped_event(
+    worker: tuple[str, int, Kubectl], amqp_url: str, namespace: str
+) -> None:
+    """buriedMaxLength 1 and two burials: the worker drops the first, and the cluster gets
+    a BuriedJobDropped Warning about the Partition naming it."""
+    partition, port, kubectl = worker
+    with roger.Client(amqp_url) as client:
+        first = client.enqueue(partition, "tests.jobs.basic:fails_once_not_retryable", {"n": 1})
+        eventually(
+            lambda: _metric(port, "roger_job_outcomes_total", outcome="buried") >= 1,
+            timeout=60,
+            message="the first job buried",
+        )
+        client.enqueue(partition, "tests.jobs.basic:fails_once_not_retryable", {"n": 2})
+    eventually(
+        lambda: _metric(port, "roger_buried_dropped_total", queue="default") == 1,
+        timeout=60,
+        message="the drop counted",
+    )
+    (event,) = eventually(
+        lambda: [
+            e
+            for e in list_events(kubectl, namespace, partition)
+            if e["reason"] == "BuriedJobDropped"
+        ],
+        timeout=30,
+        message="a BuriedJobDropped Event",
+    )
+    assert event["type"] == "Warning"
+    assert event["involvedObject"]["kind"] == "Partition"
+    assert event["involvedObject"]["name"] == partition
+    assert first in event["message"] and "fails_once_not_retryable" in event["message"]

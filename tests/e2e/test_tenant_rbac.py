@@ -5,16 +5,15 @@ their status), and ``view`` only reads them."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
-import yaml
 
 from roger_devtools.polling import eventually
-from tests.chart import of_kind, render
 from tests.e2e.observe_support import apply_crds
-from tests.helpers import TEST_TAG, Kubectl
+from tests.e2e.rbac_support import can
+from tests.e2e.rbac_support import tenant_roles as installed_tenant_roles
+from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -26,25 +25,8 @@ def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
 
 @pytest.fixture
 def tenant_roles(kubectl: Kubectl) -> Iterator[list[str]]:
-    prefix = f"{TEST_TAG}-roles-{uuid.uuid4().hex[:6]}"
-    roles = [
-        r
-        for r in of_kind(render(f"rbac.tenantRoles.namePrefix={prefix}"), "ClusterRole")
-        if r["metadata"]["name"].startswith(prefix)
-    ]
-    text = yaml.safe_dump_all(roles)
-    kubectl.run("apply", "--dry-run=server", "-f", "-", stdin=text)
-    kubectl.apply(text)
-    names = [r["metadata"]["name"] for r in roles]
-    yield names
-    kubectl.run("delete", "clusterrole", *names, "--wait=false", check=False)
-
-
-def _can(kubectl: Kubectl, user: str, verb: str, resource: str, namespace: str) -> bool:
-    resource, _, sub = resource.partition("/")
-    flags = [f"--subresource={sub}"] if sub else []
-    args = ("auth", "can-i", "--as", user, verb, resource, "-n", namespace, *flags)
-    return kubectl.run(*args, check=False).stdout.strip() == "yes"
+    with installed_tenant_roles(kubectl) as names:
+        yield names
 
 
 def test_tenant_roles_aggregate_into_the_built_in_roles(
@@ -57,17 +39,17 @@ def test_tenant_roles_aggregate_into_the_built_in_roles(
                     f"--user={who}")  # fmt: skip
 
     def aggregated() -> bool:
-        return _can(kubectl, "tenant", "create", "partitions.roger.dev", namespace) and _can(
+        return can(kubectl, "tenant", "create", "partitions.roger.dev", namespace) and can(
             kubectl, "auditor", "list", "callbacks.roger.dev", namespace
         )
 
     eventually(aggregated, timeout=30, message="tenant roles aggregated into edit and view")
     for verb in ("create", "update", "delete", "get"):
         for resource in ("partitions.roger.dev", "callbacks.roger.dev"):
-            assert _can(kubectl, "tenant", verb, resource, namespace), (verb, resource)
-    assert _can(kubectl, "tenant", "update", "partitions.roger.dev/scale", namespace)
-    assert not _can(kubectl, "tenant", "update", "partitions.roger.dev/status", namespace)
-    assert not _can(kubectl, "tenant", "create", "partitions.roger.dev", "default")
-    assert _can(kubectl, "auditor", "get", "partitions.roger.dev", namespace)
+            assert can(kubectl, "tenant", verb, resource, namespace), (verb, resource)
+    assert can(kubectl, "tenant", "update", "partitions.roger.dev/scale", namespace)
+    assert not can(kubectl, "tenant", "update", "partitions.roger.dev/status", namespace)
+    assert not can(kubectl, "tenant", "create", "partitions.roger.dev", "default")
+    assert can(kubectl, "auditor", "get", "partitions.roger.dev", namespace)
     for verb in ("create", "update", "delete"):
-        assert not _can(kubectl, "auditor", verb, "partitions.roger.dev", namespace), verb
+        assert not can(kubectl, "auditor", verb, "partitions.roger.dev", namespace), verb

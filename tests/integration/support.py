@@ -20,7 +20,9 @@ from typing import Any
 
 import pika
 
-from roger.core import naming
+from roger.core import buried as bu
+from roger.core import message, naming, topology
+from roger_devtools.polling import eventually
 from tests.brokers import BROKER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,3 +170,26 @@ def delete_queues(conn: pika.BlockingConnection, names: list[str]) -> None:
         finally:
             if ch.is_open:
                 ch.close()
+
+
+def declare(broker: Broker, partition: str, queue: str = "default") -> None:
+    ch = broker._channel()
+    for name, args in topology.declarations(partition, queue, (1,)):
+        ch.queue_declare(name, durable=True, arguments=args)
+
+
+def bury_legacy(
+    broker: Broker, partition: str, ids: list[str], kind: str = "ValueError", **headers: Any
+) -> None:
+    """Burials as a worker of the previous version left them: in the ``.buried`` queue."""
+    ch = broker.conn.channel()
+    intake = naming.buried_queue_name(partition, "default")
+    before = broker.count(intake)
+    for ident in ids:
+        msg = message.JobMessage(ident, "tests.jobs.basic:ok", {"id": ident}, "default", None)
+        h = {bu.ERROR_KIND: kind, bu.ERROR_MESSAGE: "boom", bu.BURIED_REASON: "not_retryable"}
+        h.update(headers)
+        props = pika.BasicProperties(delivery_mode=2, message_id=ident, headers=h)
+        ch.basic_publish("", intake, message.encode(msg), props)
+    ch.close()
+    eventually(lambda: broker.count(intake) == before + len(ids), 30, message="burials")

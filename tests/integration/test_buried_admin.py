@@ -17,37 +17,14 @@ import pytest
 
 import roger
 from roger.core import buried as bu
-from roger.core import message, naming, topology
+from roger.core import naming, topology
 from roger_devtools.polling import eventually
 from roger_devtools.workers import Workers
-from tests.integration.support import ROOT, Broker, env, read_lines
+from tests.integration.support import ROOT, Broker, bury_legacy, declare, env, read_lines
 from tests.integration.support import roger as roger_cli
 from tests.jobs import basic
 
 pytestmark = pytest.mark.integration
-
-
-def declare(broker: Broker, partition: str, queue: str = "default") -> None:
-    ch = broker._channel()
-    for name, args in topology.declarations(partition, queue, (1,)):
-        ch.queue_declare(name, durable=True, arguments=args)
-
-
-def bury_legacy(
-    broker: Broker, partition: str, ids: list[str], kind: str = "ValueError", **headers: Any
-) -> None:
-    """Burials as a worker of the previous version left them: in the ``.buried`` queue."""
-    ch = broker.conn.channel()
-    intake = naming.buried_queue_name(partition, "default")
-    before = broker.count(intake)
-    for ident in ids:
-        msg = message.JobMessage(ident, "tests.jobs.basic:ok", {"id": ident}, "default", None)
-        h = {bu.ERROR_KIND: kind, bu.ERROR_MESSAGE: "boom", bu.BURIED_REASON: "not_retryable"}
-        h.update(headers)
-        props = pika.BasicProperties(delivery_mode=2, message_id=ident, headers=h)
-        ch.basic_publish("", intake, message.encode(msg), props)
-    ch.close()
-    eventually(lambda: broker.count(intake) == before + len(ids), 30, message="burials")
 
 
 def listed(partition: str, amqp_url: str, *extra: str) -> list[dict[str, Any]]:

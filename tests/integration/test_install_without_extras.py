@@ -80,6 +80,15 @@ def test_the_operator_names_its_extra(bare_venv: Path) -> None:
     assert "kopf" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_kubectl_plugin_needs_no_extra(bare_venv: Path) -> None:
+    """``kubectl-roger`` calls the user's kubectl: no kubernetes library, no extra."""
+    assert "kubectl roger VERB" in _run(bare_venv, "kubectl-roger", "--help").stdout
+    env = {**os.environ, "PATH": str(bare_venv / "bin"), "KUBECTL": ""}
+    result = _run(bare_venv, "kubectl-roger", "jobs", "tenant-a", "-n", "demo", env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "kubectl not found on PATH" in result.stderr
+
+
 def test_worker_runs_and_client_enqueues_without_extras(
     bare_venv: Path, amqp_url: str, unique_name: str, broker: Broker, tmp_path: Path
 ) -> None:

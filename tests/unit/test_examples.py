@@ -46,6 +46,7 @@ def test_jobs_of_every_outcome_are_decorated(myapp: None) -> None:
         "sync_mailbox",
         "charge_card",
         "import_report",
+        "import_invoice",
         "build_report",
     }
     assert defs["charge_card"].retryable and not defs["import_report"].retryable

@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from roger.core.hooks import HOOKS, HookName
 from roger.core.naming import DEFAULT_BURIED_MAX_LENGTH, DEFAULT_RETRY_LEVELS
+from roger.core.partition_ref import PartitionRefError, broker_ref
 
 GROUP: Final = "roger.dev"
 VERSION: Final = "v1alpha1"
@@ -134,9 +135,11 @@ def parse_partition(obj: Mapping[str, Any]) -> PartitionSpec:
     name = str(meta.get("name", ""))
     if not name or len(name) > MAX_PARTITION_NAME:
         raise SpecError(f"Partition name must be 1-{MAX_PARTITION_NAME} characters")
-    amqp = _mapping(_mapping(spec.get("amqp"), "spec.amqp").get("secretRef"), "secretRef")
-    if not amqp.get("name"):
-        raise SpecError("spec.amqp.secretRef.name is required")
+    _mapping(_mapping(spec.get("amqp"), "spec.amqp").get("secretRef"), "secretRef")
+    try:
+        ref = broker_ref(obj)  # the same answer as `kubectl roger` finds
+    except PartitionRefError as exc:
+        raise SpecError(str(exc)) from None
     worker = _mapping(spec.get("worker"), "spec.worker")
     if not worker.get("image"):
         raise SpecError("spec.worker.image is required")
@@ -162,9 +165,9 @@ def parse_partition(obj: Mapping[str, Any]) -> PartitionSpec:
         namespace=str(meta.get("namespace", "")),
         uid=str(meta.get("uid", "")),
         generation=int(meta.get("generation", 0) or 0),
-        partition_id=str(spec.get("partitionId") or name),
-        secret_name=str(amqp["name"]),
-        secret_key=str(amqp.get("key") or "url"),
+        partition_id=ref.partition_id,
+        secret_name=ref.secret_name,
+        secret_key=ref.secret_key,
         image=str(worker["image"]),
         replicas=int(worker.get("replicas", 1)),
         jobs=tuple(str(j) for j in spec.get("jobs") or ()),

@@ -7,13 +7,13 @@ Callback and the periodic refresh.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import logging
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from roger.core.partition_ref import PartitionRefError, secret_value
 from roger_operator import metrics
 from roger_operator.builders import status as st
 from roger_operator.builders.disruption import disruption_budget, pod_disruption_budget
@@ -82,22 +82,21 @@ def read_amqp_url(ctx: Context, spec: PartitionSpec) -> tuple[str | None, st.Pro
             f"{spec.namespace}: create it with the amqp:// URL under key {spec.secret_key}; "
             "the running Deployment is left as it was",
         )
-    raw = (secret.get("data") or {}).get(spec.secret_key)
-    if not raw:
+    try:
+        url = secret_value(secret, spec.secret_key)
+    except PartitionRefError:
+        return None, st.Problem(
+            st.R_SECRET_NOT_FOUND,
+            f"Secret {spec.secret_name} key {spec.secret_key} is not a valid text value",
+        )
+    if not url:
         return None, st.Problem(
             st.R_SECRET_NOT_FOUND,
             f"Secret {spec.secret_name} has no key {spec.secret_key} (spec.amqp.secretRef.key): "
             "add the amqp:// URL under that key; the running Deployment is left as it was",
         )
-    try:
-        url = base64.b64decode(raw).decode().strip()
-        ctx.urls[(spec.namespace, spec.secret_name, spec.secret_key)] = (url, time.monotonic())
-        return url, None
-    except ValueError:
-        return None, st.Problem(
-            st.R_SECRET_NOT_FOUND,
-            f"Secret {spec.secret_name} key {spec.secret_key} is not a valid text value",
-        )
+    ctx.urls[(spec.namespace, spec.secret_name, spec.secret_key)] = (url, time.monotonic())
+    return url, None
 
 
 def cached_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:

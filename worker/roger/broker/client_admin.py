@@ -13,7 +13,7 @@ from roger.broker.buried_store import ReplayReport
 from roger.core import buried as bu
 from roger.core import naming
 from roger.core import state as st
-from roger.core.inventory import PartitionCounts, management_target
+from roger.core.inventory import PartitionCounts, QueueActivity, management_target
 
 T = TypeVar("T")
 
@@ -178,3 +178,8 @@ class AdminCalls:
         """Every partition the broker holds, with queues and counts (management API)."""
         target = management_target(self.addresses_text[0], management_url)
         return queues_admin.broker_partitions(target)
+
+    def activity(self, management_url: str | None = None) -> dict[str, QueueActivity]:
+        """Per queue of the vhost: unacked messages and publish/ack rates (management API)."""
+        target = management_target(self.addresses_text[0], management_url)
+        return queues_admin.broker_activity(target)

@@ -16,7 +16,13 @@ import pika
 import pika.exceptions
 
 from roger.core import naming
-from roger.core.inventory import ManagementTarget, PartitionCounts, partitions
+from roger.core.inventory import (
+    ManagementTarget,
+    PartitionCounts,
+    QueueActivity,
+    partitions,
+    queue_activity,
+)
 from roger.core.message import InvalidMessage, decode
 
 MANAGEMENT_TIMEOUT = 10.0
@@ -89,19 +95,28 @@ def _job_row(props: Any, body: bytes) -> dict[str, Any]:
     }
 
 
-def broker_partitions(target: ManagementTarget) -> list[PartitionCounts]:
-    """Every partition the broker holds, with its queues and their counts."""
+def _management_get(target: ManagementTarget, query: str) -> list[dict[str, Any]]:
+    """The vhost's queues from the management API (``query``: its ``?columns=...``)."""
     vhost = urllib.parse.quote(target.vhost, safe="")
-    url = (
-        f"{target.base}/queues/{vhost}"
-        "?columns=name,messages_ready,messages_unacknowledged,consumers"
-    )
-    req = urllib.request.Request(url)
+    req = urllib.request.Request(f"{target.base}/queues/{vhost}{query}")
     token = base64.b64encode(f"{target.user}:{target.password}".encode()).decode()
     req.add_header("Authorization", f"Basic {token}")
     with urllib.request.urlopen(req, timeout=MANAGEMENT_TIMEOUT) as resp:
         rows = json.load(resp)
-    return partitions(r for r in rows if isinstance(r, dict) and "name" in r)
+    return [r for r in rows if isinstance(r, dict) and "name" in r]
+
+
+def broker_partitions(target: ManagementTarget) -> list[PartitionCounts]:
+    """Every partition the broker holds, with its queues and their counts."""
+    query = "?columns=name,messages_ready,messages_unacknowledged,consumers"
+    return partitions(_management_get(target, query))
+
+
+def broker_activity(target: ManagementTarget) -> dict[str, QueueActivity]:
+    """Unacked messages and publish/ack rates of every queue of the vhost."""
+    return queue_activity(
+        _management_get(target, "?columns=name,messages_unacknowledged,message_stats")
+    )
 
 
 def queue_family(partition: str, queue: str, levels: tuple[int, ...]) -> list[str]:

@@ -33,8 +33,8 @@ from roger.logs import LOG_FORMATS, configure_logging
 from roger.version import package_version
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="roger", description="Roger: RabbitMQ-backed multi-tenant jobs")
+def _parser(prog: str = "roger") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Roger: RabbitMQ-backed multi-tenant jobs")
     p.add_argument("--version", action="version", version=f"roger {package_version()}")
     p.add_argument(
         "--amqp-url",
@@ -442,7 +442,12 @@ def _info(opts: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    opts = _parser().parse_args(argv)
+    return run(_parser().parse_args(argv))
+
+
+def run(opts: argparse.Namespace, connect_hint: str = "") -> int:
+    """Run parsed ``roger`` arguments (``kubectl roger`` fills in the broker and partition;
+    ``connect_hint`` is said when the broker cannot be reached)."""
     configure_logging(str(opts.log_level).upper(), opts.log_format)
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log what matters
     from pika.exceptions import AMQPConnectionError
@@ -463,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"roger: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except AMQPConnectionError as exc:
-        print(f"roger: cannot connect to RabbitMQ: {exc!r}", file=sys.stderr)
+        print(f"roger: cannot connect to RabbitMQ: {exc!r}{connect_hint}", file=sys.stderr)
         return 1
 
 

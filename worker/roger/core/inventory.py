@@ -107,3 +107,35 @@ def management_target(amqp_url: str, override: str | None = None) -> ManagementT
         host = f"[{host}]" if ":" in host else host
         base = f"{'https' if tls else 'http'}://{host}:{15671 if tls else 15672}/api"
     return ManagementTarget(base, vhost, user, password)
+
+
+@dataclass(frozen=True)
+class QueueActivity:
+    """What the management API adds to a queue's counts: jobs delivered but not acked (the
+    running and prefetched ones) and RabbitMQ's own rates (messages/s, over its last
+    sample window): published into the queue and acknowledged from it."""
+
+    unacked: int
+    published_per_s: float | None
+    acked_per_s: float | None
+
+
+def _rate(stats: Mapping[str, Any], key: str) -> float | None:
+    details = stats.get(f"{key}_details")
+    rate = details.get("rate") if isinstance(details, Mapping) else None
+    return float(rate) if isinstance(rate, int | float) else None
+
+
+def queue_activity(rows: Iterable[Mapping[str, Any]]) -> dict[str, QueueActivity]:
+    """``rows``: the management API's queues (``name``, ``messages_unacknowledged``,
+    ``message_stats``); a queue with no traffic yet has no ``message_stats``: rate 0."""
+    out: dict[str, QueueActivity] = {}
+    for r in rows:
+        stats = r.get("message_stats")
+        stats = stats if isinstance(stats, Mapping) else {}
+        out[str(r["name"])] = QueueActivity(
+            unacked=_n(r, "messages_unacknowledged"),
+            published_per_s=_rate(stats, "publish") or 0.0,
+            acked_per_s=_rate(stats, "ack") or 0.0,
+        )
+    return out
