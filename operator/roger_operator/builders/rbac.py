@@ -39,6 +39,12 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
     },
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CRUD},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CRUD},
+    # spec.autoscaling.engine keda: the ScaledObject (and TriggerAuthentication) it renders.
+    {
+        "apiGroups": ["keda.sh"],
+        "resources": ["scaledobjects", "triggerauthentications"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],

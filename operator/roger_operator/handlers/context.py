@@ -40,6 +40,8 @@ class Context:
     url_ttl: float = 3600.0  # dropped at once when the broker refuses it
     autoscale_interval: float = 5.0  # seconds between autoscaling evaluations; 0: off
     autoscale: dict[Key, Memory] = field(default_factory=dict)
+    # KEDA objects (kind, namespace, name) looked for once since this process started.
+    keda_checked: set[tuple[str, str, str]] = field(default_factory=set)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 

@@ -26,6 +26,7 @@ from roger_operator.builders.model import (
     parse_partition,
     selector_string,
 )
+from roger_operator.handlers import keda
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.tenancy import (
     callback_config_problems,
@@ -246,9 +247,12 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         budget = disruption_budget(body)
         if budget is not None:
             children.append(pod_disruption_budget(spec, budget))
+        scaler = keda.wanted(body, spec)  # after the Deployment: no KEDA, workers all the same
+        children.extend(scaler)
         try:
             if budget is None:
                 _drop_disruption_budget(ctx, spec)
+            keda.drop_unwanted(ctx, spec, scaler)
             for manifest in children:
                 live = ctx.kube.apply(manifest)
                 _remember(ctx, live)
