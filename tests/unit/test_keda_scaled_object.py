@@ -20,6 +20,7 @@ from roger_operator.builders.keda import (
     wants_keda,
 )
 from roger_operator.builders.model import parse_partition
+from roger_operator.kube import resource_path
 
 pytestmark = pytest.mark.unit
 
@@ -187,3 +188,10 @@ def test_cluster_trigger_authentication_kind_is_kept() -> None:
     so = scaled_object(parse_partition(obj), auto, settings)
     ref = so["spec"]["triggers"][0]["authenticationRef"]
     assert ref == {"name": "m", "kind": "ClusterTriggerAuthentication"}
+
+
+def test_every_rendered_kind_has_an_api_path() -> None:
+    out, _ = render({"maxReplicas": 2})
+    for m in out:
+        path = resource_path(m["apiVersion"], m["kind"], "n", m["metadata"]["name"])
+        assert path.startswith("/apis/keda.sh/v1alpha1/namespaces/n/") and path.endswith("/roger-p")

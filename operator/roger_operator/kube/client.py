@@ -37,6 +37,8 @@ _PLURALS: Final = {
     "Partition": "partitions",
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Callback": "callbacks",
+    "ScaledObject": "scaledobjects",  # keda.sh (spec.autoscaling.engine keda)
+    "TriggerAuthentication": "triggerauthentications",
 }
 
 
