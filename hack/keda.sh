@@ -1,16 +1,14 @@
 #!/usr/bin/env bash
 # KEDA for spec.autoscaling.engine keda, from the Go module github.com/kedacore/keda/v2 pinned
 # in hack/tools/keda/go.mod, fetched through the Go module proxy only (never another download).
+# Only its CRDs: building KEDA's operator from the module did not finish in 30 minutes here.
 #
 #   hack/keda.sh version     the pinned version
 #   hack/keda.sh crds        copy KEDA's CRDs into .cluster/keda/<version>/ and apply them to
 #                            the local API server (idempotent); prints the directory
-#   hack/keda.sh operator    build KEDA's operator from the module (cached by version in the
-#                            tools cache, like hack/tools.sh); prints the binary's path
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODDIR=$ROOT/hack/tools/keda
-CACHE=${ROGER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/roger-tools}
 KUBECTL=${KUBECTL:-$ROOT/.cluster/bin/kubectl}
 KUBECONFIG=${KUBECONFIG:-$ROOT/.cluster/kubeconfig}
 export GOFLAGS=${GOFLAGS:--mod=mod}
@@ -49,31 +47,8 @@ crds() {
   printf '%s\n' "$out"
 }
 
-operator() {
-  local out=$CACHE/keda-$VERSION
-  if [ ! -x "$out/keda" ]; then
-    # Built inside a copy of the module itself: its go.mod's replace and exclude directives
-    # apply only there (not to a module that merely requires it).
-    local src
-    src=$(mktemp -d)
-    trap 'chmod -R u+w "$src" && rm -rf "$src"' EXIT
-    cp -r "$(module_dir)"/. "$src/"
-    chmod -R u+w "$src"
-    mkdir -p "$out"
-    log "building KEDA $VERSION's operator (cold: many minutes; cached afterwards in $out)"
-    local start=$SECONDS
-    (cd "$src" && go build -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=$VERSION" \
-      -o "$out/keda.tmp" ./cmd/operator) >"$out/build.log" 2>&1 \
-      || { tail -n 30 "$out/build.log" >&2; die "go build failed (log: $out/build.log)"; }
-    mv "$out/keda.tmp" "$out/keda"
-    log "built in $((SECONDS - start))s"
-  fi
-  printf '%s\n' "$out/keda"
-}
-
 case ${1:-} in
   version) printf '%s\n' "$VERSION" ;;
   crds) crds ;;
-  operator) operator ;;
-  *) die "usage: hack/keda.sh version|crds|operator" ;;
+  *) die "usage: hack/keda.sh version|crds" ;;
 esac

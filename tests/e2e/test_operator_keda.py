@@ -9,24 +9,18 @@ operator (namespace glob) sees only its namespaces.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
-import yaml
 
 import roger
 from roger_devtools.polling import eventually
-from roger_devtools.ports import free_port
-from roger_devtools.processes import stop
 from roger_operator.builders import autoscale as a
 from roger_operator.builders.keda import keda_manifests, keda_settings
 from roger_operator.builders.model import parse_partition
@@ -219,113 +213,3 @@ def test_operator_keda_engine_renders_owned_scaled_object_and_builtin_stands_asi
     k.run("-n", ns, "delete", "partition", name, "--timeout=90s")
     wait_gone(k, "-n", ns, "scaledobject", child, timeout=90)
     wait_gone(k, "-n", ns, "triggerauthentication", child, timeout=90)
-
-
-def keda_operator_binary() -> str | None:
-    """KEDA's operator, built from the pinned module by ``hack/keda.sh operator`` (cached);
-    None when it was never built (a cold build takes many minutes: not done inside a test)."""
-    version = subprocess.run(
-        ["bash", str(ROOT / "hack" / "keda.sh"), "version"], check=True, text=True,
-        capture_output=True,
-    ).stdout.strip()  # fmt: skip
-    cache = Path(os.environ.get("ROGER_TOOLS_CACHE") or Path.home() / ".cache" / "roger-tools")
-    binary = cache / f"keda-{version}" / "keda"
-    return str(binary) if binary.exists() else None
-
-
-def self_signed(directory: Path) -> None:
-    """ca.crt, tls.crt and tls.key for KEDA's gRPC metrics service (it refuses to start
-    without them; its own cert rotation would also patch webhooks and APIServices)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=keda-operator", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(directory / "tls.key"), "-out", str(directory / "tls.crt")],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    (directory / "ca.crt").write_bytes((directory / "tls.crt").read_bytes())
-
-
-@pytest.fixture
-def keda_operator(ns: str, kubeconfig: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """KEDA's own operator as a local process, watching only the test's namespace."""
-    binary = keda_operator_binary()
-    if binary is None:
-        pytest.skip("KEDA's operator is not built: run `bash hack/keda.sh operator` first")
-    self_signed(tmp_path / "certs")
-    env = {
-        **os.environ,
-        "KUBECONFIG": kubeconfig,
-        "WATCH_NAMESPACE": ns,
-        "POD_NAMESPACE": ns,
-        "KEDA_CLUSTER_OBJECT_NAMESPACE": ns,
-    }
-    log = (tmp_path / "keda.log").open("ab")
-    proc = subprocess.Popen(
-        [binary, f"--metrics-bind-address=127.0.0.1:{free_port()}",
-         f"--health-probe-bind-address=127.0.0.1:{free_port()}",
-         f"--metrics-service-bind-address=127.0.0.1:{free_port()}",
-         f"--cert-dir={tmp_path / 'certs'}", f"--ca-dir={tmp_path / 'certs'}",
-         "--enable-webhook-patching=false", "--enable-apiservice-patching=false",
-         "--leader-elect=false", "--zap-log-level=info"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    log.close()
-    yield proc
-    stop(proc, grace=20)
-
-
-def purge(amqp_url: str, queue: str) -> None:
-    with contextlib.closing(pika.BlockingConnection(pika.URLParameters(amqp_url))) as conn:
-        conn.channel().queue_purge(queue)
-
-
-def writers(obj: dict[str, Any]) -> set[tuple[str, str]]:
-    """(manager, subresource) of every write recorded in managedFields."""
-    return {
-        (str(f.get("manager")), str(f.get("subresource") or ""))
-        for f in obj["metadata"].get("managedFields") or ()
-    }
-
-
-@pytest.mark.timeout(600)
-def test_operator_keda_kedas_own_operator_scales_the_partition_up_from_zero_and_back(
-    operator: OperatorProcess,
-    kubectl: Kubectl,
-    ns: str,
-    amqp_url: str,
-    keda_operator: subprocess.Popen[bytes],
-    tmp_path: Path,
-) -> None:
-    k, name = kubectl, short_id()
-    manifest = yaml.safe_load(keda_partition(name, ns, "keda"))
-    manifest["spec"]["autoscaling"]["scaleToZeroCooldownSeconds"] = 5
-    apply_partition(k, yaml.safe_dump(manifest))
-    child = f"roger-{name}"
-
-    def ready() -> bool:
-        so = get_or_none(k, "-n", ns, "scaledobject", child) or {}
-        conds = {c["type"]: c["status"] for c in (so.get("status") or {}).get("conditions") or ()}
-        return conds.get("Ready") == "True"
-
-    log = tmp_path / "keda.log"
-    eventually(ready, timeout=120, message=f"KEDA accepts the ScaledObject; {log}")
-    assert replicas(k, ns, name)[0] == 0
-
-    with roger.Client(amqp_url) as client:
-        for n in range(6):
-            client.enqueue(name, "tests.jobs.basic:slow", {"out": os.devnull, "n": n, "sleep": 0})
-    started = time.monotonic()
-    eventually(lambda: replicas(k, ns, name)[0] >= 1, timeout=120, message=f"KEDA scaled; {log}")
-    woke = time.monotonic() - started
-    obj = k.get_json("-n", ns, "partition", name)
-    scalers = {m for m, sub in writers(obj) if sub == "scale"}
-    assert scalers and all("keda" in m.lower() for m in scalers), writers(obj)
-    # KEDA made its HPA for 1..max against the Partition.
-    hpa = k.get_json("-n", ns, "hpa", f"keda-hpa-{child}")
-    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Partition"
-
-    # The backlog gone (no worker here: purged), KEDA takes it back to zero after the cooldown.
-    purge(amqp_url, f"{name}-default")
-    eventually(lambda: replicas(k, ns, name)[0] == 0, timeout=120, message=f"back to 0; {log}")
-    print(f"\nKEDA's operator: 0 -> 1 replicas {woke:.1f}s after 6 jobs were enqueued")
