@@ -20,7 +20,9 @@ from roger_operator.builders.keda import (
     wants_keda,
 )
 from roger_operator.builders.model import parse_partition
-from roger_operator.kube import resource_path
+from roger_operator.handlers.context import Context
+from roger_operator.handlers.keda import drop_unwanted, wanted
+from roger_operator.kube import KubeError, resource_path
 
 pytestmark = pytest.mark.unit
 
@@ -195,3 +197,51 @@ def test_every_rendered_kind_has_an_api_path() -> None:
     for m in out:
         path = resource_path(m["apiVersion"], m["kind"], "n", m["metadata"]["name"])
         assert path.startswith("/apis/keda.sh/v1alpha1/namespaces/n/") and path.endswith("/roger-p")
+
+
+class RecordingKube:
+    """Records deletes; answers each with ``status`` (None: deleted, 404: not there)."""
+
+    def __init__(self, status: int | None = 404) -> None:
+        self.deleted: list[str] = []
+        self.status = status
+
+    def delete(self, path: str) -> bool:
+        self.deleted.append(path)
+        if self.status is None:
+            return True
+        if self.status == 404:
+            return False
+        raise KubeError(self.status, "Forbidden")
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_a_partition_without_keda_is_looked_at_once_per_operator_start(status: int) -> None:
+    """One DELETE per kind after a start (a switch made while the operator was down), then
+    none on later reconciles: no cost for Partitions that never used KEDA (nor without
+    KEDA's CRDs, nor without the rights)."""
+    kube = RecordingKube(status)
+    ctx = Context(kube=kube, broker=object())  # type: ignore[arg-type]
+    spec = parse_partition(body())
+    drop_unwanted(ctx, spec, [])
+    drop_unwanted(ctx, spec, [])
+    assert sorted(p.rsplit("/", 2)[1] for p in kube.deleted) == [
+        "scaledobjects",
+        "triggerauthentications",
+    ]
+
+
+def test_what_this_process_applied_is_deleted_when_no_longer_wanted() -> None:
+    kube = RecordingKube(None)
+    ctx = Context(kube=kube, broker=object())  # type: ignore[arg-type]
+    obj = body({"engine": "keda", "maxReplicas": 2})
+    spec = parse_partition(obj)
+    drop_unwanted(ctx, spec, wanted(obj, spec))  # both wanted: nothing deleted
+    assert kube.deleted == []
+    ctx.applied[("ScaledObject", "n", "roger-p")] = ("1", 1)
+    drop_unwanted(ctx, spec, [])  # switched back: the applied ScaledObject goes, each time
+    drop_unwanted(ctx, spec, [])
+    ctx.applied[("ScaledObject", "n", "roger-p")] = ("2", 1)
+    drop_unwanted(ctx, spec, [])
+    paths = [p for p in kube.deleted if "/scaledobjects/" in p]
+    assert paths == ["/apis/keda.sh/v1alpha1/namespaces/n/scaledobjects/roger-p"] * 2
