@@ -107,6 +107,10 @@ the worker rules it grants to every worker Role (RBAC forbids granting what one 
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, update, patch, delete]
+# spec.autoscaling.engine keda: the KEDA ScaledObject and TriggerAuthentication it renders.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects, triggerauthentications]
+  verbs: [get, create, patch, delete]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
   verbs: [get, list, watch, create, update, patch, delete]

@@ -46,6 +46,12 @@ OPERATOR_RULES: Final[tuple[dict[str, Any], ...]] = (
     # Which old config ConfigMaps a ReplicaSet with replicas still names (handlers.configs).
     {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list"]},
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": _CRUD},
+    # spec.autoscaling.engine keda: the ScaledObject (and TriggerAuthentication) it renders.
+    {
+        "apiGroups": ["keda.sh"],
+        "resources": ["scaledobjects", "triggerauthentications"],
+        "verbs": ["get", "create", "patch", "delete"],
+    },
     {
         "apiGroups": ["rbac.authorization.k8s.io"],
         "resources": ["roles", "rolebindings"],

@@ -49,6 +49,8 @@ class Context:
     # write yet), and one roger.Client per broker URL.
     schedule_ticks: dict[Key, tuple[datetime.datetime, str]] = field(default_factory=dict)
     clients: dict[str, Any] = field(default_factory=dict)
+    # KEDA objects (kind, namespace, name) looked for once since this process started.
+    keda_checked: set[tuple[str, str, str]] = field(default_factory=set)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 

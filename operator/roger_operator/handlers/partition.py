@@ -27,7 +27,7 @@ from roger_operator.builders.model import (
     selector_string,
 )
 from roger_operator.builders.queue_plan import rollout_finished
-from roger_operator.handlers import configs
+from roger_operator.handlers import configs, keda
 from roger_operator.handlers.context import Context, Key
 from roger_operator.handlers.tenancy import (
     callback_config_problems,
@@ -260,9 +260,12 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         budget = disruption_budget(body)
         if budget is not None:
             children.append(pod_disruption_budget(spec, budget))
+        scaler = keda.wanted(body, spec)  # after the Deployment: no KEDA, workers all the same
+        children.extend(scaler)
         try:
             if budget is None:
                 _drop_disruption_budget(ctx, spec)
+            keda.drop_unwanted(ctx, spec, scaler)
             for manifest in children:
                 live = ctx.kube.apply(manifest)
                 _remember(ctx, live)

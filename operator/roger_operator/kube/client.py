@@ -39,6 +39,8 @@ _PLURALS: Final = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "Callback": "callbacks",
     "Schedule": "schedules",
+    "ScaledObject": "scaledobjects",  # keda.sh (spec.autoscaling.engine keda)
+    "TriggerAuthentication": "triggerauthentications",
 }
 
 
