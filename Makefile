@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/.cluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv tools cluster-up cluster-down rabbitmq-up rabbitmq-down prometheus-up \
         prometheus-down lint test test-unit test-integration test-e2e test-lowest bench demo down \
-        status rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4 chaos
+        status images rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4 chaos
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ cluster-up: tools ## Start etcd, kube-apiserver, controllers, scheduler and kwok
 
 cluster-down: ## Stop the local cluster, leaving no process behind
 	bash hack/cluster.sh down
+
+images: ## Build roger-worker, roger-operator and the example worker here (podman, no registry); print sizes
+	bash hack/images.sh build
 
 rabbitmq-up: ## Start RabbitMQ on 127.0.0.1:5672 (guest/guest)
 	bash hack/rabbitmq.sh up
