@@ -92,6 +92,9 @@ build() {
   need_podman
   local start=$SECONDS common
   mapfile -t common < <(build_args)
+  mkdir -p "$CACHE"
+  exec 7>"$CACHE/images.lock"  # parallel test runs build once, one after the other
+  flock 7
   base
   log "building $WORKER, $OPERATOR and $EXAMPLE"
   podman build --quiet "${common[@]}" --build-arg "PYTHON_IMAGE=$BASE" \
