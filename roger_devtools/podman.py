@@ -22,6 +22,22 @@ class Untranslatable(ValueError):
     """A Pod setting with no podman equivalent here (the test must learn it first)."""
 
 
+# Where a kubelet projects the Pod's ServiceAccount token, CA and namespace.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    """What a kubelet gives a Pod for in-cluster config: a token of its ServiceAccount, the
+    cluster's CA and the API server's address (KUBERNETES_SERVICE_HOST/PORT)."""
+
+    token: str
+    ca_crt: str
+    namespace: str
+    host: str
+    port: int
+
+
 @dataclass(frozen=True)
 class PodmanRun:
     argv: list[str]  # podman run ... IMAGE COMMAND...
@@ -153,7 +169,9 @@ def _volumes(
             args += ["--volume", f"{pod_dir}/volumes/{mount['name']}:{target}:ro"]
         elif "emptyDir" in volume:
             mode = "ro" if mount.get("readOnly") else "rw"
-            args += ["--mount", f"type=tmpfs,destination={target},tmpfs-mode=1777,{mode}"]
+            size = (volume["emptyDir"] or {}).get("sizeLimit")
+            sized = f",tmpfs-size={memory_bytes(size)}" if size else ""
+            args += ["--mount", f"type=tmpfs,destination={target},tmpfs-mode=1777{sized},{mode}"]
         else:
             raise Untranslatable(f"volume {mount['name']}: only configMap and emptyDir")
     return args, files
@@ -169,10 +187,13 @@ def podman_run(
     pod_dir: str,
     network: str = "host",
     image: str | None = None,
+    service_account: ServiceAccount | None = None,
     extra: Sequence[str] = (),
 ) -> PodmanRun:
     """``podman run`` of one container of ``pod`` with the Pod's settings (``image``
-    replaces the container's; ``extra`` flags go before the image)."""
+    replaces the container's; ``extra`` flags go before the image). With
+    ``service_account``, and unless the Pod opts out, its token is mounted as a kubelet
+    mounts it, so that the process inside finds its in-cluster config."""
     spec = pod["spec"]
     container = pod_container(pod, container_name)
     unknown = (
@@ -194,7 +215,14 @@ def podman_run(
     argv += _resources(container.get("resources") or {})
     volume_args, files = _volumes(spec, container, config_maps, pod_dir)
     argv += volume_args
-    for key, value in container_env(pod, container, secrets, config_maps).items():
+    env = container_env(pod, container, secrets, config_maps)
+    if service_account is not None and spec.get("automountServiceAccountToken") is not False:
+        sa = service_account
+        for key, text in (("token", sa.token), ("ca.crt", sa.ca_crt), ("namespace", sa.namespace)):
+            files[f"volumes/serviceaccount/{key}"] = text
+        argv += ["--volume", f"{pod_dir}/volumes/serviceaccount:{SERVICE_ACCOUNT_DIR}:ro"]
+        env = {"KUBERNETES_SERVICE_HOST": sa.host, "KUBERNETES_SERVICE_PORT": str(sa.port), **env}
+    for key, value in env.items():
         argv += ["--env", f"{key}={value}"]
     command = list(container.get("command") or ())
     if command:
