@@ -38,8 +38,13 @@ AMQP_PORT=${ROGER_AMQP_PORT:-5672}
 MGMT_PORT=${ROGER_MGMT_PORT:-15672}  # the operator reads queue depths from the URL's host
 KUBELET_HEALTH_PORT=${ROGER_KUBELET_HEALTH_PORT:-10248}
 SOCK=$N/containerd.sock
+# The `kubernetes` Service's ClusterIP (in the API server's certificate): Pods' in-cluster
+# config dials it. It is put on the bridge, routed to from the Pods, and forwarded to the
+# API server on 127.0.0.1 (there is no kube-proxy).
+API_SERVICE_IP=${ROGER_API_SERVICE_IP:-10.96.0.1}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/hack/containers/containers.conf}
 ctr() { command ctr --address "$SOCK" -n k8s.io "$@"; }
+has_image() { local all; all=$(ctr images ls -q); grep -qx "$1" <<<"$all"; }
 kc() { "$BIN/kubectl" --kubeconfig "$S/kubeconfig" "$@"; }
 log() { printf '[node] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -88,7 +93,10 @@ packages() {
 
 bridge() {
   ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
-  ip -4 addr show dev "$BRIDGE" | grep -q "inet $NODE_IP/" || ip addr add "$NODE_IP/24" dev "$BRIDGE"
+  local addrs  # (captured first: `ip ... | grep -q` fails under pipefail when grep exits early)
+  addrs=$(ip -4 -o addr show dev "$BRIDGE")
+  [[ $addrs == *" $NODE_IP/24 "* ]] || ip addr add "$NODE_IP/24" dev "$BRIDGE"
+  [[ $addrs == *" $API_SERVICE_IP/32 "* ]] || ip addr add "$API_SERVICE_IP/32" dev "$BRIDGE"
   ip link set "$BRIDGE" up
 }
 
@@ -98,7 +106,8 @@ configs() {
 {"cniVersion": "1.0.0", "name": "roger-pods", "plugins": [
   {"type": "bridge", "bridge": "$BRIDGE", "isGateway": true, "ipMasq": false,
    "ipam": {"type": "host-local", "dataDir": "$N/cni-ipam",
-            "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$NODE_IP"}]]}},
+            "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$NODE_IP"}]],
+            "routes": [{"dst": "$API_SERVICE_IP/32"}]}},
   {"type": "loopback"}]}
 EOF
   cat >"$N/containerd.toml" <<EOF
@@ -168,7 +177,7 @@ EOF
 }
 
 pause_image() { # a pause binary built here, as containerd's sandbox image
-  ctr images ls -q | grep -qx "$PAUSE_IMAGE" && return 0
+  has_image "$PAUSE_IMAGE" && return 0
   local dir=$CACHE/pause
   mkdir -p "$dir/rootfs"
   (cd "$ROOT/hack/tools/pause" && CGO_ENABLED=0 go build -ldflags "-s -w" -o "$dir/rootfs/pause" .)
@@ -187,7 +196,7 @@ load_images() { # the project's images, when podman's differ from what container
   for image in $(bash "$ROOT/hack/images.sh" names); do
     id=$(podman image inspect --format '{{.Id}}' "$image")
     stamp=$N/images/$(echo "$image" | tr '/:' '__')
-    if [ "$(cat "$stamp" 2>/dev/null)" = "$id" ] && ctr images ls -q | grep -qx "$image"; then
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$id" ] && has_image "$image"; then
       continue
     fi
     log "importing $image into containerd"
@@ -219,6 +228,10 @@ up() {
     --listen "$NODE_IP:$AMQP_PORT" --target "$AMQP_PORT"
   start management-proxy "$ROOT/.venv/bin/python" -m roger_devtools.tcpproxy \
     --listen "$NODE_IP:$MGMT_PORT" --target "$MGMT_PORT"
+  local api_port
+  api_port=$(awk '$1 == "server:" {print $2; exit}' "$S/kubeconfig" | sed 's/.*://')
+  start api-proxy "$ROOT/.venv/bin/python" -m roger_devtools.tcpproxy \
+    --listen "$API_SERVICE_IP:443" --target "$api_port"
   start kubelet "$BIN/kubelet" --config "$N/kubelet.yaml" --kubeconfig "$N/kubelet.kubeconfig" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --root-dir "$N/kubelet" \
     --cert-dir "$N/pki/serving" --node-labels roger.dev/real-node=true
@@ -241,6 +254,7 @@ down() {
   stop containerd
   stop amqp-proxy
   stop management-proxy
+  stop api-proxy
   # the kubelet's and containerd's mounts under the state directory, deepest first
   awk -v n="$N/" 'index($2, n) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
