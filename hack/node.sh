@@ -256,7 +256,9 @@ down() {
   stop management-proxy
   stop api-proxy
   # the kubelet's and containerd's mounts under the state directory, deepest first
-  awk -v n="$N/" 'index($2, n) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+  local real  # /proc/mounts has the path with symlinks resolved (.cluster may be one)
+  real=$(readlink -f "$N")
+  awk -v n="$real/" 'index($2, n) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
   kc delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
