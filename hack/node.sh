@@ -262,6 +262,7 @@ down() {
     umount -l "$m" 2>/dev/null || true
   done
   kc delete node "$NODE_NAME" --wait=false >/dev/null 2>&1 || true
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
   log "stopped"
 }
 
