@@ -13,7 +13,7 @@ export PATH := $(CURDIR)/.cluster/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv tools cluster-up cluster-down rabbitmq-up rabbitmq-down prometheus-up \
         prometheus-down lint test test-unit test-integration test-e2e test-lowest bench demo down \
-        status rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4 chaos
+        status images node-up node-down rabbitmq4-up rabbitmq4-down rabbitmq-cluster-up rabbitmq-cluster-down test-rabbitmq4 chaos
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -34,6 +34,15 @@ cluster-up: tools ## Start etcd, kube-apiserver, controllers, scheduler and kwok
 
 cluster-down: ## Stop the local cluster, leaving no process behind
 	bash hack/cluster.sh down
+
+images: ## Build roger-worker, roger-operator and the example worker here (podman, no registry); print sizes
+	bash hack/images.sh build
+
+node-up: cluster-up ## A real node beside the kwok nodes: kubelet + containerd + runc, the images loaded
+	bash hack/node.sh up
+
+node-down: ## Stop the real node (its Pods' containers, containerd, kubelet)
+	bash hack/node.sh down
 
 rabbitmq-up: ## Start RabbitMQ on 127.0.0.1:5672 (guest/guest)
 	bash hack/rabbitmq.sh up
@@ -94,6 +103,7 @@ prometheus-down: ## Stop Prometheus
 
 status: ## What is running
 	-bash hack/cluster.sh status
+	-bash hack/node.sh status
 	-bash hack/rabbitmq.sh status
 	-bash hack/rabbitmq4.sh status
 	-bash hack/rabbitmq-cluster.sh status
@@ -102,6 +112,7 @@ status: ## What is running
 
 down: ## Stop everything the project started
 	-bash hack/demo-down.sh
+	bash hack/node.sh down
 	bash hack/cluster.sh down
 	bash hack/rabbitmq-cluster.sh down
 	ROGER_CLUSTER_RABBITMQ=4.0 bash hack/rabbitmq-cluster.sh down

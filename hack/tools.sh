@@ -88,8 +88,10 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver"
     [ -x "$KUBEBUILDER_ASSETS/$b" ] && ln -sf "$KUBEBUILDER_ASSETS/$b" "$k8s_out/$b"
   done
 fi
+# kubelet: the real node (hack/node.sh) runs the same Kubernetes as the control plane.
 STAMP=$K8S build kube "$k8s_out" "$K8S_LDFLAGS" k8s.io/kubernetes/cmd/kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler
+  k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler \
+  k8s.io/kubernetes/cmd/kubelet
 
 etcd_out=$CACHE/etcd-$ETCD
 mkdir -p "$etcd_out"
@@ -129,7 +131,7 @@ fi
 # Each link is replaced atomically (a new link renamed over the old one): suites running
 # side by side call this script while others run kubectl, which must never find a gap.
 link() { ln -sfn "$1" "$2.tmp.$$" && mv -Tf "$2.tmp.$$" "$2"; }
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do link "$k8s_out/$b" "$BIN/$b"; done
+for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do link "$k8s_out/$b" "$BIN/$b"; done
 link "$etcd_out/etcd" "$BIN/etcd"
 link "$CACHE/kwok-$KWOK/kwok" "$BIN/kwok"
 link "$CACHE/helm-$HELM/helm" "$BIN/helm"

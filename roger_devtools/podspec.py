@@ -65,6 +65,28 @@ def _env_value(
     return ""
 
 
+def pod_container(pod: Mapping[str, Any], container_name: str | None) -> Mapping[str, Any]:
+    """The container named ``container_name`` (the first one when there is none)."""
+    containers = pod["spec"]["containers"]
+    return next((c for c in containers if c["name"] == container_name), containers[0])
+
+
+def container_env(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    secrets: Mapping[str, Mapping[str, str]],
+    config_maps: Mapping[str, Mapping[str, str]],
+) -> dict[str, str]:
+    """The container's env with values, Secret and ConfigMap keys and the downward API
+    resolved (optional keys that are missing are left out)."""
+    env: dict[str, str] = {}
+    for item in container.get("env") or ():
+        value = _env_value(item, pod, secrets, config_maps)
+        if value is not None:
+            env[item["name"]] = value
+    return env
+
+
 def local_process(
     pod: Mapping[str, Any],
     container_name: str | None,
@@ -74,13 +96,8 @@ def local_process(
 ) -> LocalProcess:
     """Describe how to run one container of ``pod`` locally, its volumes under ``pod_dir``."""
     spec = pod["spec"]
-    containers = spec["containers"]
-    container = next((c for c in containers if c["name"] == container_name), containers[0])
-    env: dict[str, str] = {}
-    for item in container.get("env") or ():
-        value = _env_value(item, pod, secrets, config_maps)
-        if value is not None:
-            env[item["name"]] = value
+    container = pod_container(pod, container_name)
+    env = container_env(pod, container, secrets, config_maps)
 
     volumes = {v["name"]: v for v in spec.get("volumes") or ()}
     files: dict[str, str] = {}

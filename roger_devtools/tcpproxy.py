@@ -1,9 +1,17 @@
-"""A loopback TCP forwarder that a test can cut and restore: a broker outage seen by one
-client only, while the shared broker keeps running for everyone else."""
+"""A TCP forwarder to a loopback port that a test can cut and restore: a broker outage seen
+by one client only, while the shared broker keeps running for everyone else. Run as a
+program, it also gives the real node's Pods (hack/node.sh) their way to the broker: it
+listens on the node's bridge address, which the Pods' network reaches, and forwards to
+127.0.0.1.
+
+    python -m roger_devtools.tcpproxy --listen 10.213.0.1:5672 --target 5672
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import signal
 import socket
 import threading
 
@@ -11,19 +19,20 @@ from roger_devtools.ports import free_port
 
 
 class TcpProxy:
-    """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target``. ``cut()`` closes the listener
-    and every forwarded connection (clients see the peer gone and cannot reconnect);
-    ``restore()`` listens again on the same port."""
+    """Forwards ``host:port`` (loopback unless told) to ``127.0.0.1:target``. ``cut()``
+    closes the listener and every forwarded connection (clients see the peer gone and cannot
+    reconnect); ``restore()`` listens again on the same port."""
 
-    def __init__(self, target: int, port: int | None = None) -> None:
+    def __init__(self, target: int, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.target = target
+        self.host = host
         self.port = port or free_port()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
 
     def restore(self) -> TcpProxy:
-        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        listener = socket.create_server((self.host, self.port), reuse_port=False)
         listener.settimeout(0.2)
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
@@ -73,3 +82,21 @@ class TcpProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    parser.add_argument("--target", required=True, type=int, help="port on 127.0.0.1")
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    proxy = TcpProxy(args.target, int(port), host).start()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    stopped.wait()
+    proxy.stop()
+
+
+if __name__ == "__main__":
+    main()

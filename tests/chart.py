@@ -21,6 +21,15 @@ def helm_bin() -> str:
     return str(HELM)
 
 
+def helm(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run helm against the cluster of ``kubeconfig``; fails the test on any error."""
+    proc = subprocess.run(
+        [helm_bin(), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stdout}{proc.stderr}"
+    return proc
+
+
 def render(*sets: str, release: str = "roger", namespace: str = "roger-system") -> list[Any]:
     cmd = [helm_bin(), "template", release, str(CHART), "-n", namespace]
     cmd += ["--kube-version", KUBE_VERSION]

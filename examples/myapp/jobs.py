@@ -65,3 +65,15 @@ def build_report(args: dict[str, Any]) -> str:
     """
     time.sleep(float(args.get("seconds", 30)))
     return "report ready"
+
+
+@roger.job(retryable=True)
+def crunch_numbers(args: dict[str, Any]) -> str:
+    """Holds ``mb`` megabytes until the time ``until`` (epoch seconds), then very little:
+    past the Pod's memory limit the kernel OOM-kills its job process, and the job is
+    retried (``on_error``, kind ``worker_crash``), not lost; once it fits, it succeeds."""
+    if time.time() < float(args.get("until", 0)):
+        block = bytearray(int(args.get("mb", 512)) * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page: resident, not virtual
+        time.sleep(1)
+    return "numbers crunched"

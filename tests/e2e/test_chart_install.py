@@ -17,7 +17,7 @@ from roger_devtools.polling import eventually
 from roger_devtools.ports import free_port
 from roger_devtools.processes import stop
 from roger_operator.builders.rbac import OPERATOR_RULES
-from tests.chart import CHART, HELM
+from tests.chart import CHART, HELM, helm
 from tests.e2e.observe_support import (
     apply_crds,
     delete_rabbitmq_objects,
@@ -43,14 +43,6 @@ UNRESTRICTED_POD = {
     "metadata": {"name": "unrestricted-probe"},
     "spec": {"containers": [{"name": "c", "image": "x"}]},  # fine for "baseline" only
 }
-
-
-def helm(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [str(HELM), "--kubeconfig", kubeconfig, *args], capture_output=True, text=True
-    )
-    assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stdout}{proc.stderr}"
-    return proc
 
 
 @pytest.fixture

@@ -48,7 +48,9 @@ def test_jobs_of_every_outcome_are_decorated(myapp: None) -> None:
         "import_report",
         "import_invoice",
         "build_report",
+        "crunch_numbers",
     }
+    assert defs["crunch_numbers"].retryable
     assert defs["charge_card"].retryable and not defs["import_report"].retryable
     assert defs["build_report"].max_execution_time == 2
 

@@ -1,0 +1,3 @@
+module roger.dev/tools/pause
+
+go 1.22
