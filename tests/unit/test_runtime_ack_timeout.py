@@ -109,7 +109,7 @@ def test_a_timeout_on_a_channel_already_replaced_changes_nothing() -> None:
     assert rig.worker.link.on_ack_timeout is not None
     rig.worker.link.on_ack_timeout("p-default", stale, 60.0)
     rig.loop.run()
-    assert rig.channel() is current and rig.worker.overran == {}
+    assert rig.channel() is current and rig.worker.consumer_timeout.overran == {}
 
 
 @pytest.mark.parametrize(

@@ -6,15 +6,18 @@ is a coordinator of narrow collaborators:
 
 - ``Link`` (link.py): the AMQP connection, its publish channel and consumer channels;
 - ``Ledger`` (ledger.py): which delivery may be acknowledged, on which channel;
-- ``JobPool`` (pool.py): job processes, dispatch, deadlines and deaths, reported as
-  ``Happened`` events;
+- ``JobPool`` (pool.py): job processes, dispatch, deadlines, deaths (``Happened`` events);
 - ``PartitionFeatures`` (partition.py): cancel, pause, queue and execution keys;
-- ``Outbox`` (outbox.py): retry, burial and parking publishes, confirmed before the ack.
+- ``Outbox`` (outbox.py): retry, burial and parking publishes, confirmed before the ack;
+- ``Intake`` (intake.py): a delivery becomes a job, or is parked, judged or held;
+- ``FateActions`` (fate_actions.py): does what a job's fate is, with the collaborators above;
+- ``ConsumerTimeout`` (consumer_timeout.py): the timeout in force, the jobs that overran it;
+- ``readiness.py``: what the worker still waits for, logged while it is not ready.
 
 What a job's fate is after anything happens to it is decided in one place,
-``roger.core.fate.decide``; ``_carry_out`` here only does it. A message is acknowledged
-only once its fate is safe: success, retry or burial published and confirmed, parked in
-``.invalid`` and confirmed, or cancelled.
+``roger.core.fate.decide``; ``FateActions.carry_out`` only does it. A message is
+acknowledged only once its fate is safe: success, retry or burial published and confirmed,
+parked in ``.invalid`` and confirmed, or cancelled.
 """
 
 from __future__ import annotations
@@ -27,14 +30,17 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from roger.core import ack_timeout, delay, envelope, fate, topology
+from roger.core import delay, fate, topology
 from roger.core.config import WorkerConfig, split_slots
 from roger.core.hooks import HookName
-from roger.core.jobs import JobDefinition, JobRegistry
+from roger.core.jobs import JobRegistry
 from roger.core.lifecycle import LifecycleEvent, LifecycleObserver
-from roger.core.message import WRONG_QUEUE, InvalidMessage, decode_body, retry_body
+from roger.worker import readiness
+from roger.worker.consumer_timeout import ConsumerTimeout
 from roger.worker.edges import REAL_EDGES, Edges
-from roger.worker.ledger import Epoch, Ledger
+from roger.worker.fate_actions import FateActions
+from roger.worker.intake import Intake
+from roger.worker.ledger import Ledger
 from roger.worker.outbox import Outbox, sample_queues
 from roger.worker.partition import PartitionFeatures
 from roger.worker.pool import JobPool, available_cpus, job_process_spec
@@ -43,7 +49,6 @@ from roger.worker.telemetry import NullTelemetry, Telemetry
 
 log = logging.getLogger("roger.worker")
 SAMPLE_EVERY = 5.0
-WAIT_LOG_EVERY = 5.0  # while not ready, say what the worker waits for this often
 
 
 class Worker:
@@ -86,10 +91,7 @@ class Worker:
             bindings=bindings,
         )
         self.link.on_ack_timeout = self._ack_timed_out
-        # Jobs stopped for holding a delivery past the broker's consumer timeout: their
-        # redelivery here is a failed attempt (fate.Overran). id -> (retry_count, timeout)
-        self.overran: dict[str, tuple[int, float]] = {}
-        self.ack_timeout = config.broker_consumer_timeout  # corrected by the broker's word
+        self.consumer_timeout = ConsumerTimeout(config.broker_consumer_timeout, self.telemetry)
         self.ledger = Ledger(lambda fn: self.ioloop.call_later(0, fn))
         self.ledger.after_flush = self._maybe_finish
         self.outbox = Outbox(
@@ -113,17 +115,39 @@ class Worker:
         )
         self.stopping = self.finished = False
         self.exit_code = 0
+        self.fates = FateActions(
+            ledger=self.ledger,
+            outbox=self.outbox,
+            features=self.features,
+            pool=self.pool,
+            ioloop=self.ioloop,
+            telemetry=self.telemetry,
+            emit=self.emit,
+            run_hooks=self.run_hooks,
+        )
+        self.intake = Intake(
+            registry=registry,
+            levels=self.levels,
+            ledger=self.ledger,
+            outbox=self.outbox,
+            features=self.features,
+            pool=self.pool,
+            consumer_timeout=self.consumer_timeout,
+            happened=self.happened,
+            stopping=lambda: self.stopping,
+        )
         self.last_tick = time.monotonic()
         self.wedged = ""  # why a job process is wedged, checked every tick
         self.lost_once = False
-        self.unready_since: float | None = time.monotonic()
-        self.wait_logged = 0.0
+        self.ready_watch = readiness.ReadyWatch(time.monotonic())
 
     # -- lifecycle -----------------------------------------------------------------
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._signal)
-        self._warn_ack_timeout()
+        self.consumer_timeout.warn_at_risk(
+            self.queues.values(), self.registry.jobs.values(), self.config.callback_timeout
+        )
         processes = self.config.job_processes or available_cpus()
         for q in self.queues.values():
             self.pool.start(q, split_slots(q.max_workers, processes))
@@ -137,20 +161,6 @@ class Worker:
             except Exception:  # closing must not mask the exit code
                 log.exception("observer close failed")
         return self.exit_code
-
-    def _warn_ack_timeout(self) -> None:
-        """Name the queues whose jobs may hold a delivery past the broker's timeout."""
-        limits: dict[str, list[float | None]] = {
-            name: [] for name, q in self.queues.items() if q.max_workers > 0
-        }
-        for job in self.registry.jobs.values():
-            if job.queue in limits:
-                limits[job.queue].append(job.max_execution_time)
-        risky = ack_timeout.at_risk(limits, self.config.callback_timeout, self.ack_timeout)
-        for name in limits:
-            self.telemetry.ack_timeout_risk(name, name in risky)
-            if name in risky:
-                log.warning("consumer_timeout: %s", risky[name])
 
     def healthy(self) -> bool:
         """For /healthz (another thread): the loop turns, and no job process is wedged."""
@@ -176,39 +186,17 @@ class Worker:
         if wedged and not self.wedged:
             log.error("unhealthy: %s", wedged)
         self.wedged = wedged
-        self._watch_ready(self.last_tick)
+        self.ready_watch.tick(self.last_tick, self.stopping or self.ready(), self.waiting_for)
         self.ioloop.call_later(1.0, self._tick)
 
     def waiting_for(self) -> str:
         """What keeps the worker from being ready (empty when it is)."""
         if self.stopping:
             return "nothing (stopping)"
-        if not self.link.ready:
-            return "the AMQP connection and the queue declarations"
-        if not self.features.state.ready:
-            return f"partition state: {self.features.state.waiting_for()}"
         consumed = [
             q for q in self.queues.values() if q.max_workers and not self.features.is_paused(q.name)
         ]
-        cold = [q.name for q in consumed if not q.warm]
-        if cold:
-            return "the job processes of queue(s) " + ", ".join(cold) + " to start"
-        idle = [q.name for q in consumed if q.consumer_tag is None]
-        if idle:
-            return "the consumer(s) of queue(s) " + ", ".join(idle)
-        return ""
-
-    def _watch_ready(self, now: float) -> None:
-        """Never an idle hang: while not ready, log every few seconds what is missing."""
-        if self.stopping or self.ready():
-            self.unready_since = None
-            return
-        if self.unready_since is None:
-            self.unready_since = now
-        waited = now - self.unready_since
-        if waited >= WAIT_LOG_EVERY and now - self.wait_logged >= WAIT_LOG_EVERY:
-            self.wait_logged = now
-            log.warning("not ready after %.0fs: waiting for %s", waited, self.waiting_for())
+        return readiness.waiting_for(self.link.ready, self.features.state, consumed)
 
     def fatal(self, why: str) -> None:
         """The worker cannot run (refused declarations, a job process that cannot start)."""
@@ -292,7 +280,7 @@ class Worker:
         if q.epoch is not None and q.epoch.usable():
             epoch = q.epoch
             q.consumer_tag = epoch.channel.basic_consume(
-                q.rabbit, partial(self._on_message, q, epoch), auto_ack=False
+                q.rabbit, partial(self.intake.on_message, q, epoch), auto_ack=False
             )
         elif self.link.ready:
             self.link.consume(q.rabbit, q.max_workers, partial(self._consuming, q))
@@ -303,7 +291,7 @@ class Worker:
         if self.stopping or q.consumer_tag is not None or self.features.is_paused(q.name):
             return  # paused while the channel opened: kept for the resume
         q.consumer_tag = channel.basic_consume(
-            q.rabbit, partial(self._on_message, q, epoch), auto_ack=False
+            q.rabbit, partial(self.intake.on_message, q, epoch), auto_ack=False
         )
 
     def _cancel_consumer(self, q: QueueState) -> None:
@@ -332,23 +320,9 @@ class Worker:
         if q is None or q.epoch is None or q.epoch.channel is not channel:
             return
         epoch, q.epoch, q.consumer_tag = q.epoch, None, None
-        if timeout is not None:
-            self.ack_timeout = timeout
         self.telemetry.ack_timed_out(q.name)
         running = [task for task in self.running() if task.epoch is epoch]
-        now = time.monotonic()
-        ages = [now - task.started for task in running]
-        for i in ack_timeout.overdue(ages, timeout):
-            task = running[i]
-            log.warning(
-                "job %s held its delivery past the broker's consumer_timeout (%s): stopped; "
-                "its redelivery here counts as a failed attempt",
-                task.msg.id,
-                f"{timeout:g}s" if timeout is not None else "unknown",
-            )
-            self.overran[task.msg.id] = (task.msg.retry_count, timeout or self.ack_timeout)
-            while len(self.overran) > 10_000:  # bounded: forget the oldest
-                del self.overran[next(iter(self.overran))]
+        self.consumer_timeout.channel_timed_out(running, timeout)
         # Decided while the epoch still counts as alive, so that keys are freed.
         for task in running:
             self.happened(task, fate.AckTimedOut(running=True))
@@ -366,11 +340,11 @@ class Worker:
 
     def job_ended(self, task: Task, happened: fate.Happened, duration: float) -> None:
         self.telemetry.running(task.queue.name, -1)
-        self._carry_out(task, happened, duration)
+        self.fates.carry_out(task, happened, duration)
 
     def happened(self, task: Task, happened: fate.Happened) -> None:
         """The fate of a job that is not running (waiting, paused, cancelled)."""
-        self._carry_out(task, happened, None)
+        self.fates.carry_out(task, happened, None)
 
     def settled_work(self) -> None:
         if self.stopping:  # once per job: no call on the hot path
@@ -395,62 +369,7 @@ class Worker:
         if self.config.callbacks:
             self.pool.run_hooks(task, hook, error)
 
-    # -- fates -------------------------------------------------------------------------
-    def _carry_out(self, task: Task, happened: fate.Happened, duration: float | None) -> None:
-        """Do what ``fate.decide`` says. The only place a job's fate is acted on."""
-        decided = fate.decide(happened, task.facts)
-        q, msg = task.queue, task.msg
-        task.settled = not isinstance(decided, fate.Rerun | fate.Stop)
-        match decided:
-            case fate.Ack():
-                self.emit(task, "after_run", duration=duration)
-                self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
-                self.features.finished(task, leaving=True)
-                self.ledger.settle(task.epoch, task.tag)
-            case fate.Retry() | fate.Bury():
-                stack = happened.stack if isinstance(happened, fate.Raised) else None
-                body = retry_body(msg) if isinstance(decided, fate.Retry) else None
-                if isinstance(decided, fate.Retry) and body is None:
-                    log.warning("job %s: its retry would be too large; buried", msg.id)
-                    decided = fate.retry_too_large(decided)
-                self.outbox.failed(task, decided, stack, body)
-                self.features.finished(task, leaving=isinstance(decided, fate.Bury))
-                self.emit(task, decided.hook, error=decided.error, duration=duration)
-                self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
-                if not isinstance(happened, fate.Raised):  # not run beside the job
-                    self.run_hooks(task, decided.hook, decided.error)
-            case fate.Park(reason=reason):
-                self.features.finished(task, leaving=True)
-                detail = "refused by the job process"
-                self.outbox.park(q, task.epoch, task.tag, task.props, task.body, reason, detail)
-            case fate.CancelJob():
-                self.features.cancelled(task)
-            case fate.Requeue(why=why):
-                log.info("job %s back to its queue: %s", msg.id, why)
-                self.features.finished(task, leaving=False)
-                self.outbox.requeue(task)
-            case fate.Quarantine():
-                q.suspect(msg.id)
-                self.features.finished(task, leaving=False)
-                self.ledger.requeue(task.epoch, task.tag)
-            case fate.Rerun():
-                self.pool.rerun(task)
-            case fate.Drop(why=why):
-                log.info("job %s dropped here: %s", msg.id, why)
-                self.features.finished(task, leaving=False)
-            case fate.Stop(why=why):
-                log.info("job %s stopped: %s", msg.id, why)
-                self.features.finished(task, leaving=False)
-                # Killed once its epoch is dead, so that the jobs beside it are not
-                # requeued (the broker has them too); reported ConnectionLost: Abandon.
-                self.ioloop.call_later(0, partial(self.pool.kill, msg.id, "ack_timeout"))
-            case fate.Delay(seconds=seconds):
-                log.info("job %s not due for %.1fs: into the delay queues again", msg.id, seconds)
-                self.features.finished(task, leaving=False)
-                self.outbox.delay(task, seconds)
-            case fate.Abandon():
-                pass
-
+    # -- lifecycle events ------------------------------------------------------------
     def _observe_all(self, event: LifecycleEvent) -> None:
         """Events that are not a hook of a running task (a buried job dropped by the bound)."""
         for o in self.observers:
@@ -472,49 +391,6 @@ class Worker:
                 o.observe(event)
             except Exception:  # an observer never stops the loop
                 log.exception("lifecycle observer %r failed", o)
-
-    # -- deliveries ----------------------------------------------------------------
-    def _on_message(
-        self, q: QueueState, epoch: Epoch, channel: Any, method: Any, props: Any, body: bytes
-    ) -> None:
-        tag = method.delivery_tag
-        epoch.delivered(tag)  # in the ledger's books from now
-        if self.stopping:
-            self.ledger.requeue(epoch, tag)
-            return
-        try:
-            msg, job_body = decode_body(body)
-        except InvalidMessage as exc:
-            self.outbox.park(q, epoch, tag, props, body, exc.reason, exc.detail)
-            return
-        # A job names the queue it lives in (a waiting room sends it back there).
-        found = self.registry.lookup(msg.name) if msg.queue == q.name else WRONG_QUEUE
-        if not isinstance(found, JobDefinition):
-            self.features.parked(msg)
-            detail = f"job {msg.name!r} of queue {msg.queue!r}"
-            self.outbox.park(q, epoch, tag, props, body, found, detail)
-            return
-        facts, failure_hook = fate.attempt(found.retryable, msg.retry_count, self.levels)
-        task = Task(
-            next(self.pool.keys), q, tag, epoch, msg, job_body, props, found, facts, failure_hook
-        )
-        # Only a redelivery from a quorum queue has headers with a count: none, no calls.
-        count = envelope.delivery_count(props) if getattr(props, "headers", None) else 0
-        if count and fate.too_many_deliveries(count):  # it killed worker after worker
-            self.happened(task, fate.DeliveredTooOften(count))
-        elif self.overran and self._overran(task):
-            pass
-        elif not self.features.intercept(task):  # cancelled, paused or keyed: handled there
-            self.pool.submit(task)
-
-    def _overran(self, task: Task) -> bool:
-        """The redelivery of a job stopped here for the consumer timeout: a failure."""
-        seen = self.overran.get(task.msg.id)
-        if seen is None or seen[0] != task.msg.retry_count:
-            return False
-        del self.overran[task.msg.id]
-        self.happened(task, fate.Overran(seen[1]))
-        return True
 
     # -- sampling ------------------------------------------------------------------
     def _sample(self) -> None:

@@ -1,0 +1,117 @@
+"""Doing what a job's fate is: the one place a decided fate is acted on.
+
+``roger.core.fate.decide`` says what happens to a job after anything happened to it (pure,
+unit-tested in one file); ``FateActions.carry_out`` does it with the worker's collaborators:
+acknowledge through the ``Ledger``, publish a retry, burial, park, requeue or delay through
+the ``Outbox`` (acknowledged once confirmed), free the ``PartitionFeatures``' keys, report
+lifecycle events and outcomes, run the failure hooks, kill a stopped job's process. It keeps
+no state of its own: every collaborator belongs to the ``Worker`` (runtime.py), which hands
+each finished or dropped job here.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any, Protocol
+
+from roger.core import fate
+from roger.core.hooks import HookName
+from roger.core.message import retry_body
+from roger.worker.ledger import Ledger
+from roger.worker.outbox import Outbox
+from roger.worker.partition import PartitionFeatures
+from roger.worker.pool import JobPool
+from roger.worker.tasks import Task
+from roger.worker.telemetry import Telemetry
+
+log = logging.getLogger("roger.worker")
+
+
+class Emit(Protocol):
+    def __call__(
+        self,
+        task: Task,
+        hook: HookName,
+        error: tuple[str, str] | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Report a lifecycle event of ``task`` to every observer."""
+
+
+class RunHooks(Protocol):
+    def __call__(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
+        """Run the callbacks' ``hook`` for a job that is not running."""
+
+
+class FateActions:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        outbox: Outbox,
+        features: PartitionFeatures,
+        pool: JobPool,
+        ioloop: Any,
+        telemetry: Telemetry,
+        emit: Emit,
+        run_hooks: RunHooks,
+    ) -> None:
+        self.ledger, self.outbox, self.features, self.pool = ledger, outbox, features, pool
+        self.ioloop, self.telemetry = ioloop, telemetry
+        self.emit, self.run_hooks = emit, run_hooks
+
+    def carry_out(self, task: Task, happened: fate.Happened, duration: float | None) -> None:
+        """Do what ``fate.decide`` says (``duration``: None when the job was not running)."""
+        decided = fate.decide(happened, task.facts)
+        q, msg = task.queue, task.msg
+        task.settled = not isinstance(decided, fate.Rerun | fate.Stop)
+        match decided:
+            case fate.Ack():
+                self.emit(task, "after_run", duration=duration)
+                self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
+                self.features.finished(task, leaving=True)
+                self.ledger.settle(task.epoch, task.tag)
+            case fate.Retry() | fate.Bury():
+                stack = happened.stack if isinstance(happened, fate.Raised) else None
+                body = retry_body(msg) if isinstance(decided, fate.Retry) else None
+                if isinstance(decided, fate.Retry) and body is None:
+                    log.warning("job %s: its retry would be too large; buried", msg.id)
+                    decided = fate.retry_too_large(decided)
+                self.outbox.failed(task, decided, stack, body)
+                self.features.finished(task, leaving=isinstance(decided, fate.Bury))
+                self.emit(task, decided.hook, error=decided.error, duration=duration)
+                self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
+                if not isinstance(happened, fate.Raised):  # not run beside the job
+                    self.run_hooks(task, decided.hook, decided.error)
+            case fate.Park(reason=reason):
+                self.features.finished(task, leaving=True)
+                detail = "refused by the job process"
+                self.outbox.park(q, task.epoch, task.tag, task.props, task.body, reason, detail)
+            case fate.CancelJob():
+                self.features.cancelled(task)
+            case fate.Requeue(why=why):
+                log.info("job %s back to its queue: %s", msg.id, why)
+                self.features.finished(task, leaving=False)
+                self.outbox.requeue(task)
+            case fate.Quarantine():
+                q.suspect(msg.id)
+                self.features.finished(task, leaving=False)
+                self.ledger.requeue(task.epoch, task.tag)
+            case fate.Rerun():
+                self.pool.rerun(task)
+            case fate.Drop(why=why):
+                log.info("job %s dropped here: %s", msg.id, why)
+                self.features.finished(task, leaving=False)
+            case fate.Stop(why=why):
+                log.info("job %s stopped: %s", msg.id, why)
+                self.features.finished(task, leaving=False)
+                # Killed once its epoch is dead, so that the jobs beside it are not
+                # requeued (the broker has them too); reported ConnectionLost: Abandon.
+                self.ioloop.call_later(0, partial(self.pool.kill, msg.id, "ack_timeout"))
+            case fate.Delay(seconds=seconds):
+                log.info("job %s not due for %.1fs: into the delay queues again", msg.id, seconds)
+                self.features.finished(task, leaving=False)
+                self.outbox.delay(task, seconds)
+            case fate.Abandon():
+                pass
