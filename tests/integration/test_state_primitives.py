@@ -13,6 +13,7 @@ import pytest
 from roger.broker import state_client as sc
 from roger.core import naming
 from roger.core import state as st
+from roger.core import worker_status as ws
 from roger_devtools.polling import eventually
 from tests.integration.state_loop import StateLoop
 from tests.integration.support import delete_queues
@@ -251,15 +252,15 @@ def test_worker_status_records_show_running_jobs(
 ) -> None:
     a = StateLoop(amqp_url, unique_name, ["default"], ident="host-a:1")
     loops.append(a)
-    rec = st.WorkerStatus(
+    rec = ws.WorkerStatus(
         worker="host-a:1",
         at=time.time(),
         queues={"default": 4},
         paused=(),
-        running=(st.RunningJob("j1", "m:f", "default", time.time(), "user-1"),),
+        running=(ws.RunningJob("j1", "m:f", "default", time.time(), "user-1"),),
     )
     assert a.call(lambda done: a.state.publish_status(rec, done)) is True
-    stopped = st.WorkerStatus(worker="host-b:2", at=time.time(), queues={}, stopping=True)
+    stopped = ws.WorkerStatus(worker="host-b:2", at=time.time(), queues={}, stopping=True)
     assert a.call(lambda done: a.state.publish_status(stopped, done)) is True
     live = sc.live_workers(conn, unique_name)
     assert [w.worker for w in live] == ["host-a:1"]

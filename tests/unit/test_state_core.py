@@ -8,6 +8,7 @@ import pytest
 
 from roger.core import naming
 from roger.core import state as st
+from roger.core import worker_status as ws
 
 pytestmark = pytest.mark.unit
 
@@ -78,30 +79,30 @@ def test_queue_key_queue_is_classic_and_bounded() -> None:
 
 
 def test_status_records_and_liveness() -> None:
-    rec = st.WorkerStatus(
+    rec = ws.WorkerStatus(
         "h:1",
         100.0,
         {"default": 2},
         ("mail",),
-        (st.RunningJob("j", "m:f", "default", 99.0, "k"),),
+        (ws.RunningJob("j", "m:f", "default", 99.0, "k"),),
     )
-    assert st.decode_status(st.encode_status(rec)) == rec
-    assert st.decode_status(b"garbage") is None
-    old = st.WorkerStatus("h:2", 100.0 - st.HEARTBEAT_STALE - 1, {})
-    gone = st.WorkerStatus("h:3", 100.0, {}, stopping=True)
-    newer = st.WorkerStatus("h:1", 101.0, {"default": 2})
-    assert st.live_workers([rec, old, gone, newer], now=101.0) == [newer]
+    assert ws.decode_status(ws.encode_status(rec)) == rec
+    assert ws.decode_status(b"garbage") is None
+    old = ws.WorkerStatus("h:2", 100.0 - ws.HEARTBEAT_STALE - 1, {})
+    gone = ws.WorkerStatus("h:3", 100.0, {}, stopping=True)
+    newer = ws.WorkerStatus("h:1", 101.0, {"default": 2})
+    assert ws.live_workers([rec, old, gone, newer], now=101.0) == [newer]
 
 
 def test_status_records_tell_the_partition_topology() -> None:
-    new = st.WorkerStatus("h:1", 100.0, {"default": 2, "mail": 0}, retry_levels=(1, 5))
-    other = st.WorkerStatus("h:2", 101.0, {"reports": 1}, retry_levels=(3,))
-    old = st.WorkerStatus("h:3", 102.0, {"default": 1})  # a record without retry levels
+    new = ws.WorkerStatus("h:1", 100.0, {"default": 2, "mail": 0}, retry_levels=(1, 5))
+    other = ws.WorkerStatus("h:2", 101.0, {"reports": 1}, retry_levels=(3,))
+    old = ws.WorkerStatus("h:3", 102.0, {"default": 1})  # a record without retry levels
     for rec in (new, other, old):
-        assert st.decode_status(st.encode_status(rec)) == rec
-    assert st.learned_topology([new, other, old]) == (("default", "mail", "reports"), (1, 3, 5))
-    assert st.learned_topology([old]) == (("default",), None)
-    assert st.learned_topology([]) == (None, None)
+        assert ws.decode_status(ws.encode_status(rec)) == rec
+    assert ws.learned_topology([new, other, old]) == (("default", "mail", "reports"), (1, 3, 5))
+    assert ws.learned_topology([old]) == (("default",), None)
+    assert ws.learned_topology([]) == (None, None)
 
 
 def test_checkpoint_round_trip_rebuilds_the_folded_state_and_rejects_garbage() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pika.exceptions
 
 from roger.core import naming
-from roger.core import state as st
+from roger.core import worker_status as ws
 from roger_operator.builders.autoscale import QueueCounters
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit.broker import Broker, BrokerError
@@ -100,12 +100,12 @@ def _stream_bodies(url: str, stream: str, since: datetime.datetime, idle: float)
 def running_per_pod(url: str, partition_id: str, idle: float = 0.3) -> dict[str, int]:
     """Running jobs per worker pod, from the live workers' latest heartbeats."""
     since = datetime.datetime.fromtimestamp(
-        int(time.time() - st.HEARTBEAT_STALE - 1), tz=datetime.UTC
+        int(time.time() - ws.HEARTBEAT_STALE - 1), tz=datetime.UTC
     )
     bodies = _stream_bodies(url, naming.workers_stream_name(partition_id), since, idle)
-    records = [r for r in map(st.decode_status, bodies) if r is not None]
+    records = [r for r in map(ws.decode_status, bodies) if r is not None]
     out: dict[str, int] = {}
-    for r in st.live_workers(records, time.time()):
+    for r in ws.live_workers(records, time.time()):
         pod = pod_of(r.worker)
         out[pod] = out.get(pod, 0) + len(r.running)
     return out

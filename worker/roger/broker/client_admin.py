@@ -12,7 +12,7 @@ from roger.broker import buried_store, queues_admin, state_client
 from roger.broker.buried_store import ReplayReport
 from roger.core import buried as bu
 from roger.core import naming
-from roger.core import state as st
+from roger.core import worker_status as ws
 from roger.core.inventory import PartitionCounts, QueueActivity, management_target
 
 T = TypeVar("T")
@@ -35,7 +35,7 @@ class AdminCalls:
         if queue is not None:
             return (naming.validate_name("queue", queue),)
         records = self._control(lambda conn: state_client.status_records(conn, partition))
-        return st.learned_topology(records)[0] or ("default",)
+        return ws.learned_topology(records)[0] or ("default",)
 
     def buried(
         self,
@@ -134,7 +134,7 @@ class AdminCalls:
     # -- queued jobs, purge, partitions (roger.broker.queues_admin; docs/admin.md) --------
     def _learned(self, partition: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
         records = self._control(lambda conn: state_client.status_records(conn, partition))
-        queues, levels = st.learned_topology(records)
+        queues, levels = ws.learned_topology(records)
         return queues or ("default",), levels or naming.DEFAULT_RETRY_LEVELS
 
     def queued(

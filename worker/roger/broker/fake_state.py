@@ -25,6 +25,7 @@ from typing import Any
 from roger.broker.state.locks import target_queue
 from roger.core import naming
 from roger.core import state as st
+from roger.core import worker_status as ws
 
 Done = Callable[[bool], None]
 Defer = Callable[[Callable[[], None]], None]
@@ -49,7 +50,7 @@ class FakeStateBroker:
     waiting: dict[str, deque[tuple[bytes, Any]]] = field(default_factory=dict)
     queues: dict[str, list[tuple[bytes, Any]]] = field(default_factory=dict)  # by full name
     queue_keys: dict[str, str] = field(default_factory=dict)  # key -> job id
-    statuses: list[st.WorkerStatus] = field(default_factory=list)
+    statuses: list[ws.WorkerStatus] = field(default_factory=list)
     attached: list[FakePartitionState] = field(default_factory=list)
 
     # -- what clients do ------------------------------------------------------------------
@@ -272,7 +273,7 @@ class FakePartitionState:
             self._answer(done, False)
 
     # -- worker status --------------------------------------------------------------------
-    def publish_status(self, status: st.WorkerStatus, done: Done = _noop) -> None:
+    def publish_status(self, status: ws.WorkerStatus, done: Done = _noop) -> None:
         if self.conn is None:
             self._answer(done, False)
             return

@@ -11,7 +11,7 @@ from pika.exceptions import AMQPChannelError
 
 from roger.broker import state_client
 from roger.core import naming
-from roger.core import state as st
+from roger.core import worker_status as ws
 
 
 @dataclass
@@ -58,7 +58,7 @@ def info(
     retry_levels: tuple[int, ...] | None,
 ) -> PartitionInfo:
     records = state_client.status_records(conn, partition)
-    learned_queues, learned_levels = st.learned_topology(records)
+    learned_queues, learned_levels = ws.learned_topology(records)
     if queues is None:
         queues = learned_queues or ("default",)
     if retry_levels is None:
@@ -81,5 +81,5 @@ def info(
     paused = state_client.paused_queues(conn, partition, queues)
     for name in paused:
         out[name].paused = True
-    workers = [st.status_view(w) for w in state_client.live_workers(conn, partition, records)]
+    workers = [ws.status_view(w) for w in state_client.live_workers(conn, partition, records)]
     return PartitionInfo(partition=partition, queues=out, paused=paused, workers=workers)

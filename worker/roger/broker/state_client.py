@@ -20,6 +20,7 @@ import pika.exceptions
 
 from roger.core import naming
 from roger.core import state as st
+from roger.core import worker_status as ws
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 READ_IDLE = 0.3  # seconds of silence that end a read of a stream's recent records
@@ -250,24 +251,24 @@ def paused_queues(conn: Any, partition: str, queues: Iterable[str]) -> list[str]
     return [q for q in queues if is_paused(conn, partition, q)]
 
 
-def status_records(conn: Any, partition: str) -> list[st.WorkerStatus]:
+def status_records(conn: Any, partition: str) -> list[ws.WorkerStatus]:
     """The status records of the last ``HEARTBEAT_STALE`` seconds (every worker that ran
     then, stopping ones included)."""
     since = datetime.datetime.fromtimestamp(
-        int(time.time() - st.HEARTBEAT_STALE - 1), tz=datetime.UTC
+        int(time.time() - ws.HEARTBEAT_STALE - 1), tz=datetime.UTC
     )
     records = []
     for body in _read_stream(conn, naming.workers_stream_name(partition), since):
-        rec = st.decode_status(body)
+        rec = ws.decode_status(body)
         if rec is not None:
             records.append(rec)
     return records
 
 
 def live_workers(
-    conn: Any, partition: str, records: list[st.WorkerStatus] | None = None
-) -> list[st.WorkerStatus]:
+    conn: Any, partition: str, records: list[ws.WorkerStatus] | None = None
+) -> list[ws.WorkerStatus]:
     """Workers that published a status record recently, with their running jobs."""
     if records is None:
         records = status_records(conn, partition)
-    return st.live_workers(records, time.time())
+    return ws.live_workers(records, time.time())

@@ -1,8 +1,9 @@
 """Partition-wide state (cancel, pause, queue keys, execution keys): the pure parts.
 
 All of it lives in RabbitMQ; this module holds what every reader and writer must agree on:
-the control events and their validation, how a worker folds them into memory, the
-arguments of the state queues and streams, and the worker status record.
+the control events and their validation, how a worker folds them into memory, and the
+arguments of the state queues and streams. The worker status records (``<p>.workers``)
+are ``roger.core.worker_status``.
 
 Where the state lives (see ``roger.core.naming`` for the names):
 
@@ -30,7 +31,8 @@ Where the state lives (see ``roger.core.naming`` for the names):
   connection dies.
 - ``<p>-execution-waiting-<key>`` (quorum queue, ``x-expires`` = ``HORIZON``): jobs whose
   execution key was busy.
-- ``<p>.workers`` (stream, ``x-max-age`` 1 hour): worker status records for ``info``.
+- ``<p>.workers`` (stream, ``x-max-age`` 1 hour): worker status records for ``info``
+  (``roger.core.worker_status``).
 - ``<p>.checkpoint`` (stream): checkpoints, each the control stream folded up to an offset
   (header ``control-offset``). A worker starts from the last one and reads the control
   stream from that offset on, instead of replaying up to ``HORIZON`` of events; ready
@@ -58,15 +60,10 @@ CONTROL_MAX_BYTES: Final = 200_000_000
 CONTROL_SEGMENT_BYTES: Final = 1_000_000  # retention drops whole segments: keep them small
 PAUSE_MAX_BYTES: Final = 1_000_000
 PAUSE_SEGMENT_BYTES: Final = 100_000
-WORKERS_MAX_AGE: Final = "1h"
-WORKERS_MAX_BYTES: Final = 50_000_000
-WORKERS_SEGMENT_BYTES: Final = 1_000_000
 CHECKPOINT_MAX_BYTES: Final = 100_000_000
 CHECKPOINT_SEGMENT_BYTES: Final = 10_000_000
 CHECKPOINT_INTERVAL: Final = 60.0  # seconds between a worker's looks at whether to write one
 CHECKPOINT_MIN_EVENTS: Final = 1_000  # events after the newest checkpoint before a new one
-HEARTBEAT_INTERVAL: Final = 5.0  # seconds between worker status records
-HEARTBEAT_STALE: Final = 3 * HEARTBEAT_INTERVAL  # a worker silent this long is gone
 MAX_ID: Final = 128
 MAX_KEY: Final = 1024
 MAX_BY: Final = 200
@@ -286,15 +283,6 @@ def checkpoint_stream_arguments() -> dict[str, Any]:
     }
 
 
-def workers_stream_arguments() -> dict[str, Any]:
-    return {
-        "x-queue-type": "stream",
-        "x-max-age": WORKERS_MAX_AGE,
-        "x-max-length-bytes": WORKERS_MAX_BYTES,
-        "x-stream-max-segment-size-bytes": WORKERS_SEGMENT_BYTES,
-    }
-
-
 def queue_key_arguments() -> dict[str, Any]:
     """Classic on purpose: its length limit is exact under concurrent publishers."""
     return {
@@ -361,114 +349,3 @@ _CHECKPOINT_TABLES: Final[tuple[tuple[EventType, str], ...]] = (
 
 def queue_key_token(job_id: str, queue: str, at: float) -> bytes:
     return json.dumps({"job_id": job_id, "queue": queue, "at": at}).encode()
-
-
-# -- worker status records ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunningJob:
-    id: str
-    name: str
-    queue: str
-    started_at: float
-    execution_key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStatus:
-    worker: str  # "host:pid"
-    at: float
-    queues: dict[str, int]  # queue -> max_workers
-    paused: tuple[str, ...] = ()
-    running: tuple[RunningJob, ...] = ()
-    stopping: bool = False
-    retry_levels: tuple[int, ...] | None = None  # None: a record from before they were sent
-
-
-def status_view(st: WorkerStatus) -> dict[str, Any]:
-    """A status record as plain data: what ``info`` shows and what the stream carries."""
-    return {
-        "worker": st.worker,
-        "at": st.at,
-        "queues": st.queues,
-        "paused": list(st.paused),
-        "running": [
-            {
-                "id": r.id,
-                "name": r.name,
-                "queue": r.queue,
-                "started_at": r.started_at,
-                "execution_key": r.execution_key,
-            }
-            for r in st.running
-        ],
-    }
-
-
-def encode_status(st: WorkerStatus) -> bytes:
-    record = {
-        **status_view(st),
-        "stopping": st.stopping,
-        **({} if st.retry_levels is None else {"retry_levels": list(st.retry_levels)}),
-    }
-    return json.dumps(record, separators=(",", ":")).encode()
-
-
-def decode_status(body: bytes) -> WorkerStatus | None:
-    """A status record, or None for anything malformed (readers skip it)."""
-    try:
-        d = json.loads(body)
-        return WorkerStatus(
-            worker=str(d["worker"]),
-            at=float(d["at"]),
-            queues={str(k): int(v) for k, v in dict(d.get("queues") or {}).items()},
-            paused=tuple(str(q) for q in d.get("paused") or ()),
-            running=tuple(
-                RunningJob(
-                    id=str(r["id"]),
-                    name=str(r["name"]),
-                    queue=str(r["queue"]),
-                    started_at=float(r["started_at"]),
-                    execution_key=r.get("execution_key"),
-                )
-                for r in d.get("running") or ()
-            ),
-            stopping=bool(d.get("stopping", False)),
-            retry_levels=(
-                None if d.get("retry_levels") is None else tuple(int(s) for s in d["retry_levels"])
-            ),
-        )
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-        return None
-
-
-def learned_topology(
-    records: Iterable[WorkerStatus],
-) -> tuple[tuple[str, ...] | None, tuple[int, ...] | None]:
-    """The partition's queues and retry levels as its workers report them (sorted unions),
-    None for what no record tells."""
-    queues: set[str] = set()
-    levels: set[int] = set()
-    any_levels = False
-    for r in records:
-        queues.update(r.queues)
-        if r.retry_levels is not None:
-            any_levels = True
-            levels.update(r.retry_levels)
-    return (
-        tuple(sorted(queues)) if queues else None,
-        tuple(sorted(levels)) if any_levels else None,
-    )
-
-
-def live_workers(records: Iterable[WorkerStatus], now: float) -> list[WorkerStatus]:
-    """The latest record of each worker that is neither stale nor stopped."""
-    latest: dict[str, WorkerStatus] = {}
-    for r in records:
-        if r.worker not in latest or r.at >= latest[r.worker].at:
-            latest[r.worker] = r
-    return sorted(
-        (r for r in latest.values() if not r.stopping and now - r.at <= HEARTBEAT_STALE),
-        key=lambda r: r.worker,
-    )

@@ -26,7 +26,7 @@ import pika
 
 from roger.broker.state import PartitionState
 from roger.core import delay, envelope, fate
-from roger.core import state as st
+from roger.core import worker_status as ws
 from roger.core.hooks import HookName
 from roger.core.message import JobMessage
 from roger.worker.tasks import QueueState, Task
@@ -205,14 +205,14 @@ class PartitionFeatures:
         self.w.set_consuming(q, not paused)
 
     # -- status -----------------------------------------------------------------------
-    def status(self) -> st.WorkerStatus:
+    def status(self) -> ws.WorkerStatus:
         running = tuple(
-            st.RunningJob(
+            ws.RunningJob(
                 task.msg.id, task.msg.name, task.queue.name, task.started_at, task.msg.execution_key
             )
             for task in self.w.running()
         )
-        return st.WorkerStatus(
+        return ws.WorkerStatus(
             worker=self.state.ident,
             at=time.time(),
             queues={n: q.max_workers for n, q in self.w.queues.items()},
@@ -226,4 +226,4 @@ class PartitionFeatures:
         if gen != self.state.generation or self.state.conn is None:
             return
         self.state.publish_status(self.status())
-        self.w.ioloop.call_later(st.HEARTBEAT_INTERVAL, lambda: self._heartbeat(gen))
+        self.w.ioloop.call_later(ws.HEARTBEAT_INTERVAL, lambda: self._heartbeat(gen))

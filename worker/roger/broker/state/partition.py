@@ -39,6 +39,7 @@ from roger.broker.state.queue_keys import QueueKeys
 from roger.broker.state.session import PERSISTENT, Session, noop
 from roger.core import naming
 from roger.core import state as st
+from roger.core import worker_status as ws
 
 log = logging.getLogger("roger.state")
 
@@ -139,7 +140,7 @@ class PartitionState:
         yield confirms_selected(pub, confirms.on_confirm)
         for name, args in (
             (naming.control_stream_name(self.partition), st.control_stream_arguments()),
-            (naming.workers_stream_name(self.partition), st.workers_stream_arguments()),
+            (naming.workers_stream_name(self.partition), ws.workers_stream_arguments()),
             (naming.checkpoint_stream_name(self.partition), st.checkpoint_stream_arguments()),
         ):
             yield declared(pub, name, durable=True, arguments=args)
@@ -245,7 +246,7 @@ class PartitionState:
         self.queue_keys.release(key, job_id, done)
 
     # -- worker status ------------------------------------------------------------------------
-    def publish_status(self, status: st.WorkerStatus, done: Confirm = noop) -> None:
+    def publish_status(self, status: ws.WorkerStatus, done: Confirm = noop) -> None:
         self.session.publish(
-            naming.workers_stream_name(self.partition), st.encode_status(status), PERSISTENT, done
+            naming.workers_stream_name(self.partition), ws.encode_status(status), PERSISTENT, done
         )
