@@ -9,7 +9,8 @@ import pytest
 from roger.broker import enqueue_flow as flow
 from roger.broker.publisher import ConnectionLost, Publish, Unroutable
 from roger.broker.state_client import DuplicateJob
-from roger.cli import UsageError, parse_jobs_jsonl
+from roger.cli.common import UsageError
+from roger.cli.enqueue import parse_jobs_jsonl
 from roger.core.confirms import ConfirmLedger
 from tests.jobs import basic, keyed
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from roger import cli
+from roger.cli import worker as worker_cli
 from roger.core.config import ConfigError, parse_config
 from roger.version import package_version
 from tests.integration.support import env, roger
@@ -99,7 +100,7 @@ def test_config_file_is_overridden_by_flags(tmp_path: Path) -> None:
     )
     parser = cli._parser()
     opts = parser.parse_args(["worker", "--config", str(path), "--partition", "flag"])
-    config = cli.worker_config(opts)
+    config = worker_cli.worker_config(opts)
     assert config.partition == "flag"
     assert dict(config.queues) == {"default": 4, "mail": 0}
     assert config.retry_levels == (2, 4)
@@ -107,7 +108,7 @@ def test_config_file_is_overridden_by_flags(tmp_path: Path) -> None:
     opts = parser.parse_args(
         ["worker", "--config", str(path), "--queue", "default=1", "--retry-levels", "1"]
     )
-    config = cli.worker_config(opts)
+    config = worker_cli.worker_config(opts)
     assert dict(config.queues) == {"default": 1} and config.retry_levels == (1,)
     assert isinstance(opts, argparse.Namespace)
 
@@ -117,13 +118,14 @@ def test_job_processes_from_the_file_or_the_flag(tmp_path: Path) -> None:
     path.write_text("partition: p\nqueues: {default: 8}\njobs: [m]\njob_processes: 2\n")
     parser = cli._parser()
     assert (
-        cli.worker_config(parser.parse_args(["worker", "--config", str(path)])).job_processes == 2
+        worker_cli.worker_config(parser.parse_args(["worker", "--config", str(path)])).job_processes
+        == 2
     )
     opts = parser.parse_args(["worker", "--config", str(path), "--job-processes", "8"])
-    assert cli.worker_config(opts).job_processes == 8
+    assert worker_cli.worker_config(opts).job_processes == 8
     path.write_text("partition: p\nqueues: {default: 8}\njobs: [m]\n")
     assert (
-        cli.worker_config(parser.parse_args(["worker", "--config", str(path)])).job_processes
+        worker_cli.worker_config(parser.parse_args(["worker", "--config", str(path)])).job_processes
         is None
     )
 
@@ -136,7 +138,7 @@ def test_job_processes_must_be_a_sensible_count(bad: object) -> None:
 
 
 def test_extra_observers_hook_point_exists() -> None:
-    assert callable(cli.make_observers) and callable(cli._extra_observers)
+    assert callable(worker_cli.make_observers) and callable(worker_cli._extra_observers)
 
 
 def test_version_is_the_installed_package_version() -> None:
