@@ -4,7 +4,8 @@ Handlers run in kopf's thread pool; every public method here runs in the lane of
 broker (``roger_operator.rabbit.lanes``) and waits for it a bounded time, so a broker that
 hangs never holds the threads other Partitions need. pika connections are not thread-safe,
 so each lane thread keeps its own. The AMQP URL is a secret: it is never logged, and every
-message that leaves this module went through ``redact``.
+message that leaves this module went through ``redact``. The management HTTP API's calls
+(policies, lookups, listings) are ``roger_operator.rabbit.management``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,7 @@ import json
 import logging
 import re
 import threading
-import urllib.error
-import urllib.parse
-import urllib.request
-from base64 import b64encode
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pika
@@ -30,7 +26,7 @@ from roger.broker.connect import blocking_connection
 from roger.core import naming, topology
 from roger_operator.builders import queue_plan
 from roger_operator.builders.model import PartitionSpec
-from roger_operator.rabbit import migration, pause
+from roger_operator.rabbit import management, migration, pause
 from roger_operator.rabbit.lanes import Lanes, LaneUnavailable
 from roger_operator.rabbit.redaction import addresses, redact
 
@@ -49,25 +45,6 @@ class ClaimConflict(Exception):
         super().__init__(f"partition id {partition_id!r} is claimed by Partition {owner}")
         self.partition_id = partition_id
         self.owner = owner
-
-
-@dataclass(frozen=True)
-class _Endpoint:
-    host: str
-    user: str
-    password: str
-    vhost: str
-
-
-def _endpoint(url: str) -> _Endpoint:
-    p = urllib.parse.urlparse(addresses(url)[0])  # the management API of the first node
-    vhost = urllib.parse.unquote(p.path[1:]) if len(p.path) > 1 else "/"
-    return _Endpoint(
-        host=p.hostname or "localhost",
-        user=urllib.parse.unquote(p.username or "guest"),
-        password=urllib.parse.unquote(p.password or "guest"),
-        vhost=vhost,
-    )
 
 
 _RECONNECT = (
@@ -264,27 +241,20 @@ class Broker:
     def management_call(
         self, url: str, method: str, kind: str, name: str, body: Any = None
     ) -> int | None:
-        """``<method> /api/<kind>/<vhost>/<name>`` with a JSON body: the HTTP status, or
-        None when the management API is off or does not answer."""
-        if not self.management_port:
-            return None
-        ep = _endpoint(url)
-        api = (
-            f"http://{ep.host}:{self.management_port}/api/{kind}/"
-            f"{urllib.parse.quote(ep.vhost, safe='')}/{urllib.parse.quote(name, safe='')}"
+        """``management.call``: the HTTP status, None when the API is off or silent."""
+        return management.call(self.management_port, self.timeout, url, method, kind, name, body)
+
+    def management_get(self, url: str, kind: str, name: str, columns: str) -> dict[str, Any] | None:
+        """``management.get``: one object by name ({} when it does not exist), or None."""
+        return management.get(self.management_port, self.timeout, url, kind, name, columns)
+
+    def management_list(
+        self, url: str, kind: str, pattern: str, columns: str, timeout: float | None = None
+    ) -> list[dict[str, Any]] | None:
+        """``management.list_items``: every page of matching items, or None."""
+        return management.list_items(
+            self.management_port, timeout or self.timeout, url, kind, pattern, columns
         )
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(api, data=data, method=method)
-        token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except (urllib.error.URLError, OSError):
-            return None
 
     def forget(self, url: str | None, partition_id: str) -> None:
         with self._lock:
@@ -301,67 +271,6 @@ class Broker:
                 return None
             raise BrokerError(redact(str(exc.reply_text), url)) from None
         return int(ok.method.message_count), int(ok.method.consumer_count)
-
-    def management_get(self, url: str, kind: str, name: str, columns: str) -> dict[str, Any] | None:
-        """``/api/<kind>/<vhost>/<name>`` ({} when it does not exist), or None when the
-        management API is off or does not answer. A lookup by name stays fast on a broker
-        with many queues, where a filtered listing can take a minute."""
-        if not self.management_port:
-            return None
-        ep = _endpoint(url)
-        api = (
-            f"http://{ep.host}:{self.management_port}/api/{kind}/"
-            f"{urllib.parse.quote(ep.vhost, safe='')}/{urllib.parse.quote(name, safe='')}"
-            f"?{urllib.parse.urlencode({'columns': columns})}"
-        )
-        request = urllib.request.Request(api)
-        token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                found: dict[str, Any] = json.load(response)
-                return found
-        except urllib.error.HTTPError as exc:
-            return {} if exc.code == 404 else None
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
-
-    def management_list(
-        self, url: str, kind: str, pattern: str, columns: str, timeout: float | None = None
-    ) -> list[dict[str, Any]] | None:
-        """``/api/<kind>/<vhost>`` items whose name matches ``pattern`` (every page), or None
-        when the management API is off or unreachable (callers fall back to AMQP)."""
-        if not self.management_port:
-            return None
-        ep = _endpoint(url)
-        token = b64encode(f"{ep.user}:{ep.password}".encode()).decode()
-        items: list[dict[str, Any]] = []
-        page, pages = 1, 1
-        while page <= pages:
-            query = urllib.parse.urlencode(
-                {
-                    "page": page,
-                    "page_size": 500,
-                    "name": pattern,
-                    "use_regex": "true",
-                    "columns": columns,
-                }
-            )
-            api = (
-                f"http://{ep.host}:{self.management_port}/api/{kind}/"
-                f"{urllib.parse.quote(ep.vhost, safe='')}?{query}"
-            )
-            request = urllib.request.Request(api)
-            request.add_header("Authorization", f"Basic {token}")
-            try:
-                with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
-                    body = json.load(response)
-            except (urllib.error.URLError, OSError, ValueError):
-                return None
-            items.extend(body.get("items") or [])
-            pages = int(body.get("page_count") or 1)
-            page += 1
-        return items
 
     def _management(self, url: str, names: Iterable[str], prefix: str) -> dict[str, Any] | None:
         items = self.management_list(
