@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT / "worker"), str(BENCH), str(ROOT)]
 
 from roger.core import message, naming  # noqa: E402
 from roger.core.config import split_slots  # noqa: E402
-from roger.worker.pool import available_cpus  # noqa: E402
+from roger.worker.procs import available_cpus  # noqa: E402
 from roger_devtools.polling import eventually  # noqa: E402
 from roger_devtools.ports import free_port  # noqa: E402
 from roger_devtools.processes import stop  # noqa: E402

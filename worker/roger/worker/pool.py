@@ -15,23 +15,19 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
-import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Protocol
 
 from roger.core import fate, frames
-from roger.core.config import WorkerConfig
 from roger.core.hooks import HookName
 from roger.worker.procs import ChildProc
 from roger.worker.tasks import HookTask, QueueState, Task
 from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
-CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 # While pika decodes a burst of deliveries, hand them on in groups this big (not one write
 # per job, not only at the end of the burst): bench/RESULTS.md has the A/B (8 vs 32).
 DISPATCH_GROUP = 32
@@ -40,36 +36,6 @@ BACKSTOP = 5.0  # seconds after the child's own watchdog should have reported
 # long after it started, is wedged: /healthz fails so that Kubernetes restarts the pod.
 WEDGED_PIPE = 60.0
 WEDGED_START = 300.0
-
-
-def available_cpus() -> int:
-    """CPUs this worker may use: its affinity mask, capped by a cgroup v2 CPU limit (a
-    pod's ``resources.limits.cpu``), at least 1."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        with open(CGROUP_CPU_MAX) as f:
-            quota, _, period = f.read().partition(" ")
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
-
-
-def job_process_spec(config: WorkerConfig, sys_path: Sequence[str]) -> str:
-    """What a job process needs to know (its ``--spec``): jobs, callbacks, timeouts."""
-    return json.dumps(
-        {
-            "partition": config.partition,
-            "jobs": list(config.jobs),
-            "callbacks": [
-                {"path": c.path, "hooks": list(c.hooks), "config": dict(c.config)}
-                for c in config.callbacks
-            ],
-            "callback_timeout": config.callback_timeout,
-            "sys_path": list(sys_path),
-        }
-    )
 
 
 class PoolHost(Protocol):

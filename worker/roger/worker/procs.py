@@ -1,4 +1,6 @@
-"""One job process seen from the worker: spawn it, talk to it, kill it.
+"""One job process seen from the worker: spawn it, talk to it, kill it; and what every job
+process is told (``job_process_spec``) and how many a queue gets by default
+(``available_cpus``).
 
 Children are started with ``subprocess`` (never ``fork`` from a process that has
 threads) and both pipe ends are registered in the worker's event loop, so the parent stays
@@ -9,23 +11,57 @@ a buffer and leaves when the pipe turns writable. A child that dies shows up as 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from roger.core import frames
+from roger.core.config import WorkerConfig
 
 log = logging.getLogger("roger.worker")
 READ = 0x0001  # pika.adapters.select_connection.READ
 WRITE = 0x0004  # pika.adapters.select_connection.WRITE
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
 
 if TYPE_CHECKING:
     from roger.worker.tasks import HookTask, Task
+
+
+def available_cpus() -> int:
+    """CPUs this worker may use: its affinity mask, capped by a cgroup v2 CPU limit (a
+    pod's ``resources.limits.cpu``), at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open(CGROUP_CPU_MAX) as f:
+            quota, _, period = f.read().partition(" ")
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def job_process_spec(config: WorkerConfig, sys_path: Sequence[str]) -> str:
+    """What a job process needs to know (its ``--spec``): jobs, callbacks, timeouts."""
+    return json.dumps(
+        {
+            "partition": config.partition,
+            "jobs": list(config.jobs),
+            "callbacks": [
+                {"path": c.path, "hooks": list(c.hooks), "config": dict(c.config)}
+                for c in config.callbacks
+            ],
+            "callback_timeout": config.callback_timeout,
+            "sys_path": list(sys_path),
+        }
+    )
 
 
 class ChildProc:

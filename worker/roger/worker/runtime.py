@@ -43,7 +43,8 @@ from roger.worker.intake import Intake
 from roger.worker.ledger import Ledger
 from roger.worker.outbox import Outbox, sample_queues
 from roger.worker.partition import PartitionFeatures
-from roger.worker.pool import JobPool, available_cpus, job_process_spec
+from roger.worker.pool import JobPool
+from roger.worker.procs import available_cpus, job_process_spec
 from roger.worker.tasks import QueueState, Task
 from roger.worker.telemetry import NullTelemetry, Telemetry
 
@@ -369,7 +370,6 @@ class Worker:
         if self.config.callbacks:
             self.pool.run_hooks(task, hook, error)
 
-    # -- lifecycle events ------------------------------------------------------------
     def _observe_all(self, event: LifecycleEvent) -> None:
         """Events that are not a hook of a running task (a buried job dropped by the bound)."""
         for o in self.observers:
