@@ -9,17 +9,19 @@ from __future__ import annotations
 import pytest
 
 from roger.core.config import KubeSettings, parse_config
-from roger.core.hooks import HOOKS, HookName
-from roger.core.kube_events import (
-    HOOK_EVENTS,
-    MESSAGE_LIMIT,
+from roger.core.event_aggregation import (
     NORMAL_BURST,
     NORMAL_RATE,
     WARNING_BURST,
     Aggregator,
     Budget,
-    Regarding,
     TokenBucket,
+)
+from roger.core.hooks import HOOKS, HookName
+from roger.core.kube_events import (
+    HOOK_EVENTS,
+    MESSAGE_LIMIT,
+    Regarding,
     aggregation_key,
     count_patch,
     event_message,

@@ -24,16 +24,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from roger.core.event_aggregation import PATCH_INTERVAL, Aggregator, Budget, Write
 from roger.core.hooks import HOOKS, HookName
-from roger.core.kube_events import (
-    HOOK_EVENTS,
-    PATCH_INTERVAL,
-    Aggregator,
-    Budget,
-    Regarding,
-    Write,
-    instance_name,
-)
+from roger.core.kube_events import HOOK_EVENTS, Regarding, instance_name
 from roger.core.lifecycle import BURIED_DROPPED, LifecycleEvent
 from roger.kube.client import ApiFailure, EventsApi
 from roger.kube.metrics import KubeEventMetrics, kube_event_metrics
