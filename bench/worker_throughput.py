@@ -6,8 +6,7 @@ so start-up is excluded for all of them alike. Then Roger's enqueue rate (confir
 ``Client.enqueue``) and its enqueue-to-start latency at half its measured peak.
 
 Usage: python bench/worker_throughput.py [--jobs 20000] [--workers 16]
-(Over 400 lines: one benchmark of four systems under identical conditions, each system's
-run beside the others; ab_worker.py and enqueue_throughput.py reuse its broker helpers.)
+(Over 400 lines: one benchmark of four systems; ab_worker.py and enqueue_throughput.py reuse it.)
 """
 
 from __future__ import annotations

@@ -10,8 +10,7 @@ tests/e2e/test_dashboard_data.py evaluates every query against a real Prometheus
 The job's name is the ``job_name`` label (``job`` and ``namespace`` are the scrape's target
 labels); the operator's ``roger_operator_partitions`` says the Partitions' namespace in
 ``partition_namespace``.
-(Over 400 lines: it is mostly data, every panel and query of both dashboards, kept in
-one place with the small layout helper that places them.)
+(Over 400 lines: mostly data, every panel and query of both dashboards.)
 """
 
 from __future__ import annotations

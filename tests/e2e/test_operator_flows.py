@@ -2,8 +2,7 @@
 
 Every test here is named ``test_operator_*`` so its namespace matches the operator's
 ``--namespace`` glob (see ``operator_support.NAMESPACE_GLOB``).
-(Over 400 lines: the operator's main flows share one module-scoped operator process and
-CRD set-up; split across files, each file would start its own operator.)
+(Over 400 lines: its flows share one module-scoped operator process and CRD set-up.)
 """
 
 from __future__ import annotations
