@@ -16,13 +16,10 @@ import time
 
 from demo_support import AMQP_URL, ENV, ROOT, indent, kubectl, step, wait
 
-NODE = "10.213.0.1"  # hack/node.sh: the node's name and its bridge address
+from roger_devtools.real_node import bridge_url, worker_partition
+
 NODE_NAMESPACE = "demo-node"
 PARTITION = "tenant-real"
-ON_THE_NODE = {
-    "nodeSelector": {"roger.dev/real-node": "true"},
-    "tolerations": [{"key": "roger.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-}
 
 
 def _example_image() -> str:
@@ -31,29 +28,6 @@ def _example_image() -> str:
         ["bash", "hack/images.sh", "names"], cwd=ROOT, text=True, capture_output=True, check=True
     ).stdout.split()
     return names[-1]
-
-
-def _partition(image: str) -> dict[str, object]:
-    return {
-        "apiVersion": "roger.dev/v1alpha1",
-        "kind": "Partition",
-        "metadata": {"name": PARTITION, "namespace": NODE_NAMESPACE},
-        "spec": {
-            "amqp": {"secretRef": {"name": "rabbitmq", "key": "url"}},
-            "worker": {
-                "image": image,
-                "imagePullPolicy": "Never",
-                "replicas": 1,
-                "jobProcesses": 1,
-                "resources": {"limits": {"memory": "256Mi"}, "requests": {"memory": "64Mi"}},
-                "podTemplate": ON_THE_NODE,
-            },
-            "jobs": ["myapp.jobs"],
-            "callbacks": ["audit"],
-            "queues": [{"name": "default", "maxWorkers": 2}],
-            "retry": {"levels": [2, 5]},
-        },
-    }
 
 
 def _pod() -> dict[str, object] | None:
@@ -91,12 +65,12 @@ def real_node_tour() -> None:
     kubectl("label", "namespace", NODE_NAMESPACE, "--overwrite",
             "pod-security.kubernetes.io/enforce=restricted",
             "pod-security.kubernetes.io/enforce-version=latest")  # fmt: skip
-    pod_url = AMQP_URL.replace("@127.0.0.1:", f"@{NODE}:")  # the node's bridge address
+    pod_url = bridge_url(AMQP_URL, "127.0.0.1")  # the node's bridge address
     kubectl("-n", NODE_NAMESPACE, "delete", "secret", "rabbitmq", "--ignore-not-found")
     kubectl("-n", NODE_NAMESPACE, "create", "secret", "generic", "rabbitmq",
             f"--from-literal=url={pod_url}")  # fmt: skip
     kubectl("apply", "-n", NODE_NAMESPACE, "-f", "examples/callback-audit.yaml")
-    manifest = json.dumps(_partition(_example_image()))
+    manifest = json.dumps(worker_partition(PARTITION, NODE_NAMESPACE, _example_image()))
     subprocess.run(
         [str(ROOT / ".cluster" / "bin" / "kubectl"), "apply", "-f", "-"],
         input=manifest, env=ENV, text=True, check=True, capture_output=True,

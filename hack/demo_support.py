@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(1, str(ROOT))  # roger_devtools: the project's helpers, not an installed package
 STATE = ROOT / ".cluster"
 DEMO = STATE / "demo"
 BIN = STATE / "bin"
