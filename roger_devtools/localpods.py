@@ -12,6 +12,8 @@ restarts a container whose liveness probe fails, restarts one that exits (with b
 its log's tail as the termination message) and reports an image it cannot run (one not
 matching ``--runnable-image``) as ErrImagePull / ImagePullBackOff. Nothing here blocks a
 pass: probes run in a thread pool, kills are SIGTERM now and SIGKILL on a later pass.
+Pods bound to a node kwok does not manage (the real node of ``hack/node.sh``) are left to
+that node's own kubelet.
 (Over 400 lines: one process supervisor, its state and its I/O are kept together.)
 
     python -m roger_devtools.localpods --selector app.kubernetes.io/component=worker \
@@ -46,6 +48,7 @@ from roger_devtools.ports import free_port
 
 log = logging.getLogger("roger.localpods")
 API_TIMEOUT = 10.0  # a request hung on a restarted API server must not stall every pod
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"  # hack/cluster.sh: kwok manages nodes with it "fake"
 RESEND_EVERY = 30.0  # rewrite an unchanged status this often (nobody else may own it)
 
 
@@ -164,6 +167,15 @@ class LocalPods:
                 label_selector=self.selector, _request_timeout=API_TIMEOUT
             ).items
         return list(items)
+
+    def _kwok_nodes(self) -> set[str]:
+        """The nodes kwok fakes (hack/cluster.sh annotates them): only their Pods are ours."""
+        nodes: list[Any] = self.api.list_node(_request_timeout=API_TIMEOUT).items
+        return {
+            n.metadata.name
+            for n in nodes
+            if (n.metadata.annotations or {}).get(KWOK_NODE_ANNOTATION) == "fake"
+        }
 
     def _data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
         try:
@@ -419,7 +431,10 @@ class LocalPods:
         failed its liveness probe, report each container's status, stop deleted Pods'."""
         now = time.monotonic()
         live = {}
+        kwok_nodes = self._kwok_nodes()
         for pod in self._pods():
+            if pod.spec.node_name not in kwok_nodes:
+                continue  # not scheduled yet, or a real kubelet's
             if pod.status.phase == "Running" and not pod.metadata.deletion_timestamp:
                 live[pod.metadata.uid] = pod
         for uid in [u for u in self.running if u not in live]:

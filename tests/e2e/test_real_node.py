@@ -23,6 +23,7 @@ import yaml
 
 import roger
 from roger_devtools.polling import eventually
+from roger_devtools.real_node import MEMORY_LIMIT, NODE, ON_THE_NODE, bridge_url, worker_partition
 from tests.chart import CHART, helm
 from tests.e2e.kube_events_support import list_events
 from tests.e2e.observe_support import apply_crds, delete_rabbitmq_objects
@@ -33,14 +34,8 @@ from tests.helpers import Kubectl
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE = "10.213.0.1"  # hack/node.sh: the node's name and its bridge address
 IMAGE = "localhost/roger-example-worker:0.1.0"
 OPERATOR_IMAGE = "localhost/roger-operator"  # :0.1.0, the chart's appVersion
-ON_THE_NODE = {
-    "nodeSelector": {"roger.dev/real-node": "true"},
-    "tolerations": [{"key": "roger.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}],
-}
-MEMORY_LIMIT = 256 * 2**20
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -89,34 +84,6 @@ def operator(
         helm(kubeconfig, "uninstall", release, "-n", namespace, "--wait")
 
 
-def _partition(name: str, namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "roger.dev/v1alpha1",
-        "kind": "Partition",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "amqp": {"secretRef": {"name": "rabbitmq", "key": "url"}},
-            "worker": {
-                "image": IMAGE,
-                "replicas": 1,
-                "jobProcesses": 1,
-                "resources": {"limits": {"memory": "256Mi"}, "requests": {"memory": "64Mi"}},
-                "podTemplate": ON_THE_NODE,
-            },
-            "jobs": ["myapp.jobs"],
-            "callbacks": ["audit"],
-            "queues": [
-                {"name": "default", "maxWorkers": 2},
-                {"name": "email", "maxWorkers": 1},
-                {"name": "reports", "maxWorkers": 1},
-            ],
-            # crunch_numbers holds too much for 2 s: OOM-killed at least once, then the
-            # second retry (7 s in) fits and succeeds.
-            "retry": {"levels": [2, 5]},
-        },
-    }
-
-
 def _pods(
     kubectl: Kubectl, namespace: str, name: str, terminating: bool = False
 ) -> list[dict[str, Any]]:
@@ -146,8 +113,7 @@ def test_partition_on_the_real_node(
     # The chart's operator: a real container on the real node, in-cluster config only.
     assert operator["spec"]["nodeName"] == real_node
     assert operator["status"]["containerStatuses"][0]["containerID"].startswith("containerd://")
-    broker = urlparse(amqp_url)
-    pod_url = amqp_url.replace(f"@{broker.hostname}:", f"@{real_node}:")  # the bridge address
+    pod_url = bridge_url(amqp_url, str(urlparse(amqp_url).hostname))
     kubectl.apply(
         yaml.safe_dump(
             {
@@ -170,7 +136,7 @@ def test_partition_on_the_real_node(
     )
     name = f"p-{uuid.uuid4().hex[:8]}"
     try:
-        kubectl.apply(json.dumps(_partition(name, namespace)))
+        kubectl.apply(json.dumps(worker_partition(name, namespace, IMAGE)))
         wait_condition(kubectl, namespace, name, "Ready", "True", timeout=180)
         [pod] = _pods(kubectl, namespace, name)
         assert pod["spec"]["nodeName"] == real_node

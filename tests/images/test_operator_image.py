@@ -32,6 +32,7 @@ from tests.e2e.observe_support import (
     partition_manifest,
     secret_manifest,
 )
+from tests.e2e.operator_support import config_map_name
 from tests.helpers import Kubectl
 from tests.images.conftest import Images, podman, podman_env
 
@@ -122,8 +123,10 @@ def test_operator_image_reconciles_with_the_charts_service_account_only(
             interval=1,
             message=f"Partition Ready; log: {log.read_text()[-3000:]}",
         )
-        for kind in ("deployment", "configmap", "service", "serviceaccount", "role", "rolebinding"):
+        for kind in ("deployment", "service", "serviceaccount", "role", "rolebinding"):
             kubectl.run("-n", namespace, "get", kind, child)
+        config = config_map_name(kubectl, namespace, partition)  # named by its content's digest
+        kubectl.run("-n", namespace, "get", "configmap", config)
         lease = kubectl.get_json("-n", namespace, "lease", operator)
         assert lease["spec"]["holderIdentity"].startswith(f"{operator}-0"), lease["spec"]
 

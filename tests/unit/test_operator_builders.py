@@ -107,6 +107,15 @@ def test_job_processes_reach_the_worker_config_only_when_set() -> None:
     assert parse_config(yaml.safe_load(unset)).job_processes is None
 
 
+def test_broker_consumer_timeout_reaches_the_worker_config_only_when_set() -> None:
+    spec = parse_partition(partition(worker={"image": "img", "brokerConsumerTimeout": 7200}))
+    text = config_text(render_config(spec, []))
+    assert parse_config(yaml.safe_load(text)).broker_consumer_timeout == 7200.0
+    unset = config_text(render_config(parse_partition(partition()), []))
+    assert "broker_consumer_timeout" not in unset  # existing Partitions keep their config hash
+    assert parse_config(yaml.safe_load(unset)).broker_consumer_timeout == 1800.0
+
+
 def test_partition_id_and_event_hooks() -> None:
     spec = parse_partition(partition(partitionId="acme_a", events={"hooks": ["on_buried"]}))
     cfg = parse_config(yaml.safe_load(config_text(render_config(spec, []))))

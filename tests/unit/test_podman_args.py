@@ -35,12 +35,14 @@ def _pod(**worker: Any) -> dict[str, Any]:
 
 
 def _run(pod: dict[str, Any]) -> list[str]:
+    # The config ConfigMap's name carries the config's digest (builders.config_maps).
+    [config_map] = [v["configMap"]["name"] for v in pod["spec"]["volumes"] if "configMap" in v]
     return podman_run(
         pod,
         WORKER_CONTAINER,
         name="c",
         secrets={"rabbitmq": {"url": "amqp://x"}},
-        config_maps={"roger-p": {"worker.yaml": "partition: p\n"}},
+        config_maps={config_map: {"worker.yaml": "partition: p\n"}},
         pod_dir="/pods/p-1",
     ).argv
 

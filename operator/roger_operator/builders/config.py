@@ -40,6 +40,8 @@ def render_config(spec: PartitionSpec, callbacks: Sequence[CallbackResource]) ->
     }
     if spec.job_processes is not None:  # absent: the text (and rollout hash) stays as before
         config["job_processes"] = spec.job_processes
+    if spec.broker_consumer_timeout is not None:  # likewise
+        config["broker_consumer_timeout"] = spec.broker_consumer_timeout
     return config
 
 

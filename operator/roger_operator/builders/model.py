@@ -99,6 +99,7 @@ class PartitionSpec:
     env: tuple[Mapping[str, Any], ...] = ()
     pod_template: Mapping[str, Any] = field(default_factory=dict)
     job_processes: int | None = None  # None: the worker's default (one per usable CPU)
+    broker_consumer_timeout: float | None = None  # None: the worker's default (RabbitMQ's)
     log_format: str = "text"  # or "json"
 
     @property
@@ -126,6 +127,10 @@ def _mapping(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise SpecError(f"{where} must be an object")
     return value
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def parse_partition(obj: Mapping[str, Any]) -> PartitionSpec:
@@ -185,6 +190,7 @@ def parse_partition(obj: Mapping[str, Any]) -> PartitionSpec:
         env=tuple(worker.get("env") or ()),
         pod_template=_mapping(worker.get("podTemplate"), "spec.worker.podTemplate"),
         job_processes=int(worker["jobProcesses"]) if worker.get("jobProcesses") else None,
+        broker_consumer_timeout=_optional_float(worker.get("brokerConsumerTimeout")),
         log_format=str(worker.get("logFormat") or "text"),
     )
 
