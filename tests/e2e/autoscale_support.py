@@ -23,13 +23,7 @@ import yaml
 from roger_devtools.polling import eventually
 from roger_devtools.processes import stop
 from tests.e2e.operator_support import BIN, ROOT, secret_manifest
-from tests.helpers import Kubectl
-
-
-def apply_crds(k: Kubectl) -> None:
-    k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("partitions.roger.dev", "callbacks.roger.dev"):
-        k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+from tests.helpers import Kubectl, install_crds
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +38,7 @@ def kubectl(kubectl_bin: str, kubeconfig: str, tmp_path_factory: pytest.TempPath
 
     eventually(copied, timeout=120, interval=2, message="a kubectl to copy")
     k = Kubectl(str(own), kubeconfig)
-    apply_crds(k)
+    install_crds(k)
     return k
 
 

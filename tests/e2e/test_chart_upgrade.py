@@ -41,11 +41,6 @@ def helm(kubeconfig: str, *args: str) -> str:
 
 
 @pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    return Kubectl(kubectl_bin, kubeconfig)
-
-
-@pytest.fixture
 def previous_chart(tmp_path: Path) -> Path:
     if not HELM.exists():
         pytest.skip("helm not built: run `make tools`")

@@ -32,7 +32,7 @@ from tests.e2e.operator_support import (
 )
 
 # The operator e2e fixtures (one definition, in test_operator_flows):
-from tests.e2e.test_operator_flows import kubectl, ns, queue_count  # noqa: F401
+from tests.e2e.test_operator_flows import ns, queue_count  # noqa: F401 - ns: fixture
 from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ NAMESPACES = f"{TEST_TAG}-test-delete*"
 
 @pytest.fixture(scope="module")
 def operator(
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     kubeconfig: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
@@ -101,7 +101,7 @@ def events(k: Kubectl, namespace: str, name: str, reason: str) -> list[str]:
 )
 def test_delete_with_a_running_job_loses_nothing(
     operator: OperatorProcess,
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     local_pods: None,
     amqp_url: str,

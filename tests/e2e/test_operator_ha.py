@@ -30,7 +30,7 @@ from tests.e2e.operator_support import (
 )
 
 # The operator e2e fixtures (one definition, in test_operator_flows):
-from tests.e2e.test_operator_flows import kubectl, ns  # noqa: F401
+from tests.e2e.test_operator_flows import ns  # noqa: F401 - fixture
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +41,7 @@ TAKEOVER_LIMIT = 15.0
 
 @pytest.fixture
 def operators(
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     kubeconfig: str,
     tmp_path: Path,
@@ -126,7 +126,7 @@ def operator_events(k: Kubectl, where: str) -> collections.Counter[tuple[str, st
 @pytest.mark.timeout(900)  # 20 Partitions created and deleted on a shared 2-core machine
 def test_ha_standby_takes_over_a_killed_leader_without_doubling_anything(
     operators: list[OperatorProcess],
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     amqp_url: str,
 ) -> None:

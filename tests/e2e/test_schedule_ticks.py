@@ -25,7 +25,6 @@ import yaml
 from roger.core import naming
 from roger_devtools.polling import eventually
 from tests.e2e.operator_support import (
-    ROOT,
     OperatorProcess,
     get_or_none,
     partition_manifest,
@@ -39,15 +38,6 @@ pytestmark = pytest.mark.e2e
 LEASE = "roger-operator-schedule-test"
 TICKS = 3
 ON_TIME = 1.5  # seconds after its tick by which an undisturbed tick's job is enqueued
-
-
-@pytest.fixture(scope="module")
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("partitions.roger.dev", "schedules.roger.dev"):
-        k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-    return k
 
 
 @pytest.fixture
