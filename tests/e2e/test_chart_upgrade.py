@@ -23,7 +23,7 @@ import yaml
 from roger_devtools.polling import eventually
 from tests.chart import CHART, HELM
 from tests.e2e.observe_support import partition_manifest
-from tests.helpers import Kubectl
+from tests.helpers import Kubectl, install_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +61,15 @@ def release(kubeconfig: str, namespace: str) -> Iterator[str]:
     )
 
 
+@pytest.fixture
+def current_crds_after(kubectl: Kubectl) -> Iterator[None]:
+    """The test puts back chart 0.1.0's CRDs; the session shares the current ones (the
+    ``kubectl`` fixture installs them once), so they are installed again afterwards, even
+    when the test failed before its upgrade."""
+    yield
+    install_crds(kubectl)
+
+
 def _put_back_old_crds(kubectl: Kubectl, chart: Path) -> None:
     """The CRDs exactly as chart 0.1.0 created them: unowned, the old schema (a PUT, so
     nothing of a newer schema or of Helm's ownership is left over)."""
@@ -84,6 +93,7 @@ def _worker_schema(kubectl: Kubectl) -> dict[str, Any]:
     return dict(spec["properties"]["worker"]["properties"])
 
 
+@pytest.mark.usefixtures("current_crds_after")
 def test_helm_upgrade_from_the_previous_chart_upgrades_the_crds(
     kubeconfig: str, kubectl: Kubectl, namespace: str, release: str, previous_chart: Path
 ) -> None:
