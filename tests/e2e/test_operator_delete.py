@@ -10,8 +10,6 @@ their Partitions.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +18,8 @@ import pytest
 import roger
 from roger.core import naming
 from roger_devtools.polling import eventually
-from roger_devtools.processes import stop
 from tests.e2e.operator_support import (
-    BIN,
-    ROOT,
+    LocalPodsProcess,
     OperatorProcess,
     partition_manifest,
     short_id,
@@ -57,25 +53,9 @@ def operator(
 @pytest.fixture
 def local_pods(ns: str, kubeconfig: str, tmp_path: Path) -> Iterator[None]:  # noqa: F811
     """A local "kubelet" for the test namespace: Pods the operator creates really run."""
-    env = {
-        **os.environ,
-        "KUBECONFIG": kubeconfig,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT),
-    }
-    log = (tmp_path / "localpods.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            *(str(BIN / "python"), "-m", "roger_devtools.localpods", "--namespace", ns),
-            *("--state-dir", str(tmp_path / "pods"), "--interval", "0.5"),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    pods = LocalPodsProcess(kubeconfig, ns, tmp_path / "pods").start()
     yield
-    stop(proc, grace=90)
+    pods.stop(grace=90)
 
 
 def records(path: Path, what: str) -> int:
