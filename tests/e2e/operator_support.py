@@ -103,6 +103,26 @@ class OperatorProcess:
             return ""
 
 
+def leader_elected_operators(
+    kubeconfig: str, namespace: str, lease: str, log_dir: Path, *extra_args: str
+) -> list[OperatorProcess]:
+    """Two operators watching ``namespace`` that elect their leader through the Lease
+    ``lease`` in it; both started, so one leads and one stands by."""
+    election = ("--leader-election", "--leader-election-namespace", namespace)
+    ops = [
+        OperatorProcess(
+            kubeconfig,
+            log_dir / f"operator-{i}.log",
+            namespace=namespace,
+            extra_args=(*election, "--leader-election-name", lease, *extra_args),
+        )
+        for i in range(2)
+    ]
+    for op in ops:
+        op.start(timeout=120)  # a loaded 2-core machine takes a while to import kopf
+    return ops
+
+
 def short_id() -> str:
     return f"p-{uuid.uuid4().hex[:8]}"
 

@@ -23,6 +23,7 @@ from roger_devtools.polling import eventually
 from tests.e2e.operator_support import (
     OperatorProcess,
     get_or_none,
+    leader_elected_operators,
     partition_manifest,
     short_id,
     wait_condition,
@@ -46,18 +47,7 @@ def operators(
     kubeconfig: str,
     tmp_path: Path,
 ) -> Iterator[list[OperatorProcess]]:
-    args = ("--leader-election", "--leader-election-namespace", ns)
-    ops = [
-        OperatorProcess(
-            kubeconfig,
-            tmp_path / f"operator-{i}.log",
-            namespace=ns,
-            extra_args=(*args, "--leader-election-name", LEASE),
-        )
-        for i in range(2)
-    ]
-    for op in ops:
-        op.start(timeout=120)  # a loaded 2-core machine takes a while to import kopf
+    ops = leader_elected_operators(kubeconfig, ns, LEASE, tmp_path)
     yield ops
     try:
         for p in kubectl.get_json("-n", ns, "partitions")["items"]:

@@ -27,6 +27,7 @@ from roger_devtools.polling import eventually
 from tests.e2e.operator_support import (
     OperatorProcess,
     get_or_none,
+    leader_elected_operators,
     partition_manifest,
     secret_manifest,
     short_id,
@@ -45,18 +46,7 @@ def operators(
     kubectl: Kubectl, namespace: str, kubeconfig: str, amqp_url: str, tmp_path: Path
 ) -> Iterator[list[OperatorProcess]]:
     kubectl.apply(secret_manifest(namespace, amqp_url))
-    args = ("--leader-election", "--leader-election-namespace", namespace)
-    ops = [
-        OperatorProcess(
-            kubeconfig,
-            tmp_path / f"operator-{i}.log",
-            namespace=namespace,
-            extra_args=(*args, "--leader-election-name", LEASE, "--lease-duration", "4"),
-        )
-        for i in range(2)
-    ]
-    for op in ops:
-        op.start(timeout=120)
+    ops = leader_elected_operators(kubeconfig, namespace, LEASE, tmp_path, "--lease-duration", "4")
     yield ops
     try:
         for kind in ("schedules", "partitions"):
