@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import BROKER
-from tests.helpers import TEST_TAG
+from tests.helpers import TEST_TAG, Kubectl, install_crds
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("ROGER_TEST_AMQP_URL", BROKER.amqp_url)
@@ -44,6 +44,16 @@ def kubeconfig(amqp_url: str) -> str:
 @pytest.fixture(scope="session")
 def kubectl_bin(kubeconfig: str) -> str:
     return str(ROOT / ".cluster" / "bin" / "kubectl")
+
+
+@pytest.fixture(scope="session")
+def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
+    """kubectl against the local cluster, with the project's CRDs installed once per session:
+    nearly every e2e test needs them, and applying them per module only re-did the same work
+    (a module that changes them, like test_chart_upgrade, puts them back itself)."""
+    k = Kubectl(kubectl_bin, kubeconfig)
+    install_crds(k)
+    return k
 
 
 @pytest.fixture

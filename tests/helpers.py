@@ -6,7 +6,10 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
+
+CRDS = Path(__file__).resolve().parents[1] / "crds"
 
 # The first segment of every name the tests give a namespace or Partition ("t" unless set).
 # Two checkouts sharing one local cluster set different tags (ROGER_TEST_TAG=ta, tb, ...), so
@@ -39,3 +42,14 @@ class Kubectl:
 
     def get_json(self, *args: str) -> Any:
         return json.loads(self.run("get", *args, "-o", "json").stdout)
+
+
+def install_crds(kubectl: Kubectl) -> None:
+    """Every CRD in crds/ on the cluster, Established: the one way the tests install them.
+
+    Server-side apply with ``--force-conflicts``: a warm cluster may hold CRDs from an older
+    checkout (or owned by a Helm release), and an old schema prunes the fields it does not
+    know from every object written through it, so the current schema must win.
+    """
+    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(CRDS))
+    kubectl.run("wait", "--for=condition=Established", "-f", str(CRDS), "--timeout=60s")

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +18,8 @@ import pytest
 import yaml
 
 from roger_devtools.polling import eventually
-from roger_devtools.processes import stop
-from tests.e2e.operator_support import BIN, ROOT, secret_manifest
-from tests.helpers import Kubectl
-
-
-def apply_crds(k: Kubectl) -> None:
-    k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("partitions.roger.dev", "callbacks.roger.dev"):
-        k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+from tests.e2e.operator_support import ROOT, LocalPodsProcess, secret_manifest
+from tests.helpers import Kubectl, install_crds
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def kubectl(kubectl_bin: str, kubeconfig: str, tmp_path_factory: pytest.TempPath
 
     eventually(copied, timeout=120, interval=2, message="a kubectl to copy")
     k = Kubectl(str(own), kubeconfig)
-    apply_crds(k)
+    install_crds(k)
     return k
 
 
@@ -136,36 +126,13 @@ def ns(unique_name: str, kubectl: Kubectl, amqp_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def localpods(ns: str, kubeconfig: str, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def localpods(ns: str, kubeconfig: str, tmp_path: Path) -> Iterator[LocalPodsProcess]:
     """Run the namespace's worker Pods as local processes."""
-    log = (tmp_path / "localpods.log").open("ab")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "roger_devtools.localpods",
-            "--namespace",
-            ns,
-            "--selector",
-            "app.kubernetes.io/name=roger-worker",
-            "--state-dir",
-            str(tmp_path / "pods"),
-            "--interval",
-            "0.5",
-        ],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "KUBECONFIG": kubeconfig,
-            "PYTHONPATH": str(ROOT),
-            "PATH": f"{BIN}:{os.environ['PATH']}",
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    pods = LocalPodsProcess(
+        kubeconfig, ns, tmp_path / "pods", "app.kubernetes.io/name=roger-worker"
     )
-    log.close()
-    yield proc
-    stop(proc, grace=60)
+    yield pods.start()
+    pods.stop(grace=60)
 
 
 def replicas(k: Kubectl, ns: str, name: str) -> tuple[int, int, dict[str, Any]]:

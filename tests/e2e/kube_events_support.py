@@ -1,4 +1,4 @@
-"""Shared pieces of the Kubernetes Events e2e tests: the Partition CRD, objects, listing,
+"""Shared pieces of the Kubernetes Events e2e tests: Partition objects, listing of Events,
 and a private kube-apiserver that a test may stop, freeze (SIGSTOP) and restart."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -25,35 +24,8 @@ from roger_devtools.ports import free_port
 from tests.helpers import Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "crds" / "partitions.roger.dev.yaml"
 STATE = Path(os.environ.get("ROGER_STATE_DIR", ROOT / ".cluster"))
 ETCD_PORT = os.environ.get("ROGER_ETCD_PORT", "12379")
-
-# Only used when the project's CRD file is not there (yet).
-MINIMAL_CRD = textwrap.dedent(
-    """
-    apiVersion: apiextensions.k8s.io/v1
-    kind: CustomResourceDefinition
-    metadata: {name: partitions.roger.dev}
-    spec:
-      group: roger.dev
-      scope: Namespaced
-      names: {plural: partitions, singular: partition, kind: Partition}
-      versions:
-      - name: v1alpha1
-        served: true
-        storage: true
-        schema:
-          openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
-    """
-)
-
-
-def ensure_partition_crd(kubectl: Kubectl) -> None:
-    manifest = CRD_FILE.read_text() if CRD_FILE.exists() else MINIMAL_CRD
-    if kubectl.run("get", "crd", "partitions.roger.dev", check=False).returncode != 0:
-        kubectl.apply(manifest)
-    kubectl.run("wait", "--for=condition=Established", "crd/partitions.roger.dev", "--timeout=60s")
 
 
 def create_partition(kubectl: Kubectl, namespace: str, name: str) -> str:

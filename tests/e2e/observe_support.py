@@ -147,14 +147,3 @@ def secret_manifest(namespace: str, url: str) -> str:
             "stringData": {"url": url},
         }
     )
-
-
-def apply_crds(kubectl: Any) -> None:
-    """The project's CRDs, unless the cluster has them already (other tests share them)."""
-    import yaml
-
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        if kubectl.run("get", "crd", name, check=False).returncode != 0:
-            kubectl.run("apply", "-f", str(path))
-        kubectl.run("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")

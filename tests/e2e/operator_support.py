@@ -18,6 +18,7 @@ import yaml
 
 from roger_devtools.polling import eventually
 from roger_devtools.ports import free_port
+from roger_devtools.processes import stop
 from tests.helpers import TEST_TAG, Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +101,26 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text().splitlines()[-n:])
         except OSError:
             return ""
+
+
+def leader_elected_operators(
+    kubeconfig: str, namespace: str, lease: str, log_dir: Path, *extra_args: str
+) -> list[OperatorProcess]:
+    """Two operators watching ``namespace`` that elect their leader through the Lease
+    ``lease`` in it; both started, so one leads and one stands by."""
+    election = ("--leader-election", "--leader-election-namespace", namespace)
+    ops = [
+        OperatorProcess(
+            kubeconfig,
+            log_dir / f"operator-{i}.log",
+            namespace=namespace,
+            extra_args=(*election, "--leader-election-name", lease, *extra_args),
+        )
+        for i in range(2)
+    ]
+    for op in ops:
+        op.start(timeout=120)  # a loaded 2-core machine takes a while to import kopf
+    return ops
 
 
 def short_id() -> str:
@@ -226,10 +247,13 @@ class LocalPodsProcess:
     """``roger_devtools.localpods`` for one namespace: runs its worker Pods' containers,
     probes them and reports their status like a kubelet (kwok runs nothing)."""
 
-    def __init__(self, kubeconfig: str, namespace: str, state_dir: Path) -> None:
+    def __init__(
+        self, kubeconfig: str, namespace: str, state_dir: Path, selector: str | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.state_dir = state_dir
+        self.selector = selector  # a label selector: only these Pods of the namespace
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalPodsProcess:
@@ -241,22 +265,19 @@ class LocalPodsProcess:
             "PYTHONUNBUFFERED": "1",
         }
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.state_dir / "localpods.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roger_devtools.localpods", "--namespace", self.namespace,
-             "--state-dir", str(self.state_dir), "--interval", "0.5"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
+        selector = ("--selector", self.selector) if self.selector else ()
+        with (self.state_dir / "localpods.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "roger_devtools.localpods", "--namespace", self.namespace,
+                 *selector, "--state-dir", str(self.state_dir), "--interval", "0.5"],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )  # fmt: skip
         return self
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, grace: float = 60) -> None:
+        """SIGTERM, then ``grace`` seconds for its pods' workers to finish, then SIGKILL."""
+        if self.proc is not None:
+            stop(self.proc, grace=grace)
 
     def tail(self, n: int = 40) -> str:
         try:

@@ -19,7 +19,6 @@ from roger_devtools.processes import stop
 from roger_operator.builders.rbac import OPERATOR_RULES
 from tests.chart import CHART, HELM, helm
 from tests.e2e.observe_support import (
-    apply_crds,
     delete_rabbitmq_objects,
     http_ok,
     partition_manifest,
@@ -46,16 +45,11 @@ UNRESTRICTED_POD = {
 
 
 @pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    return Kubectl(kubectl_bin, kubeconfig)
-
-
-@pytest.fixture
 def release(kubeconfig: str, kubectl: Kubectl, namespace: str) -> Iterator[str]:
-    """A release name of the test's own (ClusterRoles are cluster-wide), uninstalled after."""
+    """A release name of the test's own (ClusterRoles are cluster-wide), uninstalled after.
+    ``kubectl``: the shared CRDs are installed, as the release (crds.install=false) needs."""
     if not HELM.exists():
         pytest.skip("helm not built: run `make tools`")
-    apply_crds(kubectl)
     name = f"r{uuid.uuid4().hex[:6]}"
     yield name
     subprocess.run(
@@ -124,7 +118,7 @@ def test_chart_installs_in_a_restricted_namespace_and_its_rbac_runs_the_operator
     _label_restricted(kubectl, namespace)
     install = helm(
         kubeconfig, "install", release, str(CHART), "-n", namespace, "--wait", "--timeout", "90s",
-        "--set", "crds.install=false",  # shared with the other tests (apply_crds)
+        "--set", "crds.install=false",  # shared with the other tests (the kubectl fixture)
     )  # fmt: skip
     assert "STATUS: deployed" in install.stdout, install.stdout
     assert "roger-operator" in install.stdout  # NOTES.txt

@@ -23,7 +23,7 @@ import yaml
 from roger_devtools.polling import eventually
 from tests.chart import CHART, HELM
 from tests.e2e.observe_support import partition_manifest
-from tests.helpers import Kubectl
+from tests.helpers import Kubectl, install_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -38,11 +38,6 @@ def helm(kubeconfig: str, *args: str) -> str:
     )
     assert proc.returncode == 0, f"helm {' '.join(args)}: {proc.stdout}{proc.stderr}"
     return proc.stdout
-
-
-@pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    return Kubectl(kubectl_bin, kubeconfig)
 
 
 @pytest.fixture
@@ -64,6 +59,15 @@ def release(kubeconfig: str, namespace: str) -> Iterator[str]:
         [str(HELM), "--kubeconfig", kubeconfig, "uninstall", name, "-n", namespace, "--wait"],
         capture_output=True,
     )
+
+
+@pytest.fixture
+def current_crds_after(kubectl: Kubectl) -> Iterator[None]:
+    """The test puts back chart 0.1.0's CRDs; the session shares the current ones (the
+    ``kubectl`` fixture installs them once), so they are installed again afterwards, even
+    when the test failed before its upgrade."""
+    yield
+    install_crds(kubectl)
 
 
 def _put_back_old_crds(kubectl: Kubectl, chart: Path) -> None:
@@ -89,6 +93,7 @@ def _worker_schema(kubectl: Kubectl) -> dict[str, Any]:
     return dict(spec["properties"]["worker"]["properties"])
 
 
+@pytest.mark.usefixtures("current_crds_after")
 def test_helm_upgrade_from_the_previous_chart_upgrades_the_crds(
     kubeconfig: str, kubectl: Kubectl, namespace: str, release: str, previous_chart: Path
 ) -> None:

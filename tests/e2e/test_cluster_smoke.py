@@ -13,11 +13,6 @@ from tests.helpers import Kubectl
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    return Kubectl(kubectl_bin, kubeconfig)
-
-
 CRD = textwrap.dedent(
     """
     apiVersion: apiextensions.k8s.io/v1

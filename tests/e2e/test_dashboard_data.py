@@ -29,7 +29,6 @@ from roger_devtools.processes import stop
 from tests.e2e.observe_support import (
     BIN,
     Prometheus,
-    apply_crds,
     delete_rabbitmq_objects,
     http_ok,
     partition_manifest,
@@ -171,13 +170,11 @@ def test_every_dashboard_panel_has_data(
     prometheus: Prometheus,
     amqp_url: str,
     kubeconfig: str,
-    kubectl_bin: str,
+    kubectl: Kubectl,
     namespace: str,
     unique_name: str,
     tmp_path: Path,
 ) -> None:
-    kubectl = Kubectl(kubectl_bin, kubeconfig)
-    apply_crds(kubectl)
     partition = unique_name[:40].rstrip("-")
     started = time.time() - 5
     procs = []

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.observe_support import apply_crds
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -16,11 +15,7 @@ ROGER = ["secret-rabbitmq.yaml", "callback-audit.yaml", "partition-tenant-a.yaml
 ROGER += ["partition-tenant-b.yaml", "schedule-tenant-a.yaml"]
 
 
-def test_examples_pass_server_side_validation(
-    kubectl_bin: str, kubeconfig: str, namespace: str
-) -> None:
-    kubectl = Kubectl(kubectl_bin, kubeconfig)
-    apply_crds(kubectl)
+def test_examples_pass_server_side_validation(kubectl: Kubectl, namespace: str) -> None:
     # Restricted, so that a pod template that would violate it shows as a warning.
     kubectl.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     for name in [*ROGER, "rabbitmq-dev.yaml"]:

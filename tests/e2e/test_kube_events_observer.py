@@ -21,7 +21,6 @@ from roger.metrics.worker import WorkerMetrics
 from roger_devtools.polling import eventually
 from tests.e2e.kube_events_support import (
     create_partition,
-    ensure_partition_crd,
     lifecycle,
     list_events,
     make_observer,
@@ -39,13 +38,6 @@ EXPECTED = {
     "on_cancel": ("JobCancelled", "Normal"),
     "on_buried": ("JobBuried", "Warning"),
 }
-
-
-@pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    ensure_partition_crd(k)
-    return k
 
 
 def test_each_hook_yields_its_event(kubectl: Kubectl, namespace: str, kubeconfig: str) -> None:

@@ -32,7 +32,6 @@ from roger_devtools.polling import eventually
 from tests.e2e.kube_events_support import (
     PrivateApiServer,
     create_partition,
-    ensure_partition_crd,
     lifecycle,
     list_events,
     make_observer,
@@ -59,13 +58,6 @@ def private_apiserver(_module_apiserver: PrivateApiServer) -> Iterator[PrivateAp
     server.thaw()  # whatever the test did (or failed to undo), leave it answering
     if not server.running():
         server.start()
-
-
-@pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    ensure_partition_crd(k)
-    return k
 
 
 def observer(server: PrivateApiServer, namespace: str, name: str, **kw: Any) -> KubeEventsObserver:

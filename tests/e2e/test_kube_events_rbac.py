@@ -13,7 +13,6 @@ from prometheus_client import CollectorRegistry
 from roger.core.rbac import WORKER_RULES
 from tests.e2e.kube_events_support import (
     create_partition,
-    ensure_partition_crd,
     lifecycle,
     list_events,
     make_observer,
@@ -53,13 +52,6 @@ def service_account(kubectl: Kubectl, namespace: str, name: str, rules: list[dic
     kubectl.apply(
         json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}), "-n", namespace
     )
-
-
-@pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    ensure_partition_crd(k)
-    return k
 
 
 def test_worker_rules_are_enough(

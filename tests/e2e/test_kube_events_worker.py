@@ -15,7 +15,7 @@ import pytest
 import roger
 from roger_devtools.polling import eventually
 from roger_devtools.ports import free_port
-from tests.e2e.kube_events_support import create_partition, ensure_partition_crd, list_events
+from tests.e2e.kube_events_support import create_partition, list_events
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -38,13 +38,11 @@ def worker(
     request: pytest.FixtureRequest,
     amqp_url: str,
     kubeconfig: str,
-    kubectl_bin: str,
+    kubectl: Kubectl,
     namespace: str,
     unique_name: str,
 ) -> Iterator[tuple[str, int, Kubectl]]:
     """A worker emitting Events about a Partition; ``request.param``: extra worker flags."""
-    kubectl = Kubectl(kubectl_bin, kubeconfig)
-    ensure_partition_crd(kubectl)
     partition = unique_name[:40].rstrip("-")
     create_partition(kubectl, namespace, partition)
     port = free_port()

@@ -17,7 +17,7 @@ import pytest
 
 from roger.core import naming
 from roger_devtools.polling import eventually
-from tests.e2e.observe_support import apply_crds, secret_manifest
+from tests.e2e.observe_support import secret_manifest
 from tests.e2e.rbac_support import can, tenant_roles
 from tests.helpers import Kubectl
 from tests.integration.support import Broker, bury_legacy, declare
@@ -52,10 +52,13 @@ AUDITOR = ("--as", "auditor")
 
 @pytest.fixture
 def setup(
-    kubeconfig: str, kubectl_bin: str, namespace: str, unique_name: str, amqp_url: str
+    kubeconfig: str,
+    kubectl_bin: str,
+    kubectl: Kubectl,
+    namespace: str,
+    unique_name: str,
+    amqp_url: str,
 ) -> Iterator[Setup]:
-    kubectl = Kubectl(kubectl_bin, kubeconfig)
-    apply_crds(kubectl)
     kubectl.apply(secret_manifest(namespace, amqp_url))
     partition = {
         "apiVersion": "roger.dev/v1alpha1",
@@ -125,8 +128,9 @@ def test_a_tenant_acts_on_a_partition_by_name(setup: Setup) -> None:
     assert row[:4] == [setup.namespace, "tenant-a", "default", "2"], top.stdout  # READY 2
 
 
-def test_a_user_who_may_not_read_the_secret_is_refused_in_one_line(setup: Setup) -> None:
-    kubectl = Kubectl(setup.kubectl_bin, setup.kubeconfig)
+def test_a_user_who_may_not_read_the_secret_is_refused_in_one_line(
+    setup: Setup, kubectl: Kubectl
+) -> None:
     assert can(kubectl, "auditor", "get", "partitions.roger.dev", setup.namespace)
     assert not can(kubectl, "auditor", "get", "secrets", setup.namespace)
     for args in (("buried", "list", "tenant-a"), ("jobs", "tenant-a"), ("purge", "tenant-a",

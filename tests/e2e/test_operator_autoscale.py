@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,12 @@ import roger
 from roger_devtools.polling import eventually
 from tests.e2e import autoscale_support as support
 from tests.e2e.autoscale_support import apply_partition, partition_events, records, replicas
-from tests.e2e.operator_support import OperatorProcess, partition_manifest, short_id
+from tests.e2e.operator_support import (
+    LocalPodsProcess,
+    OperatorProcess,
+    partition_manifest,
+    short_id,
+)
 from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +75,7 @@ def test_operator_autoscale_up_to_max_drain_and_back_to_zero(
     kubectl: Kubectl,
     ns: str,
     amqp_url: str,
-    localpods: subprocess.Popen[bytes],
+    localpods: LocalPodsProcess,
     tmp_path: Path,
 ) -> None:
     k, name = kubectl, short_id()
@@ -149,7 +153,7 @@ def test_operator_autoscale_wakes_from_zero_on_the_first_job(
     kubectl: Kubectl,
     ns: str,
     amqp_url: str,
-    localpods: subprocess.Popen[bytes],
+    localpods: LocalPodsProcess,
     tmp_path: Path,
 ) -> None:
     k, name = kubectl, short_id()

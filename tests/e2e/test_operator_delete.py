@@ -10,8 +10,6 @@ their Partitions.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +18,8 @@ import pytest
 import roger
 from roger.core import naming
 from roger_devtools.polling import eventually
-from roger_devtools.processes import stop
 from tests.e2e.operator_support import (
-    BIN,
-    ROOT,
+    LocalPodsProcess,
     OperatorProcess,
     partition_manifest,
     short_id,
@@ -32,7 +28,7 @@ from tests.e2e.operator_support import (
 )
 
 # The operator e2e fixtures (one definition, in test_operator_flows):
-from tests.e2e.test_operator_flows import kubectl, ns, queue_count  # noqa: F401
+from tests.e2e.test_operator_flows import ns, queue_count  # noqa: F401 - ns: fixture
 from tests.helpers import TEST_TAG, Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +38,7 @@ NAMESPACES = f"{TEST_TAG}-test-delete*"
 
 @pytest.fixture(scope="module")
 def operator(
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     kubeconfig: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
@@ -57,25 +53,9 @@ def operator(
 @pytest.fixture
 def local_pods(ns: str, kubeconfig: str, tmp_path: Path) -> Iterator[None]:  # noqa: F811
     """A local "kubelet" for the test namespace: Pods the operator creates really run."""
-    env = {
-        **os.environ,
-        "KUBECONFIG": kubeconfig,
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "PYTHONPATH": str(ROOT),
-    }
-    log = (tmp_path / "localpods.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            *(str(BIN / "python"), "-m", "roger_devtools.localpods", "--namespace", ns),
-            *("--state-dir", str(tmp_path / "pods"), "--interval", "0.5"),
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    pods = LocalPodsProcess(kubeconfig, ns, tmp_path / "pods").start()
     yield
-    stop(proc, grace=90)
+    pods.stop(grace=90)
 
 
 def records(path: Path, what: str) -> int:
@@ -101,7 +81,7 @@ def events(k: Kubectl, namespace: str, name: str, reason: str) -> list[str]:
 )
 def test_delete_with_a_running_job_loses_nothing(
     operator: OperatorProcess,
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     local_pods: None,
     amqp_url: str,

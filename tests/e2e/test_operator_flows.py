@@ -50,15 +50,6 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("partitions.roger.dev", "callbacks.roger.dev"):
-        k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-    return k
-
-
-@pytest.fixture(scope="module")
 def operator(
     kubectl: Kubectl, kubeconfig: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:

@@ -23,6 +23,7 @@ from roger_devtools.polling import eventually
 from tests.e2e.operator_support import (
     OperatorProcess,
     get_or_none,
+    leader_elected_operators,
     partition_manifest,
     short_id,
     wait_condition,
@@ -30,7 +31,7 @@ from tests.e2e.operator_support import (
 )
 
 # The operator e2e fixtures (one definition, in test_operator_flows):
-from tests.e2e.test_operator_flows import kubectl, ns  # noqa: F401
+from tests.e2e.test_operator_flows import ns  # noqa: F401 - fixture
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -41,23 +42,12 @@ TAKEOVER_LIMIT = 15.0
 
 @pytest.fixture
 def operators(
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     kubeconfig: str,
     tmp_path: Path,
 ) -> Iterator[list[OperatorProcess]]:
-    args = ("--leader-election", "--leader-election-namespace", ns)
-    ops = [
-        OperatorProcess(
-            kubeconfig,
-            tmp_path / f"operator-{i}.log",
-            namespace=ns,
-            extra_args=(*args, "--leader-election-name", LEASE),
-        )
-        for i in range(2)
-    ]
-    for op in ops:
-        op.start(timeout=120)  # a loaded 2-core machine takes a while to import kopf
+    ops = leader_elected_operators(kubeconfig, ns, LEASE, tmp_path)
     yield ops
     try:
         for p in kubectl.get_json("-n", ns, "partitions")["items"]:
@@ -126,7 +116,7 @@ def operator_events(k: Kubectl, where: str) -> collections.Counter[tuple[str, st
 @pytest.mark.timeout(900)  # 20 Partitions created and deleted on a shared 2-core machine
 def test_ha_standby_takes_over_a_killed_leader_without_doubling_anything(
     operators: list[OperatorProcess],
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     amqp_url: str,
 ) -> None:

@@ -25,7 +25,7 @@ from tests.e2e.operator_support import (
     short_id,
     wait_condition,
 )
-from tests.e2e.test_operator_flows import kubectl, ns, operator  # noqa: F401  (fixtures)
+from tests.e2e.test_operator_flows import ns, operator  # noqa: F401  (fixtures)
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -68,7 +68,7 @@ def time_to_ready(k: Kubectl, namespace: str, prefix: str) -> float:
 
 @pytest.mark.timeout(900)
 def test_operator_hung_brokers_do_not_delay_other_partitions(
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     operator: OperatorProcess,  # noqa: F811
     ns: str,  # noqa: F811
     hung_brokers: list[SilentServer],

@@ -38,7 +38,7 @@ from tests.e2e.operator_support import (
     short_id,
     wait_condition,
 )
-from tests.e2e.test_operator_flows import kubectl, ns  # noqa: F401 - fixtures
+from tests.e2e.test_operator_flows import ns  # noqa: F401 - fixture
 from tests.helpers import TEST_TAG, Kubectl
 from tests.integration.support import management
 from tests.jobs import basic
@@ -54,7 +54,7 @@ SLOW = 240
 
 @pytest.fixture(scope="module")
 def operator(
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     kubeconfig: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
@@ -140,7 +140,7 @@ def job_runs(amqp_url: str, partition: str, out: Path, n: int) -> None:
 
 def test_rollout_readiness_follows_readyz(
     operator: OperatorProcess,
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     amqp_url: str,
     localpods: LocalPodsProcess,
@@ -177,7 +177,7 @@ def test_rollout_readiness_follows_readyz(
 
 def test_rollout_liveness_restarts_a_wedged_worker(
     operator: OperatorProcess,
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     localpods: LocalPodsProcess,
 ) -> None:
@@ -207,7 +207,7 @@ def test_rollout_liveness_restarts_a_wedged_worker(
 
 def test_rollout_bad_edits_keep_old_pods_serving(
     operator: OperatorProcess,
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     amqp_url: str,
     localpods: LocalPodsProcess,
@@ -279,7 +279,7 @@ def queue_info(name: str) -> Any:
 
 def test_rollout_bound_and_levels_migrate_without_degrading(
     operator: OperatorProcess,
-    kubectl: Kubectl,  # noqa: F811
+    kubectl: Kubectl,
     ns: str,  # noqa: F811
     amqp_url: str,
     localpods: LocalPodsProcess,

@@ -37,19 +37,10 @@ from tests.e2e.operator_support import (
     short_id,
     wait_condition,
 )
-from tests.helpers import TEST_TAG, Kubectl
+from tests.helpers import TEST_TAG, Kubectl, install_crds
 
 pytestmark = pytest.mark.e2e
 GLOB = f"{TEST_TAG}-tenancy-*"
-
-
-@pytest.fixture(scope="module")
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("partitions.roger.dev", "callbacks.roger.dev"):
-        k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-    return k
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +109,7 @@ def test_operator_tenancy_colliding_queue_names_never_both_ready(
         third = partition_manifest("third", other, queues=[{"name": "execution-waiting-x"}])
 
         def refused() -> bool:
-            k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+            install_crds(k)
             proc = k.run("apply", "--dry-run=server", "-f", "-", stdin=third, check=False)
             return proc.returncode != 0 and "execution-waiting" in proc.stderr
 

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from roger_devtools.polling import eventually
-from tests.e2e.operator_support import ROOT
-from tests.helpers import TEST_TAG, Kubectl
+from tests.helpers import TEST_TAG, Kubectl, install_crds
 
 pytestmark = pytest.mark.e2e
 
@@ -134,11 +133,8 @@ CASES: list[tuple[str, str, Edit, str]] = [
 
 
 @pytest.fixture(scope="module")
-def vns(kubectl_bin: str, kubeconfig: str) -> Iterator[tuple[Kubectl, str]]:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("partitions.roger.dev", "callbacks.roger.dev"):
-        k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
+def vns(kubectl: Kubectl) -> Iterator[tuple[Kubectl, str]]:
+    k = kubectl
     ns = f"{TEST_TAG}-validation-{uuid.uuid4().hex[:6]}"  # no operator watches it
     k.run("create", "namespace", ns)
     yield k, ns
@@ -222,7 +218,7 @@ def test_queue_names_that_could_be_waiting_rooms_are_rejected(
 
     def refused() -> str | None:
         # Other test runs on this shared cluster apply their own copies of the CRDs: ours now.
-        k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
+        install_crds(k)
         proc = _apply(k, ns, obj)
         return proc.stderr if proc.returncode != 0 else None
 

@@ -26,7 +26,7 @@ from roger_devtools.polling import eventually
 from roger_devtools.real_node import MEMORY_LIMIT, NODE, ON_THE_NODE, bridge_url, worker_partition
 from tests.chart import CHART, helm
 from tests.e2e.kube_events_support import list_events
-from tests.e2e.observe_support import apply_crds, delete_rabbitmq_objects
+from tests.e2e.observe_support import delete_rabbitmq_objects
 from tests.e2e.operator_support import wait_condition
 from tests.helpers import Kubectl
 
@@ -50,16 +50,10 @@ def real_node(kubeconfig: str) -> str:
 
 
 @pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    return Kubectl(kubectl_bin, kubeconfig)
-
-
-@pytest.fixture
 def operator(
     real_node: str, kubeconfig: str, kubectl: Kubectl, namespace: str
 ) -> Iterator[dict[str, Any]]:
     """The chart, installed with its operator Pod on the real node; uninstalled after."""
-    apply_crds(kubectl)
     kubectl.run("label", "namespace", namespace, *(f"{k}={v}" for k, v in RESTRICTED.items()))
     release = f"r{uuid.uuid4().hex[:6]}"
     helm(

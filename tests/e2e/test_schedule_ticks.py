@@ -25,9 +25,9 @@ import yaml
 from roger.core import naming
 from roger_devtools.polling import eventually
 from tests.e2e.operator_support import (
-    ROOT,
     OperatorProcess,
     get_or_none,
+    leader_elected_operators,
     partition_manifest,
     secret_manifest,
     short_id,
@@ -41,32 +41,12 @@ TICKS = 3
 ON_TIME = 1.5  # seconds after its tick by which an undisturbed tick's job is enqueued
 
 
-@pytest.fixture(scope="module")
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    k = Kubectl(kubectl_bin, kubeconfig)
-    k.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds"))
-    for crd in ("partitions.roger.dev", "schedules.roger.dev"):
-        k.run("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=30s")
-    return k
-
-
 @pytest.fixture
 def operators(
     kubectl: Kubectl, namespace: str, kubeconfig: str, amqp_url: str, tmp_path: Path
 ) -> Iterator[list[OperatorProcess]]:
     kubectl.apply(secret_manifest(namespace, amqp_url))
-    args = ("--leader-election", "--leader-election-namespace", namespace)
-    ops = [
-        OperatorProcess(
-            kubeconfig,
-            tmp_path / f"operator-{i}.log",
-            namespace=namespace,
-            extra_args=(*args, "--leader-election-name", LEASE, "--lease-duration", "4"),
-        )
-        for i in range(2)
-    ]
-    for op in ops:
-        op.start(timeout=120)
+    ops = leader_elected_operators(kubeconfig, namespace, LEASE, tmp_path, "--lease-duration", "4")
     yield ops
     try:
         for kind in ("schedules", "partitions"):

@@ -10,17 +10,11 @@ from collections.abc import Iterator
 import pytest
 
 from roger_devtools.polling import eventually
-from tests.e2e.observe_support import apply_crds
 from tests.e2e.rbac_support import can
 from tests.e2e.rbac_support import tenant_roles as installed_tenant_roles
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def kubectl(kubectl_bin: str, kubeconfig: str) -> Kubectl:
-    return Kubectl(kubectl_bin, kubeconfig)
 
 
 @pytest.fixture
@@ -33,7 +27,6 @@ def test_tenant_roles_aggregate_into_the_built_in_roles(
     kubectl: Kubectl, kubeconfig: str, namespace: str, tenant_roles: list[str]
 ) -> None:
     assert sorted(n.rsplit("-", 1)[1] for n in tenant_roles) == ["edit", "view"]
-    apply_crds(kubectl)
     for who, role in (("tenant", "edit"), ("auditor", "view")):
         kubectl.run("-n", namespace, "create", "rolebinding", who, f"--clusterrole={role}",
                     f"--user={who}")  # fmt: skip

@@ -26,7 +26,6 @@ from roger_devtools.polling import eventually
 from roger_devtools.ports import free_port
 from tests.chart import CHART, helm
 from tests.e2e.observe_support import (
-    apply_crds,
     delete_rabbitmq_objects,
     http_ok,
     partition_manifest,
@@ -55,15 +54,13 @@ def _cluster(kubeconfig: str) -> tuple[str, int, str]:
 
 def test_operator_image_reconciles_with_the_charts_service_account_only(
     kubeconfig: str,
-    kubectl_bin: str,
+    kubectl: Kubectl,
     namespace: str,
     amqp_url: str,
     images: Images,
     container_name: str,
     tmp_path: Path,
 ) -> None:
-    kubectl = Kubectl(kubectl_bin, kubeconfig)
-    apply_crds(kubectl)
     release = f"r{uuid.uuid4().hex[:6]}"
     metrics_port, health_port = free_port(), free_port()
     helm(
