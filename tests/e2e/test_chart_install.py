@@ -98,9 +98,32 @@ def _service_account_kubeconfig(
 
 
 def _can_i(kubectl: Kubectl, user: str, verb: str, resource: str, namespace: str | None) -> bool:
-    where = ["-n", namespace] if namespace else ["--all-namespaces"]
-    proc = kubectl.run("auth", "can-i", "--as", user, verb, resource, *where, check=False)
-    return proc.stdout.strip() == "yes"
+    """A SubjectAccessReview with the API group spelled out: `kubectl auth can-i` needs the
+    resource served to find its group (KEDA's CRDs may not be installed here)."""
+    name, _, group = resource.partition(".")
+    name, _, subresource = name.partition("/")
+    sa_namespace = user.split(":")[2]
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{sa_namespace}",
+                "system:authenticated",
+            ],
+            "resourceAttributes": {
+                "verb": verb,
+                "group": group,
+                "resource": name,
+                **({"subresource": subresource} if subresource else {}),
+                **({"namespace": namespace} if namespace else {}),
+            },
+        },
+    }
+    proc = kubectl.run("create", "-f", "-", "-o", "json", stdin=json.dumps(review))
+    return bool(json.loads(proc.stdout)["status"].get("allowed"))
 
 
 def _resource(group: str, resource: str) -> str:
