@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import roger  # noqa: E402
 from roger_devtools.polling import eventually  # noqa: E402
+from tests.e2e.autoscale_support import records  # noqa: E402
 from tests.e2e.operator_support import (  # noqa: E402
     LocalPodsProcess,
     OperatorProcess,
@@ -74,16 +75,6 @@ def manifest(mode: Mode) -> str:
     if mode.autoscaling is not None:
         spec["autoscaling"] = mode.autoscaling
     return partition_manifest(mode.partition, mode.namespace, **spec)
-
-
-def records(out: Path) -> list[tuple[str, int, float]]:
-    if not out.exists():
-        return []
-    rows = []
-    for line in out.read_text().splitlines():
-        what, n, _pid, _tag, at = line.split()
-        rows.append((what, int(n), float(at)))
-    return rows
 
 
 def alive_pods(k: Kubectl, namespaces: set[str]) -> dict[str, int]:

@@ -258,23 +258,22 @@ def test_rollout_bad_edits_keep_old_pods_serving(
         conn.channel().queue_delete(foreign)
 
 
-def policy(name: str) -> Any:
-    """A policy through the management API (None: there is none)."""
+def _management_or_none(kind: str, name: str) -> Any:
+    """A policy or queue of vhost / through the management API (None: there is none)."""
     try:
-        return management(f"/policies/%2F/{urllib.parse.quote(name, safe='')}")
+        return management(f"/{kind}/%2F/{urllib.parse.quote(name, safe='')}")
     except urllib.error.HTTPError as exc:
         if exc.code == 404:
             return None
         raise
+
+
+def policy(name: str) -> Any:
+    return _management_or_none("policies", name)
 
 
 def queue_info(name: str) -> Any:
-    try:
-        return management(f"/queues/%2F/{urllib.parse.quote(name, safe='')}")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            return None
-        raise
+    return _management_or_none("queues", name)
 
 
 def test_rollout_bound_and_levels_migrate_without_degrading(
