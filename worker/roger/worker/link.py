@@ -20,6 +20,7 @@ import pika
 from pika import spec
 from pika.adapters.select_connection import SelectConnection
 
+from roger.broker import inbound
 from roger.broker.channels import Confirm, Confirms
 from roger.core.ack_timeout import is_ack_timeout, timeout_in_reply
 from roger.core.amqp_urls import parse_amqp_urls, redact
@@ -87,6 +88,8 @@ class Link:
         )
 
     def _opened(self, conn: SelectConnection) -> None:
+        if not inbound.install(conn):
+            log.warning("this pika's internals differ: deliveries go through its own reader")
         conn.channel(on_open_callback=self._pub_opened)
         opened = self.opened = self.opened + 1
         self.ioloop.call_later(DECLARE_DEADLINE, lambda: self._declare_deadline(opened))
