@@ -7,14 +7,19 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# (script, arguments): every peer side by side once, then the headline comparison in
-# interleaved rounds, whose per-round ratios are what bench/RESULTS.md reports.
+# (script, arguments): every peer side by side once, then the headline comparisons in
+# interleaved rounds (prefetch 64 and 16), whose per-round ratios are what
+# bench/RESULTS.md reports, then latency and memory beside Dramatiq (and Celery).
 BENCHES = [
     ("worker_throughput.py", []),
-    (
-        "ab_worker.py",
-        ["--rounds", "5", "--workers", "64", "--variant", "roger64=", "--pika", "--dramatiq"],
+    *(
+        (
+            "ab_worker.py",
+            ["--rounds", "10", "--workers", w, "--variant", f"roger{w}=", "--pika", "--dramatiq"],
+        )
+        for w in ("64", "16")
     ),
+    ("latency_memory.py", []),
     ("enqueue_throughput.py", []),
 ]
 

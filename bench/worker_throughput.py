@@ -16,6 +16,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -183,7 +184,69 @@ def roger_body(partition: str) -> Callable[[int], tuple[bytes, Any]]:
     return make
 
 
+def _broker_pid(url: str) -> int:
+    """The process listening on the AMQP URL's port (``ss``): the broker to pin."""
+    port = pika.URLParameters(url).port
+    out = subprocess.run(
+        ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"pid=(\d+)", out)
+    if found is None:
+        raise SystemExit(f"no process of this user listens on port {port}: cannot pin it")
+    return int(found.group(1))
+
+
+@contextlib.contextmanager
+def broker_on_cpus(url: str, cpus: str | None) -> Iterator[None]:
+    """The broker (every thread) on ``cpus`` alone, this process and all it starts on the
+    other CPUs; both restored on the way out. ``None``: nothing changes."""
+    if cpus is None:
+        yield
+        return
+    pid, everything = _broker_pid(url), os.sched_getaffinity(0)
+    broker = set(_cpu_list(cpus))
+    if not broker < everything:
+        raise SystemExit(f"--broker-cpus {cpus} must leave a CPU for the rest of {everything}")
+    subprocess.run(["taskset", "-a", "-cp", cpus, str(pid)], check=True, capture_output=True)
+    os.sched_setaffinity(0, everything - broker)
+    print(
+        f"# broker (pid {pid}) on CPUs {sorted(broker)}, the rest on {sorted(everything - broker)}"
+    )
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, everything)
+        all_cpus = ",".join(map(str, sorted(everything)))
+        subprocess.run(["taskset", "-a", "-cp", all_cpus, str(pid)], capture_output=True)
+
+
+def _cpu_list(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out += range(int(lo), int(hi or lo) + 1)
+    return out
+
+
 # -- the contenders --------------------------------------------------------------------
+class _TurnAcks:
+    """The ceiling's acks: the last tag of a loop turn, ``multiple=True``."""
+
+    def __init__(self) -> None:
+        self.tag, self.channel, self.due = 0, None, False
+
+    def delivered(self, conn: Any, channel: Any, tag: int) -> None:
+        self.tag, self.channel = tag, channel
+        if not self.due:
+            self.due = True
+            conn.ioloop.call_later(0, lambda: self.flush(conn))
+
+    def flush(self, conn: Any) -> None:
+        self.due = False
+        if conn.is_open and self.channel is not None:
+            self.channel.basic_ack(self.tag, multiple=True)
+
+
 def bench_pika(url: str, n: int, prefetch: int, qtype: str) -> float:
     b = Broker(url)
     q = f"bench-pika-{uuid.uuid4().hex[:6]}"
@@ -193,8 +256,12 @@ def bench_pika(url: str, n: int, prefetch: int, qtype: str) -> float:
     state = {"n": 0, "t": [0.0, 0.0]}
     lo, hi = int(n * 0.1), int(n * 0.9)
 
+    # Tuned as Roger acks: one ack with multiple=True per loop turn (ioloop.call_later(0)),
+    # for every delivery decoded in that turn; acking one by one costs a frame apiece.
+    acks = _TurnAcks()
+
     def on_message(ch: Any, method: Any, _p: Any, _b: bytes) -> None:
-        ch.basic_ack(method.delivery_tag)
+        acks.delivered(conn, ch, method.delivery_tag)
         state["n"] += 1
         if state["n"] == lo:
             state["t"][0] = time.perf_counter()
@@ -287,25 +354,35 @@ def bench_roger(
         b.delete_partition(partition)
 
 
-def bench_dramatiq(url: str, n: int) -> float:
-    import dramatiq
-
-    b = Broker(url)
+def declare_dramatiq_queue(b: Broker) -> str:
+    """A queue as Dramatiq's RabbitMQ broker declares it (its dead-letter queue beside)."""
     q = f"bench-dramatiq-{uuid.uuid4().hex[:6]}"
     b.ch.queue_declare(
         q,
         durable=True,
         arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": f"{q}.XQ"},
     )
+    return q
+
+
+def dramatiq_body(q: str, actor: str = "noop") -> Callable[[int], tuple[bytes, Any]]:
+    """Dramatiq messages for ``actor``; ``stamp`` carries the time it was made."""
+    import dramatiq
+
     props = pika.BasicProperties(delivery_mode=2)
 
     def body(i: int) -> tuple[bytes, Any]:
+        args = (time.time(),) if actor == "stamp" else ()
         return dramatiq.Message(
-            queue_name=q, actor_name="noop", args=(), kwargs={}, options={}
+            queue_name=q, actor_name=actor, args=args, kwargs={}, options={}
         ).encode(), props
 
-    b.fill(q, body, n)
-    proc = subprocess.Popen(
+    return body
+
+
+def start_dramatiq(url: str, q: str, **extra: str) -> subprocess.Popen[bytes]:
+    """``dramatiq`` with 2 processes x 8 threads on ``q``."""
+    return subprocess.Popen(
         [
             str(Path(sys.executable).parent / "dramatiq"),
             "bench_dramatiq_app",
@@ -315,19 +392,23 @@ def bench_dramatiq(url: str, n: int) -> float:
             "8",
         ],
         cwd=BENCH,
-        env=env(BENCH_AMQP_URL=url, BENCH_QUEUE=q),
+        env=env(BENCH_AMQP_URL=url, BENCH_QUEUE=q, **extra),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def bench_dramatiq(url: str, n: int) -> float:
+    b = Broker(url)
+    q = declare_dramatiq_queue(b)
+    b.fill(q, dramatiq_body(q), n)
+    proc = start_dramatiq(url, q)
     return drain_and_stop(b, proc, q, n, f"{q}.DQ", f"{q}.XQ")
 
 
-def bench_celery(url: str, n: int) -> float:
+def celery_body() -> Callable[[int], tuple[bytes, Any]]:
+    """Celery's task protocol 2 messages for the no-op task."""
     from bench_celery_app import app
-
-    b = Broker(url)
-    q = f"bench-celery-{uuid.uuid4().hex[:6]}"
-    b.ch.queue_declare(q, durable=True)
 
     def body(i: int) -> tuple[bytes, Any]:
         tid = uuid.uuid4().hex
@@ -342,8 +423,12 @@ def bench_celery(url: str, n: int) -> float:
         )
         return json.dumps(m.body).encode(), props
 
-    b.fill(q, body, n)
-    proc = subprocess.Popen(
+    return body
+
+
+def start_celery(url: str, q: str) -> subprocess.Popen[bytes]:
+    """A Celery prefork worker with 2 processes on ``q``."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -368,7 +453,14 @@ def bench_celery(url: str, n: int) -> float:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return drain_and_stop(b, proc, q, n)
+
+
+def bench_celery(url: str, n: int) -> float:
+    b = Broker(url)
+    q = f"bench-celery-{uuid.uuid4().hex[:6]}"
+    b.ch.queue_declare(q, durable=True)
+    b.fill(q, celery_body(), n)
+    return drain_and_stop(b, start_celery(url, q), q, n)
 
 
 def bench_enqueue(url: str, n: int) -> float:
@@ -385,6 +477,39 @@ def bench_enqueue(url: str, n: int) -> float:
     return rate
 
 
+def publish_at_rate(
+    b: Broker, queue: str, make: Callable[[int], tuple[bytes, Any]], rate: float, seconds: float
+) -> int:
+    """``rate`` messages a second for ``seconds``, each made just before it is published
+    (so the time it carries is its enqueue time); returns how many."""
+    total = int(rate * seconds)
+    t0 = time.perf_counter()
+    for i in range(total):
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        body, props = make(i)
+        b.ch.basic_publish("", queue, body, props)
+    return total
+
+
+def read_latencies(path: Path, total: int, timeout: float = 60) -> list[float]:
+    """The enqueue-to-start times (ms) a contender wrote, one a line, once all are in."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = path.read_text().split() if path.exists() else []
+        if len(lines) >= total:
+            break
+        time.sleep(0.2)
+    return sorted(float(x) * 1000 for x in lines)
+
+
+def p50_p99(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=100)
+    return q[49], q[98]
+
+
 def bench_latency(url: str, rate: float, seconds: float, workers: int) -> tuple[float, float, int]:
     """p50/p99 enqueue-to-start (ms) with jobs published at ``rate`` per second."""
     b = Broker(url)
@@ -393,27 +518,12 @@ def bench_latency(url: str, rate: float, seconds: float, workers: int) -> tuple[
         path = Path(tmp) / "latency"
         proc = start_roger(url, partition, workers, {"BENCH_LATENCY_FILE": str(path)})
         try:
-            make = roger_body(partition)
-            total = int(rate * seconds)
-            t0 = time.perf_counter()
-            for i in range(total):
-                delay = t0 + i / rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                body, props = make(i)
-                b.ch.basic_publish("", f"{partition}-default", body, props)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                lines = path.read_text().split() if path.exists() else []
-                if len(lines) >= total:
-                    break
-                time.sleep(0.2)
+            total = publish_at_rate(b, f"{partition}-default", roger_body(partition), rate, seconds)
+            values = read_latencies(path, total)
         finally:
             stop(proc)
             b.delete_partition(partition)
-        values = sorted(float(x) * 1000 for x in lines)
-    q = statistics.quantiles(values, n=100)
-    return q[49], q[98], len(values)
+    return (*p50_p99(values), len(values))
 
 
 def main() -> int:
