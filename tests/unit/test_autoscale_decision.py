@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -267,3 +268,22 @@ def test_status_rewrites_keep_what_the_autoscaler_wrote() -> None:
     new = st.compute_status({"autoscaling": mine}, st.Observation(parse_partition(body)), "T")
     assert new["autoscaling"] == mine
     assert "autoscaling" not in st.compute_status({}, st.Observation(parse_partition(body)), "T")
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "expected"),
+    [
+        ({}, {}, False),  # most Partitions: no timer at all
+        ({"autoscaling": {"maxReplicas": 3}}, {}, True),  # builtin is the default engine
+        ({"autoscaling": {"engine": "builtin", "maxReplicas": 3}}, None, True),
+        ({"autoscaling": {"engine": "keda", "maxReplicas": 3}}, {}, False),  # KEDA scales it
+        ({"autoscaling": {"enabled": False, "maxReplicas": 3}}, {}, False),
+        ({}, {"autoscaling": {"desiredReplicas": 2}}, True),  # turned off: status to clear
+        ({"autoscaling": {"engine": "keda"}}, {"autoscaling": {"desiredReplicas": 2}}, True),
+        ({"autoscaling": "garbage"}, {}, False),
+    ],
+)
+def test_only_partitions_asking_for_the_builtin_autoscaler_get_its_timer(
+    spec: dict[str, Any], status: dict[str, Any] | None, expected: bool
+) -> None:
+    assert a.needs_evaluation({"spec": spec, "status": status}) is expected

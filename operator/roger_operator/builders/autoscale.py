@@ -128,6 +128,20 @@ def parse_autoscaling(body: Mapping[str, Any]) -> AutoscalingSpec | None:
     return spec
 
 
+def needs_evaluation(body: Mapping[str, Any]) -> bool:
+    """Whether a Partition needs the builtin autoscaler's timer: it asks for the builtin
+    engine, or it still shows a ``status.autoscaling`` that must be cleared. Every other
+    Partition gets no timer at all (at 500 Partitions a timer each, every 5 s, was most of
+    the operator's CPU while nothing changed)."""
+    raw = (body.get("spec") or {}).get("autoscaling")
+    wants = (
+        isinstance(raw, Mapping)
+        and raw.get("enabled") is not False
+        and str(raw.get("engine") or ENGINE_BUILTIN) == ENGINE_BUILTIN
+    )
+    return wants or bool((body.get("status") or {}).get("autoscaling"))
+
+
 def weighted_load(queues: Sequence[QueueCounters]) -> tuple[int, float]:
     """(jobs counted, weighted load) of the queues, as the module docstring says."""
     jobs = 0

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import kopf
 
+from roger_operator.builders import autoscale as autoscale_builders
 from roger_operator.builders.model import (
     CALLBACK_PLURAL,
     GROUP,
@@ -206,9 +207,14 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             registry=registry,
         )(refresh_partition)
     if ctx.autoscale_interval > 0:
-        kopf.timer(*p, id="autoscale", interval=ctx.autoscale_interval, registry=registry)(
-            autoscale_partition
-        )
+        # Only Partitions that ask for it (a kopf filter: timers start and stop with it).
+        kopf.timer(
+            *p,
+            id="autoscale",
+            interval=ctx.autoscale_interval,
+            when=lambda body, **_: autoscale_builders.needs_evaluation(body),
+            registry=registry,
+        )(autoscale_partition)
     kopf.on.event(GROUP, VERSION, CALLBACK_PLURAL, id="callbacks", registry=registry)(
         watch_callback
     )
