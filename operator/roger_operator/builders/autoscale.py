@@ -131,8 +131,8 @@ def parse_autoscaling(body: Mapping[str, Any]) -> AutoscalingSpec | None:
 def needs_evaluation(body: Mapping[str, Any]) -> bool:
     """Whether a Partition needs the builtin autoscaler's timer: it asks for the builtin
     engine, or it still shows a ``status.autoscaling`` that must be cleared. Every other
-    Partition gets no timer at all (at 500 Partitions a timer each, every 5 s, was most of
-    the operator's CPU while nothing changed)."""
+    Partition gets no timer at all: a timer each, every 5 s, parsing the spec to find
+    nothing to do, is 100 evaluations a second at 500 Partitions."""
     raw = (body.get("spec") or {}).get("autoscaling")
     wants = (
         isinstance(raw, Mapping)
