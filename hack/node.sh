@@ -82,6 +82,8 @@ packages() {
   local need=()
   command -v containerd >/dev/null 2>&1 || need+=(containerd)
   command -v runc >/dev/null 2>&1 || need+=(runc)
+  # pause_image imports with podman before load_images (hack/images.sh) would install it.
+  command -v podman >/dev/null 2>&1 || need+=(podman)
   [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
   [ ${#need[@]} -eq 0 ] && return 0
   log "installing ${need[*]} (Debian packages)"
