@@ -48,13 +48,17 @@ IMPORT_CHANGES=(
   --change 'CMD=["python3"]'
 )
 
-need_podman() {
-  command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 && return 0
-  log "installing podman and runc (Debian packages)"
+need_podman() { # and mmdebstrap, which builds the base root
+  local need=()
+  command -v podman >/dev/null 2>&1 || need+=(podman)
+  command -v runc >/dev/null 2>&1 || need+=(runc)
+  command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+  [ ${#need[@]} -eq 0 ] && return 0
+  log "installing ${need[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq podman runc >/dev/null \
-    || { apt-get update -qq && apt-get install -y -qq podman runc >/dev/null; } \
-    || die "could not install podman and runc"
+  apt-get install -y -qq "${need[@]}" >/dev/null \
+    || { apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null; } \
+    || die "could not install ${need[*]}"
 }
 
 base() {
