@@ -43,6 +43,14 @@ class Kubectl:
     def get_json(self, *args: str) -> Any:
         return json.loads(self.run("get", *args, "-o", "json").stdout)
 
+    def drop_finalizers(self, namespace: str, kind: str, name: str) -> None:
+        """Let an object go without its controller (gone, or nothing left to clean up)."""
+        self.run(
+            *("-n", namespace, "patch", kind, name, "--type=merge"),
+            *("-p", '{"metadata":{"finalizers":null}}'),
+            check=False,
+        )
+
 
 def install_crds(kubectl: Kubectl) -> None:
     """Every CRD in crds/ on the cluster, Established: the one way the tests install them.

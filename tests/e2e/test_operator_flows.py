@@ -66,17 +66,7 @@ def operator(
         eventually(lambda: not mine(), timeout=60, message="test Partitions gone")
     except AssertionError:
         for p in mine():
-            kubectl.run(
-                "-n",
-                p["metadata"]["namespace"],
-                "patch",
-                "partition",
-                p["metadata"]["name"],
-                "--type=merge",
-                "-p",
-                '{"metadata":{"finalizers":null}}',
-                check=False,
-            )
+            kubectl.drop_finalizers(p["metadata"]["namespace"], "partition", p["metadata"]["name"])
     code = op.stop()
     assert code == 0, f"operator exit code {code} on SIGTERM\n{op.tail()}"
 

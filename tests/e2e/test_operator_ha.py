@@ -59,11 +59,7 @@ def operators(
         )
     finally:
         for p in kubectl.get_json("-n", ns, "partitions")["items"]:  # let the namespace go
-            kubectl.run(
-                *("-n", ns, "patch", "partition", p["metadata"]["name"], "--type=merge"),
-                *("-p", '{"metadata":{"finalizers":null}}'),
-                check=False,
-            )
+            kubectl.drop_finalizers(ns, "partition", p["metadata"]["name"])
         for op in ops:
             if op.proc is not None and op.proc.poll() is None:
                 assert op.stop(timeout=120) == 0, op.tail()

@@ -107,14 +107,4 @@ def test_operator_hung_brokers_do_not_delay_other_partitions(
         # does not put its finalizer back), then the finalizers go.
         kubectl.run("-n", ns, "delete", "partition", *hung, "--wait=false", check=False)
         for name in hung:
-            kubectl.run(
-                "-n",
-                ns,
-                "patch",
-                "partition",
-                name,
-                "--type=merge",
-                "-p",
-                '{"metadata":{"finalizers":null}}',
-                check=False,
-            )
+            kubectl.drop_finalizers(ns, "partition", name)
