@@ -60,6 +60,20 @@ def _channel_has_attrs() -> bool:
     return all(name in source for name in _CHANNEL_NEEDS)
 
 
+def _frame_at(buf: bytes, at: int, limit: int) -> tuple[int, int, int] | None:
+    """(type, channel, end offset) of the frame at ``at``; None while it is incomplete.
+    Its payload is ``buf[at + 7 : end - 1]``."""
+    if limit - at < _OVERHEAD:
+        return None
+    kind, channel, size = _FRAME.unpack_from(buf, at)
+    end: int = at + 7 + size + 1
+    if end > limit:
+        return None
+    if buf[end - 1] != _FRAME_END:
+        raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
+    return kind, channel, end
+
+
 class _Reader:
     __slots__ = ("conn",)
 
@@ -70,29 +84,21 @@ class _Reader:
         conn = self.conn
         buf = conn._frame_buffer + data if conn._frame_buffer else data
         conn._frame_buffer = buf
-        end_of_data = len(buf)
-        pos = 0
+        limit, pos = len(buf), 0
         try:
-            while end_of_data - pos >= _OVERHEAD:
-                kind, channel_number, size = _FRAME.unpack_from(buf, pos)
-                end = pos + 7 + size + 1
-                if end > end_of_data:
-                    break
-                if buf[end - 1] != _FRAME_END:
-                    raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
+            while (found := _frame_at(buf, pos, limit)) is not None:
+                kind, number, end = found
+                taken = -1
                 if kind == _METHOD and buf[pos + 7 : pos + 11] == _DELIVER:
-                    taken = self._delivery(buf, pos, end, channel_number, end_of_data)
+                    taken = self._delivery(buf, pos, end, number, limit)
                     if taken == 0:
                         break  # the rest of its content has not arrived yet
-                    if taken > 0:
-                        pos = taken
-                        if conn._frame_buffer is not buf:
-                            return  # the connection was reset meanwhile
-                        continue
-                # pika's own path, one frame at a time
-                _, value = frame.decode_frame(buf[pos:end])
-                pos = end
-                conn._process_frame(value)
+                if taken > 0:
+                    pos = taken
+                else:  # pika's own path, one frame at a time
+                    _, value = frame.decode_frame(buf[pos:end])
+                    pos = end
+                    conn._process_frame(value)
                 if conn._frame_buffer is not buf:
                     return  # the connection was reset meanwhile: its buffer is new
         finally:
@@ -102,55 +108,42 @@ class _Reader:
 
     def _delivery(self, buf: bytes, pos: int, end: int, number: int, limit: int) -> int:
         """The end offset of the delivery at ``pos`` once handed to its consumer; 0 if its
-        content (a small one) is not all in the buffer yet; -1 if pika's path must take it."""
+        content (a small one) is not all in the buffer yet; -1 if pika's path must take it.
+        The content is looked at before the method is decoded: a delivery cut by a read
+        is decoded once, when all of it is here."""
         channel = self.conn._channels.get(number)
         if channel is None:
             return -1
-        method = spec.Basic.Deliver()
-        method.decode(buf, pos + 11)
-        tag = method.consumer_tag
-        if tag in channel._cancelled:
-            return -1
-        consumer = channel._consumers.get(tag)
-        if consumer is None:
-            return -1
-        # the content header frame, on the same channel
-        if limit - end < _OVERHEAD:
+        header = _frame_at(buf, end, limit)  # the content header, on the same channel
+        if header is None:
             return 0
-        kind, header_channel, size = _FRAME.unpack_from(buf, end)
-        if kind != _CONTENT_HEADER or header_channel != number:
+        if header[0] != _CONTENT_HEADER or header[1] != number:
             return -1
-        header_end = end + 7 + size + 1
-        if header_end > limit:
-            return 0
-        if buf[header_end - 1] != _FRAME_END:
-            raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
         _, _, body_size = _HEADER.unpack_from(buf, end + 7)
         # A body still on its way is waited for only while small: a large one goes frame
         # by frame through pika's path, so the buffer never holds (or re-copies) all of it.
         incomplete = 0 if body_size <= _WAIT_FOR_BODY else -1
-        # the body frames, on the same channel, until body_size bytes
-        parts: list[bytes] = []
-        got, at = 0, int(header_end)
+        parts: list[bytes] = []  # the body frames, on the same channel, until body_size
+        got, at = 0, header[2]
         while got < body_size:
-            if limit - at < _OVERHEAD:
+            body = _frame_at(buf, at, limit)
+            if body is None:
                 return incomplete
-            kind, body_channel, size = _FRAME.unpack_from(buf, at)
-            if kind != _BODY or body_channel != number:
+            if body[0] != _BODY or body[1] != number:
                 return -1
-            body_end = at + 7 + size + 1
-            if body_end > limit:
-                return incomplete
-            if buf[body_end - 1] != _FRAME_END:
-                raise exceptions.InvalidFrameError("Invalid FRAME_END marker")
-            parts.append(buf[at + 7 : body_end - 1])
-            got += size
-            at = body_end
+            parts.append(buf[at + 7 : body[2] - 1])
+            got += body[2] - at - _OVERHEAD
+            at = body[2]
         if got > body_size:
             raise exceptions.BodyTooLongError(got, body_size)
+        method = spec.Basic.Deliver()
+        method.decode(buf, pos + 11)
+        tag = method.consumer_tag
+        consumer = None if tag in channel._cancelled else channel._consumers.get(tag)
+        if consumer is None:
+            return -1
         props = spec.BasicProperties()
         props.decode(buf, end + 7 + 12)
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
         self.conn.frames_received += 2 + len(parts)
-        consumer(channel, method, props, body)
+        consumer(channel, method, props, parts[0] if len(parts) == 1 else b"".join(parts))
         return at
