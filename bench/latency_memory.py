@@ -219,12 +219,11 @@ def latency_table(url: str, peak: float, workers: int, seconds: float, rounds: i
         ours: list[tuple[float, float, int]] = []
         theirs: list[tuple[float, float, int]] = []
         for r in range(rounds):  # alternate who goes first
-            first, second = (ours, theirs) if r % 2 == 0 else (theirs, ours)
-            for bucket in (first, second):
-                if bucket is ours:
-                    bucket.append(wt.bench_latency(url, rate, seconds, workers))
+            for who in ("roger", "dramatiq") if r % 2 == 0 else ("dramatiq", "roger"):
+                if who == "roger":
+                    ours.append(wt.bench_latency(url, rate, seconds, workers))
                 else:
-                    bucket.append(dramatiq_latency(url, rate, seconds))
+                    theirs.append(dramatiq_latency(url, rate, seconds))
 
         def med(rows: list[tuple[float, float, int]], i: int) -> str:
             return f"{statistics.median(r[i] for r in rows):.1f}"
