@@ -171,10 +171,13 @@ def test_not_retryable_failure_runs_on_error_and_is_kept_in_buried(
         15,
         message="3 failures",
     )
-    time.sleep(0.5)
-    assert broker.count(f"{unique_name}-default.buried") == 2  # bounded: oldest dropped
+    # on_error runs beside the job, before the burial is published: wait for the third.
+    buried = f"{unique_name}-default.buried"
+    eventually(lambda: broker.count(buried) == 2, 10, message="2 buried")
+    time.sleep(0.5)  # the third burial is in: bounded, the oldest was dropped
+    assert broker.count(buried) == 2
     assert not any(h["hook"] == "on_buried" for h in read_json_lines(hooks))
-    for props, _ in broker.peek(f"{unique_name}-default.buried"):
+    for props, _ in broker.peek(buried):
         assert props.headers["x-roger-buried-reason"] == "not_retryable"
 
 

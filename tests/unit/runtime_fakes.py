@@ -183,8 +183,11 @@ class FakeLink:
         return True
 
     def confirm_all(self, ok: bool = True) -> list[Publish]:
+        """Confirm every publish so far; one into a queue held in ``buried`` lands there."""
         done, self.unconfirmed_publishes = self.unconfirmed_publishes, []
         for p in done:
+            if ok and p.routing_key in self.buried:
+                self.buried[p.routing_key].append((p.props, p.body))
             p.on_confirm(ok)
         return done
 

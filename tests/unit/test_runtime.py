@@ -92,11 +92,53 @@ def test_a_burial_into_a_full_buried_queue_drops_the_oldest_first_and_says_so(ri
     rig.worker.observers.append(SimpleNamespace(observe=seen.append))
     rig.enqueue("a", "tests.jobs.basic:fails_once_not_retryable")
     rig.fail("a")
+    assert len(rig.link.buried["p-default.buried"]) == 99  # the oldest taken first
     [publish] = rig.link.confirm_all()
     assert publish.routing_key == "p-default.buried"
-    assert len(rig.link.buried["p-default.buried"]) == 99
+    assert len(rig.link.buried["p-default.buried"]) == 100
     [dropped] = [e for e in seen if getattr(e, "hook", None) == BURIED_DROPPED]
     assert (dropped.job_id, dropped.job_name, dropped.error) == ("old", "m:f", ("KeyError", "gone"))  # type: ignore[attr-defined]
+
+
+def test_burials_that_fail_together_never_overfill_the_buried_queue(rig: Rig) -> None:
+    """Jobs failing at once one short of the bound: the burials waiting while one is in
+    flight go together in the next round, counted only once it is confirmed, so that
+    round drops as many of the oldest as it adds (without rounds, each found room for one
+    and the queue passed its bound)."""
+    from types import SimpleNamespace
+
+    props = SimpleNamespace(headers={})
+    rig.link.buried = {"p-default.buried": [(props, b"{}")] * 99}
+    for job_id in ("a", "b", "c"):
+        rig.enqueue(job_id, "tests.jobs.basic:fails_once_not_retryable")
+    for job_id in ("a", "b", "c"):
+        rig.fail(job_id)
+    assert len(rig.link.unconfirmed_publishes) == 1  # b and c wait for a's confirm
+    rig.link.confirm_all()
+    rig.loop.run()
+    assert len(rig.link.buried["p-default.buried"]) == 98  # room for two made at once
+    second_round = rig.link.confirm_all()
+    assert [p.routing_key for p in second_round] == ["p-default.buried"] * 2
+    assert len(rig.link.buried["p-default.buried"]) == 100
+    rig.loop.run()
+    assert rig.channel().acked() == {1, 2, 3}
+
+
+def test_a_burial_whose_delivery_died_does_not_hold_up_the_next(rig: Rig) -> None:
+    """A connection lost in the middle of a burial: its confirm never comes, and the
+    burials of the new connection into the same queue still go."""
+    rig.link.buried = {"p-default.buried": []}
+    rig.enqueue("a", "tests.jobs.basic:fails_once_not_retryable")
+    rig.fail("a")
+    rig.link.drop()  # a's publish is forgotten; the broker has "a" again
+    rig.link.up()
+    rig.loop.run()
+    rig.enqueue("b", "tests.jobs.basic:fails_once_not_retryable")
+    rig.fail("b")
+    [publish] = rig.link.confirm_all()
+    assert publish.routing_key == "p-default.buried"
+    rig.loop.run()
+    assert rig.channel().acked() == {1}
 
 
 def test_the_last_attempt_of_a_retryable_job_is_told_on_buried(rig: Rig) -> None:

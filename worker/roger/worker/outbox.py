@@ -26,6 +26,18 @@ from roger.worker.telemetry import Telemetry
 log = logging.getLogger("roger.worker")
 
 Settle = Callable[[Epoch, int], None]
+# Publishes one burial, then calls its argument once the broker confirmed it.
+Bury = Callable[[Callable[[], None]], None]
+
+
+class _BurialLine:
+    """One queue's burials: those waiting for the next round, and the round running."""
+
+    __slots__ = ("running", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Epoch, Bury]] = []
+        self.running: list[Epoch] = []
 
 
 class Outbox:
@@ -43,6 +55,7 @@ class Outbox:
         self.telemetry, self.settle = telemetry, settle
         self.buried_max_length = buried_max_length
         self.dropped = dropped
+        self._lines: dict[str, _BurialLine] = {}  # per queue (``keep_bound``)
 
     def failed(
         self,
@@ -65,29 +78,69 @@ class Outbox:
                 msg, self.partition, error, stack, decision.reason, carried, time.time()
             )
             props = pika.BasicProperties(**fields)
-            self.keep_bound(
-                q.name, lambda: self.publish(task.epoch, task.tag, target, task.body, props)
-            )
+
+            def bury(done: Callable[[], None]) -> None:
+                self.publish(task.epoch, task.tag, target, task.body, props, done=done)
+
+            self.keep_bound(q.name, task.epoch, bury)
             return
         self.publish(task.epoch, task.tag, target, body, pika.BasicProperties(**fields))
 
-    def keep_bound(self, queue: str, then: Callable[[], None]) -> None:
-        """Before a burial: into a full ``.buried`` it would make the broker drop the oldest
-        job without a trace, so the worker drops that one first and says which (log,
-        metric, Event), then calls ``then``. Two burials landing at once at the bound
-        (several workers) can still let the broker drop one unseen."""
-        intake = naming.buried_queue_name(self.partition, queue)
+    def keep_bound(self, queue: str, epoch: Epoch, bury: Bury) -> None:
+        """Before a burial: into a full ``.buried`` the broker would drop the oldest job
+        without a trace, so the worker drops the oldest itself and says which (log, metric,
+        Event), then calls ``bury(done)``. This worker's burials into one queue go in
+        rounds: the ones waiting are counted together, and the next round counts only once
+        this one is confirmed (two jobs failing together must not both find room for one).
+        Burials of several workers landing at once at the bound can still let the broker
+        drop one unseen (the operator's policy bounds the queue)."""
+        line = self._lines.setdefault(queue, _BurialLine())
+        line.waiting.append((epoch, bury))
+        if not any(e.alive for e in line.running):  # none running, or died with them
+            self._next_round(queue, line)
 
-        def taken(props: Any, body: bytes | None) -> None:
-            if body is not None:
+    def _next_round(self, queue: str, line: _BurialLine) -> None:
+        """Count once, drop as many of the oldest as this round needs room for, then bury
+        the round; deliveries that died meanwhile are left out (the broker has them again,
+        and their callbacks may never come)."""
+        alive = [w for w in line.waiting if w[0].alive]
+        batch, line.waiting = alive[: self.buried_max_length], alive[self.buried_max_length :]
+        running = line.running = [epoch for epoch, _ in batch]
+        if not batch:
+            if self._lines.get(queue) is line:
+                del self._lines[queue]
+            return
+        intake = naming.buried_queue_name(self.partition, queue)
+        left = [len(batch)]
+
+        def done() -> None:
+            left[0] -= 1
+            if left[0] == 0 and line.running is running:
+                self._next_round(queue, line)
+
+        def bury_all() -> None:
+            for _, bury in batch:
+                bury(done)
+
+        def drop(n: int) -> None:
+            if n <= 0:
+                bury_all()
+                return
+
+            def taken(props: Any, body: bytes | None) -> None:
+                if body is None:  # nothing left to drop (or the channel closed)
+                    bury_all()
+                    return
                 self._dropped(queue, props, body)
-            then()
+                drop(n - 1)
+
+            self.link.take_head(intake, taken)
 
         def counted(messages: int | None) -> None:
-            if messages is not None and messages >= self.buried_max_length:
-                self.link.take_head(intake, taken)
-            else:  # room left, or no such queue: the publish finds out (and reconnects)
-                then()
+            if messages is None:  # no such queue: the publish finds out (and reconnects)
+                bury_all()
+            else:
+                drop(messages + len(batch) - self.buried_max_length)
 
         self.link.count(intake, counted)
 
@@ -147,19 +200,31 @@ class Outbox:
         self.publish(epoch, tag, target, body, parked)
 
     def publish(
-        self, epoch: Epoch, tag: int, target: str, body: bytes, props: Any, exchange: str = ""
+        self,
+        epoch: Epoch,
+        tag: int,
+        target: str,
+        body: bytes,
+        props: Any,
+        exchange: str = "",
+        done: Callable[[], None] | None = None,
     ) -> None:
-        """Publish, and acknowledge the delivery ``tag`` once the broker confirms."""
+        """Publish, and acknowledge the delivery ``tag`` once the broker confirms; then
+        ``done()``, also when the delivery died meanwhile."""
         if not epoch.alive:
+            if done is not None:
+                done()
             return  # the delivery died with its connection: the broker has it again
 
         def confirmed(ok: bool) -> None:
             if ok:
                 self.settle(epoch, tag)
+                if done is not None:
+                    done()
             else:  # the broker refused it: try again rather than lose or loop
                 log.warning("publish to %s refused; retrying in 1s", target)
                 self.ioloop.call_later(
-                    1.0, lambda: self.publish(epoch, tag, target, body, props, exchange)
+                    1.0, lambda: self.publish(epoch, tag, target, body, props, exchange, done)
                 )
 
         self.link.publish(target, body, props, confirmed, exchange)
