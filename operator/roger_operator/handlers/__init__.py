@@ -27,7 +27,8 @@ from roger_operator.builders.model import (
     parse_partition,
 )
 from roger_operator.handlers import autoscale, deletion, partition, schedule
-from roger_operator.handlers.context import Context, Key
+from roger_operator.handlers.context import Context, Key, without_managed_fields
+from roger_operator.kube import session
 
 log = logging.getLogger("roger_operator.handlers")
 
@@ -43,7 +44,8 @@ CHILDREN: Final = (
 
 
 def plain(body: Mapping[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+    """A deep copy of a kopf body, without ``managedFields`` (kept in caches)."""
+    return copy.deepcopy(dict(without_managed_fields(body)))
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -191,7 +193,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def watch_child(event: Any, resource: Any = None, **_: Any) -> None:
         on_child_event(ctx, event, str(getattr(resource, "plural", "")))
 
-    kopf.on.login(id="login", registry=registry)(kopf.login_via_client)
+    kopf.on.login(id="login", registry=registry)(session.login_handler())
     kopf.on.event(*p, id="cache", registry=registry)(watch_partition)
     kopf.on.create(*p, id="reconcile", registry=registry)(reconcile_partition)
     kopf.on.update(*p, id="reconcile", registry=registry)(reconcile_partition)

@@ -16,6 +16,17 @@ from roger_operator.rabbit import Broker
 Key = tuple[str, str]  # (namespace, name)
 
 
+def without_managed_fields(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``body`` without ``metadata.managedFields`` (shallow copies; ``body`` unchanged).
+
+    Nothing here reads them, and they are about half of a cached Deployment's memory (the
+    operator's and the controller-manager's field sets): caches keep objects without."""
+    meta = body.get("metadata")
+    if not isinstance(meta, Mapping) or "managedFields" not in meta:
+        return body
+    return {**body, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
 @dataclass
 class Context:
     kube: Kube
@@ -56,6 +67,7 @@ class Context:
 
     def remember_deployment(self, key: Key, body: Mapping[str, Any]) -> Mapping[str, Any]:
         """Keep the newest Deployment seen (watch events and apply responses race)."""
+        body = without_managed_fields(body)
         with self._guard:
             old = self.deployments.get(key)
             if old is None or _rv(body) >= _rv(old):
