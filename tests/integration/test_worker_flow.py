@@ -159,7 +159,7 @@ def test_not_retryable_failure_runs_on_error_and_is_kept_in_buried(
     """As in Roger, a job without a retry sequence gets ``on_error`` (never ``on_buried``);
     its message is kept in the bounded ``.buried`` queue, marked ``not_retryable``."""
     hooks = tmp_path / "hooks"
-    workers.start(
+    w = workers.start(
         callbacks=["tests.jobs.callbacks:Recorder"],
         hooks_file=hooks,
         extra=["--buried-max-length", "2"],
@@ -171,11 +171,18 @@ def test_not_retryable_failure_runs_on_error_and_is_kept_in_buried(
         15,
         message="3 failures",
     )
-    # on_error runs beside the job, before the burial is published: wait for the third.
+    # on_error runs beside the job, before its burial: the third burial drops the oldest
+    # first (counted), then lands; the queue never holds more than its bound.
     buried = f"{unique_name}-default.buried"
+    eventually(
+        lambda: w.metric("roger_buried_dropped_total", queue="default") == 1,
+        15,
+        message="the oldest dropped",
+    )
     eventually(lambda: broker.count(buried) == 2, 10, message="2 buried")
-    time.sleep(0.5)  # the third burial is in: bounded, the oldest was dropped
+    time.sleep(0.5)
     assert broker.count(buried) == 2
+    assert w.metric("roger_buried_dropped_total", queue="default") == 1
     assert not any(h["hook"] == "on_buried" for h in read_json_lines(hooks))
     for props, _ in broker.peek(buried):
         assert props.headers["x-roger-buried-reason"] == "not_retryable"
