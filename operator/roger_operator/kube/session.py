@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import kopf
 
+if TYPE_CHECKING:
+    from yarl import URL  # aiohttp's URL type
+
 REQUESTS_IN_FLIGHT: Final = 16
 
 
-def is_watch(url: Any) -> bool:
+def is_watch(url: URL) -> bool:
     """A watch stream: ``?watch=true`` (kopf's) or ``?watch=1``."""
     return str(url.query.get("watch", "")).lower() in ("true", "1")
 
@@ -69,7 +73,9 @@ def session_for(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSession:
     )
 
 
-def login_handler(limit: int = REQUESTS_IN_FLIGHT) -> Any:
+def login_handler(
+    limit: int = REQUESTS_IN_FLIGHT,
+) -> Callable[..., Awaitable[kopf.AiohttpSession | None]]:
     """A ``kopf.on.login`` handler: kopf's ``login_via_client``, then ``session_for``."""
 
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
