@@ -10,6 +10,11 @@ sharing the cluster never touch each other's.
 
     .venv/bin/python bench/operator_scale.py [--partitions 200] [--idle-seconds 60]
 
+The operator runs from a venv of its own holding only ``roger-k8s[operator]``, as the
+image installs it (``--operator-venv``, made with uv on first use): the dev venv also holds
+the ``kubernetes`` package (the ``events`` extra, the tests), which kopf imports whenever it
+is installed, and its ~32 MiB would be counted in the operator's RSS.
+
 Needs ``make cluster-up rabbitmq-up``. Writes nothing; paste the output into
 bench/OPERATOR_RESULTS.md.
 """
@@ -193,6 +198,23 @@ def count_deployments(ns: str) -> int:
     return len(out.split())
 
 
+def operator_venv(venv: Path) -> Path:
+    """``roger-operator`` in ``venv``, which holds the [operator] extra and nothing else."""
+    uv = str(Path(sys.executable).parent / "uv")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "-q", "--python", str(python), "-e", f"{ROOT}[operator]"],
+        check=True,
+    )
+    probe = "import importlib.util as u; print(u.find_spec('kubernetes') is None)"
+    absent = subprocess.run([str(python), "-c", probe], capture_output=True, text=True)
+    if absent.stdout.strip() != "True":
+        raise SystemExit(f"{venv} holds the kubernetes package: not the image's install")
+    return venv / "bin" / "roger-operator"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--partitions", type=int, default=200)
@@ -206,7 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         help="no timed delete phase (at 500 it is RabbitMQ deleting 2,000 queues, ~22 min): "
         "the namespace goes without finalizers and the queues stay in RabbitMQ",
     )
+    parser.add_argument(
+        "--operator-venv",
+        type=Path,
+        default=ROOT / ".venv-operator",
+        help="venv with only roger-k8s[operator], as in the image (made if missing)",
+    )
     args = parser.parse_args(argv)
+    operator_bin = operator_venv(args.operator_venv)
 
     try:  # installed already: a shared cluster's CRDs may be newer than this checkout's
         kubectl("get", "crd", "partitions.roger.dev")
@@ -219,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     log_path = Path(f"/tmp/{ns}.log")
     op = subprocess.Popen(
         [
-            str(Path(sys.executable).parent / "roger-operator"),
+            str(operator_bin),
             "--namespace",
             ns,
             "--metrics-port",

@@ -29,6 +29,7 @@ from roger_operator.builders.model import MANAGED_SELECTOR, MANAGER
 if TYPE_CHECKING:  # kopf is imported once the [operator] extra is known to be there
     import kopf
 
+    from roger_operator.kube import Kube
     from roger_operator.kube.lease import LeaderElector
 
 log = logging.getLogger("roger_operator")
@@ -141,7 +142,7 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     return settings
 
 
-def wait_for_lease(args: argparse.Namespace, api_client: Any) -> LeaderElector | None:
+def wait_for_lease(args: argparse.Namespace, kube: Kube) -> LeaderElector | None:
     """Standby until this process holds the Lease (None: stopped by a signal meanwhile).
 
     While waiting it answers /healthz itself (kopf serves it once leading), so the probes
@@ -151,7 +152,7 @@ def wait_for_lease(args: argparse.Namespace, api_client: Any) -> LeaderElector |
 
     duration = args.lease_duration
     elector = LeaderElector(
-        api_client,
+        kube,
         args.leader_election_namespace,
         args.leader_election_name,
         lease_duration=duration,
@@ -223,10 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from roger_operator.handlers import register
     from roger_operator.handlers.context import Context
     from roger_operator.kube import Kube
+    from roger_operator.kube.credentials import LoginError
     from roger_operator.rabbit import Broker
 
     configure_logging(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
-    for noisy in ("kubernetes", "urllib3", "aiohttp", "kopf.objects"):
+    for noisy in ("urllib3", "aiohttp", "kopf.objects"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pika").setLevel(logging.ERROR)  # 404s of passive declares are expected
     from roger.version import package_version
@@ -235,8 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics.INFO.info({"version": package_version()})
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.bind_address)
+    try:
+        kube = Kube(pool_size=max(args.workers * 2, 16))
+    except LoginError as exc:
+        print(f"roger-operator: {exc}", file=sys.stderr)
+        return 2
     ctx = Context(
-        kube=Kube(pool_size=max(args.workers * 2, 16)),
+        kube=kube,
         broker=Broker(management_port=args.rabbitmq_management_port),
         status_interval=args.status_interval,
         delete_broker_timeout=args.delete_broker_timeout,
@@ -244,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     elector = None
     if args.leader_election:
-        elector = wait_for_lease(args, ctx.kube.api)
+        elector = wait_for_lease(args, ctx.kube)
         if elector is None:
             return 0
     registry = kopf.OperatorRegistry()

@@ -148,3 +148,12 @@ def test_operator_image_reconciles_with_the_charts_service_account_only(
         kubectl.run("-n", namespace, "delete", "partition", "--all", "--timeout=30s", check=False)
         helm(kubeconfig, "uninstall", release, "-n", namespace, "--wait")
         delete_rabbitmq_objects(partition)
+
+
+def test_operator_image_holds_no_kubernetes_package(images: Images) -> None:
+    """The image installs only the [operator] extra: kopf would import the official client
+    whenever it is there (12 MiB of RSS), and the operator has its own (kube.client)."""
+    probe = "import importlib.util as u; print(u.find_spec('kubernetes'), u.find_spec('kopf'))"
+    out = podman("run", "--rm", "--entrypoint", "python", images.operator, "-c", probe)
+    absent, kopf = out.stdout.split(maxsplit=1)
+    assert absent == "None" and "kopf" in kopf, out.stdout

@@ -1,12 +1,13 @@
 """The operator's HTTP session for kopf (roger_operator.kube.session), against a real HTTP
 server on loopback: requests in flight are bounded, watches never are, and the session
-carries the credentials kopf's login found."""
+carries the credentials ``kube.credentials`` found (read again at each login)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from roger_operator.kube import session
+from roger_operator.kube.credentials import Credentials, LoginError
 
 pytestmark = pytest.mark.unit
 
@@ -123,17 +125,43 @@ def test_watches_never_take_a_slot() -> None:
     run(test)
 
 
-def test_the_session_carries_what_kopf_logged_in_with() -> None:
+def test_the_session_carries_what_the_login_found() -> None:
     async def test() -> None:
         async with serving() as (server, base):
-            info = kopf.ConnectionInfo(server=base, token="s3cret", default_namespace="ns")
-            ctx = session.session_for(info, 3)
+            login = Credentials(server=base, static_token="s3cret", default_namespace="ns")
+            ctx = session.session_for(login, 3, trust_env=False)
             assert (ctx.server, ctx.default_namespace) == (base, "ns")
             async with ctx.aiohttp_session as http, http.get(base + "/slow") as r:
                 assert r.status == 200
             assert server.headers[0]["Authorization"] == "Bearer s3cret"
 
     run(test)
+
+
+def test_each_login_reads_the_token_file_again(tmp_path: Path) -> None:
+    """kopf logs in again after a 401: a rotated service account token is then used."""
+    token = tmp_path / "token"
+    login = Credentials(server="https://127.0.0.1:1", token_file=str(token))
+    handler = session.login_handler(load=lambda: login)
+    settings = kopf.OperatorSettings()
+
+    async def test() -> None:
+        for value in ("first", "rotated"):
+            token.write_text(value + "\n")
+            ctx = await handler(settings=settings, logger=None)
+            async with ctx.aiohttp_session as http:
+                assert http.headers["Authorization"] == f"Bearer {value}"
+
+    run(test)
+
+
+def test_no_credentials_is_kopfs_login_error() -> None:
+    def nothing() -> Credentials:
+        raise LoginError("no Kubernetes credentials: not in a Pod")
+
+    handler = session.login_handler(load=nothing)
+    with pytest.raises(kopf.LoginError, match="no Kubernetes credentials"):
+        run(lambda: handler(settings=kopf.OperatorSettings()))
 
 
 def test_a_bound_below_one_is_refused() -> None:

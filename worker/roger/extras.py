@@ -13,7 +13,7 @@ from typing import Final
 
 EXTRAS: Final = {
     "events": ("kubernetes",),
-    "operator": ("kopf", "kubernetes", "croniter"),
+    "operator": ("kopf", "urllib3", "croniter"),
 }
 
 

@@ -1,5 +1,8 @@
-"""A small synchronous Kubernetes client on top of the official client's ``ApiClient``.
+"""A small synchronous Kubernetes client: urllib3 connection pools and plain dicts.
 
+Not the official ``kubernetes`` package: the operator needs a dozen verbs on plain JSON,
+and that package costs ~32 MiB of RSS once imported (kopf imports it whenever it is
+installed). Credentials come from ``kube.credentials`` (the same login kopf's session uses).
 Objects are plain dicts. Children are written with server-side apply (field manager
 ``roger-operator``, ``force=true``) so the operator owns exactly the fields it sets and a
 drifted field is taken back on the next apply.
@@ -11,18 +14,24 @@ import contextlib
 import datetime
 import json
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+import urllib3
 
 from roger_operator import metrics
 from roger_operator.builders.model import GROUP, MANAGER, PLURAL, VERSION
+from roger_operator.kube import credentials
 
 APPLY_CONTENT_TYPE: Final = "application/apply-patch+yaml"
 MERGE_CONTENT_TYPE: Final = "application/merge-patch+json"
+
+# Retried: a connection that fails before the request is sent, and a read that fails on
+# an idempotent method (urllib3's default set: GET, PUT, DELETE; never POST or PATCH, as the
+# official client does). Answers, even 5xx, go to the caller.
+_CONNECT_RETRIES: Final = urllib3.Retry(total=2, connect=2, read=2, status=0, other=0, redirect=0)
 
 _PLURALS: Final = {
     "ConfigMap": "configmaps",
@@ -69,16 +78,14 @@ def partition_path(namespace: str, name: str) -> str:
 class Kube:
     """Thread-safe: handlers run in kopf's thread pool and share one connection pool."""
 
-    def __init__(self, api_client: k8s.ApiClient | None = None, pool_size: int = 32) -> None:
-        if api_client is None:
-            configuration = k8s.Configuration()
-            try:
-                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            except k8s_config.ConfigException:
-                k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-            configuration.connection_pool_maxsize = pool_size
-            api_client = k8s.ApiClient(configuration)
-        self.api = api_client
+    def __init__(self, login: credentials.Credentials | None = None, pool_size: int = 32) -> None:
+        self.login = credentials.load() if login is None else login
+        pool: dict[str, Any] = {"maxsize": pool_size, "ssl_context": self.login.ssl_context()}
+        self._http: urllib3.PoolManager = (
+            urllib3.ProxyManager(self.login.proxy_url, **pool)
+            if self.login.proxy_url
+            else urllib3.PoolManager(**pool)
+        )
         self._lock = threading.Lock()
         self.requests = 0
 
@@ -92,28 +99,40 @@ class Kube:
         content_type: str = "application/json",
         timeout: float = 30.0,
     ) -> Any:
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        _method, url, headers, _body, _post = self.api.param_serialize(
-            method,
-            path,
-            query_params=list((query or {}).items()),
-            header_params=headers,
-            auth_settings=["BearerToken"],
-        )
-        with self._lock:
-            self.requests += 1
-        metrics.API_REQUESTS.labels(method).inc()
-        try:
-            response = self.api.call_api(
-                method, url, header_params=headers, body=body, _request_timeout=timeout
-            )
-            response.read()  # type: ignore[no-untyped-call]
-        except k8s.ApiException as exc:
-            raise KubeError(exc.status or 0, str(exc.reason), str(exc.body or "")) from None
-        data = response.data or b""
+        """One call; the decoded JSON answer (None if empty), or ``KubeError``.
+
+        Connection failures are retried twice (``_CONNECT_RETRIES``); a 401 is retried once
+        with the token file read again (a rotated service account token)."""
+        url = self.login.server + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data = None if body is None else json.dumps(body).encode()
+        for fresh in (False, True):
+            headers = {
+                "Accept": "application/json",
+                "Content-Type": content_type,
+                **self.login.headers(fresh=fresh),
+            }
+            with self._lock:
+                self.requests += 1
+            metrics.API_REQUESTS.labels(method).inc()
+            try:
+                response = self._http.request(
+                    method,
+                    url,
+                    body=data,
+                    headers=headers,
+                    timeout=urllib3.Timeout(total=timeout),
+                    retries=_CONNECT_RETRIES,
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                raise KubeError(0, f"{method} {path}: {exc}") from None
+            if response.status != 401 or fresh or self.login.token_file is None:
+                break
+        answer = response.data or b""
         if response.status >= 400:
-            raise KubeError(response.status, str(response.reason), data.decode(errors="replace"))
-        return json.loads(data) if data else None
+            raise KubeError(response.status, str(response.reason), answer.decode(errors="replace"))
+        return json.loads(answer) if answer else None
 
     def get(self, path: str) -> Any:
         """The object, or None when it does not exist."""

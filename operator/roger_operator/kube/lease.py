@@ -1,29 +1,38 @@
 """Leader election on a ``coordination.k8s.io/v1`` Lease, so only one replica reconciles.
 
 kopf's peering only pauses lower-priority operators; it is not an election. So the
-operator runs kopf only once it holds the Lease (``kubernetes.leaderelection``, the
-client's own implementation, with its ``LeaseLock``): a standby waits in ``acquire``; the
+operator runs kopf only once it holds the Lease: a standby waits in ``acquire``; the
 leader renews in a thread and, if it cannot renew for ``renew_deadline`` seconds, exits at
 once (before the Lease expires for the others), as client-go controllers do. A clean stop
 gives the Lease up, so the standby takes over without waiting for it to expire.
+
+The algorithm is client-go's (``leaderelection.go``): a Lease held by another identity is
+taken only once its record has not changed for ``lease_duration`` seconds *by this
+process's own clock* (when it last saw the record change, never the holder's timestamps,
+so clock skew between nodes cannot shorten a lease); every write carries the
+``resourceVersion`` it read, so of two candidates only one wins (409 for the other).
+``decide`` is that rule, pure; ``LeaderElector`` does the reads and writes.
 
 Takeover after a leader dies: at most ``lease_duration + retry_period`` seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
-from kubernetes import client as k8s
-from kubernetes.leaderelection import electionconfig, leaderelection
-from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+from roger_operator.kube.client import Kube, KubeError
 
 log = logging.getLogger("roger_operator.lease")
+
+API: Final = "/apis/coordination.k8s.io/v1"
 
 
 def default_identity() -> str:
@@ -31,25 +40,39 @@ def default_identity() -> str:
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}"
 
 
-class _Election(leaderelection.LeaderElection):  # type: ignore[misc]
-    """The client's election, with a stop switch: once released, never renew again."""
+def micro_time(at: float) -> str:
+    """A Kubernetes MicroTime (RFC 3339, microseconds, UTC)."""
+    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
-    def __init__(self, config: Any, guard: threading.Lock, stopped: threading.Event) -> None:
-        super().__init__(config)  # type: ignore[no-untyped-call]
-        self._guard = guard
-        self._stopped = stopped
 
-    def try_acquire_or_renew(self) -> bool:
-        with self._guard:
-            if self._stopped.is_set():
-                return False
-            return bool(super().try_acquire_or_renew())  # type: ignore[no-untyped-call]
+@dataclasses.dataclass
+class Observed:
+    """The Lease record as this process last saw it change, and when (monotonic)."""
+
+    record: Mapping[str, Any] | None = None
+    at: float = float("-inf")
+
+
+def decide(
+    spec: Mapping[str, Any] | None, identity: str, observed: Observed, now: float, duration: int
+) -> str:
+    """``"take"`` (write the Lease as ours) or ``"wait"`` (another holder's lease is live).
+
+    ``spec`` is the Lease's spec as just read (None: no Lease yet). ``observed`` must already
+    be updated with this read: a record unchanged for ``duration`` seconds of our clock has
+    expired, whatever its own timestamps say. ``duration`` is ours, used when the record
+    names none."""
+    if spec is None or spec.get("holderIdentity") in (None, "", identity):
+        return "take"
+    lasts = int(spec.get("leaseDurationSeconds") or duration)
+    return "take" if now - observed.at > lasts else "wait"
 
 
 class LeaderElector:
     def __init__(
         self,
-        api_client: k8s.ApiClient,
+        kube: Kube,
         namespace: str,
         name: str,
         identity: str | None = None,
@@ -57,33 +80,90 @@ class LeaderElector:
         renew_deadline: float = 6.0,
         retry_period: float = 2.0,
     ) -> None:
+        self.kube = kube
         self.namespace = namespace
         self.name = name
         self.identity = identity or default_identity()
-        self.api = k8s.CoordinationV1Api(api_client)
-        lock = LeaseLock(name, namespace, self.identity)  # type: ignore[no-untyped-call]
-        lock.api_instance = self.api  # the operator's configuration, not the global one
-        config = electionconfig.Config(  # type: ignore[no-untyped-call]
-            lock, lease_duration, renew_deadline, retry_period, lambda: None, lambda: None
-        )
+        self.lease_duration = lease_duration
+        self.renew_deadline = renew_deadline
+        self.retry_period = retry_period
+        self._observed = Observed()
         self._guard = threading.Lock()
         self._stopped = threading.Event()
-        self._election = _Election(config, self._guard, self._stopped)
-        # The client logs every retry at INFO ("yet to finish lease_duration ...").
-        logging.getLogger("leaderelection").setLevel(logging.WARNING)
+
+    @property
+    def _path(self) -> str:
+        return f"{API}/namespaces/{self.namespace}/leases/{self.name}"
+
+    def try_acquire_or_renew(self) -> bool:
+        """One round: True if this process holds the Lease after it (never after release)."""
+        with self._guard:
+            if self._stopped.is_set():
+                return False
+            try:
+                return self._round()
+            except KubeError as exc:
+                log.debug("Lease %s/%s: %s", self.namespace, self.name, exc)
+                return False
+
+    def _round(self) -> bool:
+        lease = self.kube.get(self._path)
+        now = time.monotonic()
+        spec = None if lease is None else dict(lease.get("spec") or {})
+        if spec != self._observed.record:
+            self._observed = Observed(spec, now)
+        if decide(spec, self.identity, self._observed, now, self.lease_duration) == "wait":
+            return False
+        wall = time.time()
+        held = spec is not None and spec.get("holderIdentity") == self.identity
+        mine = {
+            "holderIdentity": self.identity,
+            "leaseDurationSeconds": self.lease_duration,
+            "renewTime": micro_time(wall),
+            "acquireTime": (spec or {}).get("acquireTime") if held else micro_time(wall),
+            "leaseTransitions": int((spec or {}).get("leaseTransitions") or 0) + (not held),
+        }
+        if spec is None:
+            mine["leaseTransitions"] = 0
+            written = self.kube.request(
+                "POST",
+                f"{API}/namespaces/{self.namespace}/leases",
+                body={
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": self.name, "namespace": self.namespace},
+                    "spec": mine,
+                },
+            )
+        else:
+            written = self.kube.request("PUT", self._path, body={**lease, "spec": mine})
+        self._observed = Observed(dict(written.get("spec") or {}), time.monotonic())
+        return True
 
     def acquire(self) -> None:
         """Block until this process holds the Lease."""
         where = f"{self.namespace}/{self.name}"
         log.info("standby: waiting for Lease %s (identity %s)", where, self.identity)
-        self._election.acquire()  # type: ignore[no-untyped-call]
-        log.info("leading: holding Lease %s/%s as %s", self.namespace, self.name, self.identity)
+        while not self.try_acquire_or_renew():
+            time.sleep(self.retry_period)
+        log.info("leading: holding Lease %s as %s", where, self.identity)
+
+    def renew_until_lost(self) -> None:
+        """Renew every ``retry_period``; return once a renewal has not succeeded for
+        ``renew_deadline`` seconds (or after ``release``)."""
+        last = time.monotonic()
+        while not self._stopped.is_set():
+            time.sleep(self.retry_period)
+            if self.try_acquire_or_renew():
+                last = time.monotonic()
+            elif time.monotonic() - last >= self.renew_deadline:
+                return
 
     def keep(self, on_lost: Callable[[], None]) -> threading.Thread:
         """Renew in a daemon thread; ``on_lost`` runs if renewing fails (not after release)."""
 
         def renew() -> None:
-            self._election.renew_loop()  # type: ignore[no-untyped-call]
+            self.renew_until_lost()
             if not self._stopped.is_set():
                 log.error("lost Lease %s/%s: stopping", self.namespace, self.name)
                 on_lost()
@@ -97,11 +177,14 @@ class LeaderElector:
         with self._guard:
             self._stopped.set()
             try:
-                lease = self.api.read_namespaced_lease(self.name, self.namespace)
-                if lease.spec is None or lease.spec.holder_identity != self.identity:
+                lease = self.kube.get(self._path)
+                spec = dict((lease or {}).get("spec") or {})
+                if lease is None or spec.get("holderIdentity") != self.identity:
                     return
-                lease.spec.holder_identity = None
-                self.api.replace_namespaced_lease(self.name, self.namespace, lease)
+                # As client-go releases: no holder, and a lease that ends in a second.
+                spec.update(holderIdentity=None, leaseDurationSeconds=1)
+                spec["renewTime"] = micro_time(time.time())
+                self.kube.request("PUT", self._path, body={**lease, "spec": spec})
                 log.info("released Lease %s/%s", self.namespace, self.name)
-            except k8s.ApiException as exc:  # it expires by itself
+            except KubeError as exc:  # it expires by itself
                 log.warning("could not release Lease %s/%s: %s", self.namespace, self.name, exc)

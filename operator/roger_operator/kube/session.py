@@ -16,12 +16,14 @@ whose answer need not come at once; other requests must never wait behind them.
 from __future__ import annotations
 
 import asyncio
-import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import kopf
+
+from roger_operator.kube import credentials
+from roger_operator.kube.credentials import Credentials
 
 if TYPE_CHECKING:
     from yarl import URL  # aiohttp's URL type
@@ -51,35 +53,34 @@ def bounded_requests(limit: int) -> aiohttp.ClientMiddlewareType:
     return middleware
 
 
-def session_for(info: kopf.ConnectionInfo, limit: int) -> kopf.AiohttpSession:
-    """The session kopf would build from ``info``, with the bound middleware."""
-    with warnings.catch_warnings():  # as kopf does: its own deprecation note on basic auth
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="kopf")
-        auth = info.as_aiohttp_basic_auth()
+def session_for(login: Credentials, limit: int, *, trust_env: bool) -> kopf.AiohttpSession:
+    """kopf's session to the server ``login`` names, with its credentials and the bound."""
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
-        headers=info.as_http_headers(),
-        auth=auth,
-        proxy=info.proxy_url,
-        trust_env=info.trust_env,
+        connector=aiohttp.TCPConnector(limit=0, ssl=login.ssl_context()),
+        headers=login.headers(fresh=True),
+        proxy=login.proxy_url,
+        trust_env=trust_env,
         middlewares=(bounded_requests(limit),),
     )
     return kopf.AiohttpSession(
-        aiohttp_session=session,
-        server=info.server,
-        priority=info.priority,
-        default_namespace=info.default_namespace,
-        expiration=info.expiration,
+        aiohttp_session=session, server=login.server, default_namespace=login.default_namespace
     )
 
 
 def login_handler(
     limit: int = REQUESTS_IN_FLIGHT,
-) -> Callable[..., Awaitable[kopf.AiohttpSession | None]]:
-    """A ``kopf.on.login`` handler: kopf's ``login_via_client``, then ``session_for``."""
+    load: Callable[[], Credentials] = credentials.load,
+) -> Callable[..., Awaitable[kopf.AiohttpSession]]:
+    """A ``kopf.on.login`` handler: ``kube.credentials``, then ``session_for``.
 
-    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-        info = kopf.login_via_client(**kwargs)
-        return None if info is None else session_for(info, limit)
+    kopf calls it again when the API server answers 401; the token file is then read anew.
+    """
+
+    async def login(*, settings: kopf.OperatorSettings, **_: Any) -> kopf.AiohttpSession:
+        try:
+            found = load()
+        except credentials.LoginError as exc:
+            raise kopf.LoginError(str(exc)) from None
+        return session_for(found, limit, trust_env=settings.networking.trust_env)
 
     return login
