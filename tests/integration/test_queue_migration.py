@@ -102,6 +102,33 @@ def test_the_bound_is_a_policy_that_changes_in_place(
     assert fill(amqp_url, buried, 5) == 6
 
 
+def test_a_policy_already_in_place_is_not_written_again(
+    broker: Broker, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each policy PUT makes the broker re-match every queue against every policy (seconds
+    on a broker with many), so a re-declare (a new operator process, a retry after a
+    timed-out PUT) reads the policy and writes only what differs."""
+    calls: list[tuple[str, str]] = []
+    real_call = broker.management_call
+
+    def recorded(url: str, method: str, kind: str, name: str, body: object = None) -> int | None:
+        calls.append((method, kind))
+        return real_call(url, method, kind, name, body)
+
+    monkeypatch.setattr(broker, "management_call", recorded)
+    buried = naming.buried_queue_name(unique_name, "q")
+    assert broker.declare(amqp_url, spec(unique_name, (1,), 3)) == []
+    assert calls == [("PUT", "policies")]
+    applied(buried, 3)
+    broker.forget(amqp_url, unique_name)  # as a restarted operator: nothing remembered
+    assert broker.declare(amqp_url, spec(unique_name, (1,), 3)) == []
+    assert calls == [("PUT", "policies")]  # found in place: not written again
+    broker.forget(amqp_url, unique_name)
+    assert broker.declare(amqp_url, spec(unique_name, (1,), 4)) == []  # a new bound is
+    assert calls == [("PUT", "policies")] * 2
+    applied(buried, 4)
+
+
 @pytest.mark.parametrize(("wanted", "kept"), [(5, 5), (20, 20)])
 def test_a_legacy_bound_argument_is_lowered_by_the_policy_or_the_queue_replaced(
     broker: Broker, amqp_url: str, unique_name: str, wanted: int, kept: int

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from roger_operator.rabbit.lanes import Lanes, LaneUnavailable
+from roger_operator.rabbit.lanes import LaneBusy, Lanes, LaneUnavailable
 
 pytestmark = pytest.mark.unit
 
@@ -78,3 +78,71 @@ def test_an_outage_is_probed_one_call_at_a_time_until_the_broker_answers(
 
 def test_a_slow_but_working_broker_is_waited_for(lanes: Lanes) -> None:
     assert lanes.call("slow", lambda: time.sleep(0.15) or "done") == "done"
+
+
+def test_calls_queued_behind_others_are_busy_not_an_outage() -> None:
+    """Calls that time out while waiting for a thread of their lane (the broker answers, it is
+    just taking everyone's work in turn) leave the lane healthy: the next caller is queued and
+    waited for as usual, not failed at once as when the broker itself does not answer.
+
+    The lane's clock stands still: by it the running call is young (a broker taking its
+    time, not a hung one), whatever the callers' real waits."""
+    lanes = Lanes(lambda exc: isinstance(exc, Outage), threads=1, wait=0.3, clock=lambda: 0.0)
+    first_running, release = threading.Event(), threading.Event()
+
+    def long_call() -> str:
+        first_running.set()
+        release.wait(10)
+        return "first"
+
+    first = threading.Thread(target=lambda: timed(lanes.call, "b", long_call))
+    first.start()
+    try:
+        assert first_running.wait(5)
+        for n in range(2):
+            result, took = timed(lanes.call, "b", lambda n=n: n)  # behind long_call
+            assert isinstance(result, LaneBusy), result
+            assert "busy" in str(result) and took >= 0.25, (result, took)
+        release.set()
+        first.join(5)
+        assert lanes.call("b", lambda: "next") == "next"
+    finally:
+        release.set()
+        lanes.shutdown()
+
+
+def test_an_identical_pending_call_is_shared_not_queued_again() -> None:
+    """Retries of a reconcile waiting on its declarations wait for the pending call."""
+    lanes = Lanes(lambda exc: isinstance(exc, Outage), threads=1, wait=5)
+    running, release = threading.Event(), threading.Event()
+    runs: list[str] = []
+
+    def blocker() -> None:
+        running.set()
+        release.wait(10)
+
+    def declare(name: str) -> str:
+        runs.append(name)
+        return f"declared {name}"
+
+    try:
+        threading.Thread(target=lanes.call, args=("b", blocker), daemon=True).start()
+        assert running.wait(5)
+        answers: list[object] = []
+        callers = [
+            threading.Thread(target=lambda a=arg: answers.append(lanes.call("b", declare, a)))
+            for arg in ("q1", "q1", "q1", "q2")
+        ]
+        for caller in callers:
+            caller.start()
+        time.sleep(0.2)  # all four are waiting behind the blocker
+        release.set()
+        for caller in callers:
+            caller.join(5)
+        assert sorted(map(str, answers)) == ["declared q1"] * 3 + ["declared q2"]
+        assert sorted(runs) == ["q1", "q2"]  # q1 ran once for its three callers
+        assert lanes.call("b", declare, "q1") == "declared q1"  # done: a new call runs
+        assert runs.count("q1") == 2
+    finally:
+        release.set()
+        lanes.shutdown()

@@ -15,13 +15,24 @@ broker, and the caller waits for it a bounded time:
 
 A caller that gives up never cancels the call: it finishes in its lane (broker operations
 here are idempotent declarations and reads), and the next reconcile sees its effect.
+
+Two rules keep a busy lane from looking like a dead broker (at 500 Partitions applied at
+once, every reconcile queued behind the others' declarations, timed out, and marked the
+lane in outage, so Ready Partitions flapped to ``BrokerUnavailable``):
+
+- a caller whose call spent most of its wait queued (not started, or started less than
+  half the wait ago) gets ``LaneBusy`` and leaves the lane healthy: only a call the broker
+  itself is taking long over is an outage;
+- a call identical to one still pending (same function, same arguments) is not queued
+  again: the caller waits for the pending one. Retries of a waiting reconcile therefore
+  never pile copies of the same declarations into the lane.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -34,6 +45,10 @@ class LaneUnavailable(Exception):
     """The lane's broker did not answer in time, or is known to be out; safe to show."""
 
 
+class LaneBusy(LaneUnavailable):
+    """The call waited its whole budget behind others in the lane without starting."""
+
+
 @dataclass
 class _Lane:
     executor: ThreadPoolExecutor
@@ -42,6 +57,7 @@ class _Lane:
     in_outage: bool = False
     last_error: str = ""
     calls: int = 0
+    pending_calls: dict[Hashable, tuple[int, Future[Any]]] = field(default_factory=dict)
 
 
 class Lanes:
@@ -81,6 +97,7 @@ class Lanes:
         return lane
 
     def call(self, key: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        same: Hashable = (fn, repr(args), repr(sorted(kwargs.items())))
         with self._lock:
             lane = self._lane(key)
             now = self.clock()
@@ -91,19 +108,37 @@ class Lanes:
             if lane.in_outage and lane.pending:
                 raise LaneUnavailable(f"{lane.last_error} (an earlier call still waits)")
             budget = self.probe_wait if lane.in_outage else self.wait
-            lane.calls += 1
-            number = lane.calls
-            lane.pending += 1
-            future: Future[T] = lane.executor.submit(self._run, lane, number, fn, args, kwargs)
+            pending = lane.pending_calls.get(same)
+            if pending is None:
+                lane.calls += 1
+                lane.pending += 1
+                future = lane.executor.submit(self._run, lane, lane.calls, same, fn, args, kwargs)
+                pending = lane.pending_calls[same] = (lane.calls, future)
+        number, waited_for = pending
         try:
-            return future.result(timeout=budget)
+            return waited_for.result(timeout=budget)  # type: ignore[no-any-return]
         except FutureTimeout:
             with self._lock:
+                started = lane.running.get(number, float("inf"))
+                if not waited_for.done() and self.clock() - started < budget / 2:
+                    # Queued behind other calls most of the wait: the broker is answering.
+                    raise LaneBusy(
+                        f"RabbitMQ is busy: this call waited {budget:.0f}s, mostly behind "
+                        f"{lane.pending - 1} other calls to this broker"
+                    ) from None
                 lane.in_outage = True
                 lane.last_error = f"RabbitMQ did not answer within {budget:.0f}s"
             raise LaneUnavailable(f"RabbitMQ did not answer within {budget:.0f}s") from None
 
-    def _run(self, lane: _Lane, number: int, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+    def _run(
+        self,
+        lane: _Lane,
+        number: int,
+        same: Hashable,
+        fn: Callable[..., T],
+        args: Any,
+        kwargs: Any,
+    ) -> T:
         with self._lock:
             lane.running[number] = self.clock()
         outage: BaseException | None = None
@@ -116,6 +151,8 @@ class Lanes:
             with self._lock:
                 lane.running.pop(number, None)
                 lane.pending -= 1
+                if lane.pending_calls.get(same, (None,))[0] == number:
+                    del lane.pending_calls[same]
                 lane.in_outage = outage is not None
                 if outage is not None:
                     lane.last_error = str(outage)

@@ -35,6 +35,10 @@ class Broker(Protocol):
         self, url: str, method: str, kind: str, name: str, body: Any = None
     ) -> int | None: ...
 
+    def management_get(
+        self, url: str, kind: str, name: str, columns: str
+    ) -> dict[str, Any] | None: ...
+
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -149,13 +153,25 @@ def _delete(broker: Broker, url: str, name: str) -> int:
     return int(getattr(ok.method, "message_count", 0) or 0)
 
 
+_POLICY_FIELDS = ("pattern", "definition", "priority", "apply-to")
+
+
 def set_bound(broker: Broker, url: str, action: qp.SetBound) -> bool:
+    """Set the bound's policy, unless the broker already has exactly this one.
+
+    A policy PUT costs the broker a re-match of every queue of the vhost against every
+    policy (measured: 3.7-5.4 s with 2,000 queues and 493 policies, past the management
+    timeout), while a GET by name takes ~1 ms. A PUT that timed out has usually landed
+    anyway, so the reconcile that retries it finds it in place and writes nothing."""
     body = {
         "pattern": action.pattern,
         "definition": dict(action.definition),
         "priority": qp.POLICY_PRIORITY,
         "apply-to": "queues",
     }
+    found = broker.management_get(url, "policies", action.policy, ",".join(_POLICY_FIELDS))
+    if found and all(found.get(k) == body[k] for k in _POLICY_FIELDS):
+        return True
     status = broker.management_call(url, "PUT", "policies", action.policy, body)
     if status is None or status >= 300:
         log.warning(
