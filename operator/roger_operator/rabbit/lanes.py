@@ -9,9 +9,10 @@ broker, and the caller waits for it a bounded time:
 - a *healthy* lane (its last call ended without an outage) is waited for up to ``wait``
   seconds, long enough for a slow but working broker;
 - a lane in *outage* (its last call failed to reach the broker, or a call has run longer
-  than ``wait``) gets one probe at a time: a caller sends a probe only when nothing is in
-  flight and waits ``probe_wait`` for it; while a probe runs, callers fail at once with the
-  last error. The first probe that succeeds makes the lane healthy again.
+  than ``wait`` while no other call was answered) gets one probe at a time: a caller
+  sends a probe only when nothing is in flight and waits ``probe_wait`` for it; while a
+  probe runs, callers fail at once with the last error. The first probe that succeeds
+  makes the lane healthy again.
 
 A caller that gives up never cancels the call: it finishes in its lane (broker operations
 here are idempotent declarations and reads), and the next reconcile sees its effect.
@@ -20,9 +21,11 @@ Two rules keep a busy lane from looking like a dead broker (at 500 Partitions ap
 once, every reconcile queued behind the others' declarations, timed out, and marked the
 lane in outage, so Ready Partitions flapped to ``BrokerUnavailable``):
 
-- a caller whose call spent most of its wait queued (not started, or started less than
-  half the wait ago) gets ``LaneBusy`` and leaves the lane healthy: only a call the broker
-  itself is taking long over is an outage;
+- an outage needs a call running longer than the wait *and* no call of the lane ending
+  (answered) for as long: one slow call (a policy PUT that re-matches every queue, a
+  management timeout) while the broker answers the others is a busy broker, not a dead
+  one. A caller whose wait ends in a busy lane (its call queued most of the wait, or
+  running while others were answered) gets ``LaneBusy`` and leaves the lane healthy;
 - a call identical to one still pending (same function, same arguments) is not queued
   again: the caller waits for the pending one. Retries of a waiting reconcile therefore
   never pile copies of the same declarations into the lane.
@@ -56,8 +59,10 @@ class _Lane:
     running: dict[int, float] = field(default_factory=dict)  # call number -> start time
     in_outage: bool = False
     last_error: str = ""
+    progress: float = 0.0  # when a call last ended without an outage (or the lane began)
     calls: int = 0
-    pending_calls: dict[Hashable, tuple[int, Future[Any]]] = field(default_factory=dict)
+    # identical calls queued or running -> (call number, its future, when it was submitted)
+    pending_calls: dict[Hashable, tuple[int, Future[Any], float]] = field(default_factory=dict)
 
 
 class Lanes:
@@ -93,7 +98,7 @@ class Lanes:
             executor = ThreadPoolExecutor(
                 self.threads, thread_name_prefix="broker-lane", initializer=self.on_thread_start
             )
-            lane = self._lanes[key] = _Lane(executor)
+            lane = self._lanes[key] = _Lane(executor, progress=self.clock())
         return lane
 
     def call(self, key: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -102,7 +107,7 @@ class Lanes:
             lane = self._lane(key)
             now = self.clock()
             oldest = now - min(lane.running.values(), default=now)
-            if oldest > self.wait:
+            if oldest > self.wait and now - lane.progress > self.wait:
                 lane.in_outage = True
                 lane.last_error = lane.last_error or "RabbitMQ does not answer"
             if lane.in_outage and lane.pending:
@@ -113,15 +118,17 @@ class Lanes:
                 lane.calls += 1
                 lane.pending += 1
                 future = lane.executor.submit(self._run, lane, lane.calls, same, fn, args, kwargs)
-                pending = lane.pending_calls[same] = (lane.calls, future)
-        number, waited_for = pending
+                pending = lane.pending_calls[same] = (lane.calls, future, now)
+        number, waited_for, submitted = pending
         try:
             return waited_for.result(timeout=budget)  # type: ignore[no-any-return]
         except FutureTimeout:
             with self._lock:
-                started = lane.running.get(number, float("inf"))
-                if not waited_for.done() and self.clock() - started < budget / 2:
-                    # Queued behind other calls most of the wait: the broker is answering.
+                now = self.clock()
+                started = lane.running.get(number, now)
+                answering = lane.progress > submitted  # others' calls ended meanwhile
+                if not waited_for.done() and (answering or now - started < budget / 2):
+                    # Queued most of the wait, or slow while others are answered: busy.
                     raise LaneBusy(
                         f"RabbitMQ is busy: this call waited {budget:.0f}s, mostly behind "
                         f"{lane.pending - 1} other calls to this broker"
@@ -156,6 +163,8 @@ class Lanes:
                 lane.in_outage = outage is not None
                 if outage is not None:
                     lane.last_error = str(outage)
+                else:
+                    lane.progress = self.clock()
 
     def shutdown(self) -> None:
         with self._lock:
