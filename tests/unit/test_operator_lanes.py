@@ -151,7 +151,7 @@ def test_an_identical_pending_call_is_shared_not_queued_again() -> None:
 def test_one_slow_call_while_the_broker_answers_others_is_not_an_outage() -> None:
     """A call running past the wait (a slow policy PUT) while the lane's other calls are
     answered: its caller is told the broker is busy, and nobody after it fails at once."""
-    lanes = Lanes(lambda exc: isinstance(exc, Outage), threads=2, wait=0.3)
+    lanes = Lanes(lambda exc: isinstance(exc, Outage), threads=2, wait=1.0)
     release = threading.Event()
     told: list[object] = []
     slow = threading.Thread(
@@ -161,11 +161,11 @@ def test_one_slow_call_while_the_broker_answers_others_is_not_an_outage() -> Non
         slow.start()
         time.sleep(0.1)
         assert lanes.call("b", lambda: "answered") == "answered"  # the other thread answers
-        slow.join(5)  # the slow call's caller gave up after 0.3 s...
+        slow.join(5)  # the slow call's caller gave up after 1 s...
         assert isinstance(told[0], LaneBusy), told
         result, took = timed(lanes.call, "b", lambda: "still waited for")
         assert result == "still waited for", result  # ...without putting the lane in outage
-        time.sleep(0.35)  # the slow call now runs past the wait, and nothing else ended since
+        time.sleep(1.1)  # the slow call now runs past the wait, and nothing else ended since
         result, took = timed(lanes.call, "b", lambda: "after")
         assert isinstance(result, LaneUnavailable) and took < 0.1, result  # that is an outage
     finally:
