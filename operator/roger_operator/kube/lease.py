@@ -19,7 +19,6 @@ Takeover after a leader dies: at most ``lease_duration + retry_period`` seconds.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import os
 import socket
@@ -28,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from roger_operator.kube.client import Kube, KubeError
+from roger_operator.kube.client import Kube, KubeError, micro_time
 
 log = logging.getLogger("roger_operator.lease")
 
@@ -38,12 +37,6 @@ API: Final = "/apis/coordination.k8s.io/v1"
 def default_identity() -> str:
     """Pod name (or host) and process id: unique per process, readable in the Lease."""
     return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{os.getpid()}"
-
-
-def micro_time(at: float) -> str:
-    """A Kubernetes MicroTime (RFC 3339, microseconds, UTC)."""
-    moment = datetime.datetime.fromtimestamp(at, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclasses.dataclass
@@ -67,6 +60,23 @@ def decide(
         return "take"
     lasts = int(spec.get("leaseDurationSeconds") or duration)
     return "take" if now - observed.at > lasts else "wait"
+
+
+def our_spec(
+    spec: Mapping[str, Any] | None, identity: str, duration: int, wall: float
+) -> dict[str, Any]:
+    """The spec this process writes: a renewal if it holds the Lease, else a takeover (a
+    new acquireTime and one more transition; none for a Lease it creates)."""
+    previous = spec or {}
+    held = previous.get("holderIdentity") == identity
+    transitions = int(previous.get("leaseTransitions") or 0)
+    return {
+        "holderIdentity": identity,
+        "leaseDurationSeconds": duration,
+        "renewTime": micro_time(wall),
+        "acquireTime": previous.get("acquireTime") if held else micro_time(wall),
+        "leaseTransitions": transitions + (spec is not None and not held),
+    }
 
 
 class LeaderElector:
@@ -114,17 +124,8 @@ class LeaderElector:
             self._observed = Observed(spec, now)
         if decide(spec, self.identity, self._observed, now, self.lease_duration) == "wait":
             return False
-        wall = time.time()
-        held = spec is not None and spec.get("holderIdentity") == self.identity
-        mine = {
-            "holderIdentity": self.identity,
-            "leaseDurationSeconds": self.lease_duration,
-            "renewTime": micro_time(wall),
-            "acquireTime": (spec or {}).get("acquireTime") if held else micro_time(wall),
-            "leaseTransitions": int((spec or {}).get("leaseTransitions") or 0) + (not held),
-        }
+        mine = our_spec(spec, self.identity, self.lease_duration, time.time())
         if spec is None:
-            mine["leaseTransitions"] = 0
             written = self.kube.request(
                 "POST",
                 f"{API}/namespaces/{self.namespace}/leases",
@@ -183,7 +184,7 @@ class LeaderElector:
                     return
                 # As client-go releases: no holder, and a lease that ends in a second.
                 spec.update(holderIdentity=None, leaseDurationSeconds=1)
-                spec["renewTime"] = micro_time(time.time())
+                spec["renewTime"] = micro_time()
                 self.kube.request("PUT", self._path, body={**lease, "spec": spec})
                 log.info("released Lease %s/%s", self.namespace, self.name)
             except KubeError as exc:  # it expires by itself

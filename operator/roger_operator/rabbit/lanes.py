@@ -49,7 +49,8 @@ class LaneUnavailable(Exception):
 
 
 class LaneBusy(LaneUnavailable):
-    """The call waited its whole budget behind others in the lane without starting."""
+    """The wait ended while the lane was busy, not out: the call was queued most of it, or
+    other calls of the lane were answered meanwhile. The lane stays healthy."""
 
 
 @dataclass
