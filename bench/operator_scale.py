@@ -22,6 +22,7 @@ bench/OPERATOR_RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -125,13 +127,38 @@ def rss_mib(pid: int) -> float:
     return _status_kib(pid, "VmRSS:") / 1024
 
 
-def manifests(ns: str, names: list[str]) -> tuple[str, str]:
+def management(path: str, method: str = "GET", body: Any = None) -> Any:
+    """The management API of the broker ``AMQP_URL`` names (same user), port 15672."""
+    parts = urllib.parse.urlsplit(AMQP_URL)
+    request = urllib.request.Request(
+        f"http://{parts.hostname}:15672/api{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+    )
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=600) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+def own_vhost(name: str) -> str:
+    """Create vhost ``name`` (the user may use it); the AMQP URL naming it."""
+    management(f"/vhosts/{name}", "PUT")
+    user = urllib.parse.urlsplit(AMQP_URL).username
+    grant = {"configure": ".*", "write": ".*", "read": ".*"}
+    management(f"/permissions/{name}/{user}", "PUT", grant)
+    return AMQP_URL.rsplit("/", 1)[0] + "/" + name
+
+
+def manifests(ns: str, names: list[str], url: str = AMQP_URL) -> tuple[str, str]:
     """(the Secret, the Partitions) as YAML."""
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": "rabbitmq", "namespace": ns},
-        "stringData": {"url": AMQP_URL},
+        "stringData": {"url": url},
     }
     docs = []
     for name in names:
@@ -152,9 +179,9 @@ def manifests(ns: str, names: list[str]) -> tuple[str, str]:
     return yaml.safe_dump(secret), yaml.safe_dump_all(docs)
 
 
-def apply_parallel(ns: str, names: list[str], streams: int) -> None:
+def apply_parallel(ns: str, names: list[str], streams: int, url: str = AMQP_URL) -> None:
     """``kubectl apply --server-side`` of all Partitions from ``streams`` processes at once."""
-    kubectl("apply", "-f", "-", stdin=manifests(ns, [])[0])
+    kubectl("apply", "-f", "-", stdin=manifests(ns, [], url)[0])
     procs = []
     for i in range(streams):
         chunk = names[i::streams]
@@ -167,7 +194,7 @@ def apply_parallel(ns: str, names: list[str], streams: int) -> None:
             )
         )
         assert procs[-1].stdin is not None
-        procs[-1].stdin.write(manifests(ns, chunk)[1])
+        procs[-1].stdin.write(manifests(ns, chunk, url)[1])
         procs[-1].stdin.close()
     for proc in procs:
         if proc.wait() != 0:
@@ -234,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / ".venv-operator",
         help="venv with only roger-k8s[operator], as in the image (made if missing)",
     )
+    parser.add_argument(
+        "--bound-policy",
+        choices=("queue", "vhost"),
+        default="queue",
+        help="the operator's --bound-policy; with vhost the Partitions get a vhost of their "
+        "own (deleted at the end), as that mode asks",
+    )
     args = parser.parse_args(argv)
     operator_bin = operator_venv(args.operator_venv)
 
@@ -246,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     kubectl("create", "namespace", ns)
     metrics_port, health_port = free_port(), free_port()
     log_path = Path(f"/tmp/{ns}.log")
+    url = AMQP_URL
+    if args.bound_policy == "vhost":
+        url = own_vhost(ns)
     op = subprocess.Popen(
         [
             str(operator_bin),
@@ -259,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             "127.0.0.1",
             "--status-interval",
             str(args.status_interval),
+            "--bound-policy",
+            args.bound_policy,
         ],
         env={**os.environ, "KUBECONFIG": KUBECONFIG},
         stdout=log_path.open("wb"),
@@ -280,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         result["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
         cpu_start = cpu_seconds(op.pid)
         start = time.monotonic()
-        apply_parallel(ns, names, args.apply_streams)
+        apply_parallel(ns, names, args.apply_streams, url)
         result["apply_seconds"] = round(time.monotonic() - start, 2)
         result["apply_streams"] = args.apply_streams
         deployments_at, timeline, last_mark = None, [], -1
@@ -350,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             capture_output=True,
             check=False,
         )
+        if url != AMQP_URL:
+            management(f"/vhosts/{ns}", "DELETE")  # its queues and policies with it
+    result["bound_policy"] = args.bound_policy
     print(json.dumps(result))
     return 0
 

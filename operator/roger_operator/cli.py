@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
+from roger.core.naming import DEFAULT_BURIED_MAX_LENGTH
 from roger.extras import MissingExtra, require_extra
 from roger.logs import LOG_FORMATS, configure_logging
 from roger.version import package_version
@@ -71,6 +72,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=15672,
         help="management API port on the AMQP host, for unacked counts (0: AMQP only)",
+    )
+    parser.add_argument(
+        "--bound-policy",
+        choices=("queue", "vhost"),
+        default="queue",
+        help="how .buried queues are bounded: a RabbitMQ policy per queue (safe on a vhost "
+        "shared with others), or one policy per vhost matching every .buried by name, plus "
+        "one per queue only where spec.retry.buriedMaxLength is not the default (for vhosts "
+        "holding only this operator's Partitions: each policy written costs the broker a "
+        "re-match of every queue against every policy; docs/admin.md)",
     )
     parser.add_argument("--workers", type=int, default=16, help="reconcile threads")
     parser.add_argument(
@@ -244,7 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     ctx = Context(
         kube=kube,
-        broker=Broker(management_port=args.rabbitmq_management_port),
+        broker=Broker(
+            management_port=args.rabbitmq_management_port,
+            vhost_bound=DEFAULT_BURIED_MAX_LENGTH if args.bound_policy == "vhost" else None,
+        ),
         status_interval=args.status_interval,
         delete_broker_timeout=args.delete_broker_timeout,
         autoscale_interval=args.autoscale_interval,

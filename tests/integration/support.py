@@ -114,11 +114,13 @@ class Broker:
                 self._channel().queue_delete(q)
 
 
-def management(path: str, method: str = "GET", attempts: int = 5) -> Any:
+def management(path: str, method: str = "GET", attempts: int = 5, body: Any = None) -> Any:
     """The RabbitMQ management API (guest/guest on loopback). A 5xx is asked again: the
     API answers 500 now and then while queues come and go on a busy machine."""
-    req = urllib.request.Request(MGMT + path, method=method)
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(MGMT + path, method=method, data=data)
     req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
+    req.add_header("Content-Type", "application/json")
     for attempt in range(attempts):
         try:
             with urllib.request.urlopen(req, timeout=60) as r:

@@ -51,14 +51,16 @@ def list_queues(prefix: str) -> list[str]:
     return [q["name"] for q in management("/queues/%2F") if q["name"].startswith(prefix)]
 
 
-def applied(queue: str, bound: int) -> None:
+def applied(queue: str, bound: int, vhost: str = "/", policy: str | None = None) -> None:
     """Until the broker shows the policy's bound on the queue (applied asynchronously)."""
+    path = f"/queues/{urllib.parse.quote(vhost, safe='')}/{queue}"
 
     def shown() -> bool:
-        found = management(f"/queues/%2F/{queue}").get("effective_policy_definition") or {}
-        return found.get("max-length") == bound
+        found = management(path)
+        definition = found.get("effective_policy_definition") or {}
+        return definition.get("max-length") == bound and policy in (None, found.get("policy"))
 
-    eventually(shown, timeout=30, message=f"max-length {bound} applied to {queue}")
+    eventually(shown, timeout=30, message=f"max-length {bound} applied to {queue} ({policy})")
 
 
 def fill(amqp_url: str, queue: str, n: int) -> int:
@@ -187,3 +189,49 @@ def test_a_foreign_queue_is_refused_by_name(
         conn.channel().queue_declare(main, durable=True, arguments={"x-queue-type": "classic"})
     (refused,) = broker.declare(amqp_url, spec(unique_name, (1,), 10))
     assert main in refused and "'x-queue-type'" in refused
+
+
+@pytest.fixture
+def own_vhost(unique_name: str) -> Iterator[str]:
+    """A vhost of the test's own: a vhost-wide policy must not reach other tests' queues."""
+    quoted = urllib.parse.quote(unique_name, safe="")
+    management(f"/vhosts/{quoted}", "PUT")
+    grant = {"configure": ".*", "write": ".*", "read": ".*"}
+    management(f"/permissions/{quoted}/guest", "PUT", body=grant)
+    yield unique_name
+    management(f"/vhosts/{quoted}", "DELETE")
+
+
+def test_a_vhost_policy_bounds_every_default_buried_queue_with_one_policy(
+    amqp_url: str, own_vhost: str
+) -> None:
+    """``--bound-policy vhost``: Partitions at the default bound share ``roger-bound`` (a
+    new Partition writes no policy, so the broker re-matches nothing); one with another
+    bound has its own above it; an own policy left by the per-queue mode is dropped once
+    the shared one is in place, and a bound back at the default drops the own one."""
+    url = amqp_url.rsplit("/", 1)[0] + "/" + urllib.parse.quote(own_vhost, safe="")
+    vhost = urllib.parse.quote(own_vhost, safe="")
+    per_queue = Broker(selected().management_port, timeout=30.0, wait=120.0)
+    shared = Broker(selected().management_port, timeout=30.0, wait=120.0, vhost_bound=100)
+    try:
+        old = naming.buried_queue_name("old", "q")
+        assert per_queue.declare(url, spec("old", (1,), 100)) == []
+        applied(old, 100, own_vhost, f"roger-bound:{old}")
+        for p, bound in (("old", 100), ("a", 100), ("b", 100), ("c", 7)):
+            assert shared.declare(url, spec(p, (1,), bound)) == []
+        policies = {p["name"]: p for p in management(f"/policies/{vhost}")}
+        c = naming.buried_queue_name("c", "q")
+        assert set(policies) == {"roger-bound", f"roger-bound:{c}"}
+        assert policies["roger-bound"]["pattern"] == naming.BURIED_QUEUE_PATTERN
+        for p in ("old", "a", "b"):
+            applied(naming.buried_queue_name(p, "q"), 100, own_vhost, "roger-bound")
+        applied(c, 7, own_vhost, f"roger-bound:{c}")
+        assert fill(url, c, 9) == 7
+        assert shared.declare(url, spec("c", (1,), 100)) == []
+        assert {p["name"] for p in management(f"/policies/{vhost}")} == {"roger-bound"}
+        applied(c, 100, own_vhost, "roger-bound")
+        for name in (naming.queue_name("a", "q"), naming.retry_queue_name("a", "q", 1)):
+            assert management(f"/queues/{vhost}/{name}").get("policy") in (None, "")
+    finally:
+        per_queue.close()
+        shared.close()

@@ -146,6 +146,9 @@ def test_operator_flags_are_the_operator_cli_flags() -> None:
 
     assert args.log_format == "text"
     assert parse_args(_container(render("operator.logFormat=json"))["args"]).log_format == "json"
+    assert args.bound_policy == "queue"  # safe on a shared vhost unless told otherwise
+    vhost = parse_args(_container(render("operator.boundPolicy=vhost"))["args"])
+    assert vhost.bound_policy == "vhost"
 
     container = _container(render("watchNamespaces={team-a,team-b}"))
     args = parse_args(container["args"])
@@ -234,6 +237,7 @@ def test_dashboards_become_sidecar_config_maps() -> None:
         "watchNamespaces={Not_A_Namespace}",
         "operator.metricsPort=0",
         "image.pullPolicy=Sometimes",
+        "operator.boundPolicy=exchange",
     ],
 )
 def test_values_schema_rejects_mistakes(bad: str) -> None:

@@ -12,6 +12,7 @@ broker's claim refuses the second Partition (``QueueNameConflict``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -238,3 +239,19 @@ def test_crd_carries_the_rules() -> None:
         "!self.startsWith('execution-waiting-') && !self.contains('-execution-waiting-')",
     ):
         assert fragment in text, fragment
+
+
+@settings(max_examples=400, deadline=None)
+@given(things())
+def test_the_buried_pattern_matches_the_buried_intake_and_nothing_else(thing: Thing) -> None:
+    """The operator's vhost-wide bound policy selects by it: it must bound each ``.buried``
+    and never another Roger queue (a stream, a lock, a waiting room, the buried log)."""
+    pattern = re.compile(naming.BURIED_QUEUE_PATTERN)
+    extra = set()
+    if thing.kind == "queue":
+        p, q = thing.partition, thing.label
+        extra = {naming.buried_log_name(p, q), naming.replay_staging_name(p, q)}
+        extra |= {naming.buried_lock_name(p, q), naming.invalid_queue_name(p, q)}
+    matched = {n for n in thing.names() | extra if pattern.search(n)}
+    wanted = {naming.buried_queue_name(thing.partition, thing.label)}
+    assert matched == (wanted if thing.kind == "queue" else set())

@@ -43,7 +43,7 @@ def plan(
 def kinds(actions: list[qp.Action]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for a in actions:
-        name = a.queue if isinstance(a, qp.SetBound) else a.name
+        name = a.covers if isinstance(a, qp.SetBound) else a.name
         out.setdefault(type(a).__name__, []).append(name)
     return out
 
@@ -56,7 +56,7 @@ def test_nothing_on_the_broker_declares_every_queue_and_bounds_buried_by_policy(
     ]
     (bound,) = [a for a in actions if isinstance(a, qp.SetBound)]
     assert bound == qp.SetBound(
-        queue=BURIED,
+        covers=BURIED,
         policy=f"roger-bound:{BURIED}",
         pattern=r"^tenant\-a\-default\.buried$",
         definition={"max-length": 10, "overflow": "drop-head"},
@@ -173,8 +173,32 @@ def test_numbers_compare_by_value_whatever_their_type() -> None:
 
 def test_the_plan_covers_every_queue_of_the_partition_in_order() -> None:
     actions = qp.plan(P, ["default", "email"], LEVELS, 10, {})
-    bounds = [a.queue for a in actions if isinstance(a, qp.SetBound)]
+    bounds = [a.covers for a in actions if isinstance(a, qp.SetBound)]
     assert bounds == [BURIED, naming.buried_queue_name(P, "email")]
+
+
+def test_with_a_vhost_policy_the_default_bound_is_the_shared_policy_only() -> None:
+    """``--bound-policy vhost``: a queue at the vhost's bound writes no policy of its own
+    (one left by the per-queue mode is dropped, after the shared one is in place)."""
+    actions = qp.plan_queue(P, Q, LEVELS, 100, as_declared(), vhost_bound=100)
+    bounds = [a for a in actions if isinstance(a, qp.SetBound | qp.DropBound)]
+    assert bounds == [
+        qp.SetBound(
+            covers="every .buried queue of the vhost",
+            policy="roger-bound",
+            pattern=naming.BURIED_QUEUE_PATTERN,
+            definition={"max-length": 100, "overflow": "drop-head"},
+            priority=99,
+        ),
+        qp.DropBound(BURIED, f"roger-bound:{BURIED}"),
+    ]
+
+
+def test_with_a_vhost_policy_another_bound_gets_its_own_policy_above_it() -> None:
+    actions = qp.plan_queue(P, Q, LEVELS, 20, as_declared(), vhost_bound=100)
+    (own,) = [a for a in actions if isinstance(a, qp.SetBound | qp.DropBound)]
+    assert own == qp.bound_policy(BURIED, 20)
+    assert own.priority > qp.VHOST_POLICY_PRIORITY  # RabbitMQ applies the highest one
 
 
 def deployment(gen: int, observed: int, replicas: int, updated: int, total: int) -> dict[str, Any]:

@@ -11,6 +11,13 @@ Roger's queues never carry what a spec can change:
   of the two, so a bound at or below the argument is just the policy, and a higher one
   needs the queue declared anew without the argument: ``ReplaceIntake`` files its buried
   jobs into ``.buried.log`` (as every ``roger buried`` verb does) and re-declares it.
+  With ``vhost_bound`` (the operator's ``--bound-policy vhost``, for a vhost that holds
+  only this operator's Partitions) the queues whose bound is that one share a single
+  policy, ``roger-bound``, matching every ``.buried`` of the vhost by name; only the
+  others get a policy of their own, above it. Why: every policy written makes RabbitMQ
+  match every queue of the vhost against every policy, so one policy per queue makes the
+  N-th Partition cost the broker O(N^2) (about 5 s per policy at 500 Partitions, while
+  the vhost's declarations wait) and N Partitions O(N^3).
 - **retry levels** (``spec.retry.levels``): a retry queue's name carries its delay
   (``.retry.<seconds>``), so new levels are new queues. A retry queue no level uses any
   more is drained: its messages still go back to the main queue when their delay is over,
@@ -42,8 +49,11 @@ COMPARED: Final = (
 )
 POLICY_PREFIX: Final = "roger-bound:"
 # Above a user's catch-all policies (usually 0): RabbitMQ applies one policy per queue, the
-# highest priority; docs/operations.md says what that means for other policies.
+# highest priority; docs/admin.md says what that means for other policies.
 POLICY_PRIORITY: Final = 100
+VHOST_POLICY: Final = "roger-bound"
+# Below every queue's own policy (which wins where a Partition's bound is another one).
+VHOST_POLICY_PRIORITY: Final = POLICY_PRIORITY - 1
 BURIED_OVERFLOW: Final = "drop-head"  # as x-max-length alone did: the oldest burial goes
 
 
@@ -73,12 +83,21 @@ class KeepExisting:
 
 @dataclass(frozen=True)
 class SetBound:
-    """The policy that bounds ``queue``."""
+    """The policy that bounds ``queue`` (``covers``: what it matches, for logs)."""
 
-    queue: str
+    covers: str
     policy: str
     pattern: str
     definition: Mapping[str, Any]
+    priority: int = POLICY_PRIORITY
+
+
+@dataclass(frozen=True)
+class DropBound:
+    """``queue``'s own policy, if there is one: the vhost's shared policy bounds it."""
+
+    queue: str
+    policy: str
 
 
 @dataclass(frozen=True)
@@ -108,7 +127,7 @@ class Refuse:
     message: str
 
 
-Action = Declare | KeepExisting | SetBound | ReplaceIntake | DrainRetry | Refuse
+Action = Declare | KeepExisting | SetBound | DropBound | ReplaceIntake | DrainRetry | Refuse
 
 
 def policy_name(queue: str) -> str:
@@ -120,13 +139,32 @@ def exact_pattern(queue: str) -> str:
     return f"^{re.escape(queue)}$"
 
 
+def _bound(max_length: int) -> dict[str, Any]:
+    return {"max-length": max_length, "overflow": BURIED_OVERFLOW}
+
+
 def bound_policy(queue: str, max_length: int) -> SetBound:
+    return SetBound(queue, policy_name(queue), exact_pattern(queue), _bound(max_length))
+
+
+def vhost_bound_policy(max_length: int) -> SetBound:
+    """The one policy bounding every ``.buried`` of the vhost (``--bound-policy vhost``)."""
     return SetBound(
-        queue=queue,
-        policy=policy_name(queue),
-        pattern=exact_pattern(queue),
-        definition={"max-length": max_length, "overflow": BURIED_OVERFLOW},
+        "every .buried queue of the vhost",
+        VHOST_POLICY,
+        naming.BURIED_QUEUE_PATTERN,
+        _bound(max_length),
+        VHOST_POLICY_PRIORITY,
     )
+
+
+def bound_actions(buried: str, max_length: int, vhost_bound: int | None) -> list[Action]:
+    """The policies that bound ``buried`` at ``max_length``: its own, or (when the vhost's
+    shared policy gives that bound) the shared one, and its own dropped if an earlier
+    mode left one. The shared policy is written before the own one is dropped."""
+    if vhost_bound is None or max_length != vhost_bound:
+        return [bound_policy(buried, max_length)]
+    return [vhost_bound_policy(vhost_bound), DropBound(buried, policy_name(buried))]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -169,10 +207,12 @@ def plan_queue(
     retry_levels: Sequence[int],
     buried_max_length: int,
     seen: Mapping[str, SeenQueue] | None,
+    vhost_bound: int | None = None,
 ) -> list[Action]:
     """The actions for one partition queue. ``seen`` is every queue of the broker whose name
     starts with the queue's stem (None: unknown, the management API does not answer; then
-    every queue is declared and the broker's 406 is the refusal)."""
+    every queue is declared and the broker's 406 is the refusal). ``vhost_bound``: the
+    bound of the vhost's shared policy (None: every ``.buried`` has its own)."""
     stem = naming.queue_name(partition, queue)
     buried = naming.buried_queue_name(partition, queue)
     actions: list[Action] = []
@@ -197,7 +237,7 @@ def plan_queue(
         else:  # the policy's bound is at or below the argument's: the lower one applies
             actions.append(KeepExisting(name))
     if not any(isinstance(a, Refuse) and a.name == buried for a in actions):
-        actions.append(bound_policy(buried, buried_max_length))
+        actions.extend(bound_actions(buried, buried_max_length, vhost_bound))
     levels = set(retry_levels)
     for name, have in sorted((seen or {}).items()):
         seconds = _retry_seconds(stem, name)
@@ -220,12 +260,15 @@ def plan(
     retry_levels: Sequence[int],
     buried_max_length: int,
     seen: Mapping[str, SeenQueue] | None,
+    vhost_bound: int | None = None,
 ) -> list[Action]:
     """``plan_queue`` for each queue of the partition, in order."""
     return [
         action
         for queue in queues
-        for action in plan_queue(partition, queue, retry_levels, buried_max_length, seen)
+        for action in plan_queue(
+            partition, queue, retry_levels, buried_max_length, seen, vhost_bound
+        )
     ]
 
 

@@ -82,10 +82,17 @@ def _in_lane(method: M) -> M:
 
 class Broker:
     def __init__(
-        self, management_port: int | None = 15672, timeout: float = 5.0, wait: float = 15.0
+        self,
+        management_port: int | None = 15672,
+        timeout: float = 5.0,
+        wait: float = 15.0,
+        vhost_bound: int | None = None,
     ) -> None:
+        """``vhost_bound``: the bound of each vhost's shared ``.buried`` policy
+        (``--bound-policy vhost``); None gives every ``.buried`` a policy of its own."""
         self.management_port = management_port or None
         self.timeout = timeout
+        self.vhost_bound = vhost_bound
         self._local = threading.local()
         self.lanes = Lanes(
             lambda exc: isinstance(exc, BrokerError),
@@ -211,6 +218,7 @@ class Broker:
             spec.retry_levels,
             spec.buried_max_length,
             seen,
+            self.vhost_bound,
         )
         try:
             done = migration.carry_out(self, url, actions)

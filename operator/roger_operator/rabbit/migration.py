@@ -83,13 +83,17 @@ class Done:
 
 def carry_out(broker: Broker, url: str, actions: list[qp.Action]) -> Done:
     done = Done()
+    bound_failed = False
     for action in actions:
         if isinstance(action, qp.Refuse):
             done.refused.append(action.message)
         elif isinstance(action, qp.DrainRetry):
             done.retired.append(action.name)
         elif isinstance(action, qp.SetBound):
-            done.unfinished |= not set_bound(broker, url, action)
+            bound_failed |= not set_bound(broker, url, action)
+            done.unfinished |= bound_failed
+        elif isinstance(action, qp.DropBound):  # only once the shared policy is in place
+            done.unfinished |= bound_failed or not drop_bound(broker, url, action.policy)
         elif isinstance(action, qp.ReplaceIntake):
             done.unfinished |= not replace_intake(broker, url, action)
         else:
@@ -166,7 +170,7 @@ def set_bound(broker: Broker, url: str, action: qp.SetBound) -> bool:
     body = {
         "pattern": action.pattern,
         "definition": dict(action.definition),
-        "priority": qp.POLICY_PRIORITY,
+        "priority": action.priority,
         "apply-to": "queues",
     }
     found = broker.management_get(url, "policies", action.policy, ",".join(_POLICY_FIELDS))
@@ -178,17 +182,30 @@ def set_bound(broker: Broker, url: str, action: qp.SetBound) -> bool:
             "policy %s (bound of %s) not set (management API: %s): the workers' own bound "
             "still applies",
             action.policy,
-            action.queue,
+            action.covers,
             status,
         )
         return False
     return True
 
 
+def drop_bound(broker: Broker, url: str, policy: str) -> bool:
+    """Delete ``policy`` if the broker has it (looked up first: a DELETE re-matches every
+    queue as a PUT does); False when the management API did not answer."""
+    found = broker.management_get(url, "policies", policy, "name")
+    if found is None:
+        return False
+    if not found:
+        return True
+    status = broker.management_call(url, "DELETE", "policies", policy)
+    return status is not None and (status < 300 or status == 404)
+
+
 def drop_bounds(broker: Broker, url: str, queues: list[str]) -> None:
-    """Delete the bound policies of deleted queues (gone already: nothing to do)."""
+    """Delete the own bound policies of deleted queues (none: nothing to do). The vhost's
+    shared policy stays: other Partitions' queues may match it."""
     for queue in queues:
-        broker.management_call(url, "DELETE", "policies", qp.policy_name(queue))
+        drop_bound(broker, url, qp.policy_name(queue))
 
 
 def drain(broker: Broker, url: str, names: list[str]) -> list[str]:

@@ -87,6 +87,12 @@ def buried_queue_name(partition: str, queue: str) -> str:
     return f"{queue_name(partition, queue)}.buried"
 
 
+# Matches every ``buried_queue_name`` and no other name of this module (tested): the
+# operator's vhost-wide bound policy (``--bound-policy vhost``) selects by it. Partition and
+# queue names have no dot, and no partition-wide state is ``<partition>.buried``.
+BURIED_QUEUE_PATTERN = r"^[a-z0-9][a-z0-9_-]*\.buried$"
+
+
 def buried_log_name(partition: str, queue: str) -> str:
     """Stream of buried jobs, read by offset (``roger.core.buried``); ``.buried`` is the
     worker's bounded intake, filed into it by every ``roger buried`` verb."""
