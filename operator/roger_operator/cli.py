@@ -142,7 +142,7 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     # kopf would post its log lines as Events; the operator posts its own, deliberate ones.
     settings.posting.enabled = False
     settings.execution.max_workers = args.workers
-    # A timer (status refresh, autoscaling) running when a Partition is deleted holds its
+    # A timer (autoscaling) running when a Partition is deleted holds its
     # finalizer until it returns; kopf looks again after this many seconds (default 60,
     # which made `kubectl delete partition` take a minute whenever a refresh was in flight).
     settings.background.cancellation_polling = TIMER_STOP_POLL_SECONDS

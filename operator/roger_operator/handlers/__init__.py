@@ -28,6 +28,7 @@ from roger_operator.builders.model import (
 )
 from roger_operator.handlers import autoscale, deletion, partition, schedule
 from roger_operator.handlers.context import Context, Key, without_managed_fields
+from roger_operator.handlers.refresher import Refresher
 from roger_operator.kube import session
 
 log = logging.getLogger("roger_operator.handlers")
@@ -76,6 +77,7 @@ def on_partition_event(ctx: Context, event: Mapping[str, Any]) -> None:
     key = _key(body)
     if event.get("type") == "DELETED":
         ctx.partitions.pop(key, None)
+        ctx.deleting.pop(key, None)
     else:
         ctx.partitions[key] = plain(body)
 
@@ -178,9 +180,6 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     def delete_partition(body: Any, **_: Any) -> None:
         finalize(ctx, plain(body))
 
-    def refresh_partition(body: Any, **_: Any) -> None:
-        partition.refresh(ctx, plain(body))
-
     def autoscale_partition(body: Any, **_: Any) -> None:
         autoscale.evaluate(ctx, plain(body))
 
@@ -201,13 +200,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     # Retried until deletion.delete finishes; its own deadlines bound every wait.
     kopf.on.delete(*p, id="cleanup", registry=registry)(delete_partition)
     if ctx.status_interval > 0:
-        kopf.timer(
-            *p,
-            id="refresh",
-            interval=ctx.status_interval,
-            initial_delay=ctx.status_interval,
-            registry=registry,
-        )(refresh_partition)
+        # One loop over the cached Partitions, not a kopf timer each (handlers/refresher.py).
+        refresher = Refresher(ctx, partition.refresh, ctx.status_interval)
+        kopf.on.startup(id="refresher", registry=registry)(lambda **_: refresher.start())
+        kopf.on.cleanup(id="refresher", registry=registry)(lambda **_: refresher.stop())
     if ctx.autoscale_interval > 0:
         # Only Partitions that ask for it (a kopf filter: timers start and stop with it).
         kopf.timer(

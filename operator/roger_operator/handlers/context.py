@@ -60,6 +60,10 @@ class Context:
     # write yet), and one roger.Client per broker URL.
     schedule_ticks: dict[Key, tuple[datetime.datetime, str]] = field(default_factory=dict)
     clients: dict[str, Any] = field(default_factory=dict)
+    # Partitions whose finalizer runs, by uid: a reconcile or refresh that took its body
+    # before the deletion (the status refresh, a child's event) and waited for the lock
+    # must not declare queues or apply children again once the cleanup deleted them.
+    deleting: dict[Key, str] = field(default_factory=dict)
     # KEDA objects (kind, namespace, name) looked for once since this process started.
     keda_checked: set[tuple[str, str, str]] = field(default_factory=set)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
@@ -74,6 +78,11 @@ class Context:
                 self.deployments[key] = body
                 return body
             return old
+
+    def being_deleted(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """``body`` is (a copy of) a Partition whose finalizer has started."""
+        uid = (body.get("metadata") or {}).get("uid")
+        return uid is not None and self.deleting.get(key) == uid
 
     def lock(self, key: Key) -> threading.RLock:
         with self._guard:

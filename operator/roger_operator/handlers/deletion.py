@@ -78,6 +78,7 @@ def delete(ctx: Context, body: Mapping[str, Any]) -> None:
     except SpecError:
         return
     key: Key = (spec.namespace, spec.name)
+    ctx.deleting[key] = spec.uid  # before the lock: no reconcile starts after this one
     with ctx.lock(key):
         _delete(ctx, key, spec, body)
     ctx.forget(key)

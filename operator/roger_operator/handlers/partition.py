@@ -188,6 +188,8 @@ def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile")
     started = time.monotonic()
     result = "ok"
     with ctx.lock(key):
+        if ctx.being_deleted(key, body):  # took its body before the deletion began
+            return
         try:
             _reconcile(ctx, key, body)
         except Exception:
@@ -315,6 +317,8 @@ def refresh(
     if meta.get("deletionTimestamp"):
         return
     with ctx.lock(key):
+        if ctx.being_deleted(key, body):
+            return
         try:
             spec = parse_partition(body)
         except SpecError:
