@@ -22,7 +22,6 @@ bench/OPERATOR_RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -30,7 +29,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -39,8 +37,9 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import worker_throughput as wt  # noqa: E402
 from roger_devtools.ports import free_port  # noqa: E402
 
 KUBECONFIG = str(ROOT / ".cluster" / "kubeconfig")
@@ -125,31 +124,6 @@ def peak_rss_mib(pid: int) -> float:
 
 def rss_mib(pid: int) -> float:
     return _status_kib(pid, "VmRSS:") / 1024
-
-
-def management(path: str, method: str = "GET", body: Any = None) -> Any:
-    """The management API of the broker ``AMQP_URL`` names (same user), port 15672."""
-    parts = urllib.parse.urlsplit(AMQP_URL)
-    request = urllib.request.Request(
-        f"http://{parts.hostname}:15672/api{path}",
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-    )
-    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=600) as response:
-        raw = response.read()
-    return json.loads(raw) if raw else None
-
-
-def own_vhost(name: str) -> str:
-    """Create vhost ``name`` (the user may use it); the AMQP URL naming it."""
-    management(f"/vhosts/{name}", "PUT")
-    user = urllib.parse.urlsplit(AMQP_URL).username
-    grant = {"configure": ".*", "write": ".*", "read": ".*"}
-    management(f"/permissions/{name}/{user}", "PUT", grant)
-    return AMQP_URL.rsplit("/", 1)[0] + "/" + name
 
 
 def manifests(ns: str, names: list[str], url: str = AMQP_URL) -> tuple[str, str]:
@@ -266,9 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         choices=("queue", "vhost"),
         default="queue",
         help="the operator's --bound-policy; with vhost the Partitions get a vhost of their "
-        "own (deleted at the end), as that mode asks",
+        "own (worker_throughput.fresh_vhost: deleted at the end), as that mode asks",
     )
     args = parser.parse_args(argv)
+    if args.bound_policy == "vhost":  # the mode is for a vhost of the operator's own
+        with wt.fresh_vhost(AMQP_URL) as url:
+            return run(args, url)
+    return run(args, AMQP_URL)
+
+
+def run(args: argparse.Namespace, url: str) -> int:
+    """Apply ``args.partitions`` Partitions (their Secret: ``url``) and measure; prints a
+    JSON line."""
     operator_bin = operator_venv(args.operator_venv)
 
     try:  # installed already: a shared cluster's CRDs may be newer than this checkout's
@@ -280,9 +263,6 @@ def main(argv: list[str] | None = None) -> int:
     kubectl("create", "namespace", ns)
     metrics_port, health_port = free_port(), free_port()
     log_path = Path(f"/tmp/{ns}.log")
-    url = AMQP_URL
-    if args.bound_policy == "vhost":
-        url = own_vhost(ns)
     op = subprocess.Popen(
         [
             str(operator_bin),
@@ -394,9 +374,9 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
         )
         result["bound_policy"] = args.bound_policy
-        print(json.dumps(result), flush=True)  # (also after a failure: how far it got)
-        if url != AMQP_URL:  # its queues and policies with it (minutes at 2,000 queues)
-            management(f"/vhosts/{ns}", "DELETE")
+        # Also after a failure (how far it got); before the vhost's deletion, which takes
+        # minutes at 2,000 queues.
+        print(json.dumps(result), flush=True)
     return 0
 
 
