@@ -92,6 +92,7 @@ def test_a_body_taken_before_the_deletion_began_neither_reconciles_nor_refreshes
     ctx = Context(kube=cast(Any, None), broker=cast(Any, None))
     body = builders_partition()
     key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    ctx.partitions[key] = body
     ctx.deleting[key] = body["metadata"]["uid"]
     partition.reconcile(ctx, body)
     partition.refresh(ctx, body)
@@ -100,3 +101,19 @@ def test_a_body_taken_before_the_deletion_began_neither_reconciles_nor_refreshes
     assert not ctx.being_deleted(key, newer)
     with pytest.raises(AttributeError):  # past the check: the clients are needed (None)
         partition.reconcile(ctx, newer)
+
+
+def test_a_refresh_runs_only_for_the_partition_the_cache_still_holds() -> None:
+    """A refresh whose body was taken before the Partition was deleted and gone (its
+    DELETED event dropped it from the cache, and from ``deleting``) or replaced by a new
+    one of the same name does nothing; the cached one goes past the check."""
+    ctx = Context(kube=cast(Any, None), broker=cast(Any, None))
+    body = builders_partition()
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    partition.refresh(ctx, body)  # gone
+    newer = copy.deepcopy(body)
+    newer["metadata"]["uid"] = "created-anew-with-the-same-name"
+    ctx.partitions[key] = newer
+    partition.refresh(ctx, body)  # replaced
+    with pytest.raises(AttributeError):  # past the check: the clients are needed (None)
+        partition.refresh(ctx, newer)

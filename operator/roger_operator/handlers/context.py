@@ -84,6 +84,19 @@ class Context:
         uid = (body.get("metadata") or {}).get("uid")
         return uid is not None and self.deleting.get(key) == uid
 
+    def holds(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """The cache still has this very Partition (same uid) and its finalizer has not
+        started: what a status refresh, whose bodies come from the cache, needs. (Once a
+        Partition is gone, its DELETED event drops it from both ``partitions`` and
+        ``deleting``, so ``being_deleted`` alone would let a late refresh through.)"""
+        cached = self.partitions.get(key)
+        uid = (body.get("metadata") or {}).get("uid")
+        return (
+            cached is not None
+            and (cached.get("metadata") or {}).get("uid") == uid
+            and not self.being_deleted(key, body)
+        )
+
     def lock(self, key: Key) -> threading.RLock:
         with self._guard:
             lock = self._locks.get(key)

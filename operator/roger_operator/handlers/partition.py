@@ -317,7 +317,7 @@ def refresh(
     if meta.get("deletionTimestamp"):
         return
     with ctx.lock(key):
-        if ctx.being_deleted(key, body):
+        if not ctx.holds(key, body):  # deleted (or being deleted) since its body was taken
             return
         try:
             spec = parse_partition(body)

@@ -100,7 +100,8 @@ class Refresher:
 
     def _one(self, key: Key, body: Mapping[str, Any]) -> None:
         try:
-            latest = self.ctx.partitions.get(key, body)  # an event may have come meanwhile
+            # An event may have come meanwhile; gone, the old body is refused by refresh.
+            latest = self.ctx.partitions.get(key, body)
             self.refresh(self.ctx, latest)
         except Exception:
             log.exception(
