@@ -72,7 +72,7 @@ chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node
 	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) $(PY) -m roger_devtools.chaos
 
 test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests
-	$(PY) -m pytest tests --durations=25
+	$(PY) -m pytest tests --durations=60
 
 test-unit: $(PY) ## Unit tests only (no services)
 	$(PY) -m pytest tests -m unit

@@ -232,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import kopf
     from prometheus_client import start_http_server
 
+    from roger_operator.handlers import namespaces as namespace_watch
     from roger_operator.handlers import register
     from roger_operator.handlers.context import Context
     from roger_operator.kube import Kube
@@ -270,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
     registry = kopf.OperatorRegistry()
     register(registry, ctx)
+    namespace_watch.install()  # a terminating namespace stays watched (handlers/namespaces.py)
     liveness = (
         f"http://{args.bind_address}:{args.health_port}/healthz" if args.health_port else None
     )

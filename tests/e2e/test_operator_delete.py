@@ -10,6 +10,7 @@ their Partitions.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import roger
 from roger.core import naming
 from roger_devtools.polling import eventually
+from tests.e2e.observe_support import delete_rabbitmq_objects
 from tests.e2e.operator_support import (
     LocalPodsProcess,
     OperatorProcess,
@@ -132,3 +134,65 @@ def test_delete_with_a_running_job_loses_nothing(
     wait_gone(k, "-n", ns, "partition", name, timeout=shutdown + 20 + 60 + 60)
     assert records(out, "end") == 1
     assert queue_count(amqp_url, naming.queue_name(name, "default")) is None
+
+
+def namespace_gone(k: Kubectl, space: str, timeout: float) -> None:
+    eventually(
+        lambda: k.run("get", "namespace", space, check=False).returncode != 0,
+        timeout=timeout,
+        message=f"namespace {space} gone",
+    )
+
+
+def test_delete_the_namespace_finalizes_its_partition_and_deletes_its_queues(
+    operator: OperatorProcess,
+    kubectl: Kubectl,
+    ns: str,  # noqa: F811
+    amqp_url: str,
+) -> None:
+    """The namespace controller marks the namespace (all conditions False) before the
+    Partition, and deletes the AMQP Secret at once: the operator still sees the Partition
+    (``handlers/namespaces.py``) and still has the URL (``remembered_amqp_url``)."""
+    k, name = kubectl, short_id()
+    k.apply(partition_manifest(name, ns))
+    wait_condition(k, ns, name, "Ready", "True", timeout=120)
+    assert queue_count(amqp_url, naming.queue_name(name, "default")) == 0
+    k.run("delete", "namespace", ns, "--wait=false")
+    namespace_gone(k, ns, timeout=120)
+    for queue in ("default", "email"):
+        assert queue_count(amqp_url, naming.queue_name(name, queue)) is None, queue
+
+
+def test_namespace_deleted_while_the_operator_was_down_is_finalized_when_it_starts(
+    kubectl: Kubectl,
+    kubeconfig: str,
+    ns: str,  # noqa: F811
+    amqp_url: str,
+    tmp_path: Path,
+) -> None:
+    """kopf alone never watches a namespace already terminating when it starts: the
+    Partition's finalizer would hold the namespace forever. (Not ``test_delete_*``: the
+    module's operator must not see this namespace; this test runs its own.)"""
+    k, name = kubectl, short_id()
+    own = OperatorProcess(kubeconfig, tmp_path / "operator.log", namespace=ns)
+    own.start(timeout=120)
+    try:
+        k.apply(partition_manifest(name, ns))
+        wait_condition(k, ns, name, "Ready", "True", timeout=120)
+    finally:
+        assert own.stop() == 0, own.tail()
+    k.run("delete", "namespace", ns, "--wait=false")
+    eventually(
+        lambda: "Terminating" in k.run("get", "namespace", ns).stdout,
+        message="namespace terminating, held by the finalizer",
+    )
+    time.sleep(3)  # the namespace controller has written its conditions by now
+    assert k.run("get", "namespace", ns, check=False).returncode == 0
+    own.start(timeout=120)
+    try:
+        namespace_gone(k, ns, timeout=120)
+    finally:
+        assert own.stop() == 0, own.tail()
+        # A new operator never read the Secret, gone with the namespace: the queues stay
+        # (operator/README.md, "Deleting the namespace"); this test removes them itself.
+        delete_rabbitmq_objects(name)

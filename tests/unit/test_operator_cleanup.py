@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -18,7 +20,9 @@ from roger_operator.builders.cleanup import (
     still_running,
     summary,
 )
-from roger_operator.handlers.deletion import since_deletion
+from roger_operator.builders.model import parse_partition
+from roger_operator.handlers.context import Context
+from roger_operator.handlers.deletion import since_deletion, stop_workers
 
 pytestmark = pytest.mark.unit
 
@@ -217,3 +221,47 @@ def test_the_ladder_is_attributed_to_its_partition_only() -> None:
     kinds = {n.name: n.kind for n in names}
     assert kinds[f"{P}.delay.4"] == "delay" and kinds[naming.delay_queue_name(P, 0)] == "delay"
     assert f"{P}-x.delay.4" not in kinds and f"{P}.delay.x" not in kinds
+
+
+class _Deployments:
+    """The Deployment calls of ``Kube`` the finalizer makes: get, delete (with a uid)."""
+
+    def __init__(self, live: dict[str, Any] | None) -> None:
+        self.live = live
+        self.deleted: list[tuple[str, str | None]] = []
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        return self.live
+
+    def delete(self, path: str, propagation: str = "Background", uid: str | None = None) -> bool:
+        self.deleted.append((path, uid))
+        return True
+
+
+def _deployment(owner_uid: str | None) -> dict[str, Any]:
+    refs = [{"uid": owner_uid, "controller": True}] if owner_uid else []
+    return {"metadata": {"name": "roger-p", "uid": "d-1", "ownerReferences": refs}}
+
+
+@pytest.mark.parametrize(
+    ("live", "deleted"),
+    [
+        (_deployment("u-1"), [("/apis/apps/v1/namespaces/n/deployments/roger-p", "d-1")]),
+        (_deployment("someone-else"), []),  # same name, never the Partition's: left alone
+        (_deployment(None), []),
+        (None, []),
+    ],
+)
+def test_the_finalizer_deletes_only_the_partitions_own_deployment(
+    live: dict[str, Any] | None, deleted: list[tuple[str, str]]
+) -> None:
+    spec = parse_partition(
+        {
+            "metadata": {"name": "p", "namespace": "n", "uid": "u-1", "generation": 1},
+            "spec": {"amqp": {"secretRef": {"name": "s"}}, "worker": {"image": "i"},
+                     "queues": [{"name": "q"}]},
+        }
+    )  # fmt: skip
+    kube = _Deployments(live)
+    stop_workers(cast(Context, SimpleNamespace(kube=kube)), ("n", "p"), spec)
+    assert kube.deleted == deleted

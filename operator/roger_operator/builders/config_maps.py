@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from roger_operator.builders.model import child_name
+from roger_operator.builders.model import child_name, owned_by
 
 CONFIG_VOLUME: Final = "config"
 
@@ -63,11 +63,6 @@ def in_use(
     }
     used |= {referenced_config_map(pod) for pod in pods if _alive(pod)}
     return {name for name in used if name}
-
-
-def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
 def stale_config_maps(

@@ -206,3 +206,9 @@ def parse_callback(obj: Mapping[str, Any]) -> CallbackResource:
         config=dict(_mapping(spec.get("config"), "spec.config")),
         resource_version=str(meta.get("resourceVersion", "")),
     )
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether ``obj`` is controlled by the object with ``uid`` (its owner reference)."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)

@@ -13,16 +13,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from roger_operator.builders.config_maps import (
-    owned_by,
-    referenced_config_map,
-    stale_config_maps,
-)
+from roger_operator.builders.config_maps import referenced_config_map, stale_config_maps
 from roger_operator.builders.model import (
     LABEL_MANAGED_BY,
     LABEL_PARTITION,
     MANAGER,
     PartitionSpec,
+    owned_by,
     selector_string,
 )
 from roger_operator.handlers.context import Context, Key

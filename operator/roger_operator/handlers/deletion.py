@@ -23,11 +23,17 @@ from roger_operator.builders.model import (
     PartitionSpec,
     SpecError,
     child_name,
+    owned_by,
     parse_partition,
     selector_string,
 )
 from roger_operator.handlers.context import Context, Key
-from roger_operator.handlers.partition import owner_token, publish_phases, read_amqp_url
+from roger_operator.handlers.partition import (
+    owner_token,
+    publish_phases,
+    read_amqp_url,
+    remembered_amqp_url,
+)
 from roger_operator.kube import resource_path
 from roger_operator.rabbit import BrokerError, ClaimConflict, inventory, migration
 from roger_operator.rabbit.claims import owned, release_queues
@@ -98,9 +104,29 @@ def _report(ctx: Context, key: Key, body: Mapping[str, Any], reason: str, messag
     ctx.kube.event(body, reason=reason, message=message, type_="Warning" if warning else "Normal")
 
 
+def stop_workers(ctx: Context, key: Key, spec: PartitionSpec) -> None:
+    """Delete the worker Deployment if it is this Partition's; a Deployment of that name
+    that someone else made (the reconcile could never apply over it) is left alone."""
+    path = resource_path("apps/v1", "Deployment", spec.namespace, spec.child_name)
+    live = ctx.kube.get(path)
+    if live is None:
+        return
+    if not owned_by(live, spec.uid):
+        log.warning(
+            "Partition %s/%s: Deployment %s is not this Partition's (no owner reference to "
+            "it): left alone",
+            *key,
+            spec.child_name,
+        )
+        return
+    ctx.kube.delete(path, uid=str((live.get("metadata") or {}).get("uid")))
+
+
 def _delete(ctx: Context, key: Key, spec: PartitionSpec, body: Mapping[str, Any]) -> None:
-    ctx.kube.delete(resource_path("apps/v1", "Deployment", spec.namespace, spec.child_name))
+    stop_workers(ctx, key, spec)
     url, problem = read_amqp_url(ctx, spec)
+    if url is None and (url := remembered_amqp_url(ctx, spec)) is not None:
+        log.info("Partition %s/%s: its Secret is gone; deleting with the URL last read", *key)
     if url is None:
         why = problem.message if problem else "no AMQP URL"
         _report(ctx, key, body, KEPT, f"queues of {spec.partition_id} left in RabbitMQ: {why}")

@@ -107,6 +107,16 @@ def cached_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:
     return read_amqp_url(ctx, spec)[0]
 
 
+def remembered_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:
+    """The URL a reconcile last read from this Secret reference, however old.
+
+    For the finalizer only: deleting a namespace deletes its Secrets at the same moment as
+    it marks its Partitions, so the Secret is usually gone when the finalizer needs the URL
+    to delete the empty queues (the broker's claim still guards whose queues they are)."""
+    cached = ctx.urls.get((spec.namespace, spec.secret_name, spec.secret_key))
+    return cached[0] if cached else None
+
+
 def _remember(ctx: Context, live: Mapping[str, Any]) -> None:
     meta = live.get("metadata") or {}
     key = (str(live.get("kind")), str(meta.get("namespace")), str(meta.get("name")))

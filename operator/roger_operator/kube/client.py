@@ -162,12 +162,16 @@ class Kube:
             content_type=APPLY_CONTENT_TYPE,
         )
 
-    def delete(self, path: str, propagation: str = "Background") -> bool:
+    def delete(self, path: str, propagation: str = "Background", uid: str | None = None) -> bool:
+        """Delete; False when it is gone already or (``uid`` given) is another object now."""
+        body: dict[str, Any] = {"propagationPolicy": propagation}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
-            self.request("DELETE", path, body={"propagationPolicy": propagation})
+            self.request("DELETE", path, body=body)
             return True
         except KubeError as exc:
-            if exc.status == 404:
+            if exc.status == 404 or (uid is not None and exc.status == 409):
                 return False
             raise
 
