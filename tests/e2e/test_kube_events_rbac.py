@@ -11,7 +11,6 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from roger.core.rbac import WORKER_RULES
-from roger_devtools.polling import eventually
 from tests.e2e.kube_events_support import (
     create_partition,
     lifecycle,
@@ -97,24 +96,29 @@ def test_forbidden_drops_events_and_jobs_go_on(
     denied = impersonating_kubeconfig(kubeconfig, user, tmp_path / "kubeconfig")
     registry = CollectorRegistry()
     obs = make_observer("tenant-denied", namespace, denied, registry)
-    slowest = 0.0
-    for i in range(500):
-        t0 = time.perf_counter()
-        obs.observe(lifecycle("after_run", "tenant-denied", i))
-        slowest = max(slowest, time.perf_counter() - t0)
-        time.sleep(0.002)
-    # The API's first answer may take seconds on a loaded machine; closing before it came
-    # would count everything as ``shutdown``. What is promised is that a refusal, once
-    # seen, is counted as ``forbidden`` and that observing never waits for it (``slowest``).
-    eventually(
-        lambda: registry.get_sample_value(
+
+    def forbidden() -> float | None:
+        return registry.get_sample_value(
             "roger_kube_events_dropped_total", {"partition": "tenant-denied", "cause": "forbidden"}
-        ),
-        timeout=60,
-        message="drops counted as forbidden",
-    )
+        )
+
+    # Jobs go on meanwhile: 500 lifecycle events at least, and on until the API's refusal
+    # has been seen (its first answer may take seconds on a loaded machine, or time out
+    # first: what arrives before the refusal is dropped under that other cause).
+    took: list[float] = []
+    sent, deadline = 0, time.monotonic() + 60
+    while sent < 500 or (not forbidden() and time.monotonic() < deadline):
+        t0 = time.perf_counter()
+        obs.observe(lifecycle("after_run", "tenant-denied", sent))
+        took.append(time.perf_counter() - t0)
+        sent += 1
+        time.sleep(0.002)
     obs.close(2.0)
-    assert obs.observed == 500 and obs.emitted == 0
-    assert sum(obs.dropped.values()) == 500
-    assert slowest < 0.05
+    assert forbidden(), obs.stats()
+    assert obs.observed == sent and obs.emitted == 0
+    assert sum(obs.dropped.values()) == sent
+    # Observing never waits for the API (whose answers took 1 ms to seconds here): the
+    # slowest 1 % of calls stays far below one request; a lone scheduler stall may not.
+    took.sort()
+    assert took[int(len(took) * 0.99)] < 0.01 and took[-1] < 0.5, (took[-5:], len(took))
     assert list_events(kubectl, namespace, "tenant-denied") == []
