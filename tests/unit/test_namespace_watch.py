@@ -12,6 +12,7 @@ import pytest
 from kopf._cogs.structs import references
 from kopf._core.reactor import observation
 
+from roger_operator.cli import keep_terminating_namespaces_watched
 from roger_operator.handlers import namespaces
 from roger_operator.handlers.namespaces import Watch, decide
 
@@ -93,3 +94,17 @@ def test_install_puts_the_rule_where_kopf_looks_it_up(monkeypatch: pytest.Monkey
     assert "revise_namespaces" in code
     events = observation.process_discovered_namespace_event.__code__.co_names
     assert "revise_namespaces" in events
+
+
+def test_a_kopf_that_changed_the_function_is_left_alone_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def changed(*, insights: Any, namespaces: Any, raw_events: Any, settings: Any) -> None:
+        pass
+
+    monkeypatch.setattr(observation, "revise_namespaces", changed)
+    with pytest.raises(RuntimeError, match="kopf changed it"):
+        namespaces.install()
+    keep_terminating_namespaces_watched()  # what the operator calls: no crash
+    assert observation.revise_namespaces is changed
+    assert "namespace watch left as it is" in caplog.text

@@ -24,6 +24,7 @@ upgrade that fixes or renames it fails a test instead of silently undoing this.
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -69,10 +70,15 @@ def revise(
 
 
 def install() -> None:
-    """Make kopf's namespace observer use ``revise`` (call before ``kopf.run``)."""
-    if not callable(getattr(observation, "revise_namespaces", None)):
+    """Make kopf's namespace observer use ``revise`` (call before ``kopf.run``); raises
+    ``RuntimeError`` if this kopf's function is not the one ``revise`` replaces."""
+    original = getattr(observation, "revise_namespaces", None)
+    if original is None or set(inspect.signature(original).parameters) != _REPLACED_PARAMETERS:
         raise RuntimeError(
-            "kopf no longer has observation.revise_namespaces: check "
-            "roger_operator.handlers.namespaces against this kopf version"
+            "kopf's observation.revise_namespaces is not the one roger_operator.handlers."
+            "namespaces replaces (kopf changed it)"
         )
     observation.revise_namespaces = revise  # type: ignore[assignment]
+
+
+_REPLACED_PARAMETERS = {"insights", "namespaces", "raw_events", "raw_bodies"}
