@@ -23,6 +23,7 @@ from tests.e2e.observe_support import delete_rabbitmq_objects
 from tests.e2e.operator_support import (
     LocalPodsProcess,
     OperatorProcess,
+    get_or_none,
     partition_manifest,
     short_id,
     wait_condition,
@@ -136,14 +137,6 @@ def test_delete_with_a_running_job_loses_nothing(
     assert queue_count(amqp_url, naming.queue_name(name, "default")) is None
 
 
-def namespace_gone(k: Kubectl, space: str, timeout: float) -> None:
-    eventually(
-        lambda: k.run("get", "namespace", space, check=False).returncode != 0,
-        timeout=timeout,
-        message=f"namespace {space} gone",
-    )
-
-
 def test_delete_the_namespace_finalizes_its_partition_and_deletes_its_queues(
     operator: OperatorProcess,
     kubectl: Kubectl,
@@ -158,7 +151,7 @@ def test_delete_the_namespace_finalizes_its_partition_and_deletes_its_queues(
     wait_condition(k, ns, name, "Ready", "True", timeout=120)
     assert queue_count(amqp_url, naming.queue_name(name, "default")) == 0
     k.run("delete", "namespace", ns, "--wait=false")
-    namespace_gone(k, ns, timeout=120)
+    wait_gone(k, "namespace", ns, timeout=120)
     for queue in ("default", "email"):
         assert queue_count(amqp_url, naming.queue_name(name, queue)) is None, queue
 
@@ -183,14 +176,14 @@ def test_namespace_deleted_while_the_operator_was_down_is_finalized_when_it_star
         assert own.stop() == 0, own.tail()
     k.run("delete", "namespace", ns, "--wait=false")
     eventually(
-        lambda: "Terminating" in k.run("get", "namespace", ns).stdout,
+        lambda: get_or_none(k, "namespace", ns)["status"]["phase"] == "Terminating",
         message="namespace terminating, held by the finalizer",
     )
     time.sleep(3)  # the namespace controller has written its conditions by now
-    assert k.run("get", "namespace", ns, check=False).returncode == 0
+    assert get_or_none(k, "namespace", ns) is not None
     own.start(timeout=120)
     try:
-        namespace_gone(k, ns, timeout=120)
+        wait_gone(k, "namespace", ns, timeout=120)
     finally:
         assert own.stop() == 0, own.tail()
         # A new operator never read the Secret, gone with the namespace: the queues stay

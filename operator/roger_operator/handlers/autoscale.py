@@ -20,7 +20,7 @@ from typing import Any
 from roger_operator.builders import autoscale as a
 from roger_operator.builders.model import SpecError, parse_partition, selector_string
 from roger_operator.handlers.context import Context, Key
-from roger_operator.handlers.partition import cached_amqp_url
+from roger_operator.handlers.partition import cached_amqp_url, url_key
 from roger_operator.kube import KubeError, resource_path
 from roger_operator.kube.client import MERGE_CONTENT_TYPE, partition_path
 from roger_operator.rabbit import BrokerError
@@ -122,7 +122,7 @@ def _evaluate(
             queues = broker_load.queue_counters(ctx.broker, url, spec)
         except BrokerError as exc:
             log.info("Partition %s/%s: holding replicas: %s", *key, exc)
-            ctx.urls.pop((spec.namespace, spec.secret_name, spec.secret_key), None)
+            ctx.urls.pop(url_key(spec), None)
     now = time.time()
     current = spec.replicas
     if memory.scaled is not None and _rv(body) < memory.scaled[0]:

@@ -72,6 +72,11 @@ def resolve_callbacks(
     return found, missing
 
 
+def url_key(spec: PartitionSpec) -> tuple[str, str, str]:
+    """Where ``ctx.urls`` keeps the URL read from the Partition's Secret reference."""
+    return spec.namespace, spec.secret_name, spec.secret_key
+
+
 def read_amqp_url(ctx: Context, spec: PartitionSpec) -> tuple[str | None, st.Problem | None]:
     """The URL from the Secret (kept in memory only), or the problem that prevents it."""
     secret = ctx.kube.get(resource_path("v1", "Secret", spec.namespace, spec.secret_name))
@@ -95,13 +100,13 @@ def read_amqp_url(ctx: Context, spec: PartitionSpec) -> tuple[str | None, st.Pro
             f"Secret {spec.secret_name} has no key {spec.secret_key} (spec.amqp.secretRef.key): "
             "add the amqp:// URL under that key; the running Deployment is left as it was",
         )
-    ctx.urls[(spec.namespace, spec.secret_name, spec.secret_key)] = (url, time.monotonic())
+    ctx.urls[url_key(spec)] = (url, time.monotonic())
     return url, None
 
 
 def cached_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:
     """The URL read by a recent reconcile, else from the Secret (status refresh only)."""
-    cached = ctx.urls.get((spec.namespace, spec.secret_name, spec.secret_key))
+    cached = ctx.urls.get(url_key(spec))
     if cached and time.monotonic() - cached[1] < ctx.url_ttl:
         return cached[0]
     return read_amqp_url(ctx, spec)[0]
@@ -113,7 +118,7 @@ def remembered_amqp_url(ctx: Context, spec: PartitionSpec) -> str | None:
     For the finalizer only: deleting a namespace deletes its Secrets at the same moment as
     it marks its Partitions, so the Secret is usually gone when the finalizer needs the URL
     to delete the empty queues (the broker's claim still guards whose queues they are)."""
-    cached = ctx.urls.get((spec.namespace, spec.secret_name, spec.secret_key))
+    cached = ctx.urls.get(url_key(spec))
     return cached[0] if cached else None
 
 
@@ -375,7 +380,7 @@ def refresh(
                         drain_retired(ctx, key, url, spec, deployment)
                 except BrokerError:
                     stats = None
-                    ctx.urls.pop((spec.namespace, spec.secret_name, spec.secret_key), None)
+                    ctx.urls.pop(url_key(spec), None)
         problems = tuple(
             st.Problem(c["reason"], c["message"], blocking=False)
             for c in [st.condition(previous, st.DEGRADED) or {}]
