@@ -71,8 +71,15 @@ lint: $(PY) ## ruff, mypy and the import-linter contracts
 chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node cluster (CHAOS_JOBS, CHAOS_DURATION, CHAOS_SEED)
 	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) $(PY) -m roger_devtools.chaos
 
-test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests
-	$(PY) -m pytest tests --durations=60
+# `make test` runs the tests not marked `exclusive` on TEST_WORKERS pytest-xdist workers at
+# once (most of their time is waiting on brokers, controllers and clocks, not CPU), then the
+# exclusive ones alone; both phases always run, and it fails if either did (tests/conftest.py).
+TEST_WORKERS ?= 3
+test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests (in parallel, then the exclusive ones alone)
+	@status=0; \
+	$(PY) -m pytest tests -m "not exclusive" -n $(TEST_WORKERS) --dist loadgroup --durations=60 || status=$$?; \
+	$(PY) -m pytest tests -m exclusive --durations=10 || { rc=$$?; [ $$status -ne 0 ] || status=$$rc; }; \
+	exit $$status
 
 test-unit: $(PY) ## Unit tests only (no services)
 	$(PY) -m pytest tests -m unit

@@ -9,16 +9,21 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests import kube_api
+
 CRDS = Path(__file__).resolve().parents[1] / "crds"
 
 # The first segment of every name the tests give a namespace or Partition ("t" unless set).
 # Two checkouts sharing one local cluster set different tags (ROGER_TEST_TAG=ta, tb, ...), so
 # the test operators of one never act on the other's namespaces (their globs start with it).
+# Each pytest-xdist worker of `make test` adds its number ("t0", "t1", ...): the workers are
+# checkouts of their own in this sense, and never act on one another's objects.
 TEST_TAG = os.environ.get("ROGER_TEST_TAG", "t")
 # A namespace name is a DNS label (at most 63 characters); the longest test name takes 38 of
 # them after the tag, so a tag is a few lower-case letters or digits.
-if not re.fullmatch(r"[a-z0-9]{1,8}", TEST_TAG):
-    raise SystemExit(f"ROGER_TEST_TAG={TEST_TAG!r}: expected 1-8 lower-case letters or digits")
+if not re.fullmatch(r"[a-z0-9]{1,6}", TEST_TAG):
+    raise SystemExit(f"ROGER_TEST_TAG={TEST_TAG!r}: expected 1-6 lower-case letters or digits")
+TEST_TAG += os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
 
 
 class Kubectl:
@@ -26,13 +31,19 @@ class Kubectl:
 
     def __init__(self, binary: str, kubeconfig: str, as_user: str | None = None) -> None:
         self.base = [binary, "--kubeconfig", kubeconfig]
+        self.kubeconfig = kubeconfig
+        self.as_user = as_user
         if as_user:
             self.base += ["--as", as_user]
 
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([*self.base, *args], input=stdin, text=True, capture_output=True)
+        get = None if self.as_user or stdin is not None else kube_api.parse(args)
+        if get is not None:  # a GET as JSON: one HTTP request instead of a kubectl process
+            proc = kube_api.run(self.kubeconfig, args, get)
+        else:
+            proc = subprocess.run([*self.base, *args], input=stdin, text=True, capture_output=True)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
+from typing import Any
 
 import pytest
 
 from roger_devtools.polling import eventually
+from tests import kube_api
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -161,3 +164,41 @@ def test_control_plane_listens_on_loopback_only(kubeconfig: str) -> None:
     for line in ours:
         local = line.split()[3]
         assert local.startswith(("127.0.0.1:", "[::1]:")), f"not loopback: {line}"
+
+
+def test_the_tests_api_gets_answer_as_kubectl_does(kubectl: Kubectl, namespace: str) -> None:
+    """tests/kube_api.py answers the tests' ``kubectl get -o json`` polls without a kubectl
+    process: for the kinds it knows, what it returns is what kubectl prints (objects, lists,
+    a missing object's exit code and message), checked here against kubectl itself."""
+    kubectl.run("-n", namespace, "create", "configmap", "smoke", "--from-literal=a=1")
+    kubectl.run("-n", namespace, "create", "deployment", "smoke", "--image=example/x:1")
+    asks = [
+        ("-n", namespace, "configmap", "smoke"),
+        ("-n", namespace, "configmaps"),
+        ("-n", namespace, "deployment", "smoke"),
+        ("-n", namespace, "deployments", "-l", "app=smoke"),
+        ("-n", namespace, "partition", "missing"),
+        ("-n", namespace, "deployment", "missing"),
+        ("crd", "partitions.roger.dev"),
+        ("namespace", namespace),
+    ]
+    for ask in asks:
+        args = ("get", *ask, "-o", "json")
+        get = kube_api.parse(args)
+        assert get is not None, ask
+        fast = kube_api.run(kubectl.kubeconfig, args, get)
+        slow = subprocess.run([*kubectl.base, *args], text=True, capture_output=True)
+        assert (fast.returncode, fast.stderr.strip()) == (slow.returncode, slow.stderr.strip())
+        if slow.returncode == 0:
+            got, want = json.loads(fast.stdout), json.loads(slow.stdout)
+            if "items" in want or ask[-2] == "deployment":  # changing between the two reads
+                assert _identity(got) == _identity(want), ask
+            else:
+                assert got == want, ask
+
+
+def _identity(obj: dict[str, Any]) -> Any:
+    """What stays put while the controllers work on an object (or each of a list's)."""
+    if "items" in obj:
+        return (obj["apiVersion"], obj["kind"], [_identity(i) for i in obj["items"]])
+    return (obj["apiVersion"], obj["kind"], obj["metadata"]["uid"], obj.get("spec"))

@@ -81,6 +81,7 @@ def test_worker_rules_are_enough(
     ]
 
 
+@pytest.mark.exclusive("bounds observe() latency at 10 ms: other tests' load distorts it")
 @pytest.mark.parametrize("rules", ["none", "partitions-only"])
 def test_forbidden_drops_events_and_jobs_go_on(
     kubectl: Kubectl, kubeconfig: str, namespace: str, tmp_path: Path, rules: str

@@ -35,7 +35,10 @@ from tests.e2e.operator_support import (
 from tests.helpers import Kubectl
 from tests.integration.support import Broker
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.exclusive("a tick's job must be enqueued within 1.5 s of the tick"),
+]
 LEASE = "roger-operator-schedule-test"
 TICKS = 3
 ON_TIME = 1.5  # seconds after its tick by which an undisturbed tick's job is enqueued

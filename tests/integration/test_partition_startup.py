@@ -122,6 +122,7 @@ def busy_cpus() -> Iterator[None]:
         h.wait(5)
 
 
+@pytest.mark.exclusive("saturates both cores on purpose: the other tests would run starved")
 def test_states_created_at_once_on_a_fresh_partition_all_catch_up(
     amqp_url: str, busy_cpus: None
 ) -> None:

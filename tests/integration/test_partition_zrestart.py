@@ -20,7 +20,10 @@ from tests.brokers import BROKER
 from tests.conftest import ROOT
 from tests.integration.support import message_count
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.exclusive("restarts the broker every other test uses"),
+]
 
 
 def _restart_broker() -> None:

@@ -90,4 +90,5 @@ def test_info_without_a_partition_lists_every_partition(
 
     eventually(ours, 30, interval=1.0, message="the partition in roger info")
     table = roger_cli("info", "--management-url", MGMT, amqp_url=amqp_url)
+    assert table.returncode == 0, table.stderr
     assert any(line.split()[:2] == [unique_name, "default"] for line in table.stdout.splitlines())

@@ -17,6 +17,7 @@ from roger.broker import buried_store
 from roger.core import naming
 from roger_devtools.polling import eventually
 from roger_operator.builders.model import PartitionSpec, QueueSpec
+from roger_operator.rabbit import migration
 from roger_operator.rabbit.broker import Broker
 from tests.brokers import selected
 from tests.integration.support import management
@@ -166,6 +167,13 @@ def test_retired_retry_queues_are_deleted_once_empty(
         conn.channel().queue_delete(naming.queue_name(unique_name, "q"))  # no dead-letter target
         conn.channel().queue_declare(naming.queue_name(unique_name, "q"), durable=True,
                                      arguments={"x-queue-type": "quorum"})  # fmt: skip
+    # The retiring queue existed before the edit, as the broker's listing says: on a busy
+    # broker the management API serves a list cached for a few seconds, new queues missing.
+    eventually(
+        lambda: old in (migration.observe(broker, amqp_url, first) or {}),
+        30,
+        message="the management API lists the old retry queue",
+    )
     second = dataclasses.replace(first, retry_levels=(1, 3))
     assert broker.declare(amqp_url, second) == []
     assert broker.retired(amqp_url, unique_name) == [old]
