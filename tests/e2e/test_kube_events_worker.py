@@ -16,6 +16,7 @@ import roger
 from roger_devtools.polling import eventually
 from roger_devtools.ports import free_port
 from tests.e2e.kube_events_support import create_partition, list_events
+from tests.e2e.observe_support import http_ok
 from tests.helpers import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -75,7 +76,10 @@ def worker(
         cwd=ROOT,
     )
     try:
-        eventually(lambda: _metric(port, "roger_worker_info") >= 0, timeout=60, message="worker")
+        # /readyz: its queues are declared and consumed (enqueueing before that is refused:
+        # seen on a loaded machine, where the worker takes seconds to get there).
+        ready = f"http://127.0.0.1:{port}/readyz"
+        eventually(lambda: http_ok(ready), timeout=60, message="worker /readyz")
         yield partition, port, kubectl
     finally:
         proc.terminate()
