@@ -72,8 +72,9 @@ chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node
 	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) $(PY) -m roger_devtools.chaos
 
 # `make test` runs the tests not marked `exclusive` on TEST_WORKERS pytest-xdist workers at
-# once (most of their time is waiting on brokers, controllers and clocks, not CPU), then the
-# exclusive ones alone; both phases always run, and it fails if either did (tests/conftest.py).
+# once, then the exclusive ones alone; both phases always run, and it fails if either did
+# (tests/conftest.py). Most tests wait on brokers, controllers and clocks: on 2 cores, 3
+# workers keep the CPU busy; 4 saturated it and tests timed out (README, Timings).
 TEST_WORKERS ?= 3
 test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests (in parallel, then the exclusive ones alone)
 	@status=0; \
