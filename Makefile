@@ -73,9 +73,10 @@ chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node
 
 # `make test` runs the tests not marked `exclusive` on TEST_WORKERS pytest-xdist workers at
 # once, then the exclusive ones alone; both phases always run, and it fails if either did
-# (tests/conftest.py). Most tests wait on brokers, controllers and clocks: on 2 cores, 3
-# workers keep the CPU busy; 4 saturated it and tests timed out (README, Timings).
-TEST_WORKERS ?= 3
+# (tests/conftest.py). TEST_WORKERS=0 (the default, what CI runs) is one test at a time, in
+# this process. TEST_WORKERS=3 halves the time on 2 cores, but is not yet free of flakes:
+# each of its last runs here had 1-2 load-related failures (README, Timings; issue 18).
+TEST_WORKERS ?= 0
 test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests (in parallel, then the exclusive ones alone)
 	@status=0; \
 	$(PY) -m pytest tests -m "not exclusive" -n $(TEST_WORKERS) --dist loadgroup --durations=60 || status=$$?; \
