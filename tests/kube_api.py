@@ -24,7 +24,7 @@ from roger_operator.kube.client import Kube, KubeError
 
 class Resource(NamedTuple):
     api: str  # "/api/v1" or "/apis/<group>/<version>"
-    plural: str
+    plural: str  # as in the URL
     kind: str
     namespaced: bool = True
 
@@ -35,9 +35,8 @@ class Resource(NamedTuple):
     @property
     def qualified(self) -> str:
         """As kubectl names it in errors: ``pods``, ``deployments.apps``."""
-        plural = self.plural.split(".")[0]
         group = self.api_version.rpartition("/")[0]
-        return f"{plural}.{group}" if group else plural
+        return f"{self.plural}.{group}" if group else self.plural
 
 
 _RESOURCES = (
@@ -50,7 +49,7 @@ _RESOURCES = (
     Resource("/api/v1", "configmaps", "ConfigMap"),
     Resource("/api/v1", "secrets", "Secret"),
     Resource("/api/v1", "events", "Event"),
-    Resource("/apis/events.k8s.io/v1", "events.events.k8s.io", "Event"),
+    Resource("/apis/events.k8s.io/v1", "events", "Event"),  # "events" is the core one's
     Resource("/api/v1", "namespaces", "Namespace", namespaced=False),
     Resource("/apis/coordination.k8s.io/v1", "leases", "Lease"),
     Resource("/apis/keda.sh/v1alpha1", "triggerauthentications", "TriggerAuthentication"),
@@ -62,11 +61,13 @@ _RESOURCES = (
         namespaced=False,
     ),
 )
-# The names kubectl accepts for them that the tests use: plural, singular, short names.
+# The names kubectl accepts for them that the tests use: qualified, plural, singular (the
+# first resource listed keeps a shared one), and short names.
 _NAMES: dict[str, Resource] = {}
 for _r in _RESOURCES:
-    _NAMES[_r.plural] = _NAMES[_r.kind.lower()] = _r
-    _NAMES.setdefault(_r.plural.split(".")[0], _r)
+    _NAMES[_r.qualified] = _r
+    _NAMES.setdefault(_r.plural, _r)
+    _NAMES.setdefault(_r.kind.lower(), _r)
 _NAMES["crd"] = _NAMES["crds"] = _NAMES["customresourcedefinitions"]
 _NAMES["ns"] = _NAMES["namespaces"]
 _NAMES["cm"] = _NAMES["configmaps"]
@@ -86,9 +87,8 @@ class Get(NamedTuple):
     @property
     def path(self) -> str:
         r = self.resource
-        plural = r.plural.split(".")[0]
         base = f"{r.api}/namespaces/{self.namespace}" if self.namespace else r.api
-        path = f"{base}/{plural}"
+        path = f"{base}/{r.plural}"
         if self.name:
             path += f"/{self.name}"
             if self.subresource:
