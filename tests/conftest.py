@@ -3,12 +3,9 @@
 Services are started by the project's own scripts (the same ones `make` uses), once per
 session. A test marked ``integration`` gets RabbitMQ; ``e2e`` gets the cluster too.
 
-`make test` runs the suite in two phases: everything not marked ``exclusive`` on several
-pytest-xdist workers at once (``--dist loadgroup``), then the ``exclusive`` tests alone.
-Each xdist worker is its own session with its own name tag (tests/helpers.py), so its
-namespaces, Partitions, queues and test operators never meet another worker's. A module's
-tests stay on one worker (module fixtures such as an operator are set up once), and tests
-sharing one heavy setup that several modules use (`SHARED_SETUPS`) stay on one worker too.
+`make test` runs the suite in two phases: everything not marked ``exclusive`` in two pytest
+sessions side by side, the kube stream and the broker stream (roger_devtools/test_streams.py,
+each with its own name tag), then the ``exclusive`` tests alone.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from roger_devtools.test_streams import STREAM_ENV
 from tests.brokers import BROKER
 from tests.helpers import TEST_TAG, Kubectl, install_crds
 
@@ -94,48 +92,24 @@ def namespace(kubeconfig: str, kubectl_bin: str, unique_name: str) -> Iterator[s
     )
 
 
-# Fixtures whose setup is shared by several modules and must not run twice at once: the
-# 3-node cluster (a test stops its nodes), and the images (built, then imported by the node).
-SHARED_SETUPS = {
-    "rabbitmq_cluster": "rabbitmq-cluster",
-    "images": "images",
-    "real_node": "images",
-}
-
-
-def xdist_group(fixturenames: list[str], module: str) -> str:
-    """The xdist worker group of a test: its shared heavy setup's, else its module's."""
-    for fixture, group in SHARED_SETUPS.items():
-        if fixture in fixturenames:
-            return group
-    return module
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test declares its tier; an unmarked test is a mistake, not a unit test. On an
-    xdist worker each test gets its group (`xdist_group`)."""
+    """Every test declares its tier; an unmarked test is a mistake, not a unit test."""
     tiers = {"unit", "integration", "e2e"}
-    parallel = "PYTEST_XDIST_WORKER" in os.environ
     for item in items:
         if not tiers & {m.name for m in item.iter_markers()}:
             raise pytest.UsageError(f"{item.nodeid} has no tier marker (unit/integration/e2e)")
         exclusive = item.get_closest_marker("exclusive")
         if exclusive is not None and not (exclusive.args and isinstance(exclusive.args[0], str)):
             raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.exclusive(why) needs why")
-        if parallel:
-            module = item.nodeid.split("::", 1)[0]
-            group = xdist_group(list(getattr(item, "fixturenames", ())), module)
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """An ``exclusive`` test never runs beside others: on an xdist worker it fails at once,
-    saying why (`make test` runs the exclusive ones in a second, serial phase)."""
+    """An ``exclusive`` test never runs beside others: in a stream of `make test`'s first
+    phase it fails at once, saying why (the second phase runs the exclusive ones alone)."""
     exclusive = item.get_closest_marker("exclusive")
-    if exclusive is not None and "PYTEST_XDIST_WORKER" in os.environ:
+    if exclusive is not None and STREAM_ENV in os.environ:
         pytest.fail(
-            f"exclusive ({exclusive.args[0]}): run it alone, without -n "
+            f"exclusive ({exclusive.args[0]}): run it alone, not in a stream beside another "
             "(select the others with -m 'not exclusive')",
             pytrace=False,
         )
