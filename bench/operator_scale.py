@@ -57,6 +57,7 @@ RESOURCES = {
     "callbacks",
 }
 CLK = os.sysconf("SC_CLK_TCK")
+API_REQUESTS_SERIES = "roger_operator_api_requests_total{"
 
 
 def kubectl(*args: str, stdin: str | None = None) -> str:
@@ -94,16 +95,60 @@ def apiserver_requests() -> int:
     return int(total)
 
 
-def operator_requests(port: int) -> int:
+_WATCH_SAMPLE = re.compile(
+    r'^apiserver_watch_events_total\{.*resource="(?P<r>[^"]+)".*\} (?P<v>\S+)$'
+)
+
+
+def watch_events() -> dict[str, float]:
+    """Watch events the API server sent, per resource, to every watcher (the operator is
+    the only one watching partitions; deployments and pods also go to the controllers)."""
+    out: dict[str, float] = {}
+    for line in kubectl("get", "--raw", "/metrics").splitlines():
+        m = _WATCH_SAMPLE.match(line)
+        if m and m["r"] in ("partitions", "deployments", "pods", "configmaps"):
+            out[m["r"]] = out.get(m["r"], 0.0) + float(m["v"])
+    return out
+
+
+def operator_counters(port: int) -> dict[str, float]:
+    """The operator's own counters, summed per series name and label set we report:
+    requests by verb, reconciles by result, seconds spent reconciling, errors by stage,
+    broker calls by name (how many, seconds queued for a lane thread, seconds running)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return int(
-        sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("roger_operator_api_requests_total{")
-        )
+    wanted = (
+        "roger_operator_api_requests_total{",
+        "roger_operator_reconciles_total{",
+        "roger_operator_reconcile_duration_seconds_sum{",
+        "roger_operator_errors_total{",
+        "roger_operator_broker_call_queued_seconds_sum{",
+        "roger_operator_broker_call_duration_seconds_sum{",
+        "roger_operator_broker_call_duration_seconds_count{",
     )
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(wanted):
+            series, value = line.rsplit(" ", 1)
+            out[series] = out.get(series, 0.0) + float(value)
+    return out
+
+
+def operator_requests(port: int) -> int:
+    return int(
+        sum(v for k, v in operator_counters(port).items() if k.startswith(API_REQUESTS_SERIES))
+    )
+
+
+def counters_per_partition(
+    before: dict[str, float], after: dict[str, float], partitions: int
+) -> dict[str, float]:
+    """What each counter grew by, per Partition (the series that did not move left out)."""
+    return {
+        key.replace("roger_operator_", ""): round((value - before.get(key, 0.0)) / partitions, 3)
+        for key, value in sorted(after.items())
+        if value != before.get(key, 0.0)
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -300,6 +345,7 @@ def run(args: argparse.Namespace, url: str) -> int:
                 time.sleep(0.2)
         time.sleep(1)
         api0, own0 = apiserver_requests(), operator_requests(metrics_port)
+        counters0, watch0 = operator_counters(metrics_port), watch_events()
         result["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
         cpu_start = cpu_seconds(op.pid)
         start = time.monotonic()
@@ -335,6 +381,13 @@ def run(args: argparse.Namespace, url: str) -> int:
         result["operator_client_requests_to_ready"] = own1 - own0
         result["requests_per_partition"] = round((api1 - api0) / args.partitions, 1)
         result["operator_requests_per_partition"] = round((own1 - own0) / args.partitions, 1)
+        result["operator_counters_per_partition_to_ready"] = counters_per_partition(
+            counters0, operator_counters(metrics_port), args.partitions
+        )
+        watch1 = watch_events()
+        result["watch_events_per_partition_to_ready"] = {
+            r: round((watch1[r] - watch0.get(r, 0.0)) / args.partitions, 2) for r in watch1
+        }
 
         time.sleep(3)  # let the last status events settle
         cpu0, t0, own_idle0 = cpu_seconds(op.pid), time.monotonic(), operator_requests(metrics_port)

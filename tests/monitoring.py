@@ -21,7 +21,6 @@ CHART = ROOT / "charts" / "roger"
 DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 ALERTS_FILE = CHART / "rules" / "roger-alerts.yaml"
 
-HISTOGRAMS = {names.JOB_DURATION, names.OPERATOR_RECONCILE_DURATION}
 INFOS = {names.WORKER_INFO, names.OPERATOR_INFO}
 # RabbitMQ's rabbitmq_prometheus metrics used by dashboards (per-object metrics on).
 RABBITMQ = {
@@ -42,7 +41,7 @@ def exposed_names() -> set[str]:
             continue
         if value in names.COUNTERS:
             out.add(value + "_total")
-        elif value in HISTOGRAMS:
+        elif value in names.HISTOGRAMS:
             out |= {value + "_bucket", value + "_sum", value + "_count"}
         elif value in INFOS:
             out.add(value + "_info")

@@ -125,6 +125,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 TIMER_STOP_POLL_SECONDS: Final = 1.0
+# After kopf patches a Partition (its finalizer, the last-handled configuration), it waits
+# this long for the watch to bring that version back before it trusts an older body. kopf's
+# 5 s was too short under load: at 500 Partitions created at once the patched versions came
+# back later, kopf took the older bodies for new objects and ran the reconcile a second time
+# (1.67 reconciles per Partition at 100, 1.98 at 500; bench/OPERATOR_RESULTS.md). Waiting
+# longer costs nothing when the version comes: kopf goes on as soon as it arrives.
+CONSISTENCY_TIMEOUT_SECONDS: Final = 60.0
 
 
 def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
@@ -147,6 +154,7 @@ def settings_for(args: argparse.Namespace) -> kopf.OperatorSettings:
     # which made `kubectl delete partition` take a minute whenever a refresh was in flight).
     settings.background.cancellation_polling = TIMER_STOP_POLL_SECONDS
     settings.networking.request_timeout = 60
+    settings.persistence.consistency_timeout = CONSISTENCY_TIMEOUT_SECONDS
     settings.watching.server_timeout = 600
     for group, _version, plural in CHILDREN:
         settings.watching.label_selectors[group, plural] = MANAGED_SELECTOR

@@ -99,12 +99,16 @@ def test_calls_queued_behind_others_are_busy_not_an_outage() -> None:
     first.start()
     try:
         assert first_running.wait(5)
+        busy = []
         for n in range(2):
             result, took = timed(lanes.call, "b", lambda n=n: n)  # behind long_call
             assert isinstance(result, LaneBusy), result
             assert "busy" in str(result) and took >= 0.25, (result, took)
+            assert not result.pending.done()  # it goes on in the lane
+            busy.append(result.pending)
         release.set()
         first.join(5)
+        assert [call.result(timeout=5) for call in busy] == [0, 1]  # each ran, in turn
         assert lanes.call("b", lambda: "next") == "next"
     finally:
         release.set()
@@ -171,3 +175,44 @@ def test_one_slow_call_while_the_broker_answers_others_is_not_an_outage() -> Non
     finally:
         release.set()
         lanes.shutdown()
+
+
+def test_each_call_reports_how_long_it_queued_and_ran() -> None:
+    """What ``roger_operator_broker_call_*_seconds`` observe: with one lane thread, the
+    second call queues while the first runs."""
+    done: list[tuple[str, float, float]] = []
+    finished = threading.Event()
+
+    def on_done(name: str, queued: float, ran: float) -> None:
+        done.append((name, queued, ran))
+        if len(done) == 2:
+            finished.set()
+
+    lanes = Lanes(lambda exc: False, threads=1, wait=5.0, on_call_done=on_done)
+    first_runs, release = threading.Event(), threading.Event()
+
+    def declare() -> None:
+        first_runs.set()
+        release.wait(5)
+
+    def stats() -> str:
+        return "stats"
+
+    try:
+        caller = threading.Thread(target=lanes.call, args=("a", declare))
+        caller.start()
+        assert first_runs.wait(5)
+        second: list[object] = []
+        waiter = threading.Thread(target=lambda: second.append(lanes.call("a", stats)))
+        waiter.start()
+        time.sleep(0.2)
+        release.set()
+        caller.join(5)
+        waiter.join(5)
+        assert finished.wait(5) and second == ["stats"]
+    finally:
+        lanes.shutdown()
+    (n1, q1, r1), (n2, q2, r2) = done
+    assert (n1, n2) == ("declare", "stats")
+    assert q1 < 0.1 and r1 >= 0.2  # ran at once, for as long as it was held
+    assert q2 >= 0.15 and r2 < 0.1  # queued behind it, then ran at once

@@ -3,9 +3,11 @@ after it was first seen, never twice at once, from one loop over the cached Part
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Mapping
+from concurrent.futures import Future
 from typing import Any, cast
 
 import pytest
@@ -13,6 +15,7 @@ import pytest
 from roger_operator.handlers import partition
 from roger_operator.handlers.context import Context
 from roger_operator.handlers.refresher import Refresher, Schedule
+from roger_operator.rabbit import BrokerBusy, BrokerError
 from tests.unit.test_operator_builders import partition as builders_partition
 
 pytestmark = pytest.mark.unit
@@ -117,3 +120,107 @@ def test_a_refresh_runs_only_for_the_partition_the_cache_still_holds() -> None:
     partition.refresh(ctx, body)  # replaced
     with pytest.raises(AttributeError):  # past the check: the clients are needed (None)
         partition.refresh(ctx, newer)
+
+
+def test_a_woken_partition_is_due_at_once_or_as_soon_as_its_refresh_ends() -> None:
+    s = Schedule(30)
+    s.due([A, B], now=0)
+    s.wake(A, now=5)
+    assert s.due([A, B], now=5) == [A]  # not at 30
+    s.wake(A, now=6)  # woken while its refresh runs
+    assert s.due([A, B], now=7) == []
+    s.done(A)
+    assert s.due([A, B], now=8) == [A]
+    s.done(A)
+    assert s.due([A, B], now=9) == []  # then every interval again
+
+
+def busy_broker_error() -> tuple[BrokerBusy, Future[Any]]:
+    pending: Future[Any] = Future()
+    return BrokerBusy("RabbitMQ is busy: this call waited 15s", pending), pending
+
+
+def test_a_busy_broker_call_wakes_its_partition_once_when_it_ends() -> None:
+    """However many of a Partition's calls were busy, one wake when the call ends; a later
+    busy call (a new wait) wakes it again."""
+    ctx = Context(kube=cast(Any, None), broker=cast(Any, None))
+    woken: list[Any] = []
+    ctx.wake = woken.append
+    first, pending = busy_broker_error()
+    problem = partition.broker_problem(ctx, A, first, blocking=True)
+    assert problem.reason == "BrokerUnavailable" and problem.blocking
+    partition.broker_problem(ctx, A, busy_broker_error()[0])  # a retry, busy again
+    assert A in ctx.broker_waits and woken == []
+    pending.set_result(None)
+    assert woken == [A] and A not in ctx.broker_waits
+    again, pending = busy_broker_error()
+    partition.broker_problem(ctx, A, again)
+    pending.set_exception(RuntimeError("the call failed: a reconcile finds out why"))
+    assert woken == [A, A]
+    partition.broker_problem(ctx, B, BrokerError("connection refused"))  # not busy: no wake
+    assert B not in ctx.broker_waits and woken == [A, A]
+
+
+def test_a_deployment_event_leaves_a_partition_waiting_for_its_broker_call_alone() -> None:
+    """While its busy broker call goes on, its Deployment's status events do not reconcile
+    it again (the wake will); without a pending call they do, as before."""
+    body = builders_partition()
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    body["status"] = {
+        "observedGeneration": body["metadata"]["generation"],
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "BrokerUnavailable", "message": "x"}
+        ],
+    }
+    ctx = Context(kube=cast(Any, None), broker=cast(Any, None))
+    ctx.partitions[key] = body
+    ctx.broker_waits.add(key)
+    partition.status_from_deployment(ctx, key, {"metadata": {"resourceVersion": "1"}})
+    ctx.broker_waits.clear()
+    with pytest.raises(AttributeError):  # reconciles: the clients are needed (None)
+        partition.status_from_deployment(ctx, key, {"metadata": {"resourceVersion": "2"}})
+
+
+def _quiet(fn: Any, *args: Any) -> None:
+    """Run ``fn``; its caller giving up (busy) is expected here."""
+    with contextlib.suppress(Exception):
+        fn(*args)
+
+
+def test_a_broker_call_queued_past_its_wait_is_busy_and_tells_when_it_ends() -> None:
+    """``Broker`` turns a lane's ``LaneBusy`` into ``BrokerBusy`` (no credentials in it),
+    whose ``when_done`` runs once the queued call has run."""
+    from roger_operator.builders.model import parse_partition
+    from roger_operator.rabbit import Broker
+
+    url = "amqp://user:secret@127.0.0.1:1/%2F"
+    broker = Broker(wait=0.3)
+    spec = parse_partition(builders_partition())
+    paused = {q.name for q in spec.queues if q.paused}
+    broker._paused[(url, spec.partition_id)] = paused  # known: set_paused has nothing to do
+    held, release = threading.Semaphore(0), threading.Event()
+    ended = threading.Event()
+
+    def hold(_n: int) -> None:  # distinct arguments: identical calls would be shared
+        held.release()
+        release.wait(5)
+
+    blockers = [
+        threading.Thread(target=lambda n=n: _quiet(broker.lanes.call, url, hold, n), daemon=True)
+        for n in range(broker.lanes.threads)
+    ]
+    try:
+        for blocker in blockers:
+            blocker.start()
+        for _ in blockers:  # every lane thread is held
+            assert held.acquire(timeout=5)
+        with pytest.raises(BrokerBusy) as busy:
+            broker.set_paused(url, spec)
+        assert "busy" in str(busy.value) and "secret" not in str(busy.value)
+        busy.value.when_done(ended.set)
+        assert not ended.is_set()
+        release.set()
+        assert ended.wait(5)
+    finally:
+        release.set()
+        broker.close()

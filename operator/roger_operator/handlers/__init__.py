@@ -202,6 +202,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     if ctx.status_interval > 0:
         # One loop over the cached Partitions, not a kopf timer each (handlers/refresher.py).
         refresher = Refresher(ctx, partition.refresh, ctx.status_interval)
+        ctx.wake = refresher.wake
         kopf.on.startup(id="refresher", registry=registry)(lambda **_: refresher.start())
         kopf.on.cleanup(id="refresher", registry=registry)(lambda **_: refresher.stop())
     if ctx.autoscale_interval > 0:

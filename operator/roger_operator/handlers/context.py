@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from roger_operator.builders.autoscale import Memory
 from roger_operator.builders.model import CallbackResource
 from roger_operator.kube import Kube
-from roger_operator.rabbit import Broker
+from roger_operator.rabbit import Broker, BrokerBusy
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -66,6 +66,11 @@ class Context:
     deleting: dict[Key, str] = field(default_factory=dict)
     # KEDA objects (kind, namespace, name) looked for once since this process started.
     keda_checked: set[tuple[str, str, str]] = field(default_factory=set)
+    # Partitions whose broker call outlasted its wait (``BrokerBusy``) and goes on in its
+    # lane: once it ends, ``wake`` has the Partition reconciled again (the status refresher
+    # makes it due at once), so nothing else needs to retry it meanwhile.
+    broker_waits: set[Key] = field(default_factory=set)
+    wake: Callable[[Key], None] = lambda key: None
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -96,6 +101,21 @@ class Context:
             and (cached.get("metadata") or {}).get("uid") == uid
             and not self.being_deleted(key, body)
         )
+
+    def retry_when_done(self, key: Key, busy: BrokerBusy) -> None:
+        """Reconcile ``key`` again once the broker call behind ``busy`` has ended (once,
+        however many of its calls were busy)."""
+        with self._guard:
+            if key in self.broker_waits:
+                return
+            self.broker_waits.add(key)
+
+        def done() -> None:
+            with self._guard:
+                self.broker_waits.discard(key)
+            self.wake(key)
+
+        busy.when_done(done)
 
     def lock(self, key: Key) -> threading.RLock:
         with self._guard:

@@ -37,7 +37,7 @@ from roger_operator.handlers.tenancy import (
 )
 from roger_operator.kube import KubeError, resource_path
 from roger_operator.kube.client import partition_path
-from roger_operator.rabbit import BrokerError, ClaimConflict
+from roger_operator.rabbit import BrokerBusy, BrokerError, ClaimConflict
 from roger_operator.rabbit.claims import QueueNameConflict, claim_queues
 
 log = logging.getLogger("roger_operator.partition")
@@ -166,6 +166,14 @@ def drain_retired(
         ctx.drains_pending.discard(key)
 
 
+def broker_problem(ctx: Context, key: Key, exc: BrokerError, blocking: bool = False) -> st.Problem:
+    """``BrokerUnavailable``; when the broker is only busy, the Partition is reconciled again
+    as soon as the call it waited for has ended (not at the next refresh or event)."""
+    if isinstance(exc, BrokerBusy):
+        ctx.retry_when_done(key, exc)
+    return st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=blocking)
+
+
 def write_status(
     ctx: Context, key: Key, body: Mapping[str, Any], status: Mapping[str, Any]
 ) -> None:
@@ -212,7 +220,7 @@ def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile")
             metrics.ERRORS.labels("Partition", trigger).inc()
             raise
         finally:
-            metrics.RECONCILES.labels("Partition", result).inc()
+            metrics.RECONCILES.labels("Partition", result, trigger).inc()
             metrics.RECONCILE_DURATION.labels("Partition").observe(time.monotonic() - started)
 
 
@@ -256,7 +264,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
             )
         except BrokerError as exc:
             before = previous.get("partitionId") == spec.partition_id
-            problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=not before))
+            problems.append(broker_problem(ctx, key, exc, blocking=not before))
 
     if url and claimed:
         # Before the pods: a template whose queues the broker refuses is never rolled out
@@ -265,7 +273,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
             refused = ctx.broker.declare(url, spec)
         except BrokerError as exc:
             refused = []
-            problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=False))
+            problems.append(broker_problem(ctx, key, exc))
         if refused:
             problems.append(st.queue_arguments_problem(refused))
 
@@ -304,7 +312,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
             stats = ctx.broker.stats(url, spec)
             drain_retired(ctx, key, url, spec, deployment)
         except BrokerError as exc:
-            problems.append(st.Problem(st.R_BROKER_UNAVAILABLE, str(exc), blocking=False))
+            problems.append(broker_problem(ctx, key, exc))
             metrics.ERRORS.labels("Partition", "broker").inc()
 
     pods = worker_pods(ctx, spec)
@@ -357,8 +365,16 @@ def refresh(
                 st.R_QUEUE_ARGUMENTS_REFUSED,
             )
         ):
+            if (
+                not with_stats
+                and key in ctx.broker_waits
+                and observed == spec.generation
+                and ready
+                and ready.get("reason") == st.R_BROKER_UNAVAILABLE
+            ):
+                return  # its broker call goes on: once it ends, ctx.wake reconciles it
             # Blocked or never finished: retry the whole reconcile (level-triggered).
-            reconcile(ctx, body, "refresh")
+            reconcile(ctx, body, "refresh" if with_stats else "deployment")
             return
         if deployment is not None:
             deployment = ctx.remember_deployment(key, deployment)

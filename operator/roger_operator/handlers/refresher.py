@@ -55,6 +55,10 @@ class Schedule:
     def done(self, key: Key) -> None:
         self.running.discard(key)
 
+    def wake(self, key: Key, now: float) -> None:
+        """Due now (if running, due again as soon as that refresh ends)."""
+        self.next_due[key] = min(self.next_due.get(key, now), now)
+
 
 class Refresher:
     """Runs ``refresh`` for each due Partition of ``ctx.partitions`` in ``threads``
@@ -85,6 +89,11 @@ class Refresher:
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self, key: Key) -> None:
+        """Refresh ``key`` at the next tick (``Context.wake``: its busy broker answered)."""
+        with self._lock:
+            self.schedule.wake(key, self.clock())
 
     def run(self) -> None:
         while not self.stopped.wait(self.tick):

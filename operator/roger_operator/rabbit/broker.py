@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import pika
@@ -24,10 +25,11 @@ import pika.exceptions
 
 from roger.broker.connect import blocking_connection
 from roger.core import naming, topology
+from roger_operator import metrics
 from roger_operator.builders import queue_plan
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit import management, migration, pause
-from roger_operator.rabbit.lanes import Lanes, LaneUnavailable
+from roger_operator.rabbit.lanes import LaneBusy, Lanes, LaneUnavailable
 from roger_operator.rabbit.redaction import addresses, redact
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,18 @@ _OWNER_RE = re.compile(r"current is '([^']*)'")
 
 class BrokerError(Exception):
     """RabbitMQ unreachable or refusing; the message is safe to show (no credentials)."""
+
+
+class BrokerBusy(BrokerError):
+    """The broker answers, but this call waited its turn too long (``LaneBusy``); it goes on
+    in the lane, and ``when_done`` runs a function once it has ended."""
+
+    def __init__(self, message: str, pending: Future[Any]) -> None:
+        super().__init__(message)
+        self._pending = pending
+
+    def when_done(self, fn: Callable[[], None]) -> None:
+        self._pending.add_done_callback(lambda _call: fn())
 
 
 class ClaimConflict(Exception):
@@ -65,6 +79,11 @@ def _delete_queue(channel: Any, name: str) -> None:
     channel.queue_delete(name)
 
 
+def _observe_call(name: str, queued: float, ran: float) -> None:
+    metrics.BROKER_CALL_QUEUED.labels(name).observe(queued)
+    metrics.BROKER_CALL_DURATION.labels(name).observe(ran)
+
+
 def _in_lane(method: M) -> M:
     """Run ``method(self, url, ...)`` in the lane of ``url``, unless already in one."""
 
@@ -74,6 +93,8 @@ def _in_lane(method: M) -> M:
             return method(self, url, *args, **kwargs)
         try:
             return self.lanes.call(url, method, self, url, *args, **kwargs)
+        except LaneBusy as exc:
+            raise BrokerBusy(redact(str(exc), url), exc.pending) from None
         except LaneUnavailable as exc:
             raise BrokerError(redact(str(exc), url)) from None
 
@@ -98,6 +119,7 @@ class Broker:
             lambda exc: isinstance(exc, BrokerError),
             wait=wait,
             on_thread_start=lambda: setattr(self._local, "in_lane", True),
+            on_call_done=_observe_call,
         )
         self._declared: dict[tuple[str, str], str] = {}
         self._paused: dict[tuple[str, str], set[str]] = {}  # as last read/set in the broker

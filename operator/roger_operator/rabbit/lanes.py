@@ -50,7 +50,12 @@ class LaneUnavailable(Exception):
 
 class LaneBusy(LaneUnavailable):
     """The wait ended while the lane was busy, not out: the call was queued most of it, or
-    other calls of the lane were answered meanwhile. The lane stays healthy."""
+    other calls of the lane were answered meanwhile. The lane stays healthy. ``pending`` is
+    the call, still queued or running: the caller may come back once it is done."""
+
+    def __init__(self, message: str, pending: Future[Any]) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Lanes:
         wait: float = 15.0,
         probe_wait: float = 1.0,
         on_thread_start: Callable[[], None] | None = None,
+        on_call_done: Callable[[str, float, float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.is_outage = is_outage
@@ -89,6 +95,8 @@ class Lanes:
         self.wait = wait
         self.probe_wait = probe_wait
         self.on_thread_start = on_thread_start
+        # (the function's name, seconds it queued for a lane thread, seconds it ran)
+        self.on_call_done = on_call_done
         self.clock = clock
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
@@ -118,7 +126,9 @@ class Lanes:
             if pending is None:
                 lane.calls += 1
                 lane.pending += 1
-                future = lane.executor.submit(self._run, lane, lane.calls, same, fn, args, kwargs)
+                future = lane.executor.submit(
+                    self._run, lane, lane.calls, same, now, fn, args, kwargs
+                )
                 pending = lane.pending_calls[same] = (lane.calls, future, now)
         number, waited_for, submitted = pending
         try:
@@ -132,7 +142,8 @@ class Lanes:
                     # Queued most of the wait, or slow while others are answered: busy.
                     raise LaneBusy(
                         f"RabbitMQ is busy: this call waited {budget:.0f}s, mostly behind "
-                        f"{lane.pending - 1} other calls to this broker"
+                        f"{lane.pending - 1} other calls to this broker",
+                        waited_for,
                     ) from None
                 lane.in_outage = True
                 lane.last_error = f"RabbitMQ did not answer within {budget:.0f}s"
@@ -143,12 +154,14 @@ class Lanes:
         lane: _Lane,
         number: int,
         same: Hashable,
+        submitted: float,
         fn: Callable[..., T],
         args: Any,
         kwargs: Any,
     ) -> T:
+        started = self.clock()
         with self._lock:
-            lane.running[number] = self.clock()
+            lane.running[number] = started
         outage: BaseException | None = None
         try:
             return fn(*args, **kwargs)
@@ -162,10 +175,14 @@ class Lanes:
                 if lane.pending_calls.get(same, (None,))[0] == number:
                     del lane.pending_calls[same]
                 lane.in_outage = outage is not None
+                ended = self.clock()
                 if outage is not None:
                     lane.last_error = str(outage)
                 else:
-                    lane.progress = self.clock()
+                    lane.progress = ended
+            if self.on_call_done is not None:
+                name = getattr(fn, "__name__", "call")
+                self.on_call_done(name, started - submitted, ended - started)
 
     def shutdown(self) -> None:
         with self._lock:

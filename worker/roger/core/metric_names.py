@@ -39,11 +39,23 @@ KUBE_EVENT_WRITES: Final = "roger_kube_event_writes"  # counter {partition,verb}
 
 # Operator.
 OPERATOR_INFO: Final = "roger_operator"  # info {version}, from start-up (before any reconcile)
-OPERATOR_RECONCILES: Final = "roger_operator_reconciles"  # counter {kind,result}
+OPERATOR_RECONCILES: Final = "roger_operator_reconciles"  # counter {kind,result,trigger}
 OPERATOR_RECONCILE_DURATION: Final = "roger_operator_reconcile_duration_seconds"  # histogram
 OPERATOR_ERRORS: Final = "roger_operator_errors"  # counter {kind,stage}
 OPERATOR_PARTITIONS: Final = "roger_operator_partitions"  # gauge {partition_namespace,phase}
 OPERATOR_API_REQUESTS: Final = "roger_operator_api_requests"  # counter {verb} (its own client)
+# Broker work in the lanes (roger_operator.rabbit.lanes), histograms {call}: seconds waiting
+# for a lane thread, and running.
+OPERATOR_BROKER_CALL_QUEUED: Final = "roger_operator_broker_call_queued_seconds"
+OPERATOR_BROKER_CALL_DURATION: Final = "roger_operator_broker_call_duration_seconds"
+
+# Exposed as <name>_bucket, <name>_sum and <name>_count.
+HISTOGRAMS: Final = (
+    JOB_DURATION,
+    OPERATOR_RECONCILE_DURATION,
+    OPERATOR_BROKER_CALL_QUEUED,
+    OPERATOR_BROKER_CALL_DURATION,
+)
 
 # prometheus-client appends "_total" to counters on exposition.
 COUNTERS: Final = (
