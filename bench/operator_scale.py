@@ -76,11 +76,16 @@ def kubectl(*args: str, stdin: str | None = None) -> str:
 _SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
-def apiserver_requests() -> int:
+def apiserver_metrics() -> str:
+    """The API server's /metrics text: one snapshot for both counts below."""
+    return kubectl("get", "--raw", "/metrics")
+
+
+def apiserver_requests(metrics_text: str) -> int:
     """Requests the API server counted for the operator's resources: not Deployment status
     (kube-controller-manager writes it) and not LISTs (this script polls with them)."""
     total = 0.0
-    for line in kubectl("get", "--raw", "/metrics").splitlines():
+    for line in metrics_text.splitlines():
         m = _SAMPLE.match(line)
         if not m:
             continue
@@ -100,11 +105,11 @@ _WATCH_SAMPLE = re.compile(
 )
 
 
-def watch_events() -> dict[str, float]:
+def watch_events(metrics_text: str) -> dict[str, float]:
     """Watch events the API server sent, per resource, to every watcher (the operator is
     the only one watching partitions; deployments and pods also go to the controllers)."""
     out: dict[str, float] = {}
-    for line in kubectl("get", "--raw", "/metrics").splitlines():
+    for line in metrics_text.splitlines():
         m = _WATCH_SAMPLE.match(line)
         if m and m["r"] in ("partitions", "deployments", "pods", "configmaps"):
             out[m["r"]] = out.get(m["r"], 0.0) + float(m["v"])
@@ -134,10 +139,9 @@ def operator_counters(port: int) -> dict[str, float]:
     return out
 
 
-def operator_requests(port: int) -> int:
-    return int(
-        sum(v for k, v in operator_counters(port).items() if k.startswith(API_REQUESTS_SERIES))
-    )
+def operator_requests(counters: dict[str, float]) -> int:
+    """The operator's own client requests, from an ``operator_counters`` snapshot."""
+    return int(sum(v for k, v in counters.items() if k.startswith(API_REQUESTS_SERIES)))
 
 
 def counters_per_partition(
@@ -344,8 +348,8 @@ def run(args: argparse.Namespace, url: str) -> int:
                     ) from None
                 time.sleep(0.2)
         time.sleep(1)
-        api0, own0 = apiserver_requests(), operator_requests(metrics_port)
-        counters0, watch0 = operator_counters(metrics_port), watch_events()
+        api_text0, counters0 = apiserver_metrics(), operator_counters(metrics_port)
+        api0, own0 = apiserver_requests(api_text0), operator_requests(counters0)
         result["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
         cpu_start = cpu_seconds(op.pid)
         start = time.monotonic()
@@ -376,27 +380,29 @@ def run(args: argparse.Namespace, url: str) -> int:
         result["operator_cpu_seconds_to_ready"] = round(cpu_ready, 2)
         result["operator_cpu_ms_per_partition"] = round(1000 * cpu_ready / args.partitions, 1)
         result["rss_mib_at_ready"] = round(rss_mib(op.pid), 1)
-        api1, own1 = apiserver_requests(), operator_requests(metrics_port)
+        api_text1, counters1 = apiserver_metrics(), operator_counters(metrics_port)
+        api1, own1 = apiserver_requests(api_text1), operator_requests(counters1)
         result["apiserver_requests_to_ready"] = api1 - api0
         result["operator_client_requests_to_ready"] = own1 - own0
         result["requests_per_partition"] = round((api1 - api0) / args.partitions, 1)
         result["operator_requests_per_partition"] = round((own1 - own0) / args.partitions, 1)
         result["operator_counters_per_partition_to_ready"] = counters_per_partition(
-            counters0, operator_counters(metrics_port), args.partitions
+            counters0, counters1, args.partitions
         )
-        watch1 = watch_events()
+        watch0, watch1 = watch_events(api_text0), watch_events(api_text1)
         result["watch_events_per_partition_to_ready"] = {
             r: round((watch1[r] - watch0.get(r, 0.0)) / args.partitions, 2) for r in watch1
         }
 
         time.sleep(3)  # let the last status events settle
-        cpu0, t0, own_idle0 = cpu_seconds(op.pid), time.monotonic(), operator_requests(metrics_port)
+        cpu0, t0 = cpu_seconds(op.pid), time.monotonic()
+        own_idle0 = operator_requests(operator_counters(metrics_port))
         time.sleep(args.idle_seconds)
         cpu1, t1 = cpu_seconds(op.pid), time.monotonic()
         result["idle_window_seconds"] = round(t1 - t0, 1)
         result["idle_cpu_percent"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)
         result["idle_operator_requests_per_second"] = round(
-            (operator_requests(metrics_port) - own_idle0) / (t1 - t0), 2
+            (operator_requests(operator_counters(metrics_port)) - own_idle0) / (t1 - t0), 2
         )
         result["status_interval_seconds"] = args.status_interval
         result["peak_rss_mib"] = round(peak_rss_mib(op.pid), 1)
