@@ -296,6 +296,7 @@ def test_rollout_bound_and_levels_migrate_without_degrading(
     )
     with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
         ch = conn.channel()
+        ch.confirm_delivery()  # in the queue before the connection closes
         ch.queue_declare(
             legacy, durable=True, arguments={"x-queue-type": "quorum", "x-max-length": 10}
         )

@@ -51,11 +51,16 @@ def roger(*args: str, amqp_url: str | None = None, **kw: Any) -> subprocess.Comp
 
 
 class Broker:
-    """A blocking pika connection for looking at queues and publishing raw messages."""
+    """A blocking pika connection for looking at queues and publishing raw messages.
+
+    Its channel is in confirm mode: a publish returns once the broker has the message. An
+    unconfirmed publish to a quorum queue whose channel closes at once can be lost (the
+    channel is gone before a resend to a leader just elected), which is not what a test of
+    the worker means to look at."""
 
     def __init__(self, amqp_url: str) -> None:
         self.conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
-        self.ch = self.conn.channel()
+        self.ch = self._confirmed_channel()
 
     def close(self) -> None:
         if self.conn.is_open:
@@ -63,8 +68,13 @@ class Broker:
 
     def _channel(self) -> Any:
         if not self.ch.is_open:
-            self.ch = self.conn.channel()
+            self.ch = self._confirmed_channel()
         return self.ch
+
+    def _confirmed_channel(self) -> Any:
+        ch = self.conn.channel()
+        ch.confirm_delivery()
+        return ch
 
     def count(self, queue: str) -> int:
         """Ready messages; -1 if the queue does not exist."""
@@ -184,14 +194,13 @@ def bury_legacy(
     broker: Broker, partition: str, ids: list[str], kind: str = "ValueError", **headers: Any
 ) -> None:
     """Burials as a worker of the previous version left them: in the ``.buried`` queue."""
-    ch = broker.conn.channel()
     intake = naming.buried_queue_name(partition, "default")
     before = broker.count(intake)
+    ch = broker._channel()  # after the count, whose refusal would close it
     for ident in ids:
         msg = message.JobMessage(ident, "tests.jobs.basic:ok", {"id": ident}, "default", None)
         h = {bu.ERROR_KIND: kind, bu.ERROR_MESSAGE: "boom", bu.BURIED_REASON: "not_retryable"}
         h.update(headers)
         props = pika.BasicProperties(delivery_mode=2, message_id=ident, headers=h)
         ch.basic_publish("", intake, message.encode(msg), props)
-    ch.close()
     eventually(lambda: broker.count(intake) == before + len(ids), 30, message="burials")

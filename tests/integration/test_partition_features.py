@@ -93,6 +93,7 @@ def test_queue_key_refused_while_held_and_freed_when_the_job_leaves(
     conn = client._conn
     assert state_client.take_queue_key(conn, p, "parked-key", "parked-job", "default")
     ch = conn.channel()
+    ch.confirm_delivery()
     ch.basic_publish(
         "",
         f"{p}-default",
