@@ -23,6 +23,7 @@ import pika
 from roger.core import buried as bu
 from roger.core import message, naming, topology
 from roger_devtools.polling import eventually
+from roger_operator.builders.model import PartitionSpec, QueueSpec
 from tests.brokers import BROKER
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,3 +205,19 @@ def bury_legacy(
         props = pika.BasicProperties(delivery_mode=2, message_id=ident, headers=h)
         ch.basic_publish("", intake, message.encode(msg), props)
     eventually(lambda: broker.count(intake) == before + len(ids), 30, message="burials")
+
+
+def operator_spec(
+    partition_id: str,
+    queues: tuple[str, ...] = ("q",),
+    levels: tuple[int, ...] = (1,),
+    bound: int = 1,
+) -> PartitionSpec:
+    """A Partition as the operator's broker code takes it (the rest of the spec unused)."""
+    return PartitionSpec(
+        name=partition_id, namespace="ns", uid="u", generation=1, partition_id=partition_id,
+        secret_name="s", secret_key="url", image="i", replicas=1, jobs=("m",),
+        queues=tuple(QueueSpec(q) for q in queues), retry_levels=levels,
+        buried_max_length=bound, callbacks=(), event_hooks=(), metrics_port=9100,
+        shutdown_timeout=1.0, callback_timeout=1.0, grace_period=1,
+    )  # fmt: skip

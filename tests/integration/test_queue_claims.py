@@ -11,21 +11,16 @@ import pika
 import pytest
 
 from roger.core import naming
-from roger_operator.builders.model import PartitionSpec, QueueSpec
+from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit.broker import Broker
 from roger_operator.rabbit.claims import QueueNameConflict, claim_queues, owned, release_queues
+from tests.integration.support import operator_spec
 
 pytestmark = pytest.mark.integration
 
 
 def spec(partition_id: str, *queues: str) -> PartitionSpec:
-    return PartitionSpec(
-        name=partition_id, namespace="ns", uid="u", generation=1, partition_id=partition_id,
-        secret_name="s", secret_key="url", image="i", replicas=1, jobs=("m",),
-        queues=tuple(QueueSpec(q) for q in queues), retry_levels=(1,), buried_max_length=1,
-        callbacks=(), event_hooks=(), metrics_port=9100, shutdown_timeout=1.0,
-        callback_timeout=1.0, grace_period=1,
-    )  # fmt: skip
+    return operator_spec(partition_id, queues)
 
 
 @pytest.fixture

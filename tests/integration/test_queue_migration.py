@@ -16,23 +16,17 @@ import pytest
 from roger.broker import buried_store
 from roger.core import naming
 from roger_devtools.polling import eventually
-from roger_operator.builders.model import PartitionSpec, QueueSpec
+from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit import migration
 from roger_operator.rabbit.broker import Broker
 from tests.brokers import selected
-from tests.integration.support import management
+from tests.integration.support import management, operator_spec
 
 pytestmark = pytest.mark.integration
 
 
 def spec(partition_id: str, levels: tuple[int, ...], bound: int) -> PartitionSpec:
-    return PartitionSpec(
-        name=partition_id, namespace="ns", uid="u", generation=1, partition_id=partition_id,
-        secret_name="s", secret_key="url", image="i", replicas=1, jobs=("m",),
-        queues=(QueueSpec("q"),), retry_levels=levels, buried_max_length=bound,
-        callbacks=(), event_hooks=(), metrics_port=9100, shutdown_timeout=1.0,
-        callback_timeout=1.0, grace_period=1,
-    )  # fmt: skip
+    return operator_spec(partition_id, ("q",), levels, bound)
 
 
 @pytest.fixture

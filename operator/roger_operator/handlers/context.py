@@ -70,6 +70,10 @@ class Context:
     # lane: once it ends, ``wake`` has the Partition reconciled again (the status refresher
     # makes it due at once), so nothing else needs to retry it meanwhile.
     broker_waits: set[Key] = field(default_factory=set)
+    # The change (uid, generation) each Partition's last reconcile finished without a
+    # problem: kopf calls its create handler again for a change already handled when the
+    # watch brings kopf's own patch back late (``partition.already_handled``).
+    handled: dict[Key, tuple[str, int]] = field(default_factory=dict)
     wake: Callable[[Key], None] = lambda key: None
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
@@ -132,6 +136,7 @@ class Context:
             self.written.pop(key, None)
             self.phases.pop(key, None)
             self.deployments.pop(key, None)
+            self.handled.pop(key, None)
             self.autoscale.pop(key, None)
             self.configs_pending.discard(key)
             self.drains_pending.discard(key)

@@ -202,6 +202,24 @@ def publish_phases(ctx: Context, namespace: str) -> None:
         metrics.PARTITIONS.labels(namespace, phase).set(count)
 
 
+def change_of(body: Mapping[str, Any]) -> tuple[str, int]:
+    """What a reconcile builds from: the object (uid) and its spec's version (generation;
+    the API server bumps it on every spec change, and nothing else of the object is read)."""
+    meta = body.get("metadata") or {}
+    return str(meta.get("uid", "")), int(meta.get("generation") or 0)
+
+
+def already_handled(ctx: Context, key: Key, body: Mapping[str, Any], trigger: str) -> bool:
+    """A change kopf hands over again, although its last reconcile ended without a problem.
+
+    kopf patches each Partition it handles and waits (``cli.CONSISTENCY_TIMEOUT_SECONDS``)
+    for the watch to bring that version back; when it comes later still (hundreds of
+    Partitions created at once on a busy machine), kopf runs the create handler once more
+    on the older body. Only ``change`` is skipped: a repair, a drift, a changed Callback or
+    a refresh has its own reason to run, and a restarted operator remembers nothing."""
+    return trigger == "change" and ctx.handled.get(key) == change_of(body)
+
+
 def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile") -> None:
     """Bring one Partition's children, queues and status to its spec."""
     meta = body.get("metadata") or {}
@@ -213,23 +231,32 @@ def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile")
     with ctx.lock(key):
         if ctx.being_deleted(key, body):  # took its body before the deletion began
             return
+        if already_handled(ctx, key, body, trigger):
+            metrics.RECONCILES.labels("Partition", "unchanged", trigger).inc()
+            return
         try:
-            _reconcile(ctx, key, body)
+            clean = _reconcile(ctx, key, body)
         except Exception:
             result = "error"
+            ctx.handled.pop(key, None)
             metrics.ERRORS.labels("Partition", trigger).inc()
             raise
         finally:
             metrics.RECONCILES.labels("Partition", result, trigger).inc()
             metrics.RECONCILE_DURATION.labels("Partition").observe(time.monotonic() - started)
+        if clean:
+            ctx.handled[key] = change_of(body)
+        else:
+            ctx.handled.pop(key, None)
 
 
-def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
+def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> bool:
+    """One reconcile; whether it ended without a problem (nothing a rerun could fix)."""
     try:
         spec = parse_partition(body)
     except SpecError as exc:
         log.warning("Partition %s/%s cannot be built: %s", *key, exc)
-        return
+        return False
     previous = body.get("status") or {}
     problems: list[st.Problem] = []
     resolved, missing = resolve_callbacks(ctx, spec)
@@ -329,6 +356,7 @@ def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> None:
         pods=pods,
     )
     write_status(ctx, key, body, st.compute_status(previous, obs, now()))
+    return not problems
 
 
 def refresh(

@@ -30,12 +30,14 @@ from roger_operator.builders import queue_plan
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit import management, migration, pause
 from roger_operator.rabbit.lanes import LaneBusy, Lanes, LaneUnavailable
+from roger_operator.rabbit.listing import SharedListing
 from roger_operator.rabbit.redaction import addresses, redact
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 M = TypeVar("M", bound=Callable[..., Any])
 _OWNER_RE = re.compile(r"current is '([^']*)'")
+STATS_COLUMNS = "name,messages_ready,messages_unacknowledged,messages,consumers"
 
 
 class BrokerError(Exception):
@@ -125,6 +127,9 @@ class Broker:
         self._paused: dict[tuple[str, str], set[str]] = {}  # as last read/set in the broker
         self._retired: dict[tuple[str, str], list[str]] = {}  # retry queues left to drain
         self._lock = threading.Lock()
+        self._stats_listing = SharedListing(
+            lambda url, pattern: self.management_list(url, "queues", pattern, STATS_COLUMNS)
+        )
 
     # -- connections ---------------------------------------------------------------------
     def _connections(self) -> dict[str, Any]:
@@ -303,16 +308,12 @@ class Broker:
         return int(ok.method.message_count), int(ok.method.consumer_count)
 
     def _management(self, url: str, names: Iterable[str], prefix: str) -> dict[str, Any] | None:
-        items = self.management_list(
-            url,
-            "queues",
-            f"^{re.escape(prefix)}",
-            "name,messages_ready,messages_unacknowledged,messages,consumers",
-        )
+        """The management API's numbers for ``names`` (all starting with ``prefix``), from
+        a listing shared with the Partitions asking at the same time (``listing``)."""
+        items = self._stats_listing.items(url, prefix)
         if items is None:
             return None
-        wanted = set(names)
-        return {i["name"]: i for i in items if i.get("name") in wanted}
+        return {name: items[name] for name in names if name in items}
 
     @_in_lane
     def stats(self, url: str, spec: PartitionSpec) -> list[dict[str, Any]]:
