@@ -539,3 +539,13 @@ def test_operator_metrics_and_health(operator: OperatorProcess, kubectl: Kubectl
     assert "roger_operator_reconciles_total" in text
     assert "roger_operator_reconcile_duration_seconds_bucket" in text
     assert operator.healthy()
+
+    def ready_partitions() -> float:
+        series = f'roger_operator_partitions{{partition_namespace="{ns}",phase="Ready"}} '
+        lines = [ln for ln in operator.metrics().splitlines() if ln.startswith(series)]
+        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
+
+    ready = ready_partitions()
+    assert ready >= 1
+    kubectl.run("-n", ns, "delete", "partition", name, "--timeout=60s")
+    eventually(lambda: ready_partitions() == ready - 1, 30, message="one Ready fewer")

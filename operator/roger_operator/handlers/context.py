@@ -43,7 +43,10 @@ class Context:
     applied: dict[tuple[str, str, str], tuple[str, int]] = field(default_factory=dict)
     # The status last written per Partition (only the operator writes status).
     written: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
+    # Ready or NotReady per Partition, as last written, and their counts per namespace
+    # (``set_phase``: written from many handler threads at once).
     phases: dict[Key, str] = field(default_factory=dict)
+    _phase_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     # Latest Deployment of each Partition, from its watch and from apply responses.
     deployments: dict[Key, Mapping[str, Any]] = field(default_factory=dict)
     # AMQP URL per (namespace, secret, key), with when it was read: used by the stats refresh
@@ -121,6 +124,25 @@ class Context:
 
         busy.when_done(done)
 
+    def set_phase(self, key: Key, phase: str) -> None:
+        with self._guard:
+            self._count_phase(key, phase)
+
+    def phase_counts(self, namespace: str) -> dict[str, int]:
+        """Partitions of ``namespace`` by phase (Ready, NotReady; 0 when none)."""
+        with self._guard:
+            return {"Ready": 0, "NotReady": 0, **self._phase_counts.get(namespace, {})}
+
+    def _count_phase(self, key: Key, phase: str | None) -> None:
+        """Record (None: drop) ``key``'s phase and keep the counts; under ``_guard``."""
+        old = self.phases.pop(key, None)
+        counts = self._phase_counts.setdefault(key[0], {})
+        if old is not None:
+            counts[old] -= 1
+        if phase is not None:
+            self.phases[key] = phase
+            counts[phase] = counts.get(phase, 0) + 1
+
     def lock(self, key: Key) -> threading.RLock:
         with self._guard:
             lock = self._locks.get(key)
@@ -134,7 +156,7 @@ class Context:
             self._locks.pop((key[0], f"{key[1]}#autoscale"), None)  # handlers/autoscale.py
             self.partitions.pop(key, None)
             self.written.pop(key, None)
-            self.phases.pop(key, None)
+            self._count_phase(key, None)
             self.deployments.pop(key, None)
             self.handled.pop(key, None)
             self.autoscale.pop(key, None)

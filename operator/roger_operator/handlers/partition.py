@@ -188,17 +188,13 @@ def write_status(
         raise
     ctx.written[key] = status
     ready = st.condition(status, st.READY)
-    ctx.phases[key] = "Ready" if ready and ready["status"] == "True" else "NotReady"
+    ctx.set_phase(key, "Ready" if ready and ready["status"] == "True" else "NotReady")
     publish_phases(ctx, key[0])
 
 
 def publish_phases(ctx: Context, namespace: str) -> None:
     """``roger_operator_partitions{partition_namespace,phase}`` from the phases last written."""
-    counts = {"Ready": 0, "NotReady": 0}
-    for (ns, _name), phase in list(ctx.phases.items()):
-        if ns == namespace:
-            counts[phase] = counts.get(phase, 0) + 1
-    for phase, count in counts.items():
+    for phase, count in ctx.phase_counts(namespace).items():
         metrics.PARTITIONS.labels(namespace, phase).set(count)
 
 
