@@ -206,7 +206,7 @@ def apply_parallel(ns: str, names: list[str], streams: int, url: str = AMQP_URL)
     """``kubectl apply --server-side`` of all Partitions from ``streams`` processes at once."""
     kubectl("apply", "-f", "-", stdin=manifests(ns, [], url)[0])
     procs = []
-    for i in range(streams):
+    for i in range(min(streams, len(names))):  # kubectl refuses an empty apply
         chunk = names[i::streams]
         procs.append(
             subprocess.Popen(
