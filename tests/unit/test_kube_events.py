@@ -281,3 +281,24 @@ def test_reporting_instance_is_the_pod_then_the_host() -> None:
     assert instance({"POD_NAME": "pod-7", "HOSTNAME": "h"}) == "pod-7"
     assert instance({"HOSTNAME": "h"}) == "h"
     assert instance({})  # the host name
+
+
+def test_each_registry_gets_counters_of_its_own_even_at_a_reused_address() -> None:
+    """A registry collected and a new one made at the same address: the new one shows its
+    own counts (keyed by id(), it got the old one's counters and showed nothing)."""
+    import gc
+
+    from prometheus_client import CollectorRegistry
+
+    from roger.kube.metrics import kube_event_metrics
+
+    addresses = set()
+    for _ in range(50):
+        registry = CollectorRegistry()
+        addresses.add(id(registry))
+        kube_event_metrics(registry).dropped.labels("p", "forbidden").inc()
+        labels = {"partition": "p", "cause": "forbidden"}
+        assert registry.get_sample_value("roger_kube_events_dropped_total", labels) == 1
+        del registry
+        gc.collect()
+    assert len(addresses) < 50  # an address was reused: the case that went wrong

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from threading import Lock
 from typing import Any
@@ -19,14 +20,20 @@ class KubeEventMetrics:
 
 
 _lock = Lock()
-_by_registry: dict[int, KubeEventMetrics] = {}
+# By the registry itself, held weakly: keyed by id(), a registry collected and a new one
+# created at the same address got the old one's counters (registered on the old registry),
+# so the new registry never showed a count (a test caught it after an earlier test's
+# registry was gone).
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, KubeEventMetrics] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def kube_event_metrics(registry: CollectorRegistry | None = None) -> KubeEventMetrics:
     """The counters on ``registry`` (default: the global one), created once per registry."""
     registry = registry or REGISTRY
     with _lock:
-        metrics = _by_registry.get(id(registry))
+        metrics = _by_registry.get(registry)
         if metrics is None:
             metrics = KubeEventMetrics(
                 emitted=Counter(
@@ -48,5 +55,5 @@ def kube_event_metrics(registry: CollectorRegistry | None = None) -> KubeEventMe
                     registry=registry,
                 ),
             )
-            _by_registry[id(registry)] = metrics
+            _by_registry[registry] = metrics
         return metrics
