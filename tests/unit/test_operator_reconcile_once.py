@@ -55,6 +55,8 @@ def test_the_same_change_again_is_skipped_and_a_new_generation_is_not(runs: Reco
     edited["metadata"]["generation"] += 1
     partition.reconcile(ctx, edited, "change")
     assert len(runs.runs) == 2
+    partition.reconcile(ctx, body, "change")  # the older spec, handed over late: stale
+    assert runs.runs[-1] == partition.change_of(edited) and len(runs.runs) == 2
 
 
 @pytest.mark.parametrize("trigger", ["repair", "drift", "callback", "refresh", "deployment"])

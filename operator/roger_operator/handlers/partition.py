@@ -211,9 +211,18 @@ def already_handled(ctx: Context, key: Key, body: Mapping[str, Any], trigger: st
     kopf patches each Partition it handles and waits (``cli.CONSISTENCY_TIMEOUT_SECONDS``)
     for the watch to bring that version back; when it comes later still (hundreds of
     Partitions created at once on a busy machine), kopf runs the create handler once more
-    on the older body. Only ``change`` is skipped: a repair, a drift, a changed Callback or
-    a refresh has its own reason to run, and a restarted operator remembers nothing."""
-    return trigger == "change" and ctx.handled.get(key) == change_of(body)
+    on the older body. An older generation than the one handled is skipped too: the spec
+    has moved on since, and applying it would roll the children back. Only ``change`` is
+    skipped: a repair, a drift, a changed Callback or a refresh has its own reason to run,
+    and a restarted operator remembers nothing."""
+    handled = ctx.handled.get(key)
+    uid, generation = change_of(body)
+    return (
+        trigger == "change"
+        and handled is not None
+        and handled[0] == uid
+        and generation <= handled[1]
+    )
 
 
 def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile") -> None:
