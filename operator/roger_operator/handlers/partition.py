@@ -239,11 +239,11 @@ def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile")
         if already_handled(ctx, key, body, trigger):
             metrics.RECONCILES.labels("Partition", "unchanged", trigger).inc()
             return
+        ctx.handled.pop(key, None)  # remembered again only if this one ends clean
         try:
             clean = _reconcile(ctx, key, body)
         except Exception:
             result = "error"
-            ctx.handled.pop(key, None)
             metrics.ERRORS.labels("Partition", trigger).inc()
             raise
         finally:
@@ -251,8 +251,6 @@ def reconcile(ctx: Context, body: Mapping[str, Any], trigger: str = "reconcile")
             metrics.RECONCILE_DURATION.labels("Partition").observe(time.monotonic() - started)
         if clean:
             ctx.handled[key] = change_of(body)
-        else:
-            ctx.handled.pop(key, None)
 
 
 def _reconcile(ctx: Context, key: Key, body: Mapping[str, Any]) -> bool:
