@@ -26,6 +26,7 @@ import pika
 import pika.exceptions
 
 from roger.broker.state_client import exclusive_lock
+from roger.broker.stream_reads import read_stream
 from roger.core import buried as b
 from roger.core import naming, topology
 
@@ -34,6 +35,7 @@ from roger.core import naming, topology
 PublishMany = Callable[[list[tuple[str, bytes, Any]]], None]
 LOCK_WAIT = 30.0  # seconds to wait for another verb on the same queue
 MARK = "mark"  # a record that tells a reader it has reached the end of the log
+LOG_SILENCE = 30.0  # seconds without a record before a reader gives up on the log's end
 BATCH = 200  # jobs filed, or copied, tombstoned and moved, together
 
 
@@ -86,32 +88,29 @@ def read_log(ch: Any, partition: str, queue: str) -> list[b.Record]:
     log = naming.buried_log_name(partition, queue)
     nonce = uuid.uuid4().hex
     ch.basic_publish("", log, b"", _props({b.RECORD: MARK, "x-roger-nonce": nonce}), mandatory=True)
-    reader = ch.connection.channel()
+
+    def is_my_mark(props: Any, _body: bytes) -> bool:
+        headers = props.headers or {}
+        return headers.get(b.RECORD) == MARK and headers.get("x-roger-nonce") == nonce
+
+    records, ended = read_stream(
+        ch.connection, log, "first", prefetch=500, idle=LOG_SILENCE, until=is_my_mark
+    )
+    if not ended:
+        raise TimeoutError(f"the log {log} went silent before its end")
     out: list[b.Record] = []
-    try:
-        reader.basic_qos(prefetch_count=500)
-        for method, props, body in reader.consume(
-            log, arguments={"x-stream-offset": "first"}, inactivity_timeout=30
-        ):
-            if method is None:
-                raise TimeoutError(f"the log {log} went silent before its end")
-            reader.basic_ack(method.delivery_tag, multiple=False)
-            headers = dict(props.headers or {})
-            if headers.get(b.RECORD) == MARK:
-                if headers.get("x-roger-nonce") == nonce:
-                    break
-                continue
-            out.append(
-                b.Record(
-                    offset=int(headers.get("x-stream-offset", -1)),
-                    headers=headers,
-                    body=body,
-                    timestamp=float(props.timestamp) if props.timestamp else None,
-                )
+    for props, body in records:
+        headers = dict(props.headers or {})
+        if headers.get(b.RECORD) == MARK:
+            continue  # another reader's end
+        out.append(
+            b.Record(
+                offset=int(headers.get("x-stream-offset", -1)),
+                headers=headers,
+                body=body,
+                timestamp=float(props.timestamp) if props.timestamp else None,
             )
-    finally:
-        if reader.is_open:
-            reader.close()
+        )
     return out
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import pika
 import pika.exceptions
 
+from roger.broker.stream_reads import read_stream
 from roger.core import naming
 from roger.core import state as st
 from roger.core import worker_status as ws
@@ -214,25 +215,15 @@ def queue_key_holder(conn: Any, partition: str, key: str) -> str | None:
 
 
 def _read_stream(conn: Any, name: str, offset: Any, idle: float = READ_IDLE) -> list[bytes]:
-    """Bodies from ``offset`` until the stream stays silent for ``idle`` seconds."""
-    ch = conn.channel()
-    out: list[bytes] = []
+    """Bodies from ``offset`` until the stream stays silent for ``idle`` seconds (none if
+    there is no such stream)."""
     try:
-        ch.basic_qos(prefetch_count=1000)
-        for method, _props, body in ch.consume(
-            name, arguments={"x-stream-offset": offset}, inactivity_timeout=idle
-        ):
-            if method is None:
-                break
-            out.append(body)
-            ch.basic_ack(method.delivery_tag)
+        records, _ended = read_stream(conn, name, offset, prefetch=1000, idle=idle)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != 404:
             raise
-    finally:
-        if ch.is_open:
-            ch.close()
-    return out
+        return []
+    return [body for _props, body in records]
 
 
 def is_paused(conn: Any, partition: str, queue: str) -> bool:
