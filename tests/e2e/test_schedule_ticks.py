@@ -1,7 +1,8 @@
-"""A Schedule ``* * * * *`` enqueues exactly one job a minute, for 3 minutes, while its
-operator leader is killed (SIGKILL) just before a tick and a standby takes over; beside
-it, the same Schedule with ``concurrencyPolicy: Forbid`` enqueues its first job only (no
-worker runs it, so its queue key stays held) and skips the next ticks.
+"""A Schedule ``* * * * *`` enqueues exactly one job a minute, for 2 minutes, while its
+operator leader is killed (SIGKILL) just before the first tick and a standby takes over:
+the standby enqueues the tick it missed once, then the next tick on time. Beside it, the
+same Schedule with ``concurrencyPolicy: Forbid`` enqueues its first job only (no worker
+runs it, so its queue key stays held) and skips the next tick.
 
 Two operator processes with leader election watch only this test's namespace (named
 ``test_schedule_*``: no other test operator's glob matches it). The Partition runs no
@@ -13,6 +14,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import math
 import signal
 import time
 from collections.abc import Iterator
@@ -35,13 +37,14 @@ from tests.e2e.operator_support import (
 from tests.helpers import Kubectl
 from tests.integration.support import Broker
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.exclusive("a tick's job must be enqueued within 1.5 s of the tick"),
-]
+# Not exclusive: a tick's look starts at the tick (handlers.run_schedule), so its job is
+# enqueued within tens of milliseconds even on a loaded machine (18 ms with both cores
+# saturated by busy loops), far inside ON_TIME. `make test` runs it in a stream of its own.
+pytestmark = pytest.mark.e2e
 LEASE = "roger-operator-schedule-test"
-TICKS = 3
-ON_TIME = 1.5  # seconds after its tick by which an undisturbed tick's job is enqueued
+TICKS = 2
+ARMED = 15  # seconds at least between creating the Schedules and their first tick
+ON_TIME = 1.0  # seconds after its tick by which an undisturbed tick's job is enqueued
 
 
 @pytest.fixture
@@ -60,9 +63,14 @@ def operators(
             message="the test's Schedule and Partition gone",
         )
     finally:
-        for op in ops:
-            if op.proc is not None and op.proc.poll() is None:
-                op.stop(timeout=60)
+        codes = [
+            (op.stop(timeout=60), op.tail())
+            for op in ops
+            if op.proc is not None and op.proc.poll() is None
+        ]
+    for code, tail in codes:  # each Schedule's daemon ends with its operator, cleanly
+        assert code == 0, f"operator exit code {code} on SIGTERM\n{tail}"
+        assert "Traceback" not in tail and "did not exit in time" not in tail, tail
 
 
 def leader(k: Kubectl, ns: str, ops: list[OperatorProcess]) -> OperatorProcess | None:
@@ -115,6 +123,12 @@ def test_schedule_enqueues_one_job_a_minute_across_a_leader_kill(
             "args": {"n": "tick"},
         },
     }
+    # The first tick is the next minute: the Schedules are created at least ARMED seconds
+    # before it (the leader has read them by then), and after the minute before it (whose
+    # tick would come first). creationTimestamp has whole seconds: 2 s past that minute.
+    if 60 - time.time() % 60 < ARMED:
+        time.sleep(60 - time.time() % 60 + 2)
+    first_tick = math.floor(time.time() / 60) * 60 + 60
     kubectl.apply(yaml.safe_dump(schedule))
     forbid = {
         **schedule,
@@ -123,8 +137,9 @@ def test_schedule_enqueues_one_job_a_minute_across_a_leader_kill(
     }
     kubectl.apply(yaml.safe_dump(forbid))
     t0 = time.time()
+    email = naming.queue_name(pid, "email")
     try:
-        _run(operators, kubectl, namespace, amqp_url, queue, naming.queue_name(pid, "email"), t0)
+        _run(operators, kubectl, namespace, amqp_url, queue, email, t0, first_tick)
     finally:
         broker = Broker(amqp_url)
         broker.delete_partition(pid)
@@ -139,22 +154,21 @@ def _run(
     queue: str,
     email: str,
     t0: float,
+    first_tick: float,
 ) -> None:
 
     def jobs() -> list[tuple[str, float]]:
         return queued(amqp_url, queue)
 
-    eventually(lambda: len(jobs()) >= 1, timeout=75, message="the first tick's job")
-    # Kill the leader 3 s before the second tick: the standby takes the Lease (4 s) and
-    # enqueues the tick it missed, once.
-    first_tick = tick_of(jobs()[0][0])
-    kill_at = first_tick.timestamp() + 60 - 3
-    time.sleep(max(0.0, kill_at - time.time()))
+    # Kill the leader 3 s before the first tick: the standby takes the Lease (4 s) and
+    # enqueues the tick it missed, once; the next tick is undisturbed.
+    time.sleep(max(0.0, first_tick - 3 - time.time()))
+    assert not jobs(), "a job before the first tick"
     killed = leader(kubectl, namespace, operators)
     assert killed is not None, "no leader holds the Lease"
     killed.stop(signal.SIGKILL)
     killed.start(timeout=120)  # back as the standby
-    eventually(lambda: len(jobs()) >= TICKS, timeout=first_tick.timestamp() + 150 - time.time())
+    eventually(lambda: len(jobs()) >= TICKS, timeout=first_tick + 90 - time.time())
     time.sleep(5)  # nothing more for the ticks passed (the next one is ~55 s away)
 
     got = jobs()
@@ -163,9 +177,10 @@ def _run(
     lates = [q - t.timestamp() for (_, q), t in zip(got, ticks, strict=True)]
     print(f"enqueued after their tick by {[round(x, 3) for x in lates]} s")
     assert len(got) == TICKS and len(set(ticks)) == TICKS, got
-    assert [(b - a).total_seconds() for a, b in itertools.pairwise(ticks)] == [60, 60]
-    assert lates[0] <= ON_TIME and lates[2] <= ON_TIME, lates  # undisturbed ticks
-    assert lates[1] <= 20, "the standby enqueues the missed tick once it leads"
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(ticks)] == [60]
+    assert tick_of(got[0][0]).timestamp() == first_tick, got
+    assert lates[0] <= 20, "the standby enqueues the missed tick once it leads"
+    assert lates[1] <= ON_TIME, lates  # the next tick, undisturbed, on time
     status = kubectl.get_json("-n", namespace, "schedule", "every-minute")["status"]
     assert status["lastJobId"] == got[-1][0]
     assert status["lastScheduleTime"] == ticks[-1].strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -45,6 +45,20 @@ def test_the_tick_that_just_passed_is_enqueued_once() -> None:
     assert again.action == "wait" and again.next == t("2026-01-01T00:02:00")
 
 
+def test_the_look_after_a_wait_lands_just_past_the_tick_and_enqueues_it() -> None:
+    s = spec()
+    now = t("2026-01-01T00:00:59.4")
+    d = sch.decide(s, None, now)
+    pause = sch.pause_before(d.next, now, 1.0)
+    assert 0.6 < pause <= 0.6 + sch.TICK_MARGIN  # at the tick, not up to a second later
+    woke = now + datetime.timedelta(seconds=pause)
+    assert sch.decide(s, None, woke).tick == t("2026-01-01T00:01:00")
+    # a tick further away than the interval: the usual interval (edits are seen)
+    assert sch.pause_before(t("2026-01-01T00:02:00"), now, 1.0) == 1.0
+    assert sch.pause_before(None, now, 1.0) == 1.0  # suspended, or no tick ever again
+    assert sch.pause_before(t("2026-01-01T00:00:59"), now, 1.0) == 0.0  # already passed
+
+
 def test_after_an_outage_only_the_latest_tick_runs_and_the_missed_are_counted() -> None:
     d = sch.decide(spec(), t("2026-01-01T00:01:00"), t("2026-01-01T00:10:30"))
     assert (d.action, d.tick, d.missed) == ("enqueue", t("2026-01-01T00:10:00"), 8)

@@ -28,6 +28,7 @@ from roger.core import naming
 from roger.core.message import JOB_NAME_RE
 
 TOO_MANY_MISSED: Final = 100
+TICK_MARGIN: Final = 0.002  # seconds past a tick at which its look starts
 MACROS: Final = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
@@ -207,6 +208,17 @@ def decide(spec: ScheduleSpec, last: datetime.datetime | None, now: datetime.dat
     ):
         return Decision("too_late", latest, count, upcoming)
     return Decision("enqueue", latest, count - 1, upcoming)
+
+
+def pause_before(
+    upcoming: datetime.datetime | None, now: datetime.datetime, interval: float
+) -> float:
+    """Seconds until the next look at a Schedule: ``interval`` (to see edits and retry
+    failures), or less when the upcoming tick comes sooner, so that its job is enqueued at
+    its time rather than up to ``interval`` after it (a hair past it: never early)."""
+    if upcoming is None:
+        return interval
+    return max(0.0, min(interval, (upcoming - now).total_seconds() + TICK_MARGIN))
 
 
 def job_id(spec: ScheduleSpec, tick: datetime.datetime) -> str:

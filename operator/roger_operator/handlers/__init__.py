@@ -6,8 +6,10 @@ functions are callable from tests.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
+import datetime
 import logging
 from collections.abc import Mapping
 from typing import Any, Final
@@ -15,6 +17,7 @@ from typing import Any, Final
 import kopf
 
 from roger_operator.builders import autoscale as autoscale_builders
+from roger_operator.builders import schedule as schedule_builders
 from roger_operator.builders.model import (
     CALLBACK_PLURAL,
     GROUP,
@@ -167,7 +170,8 @@ def finalize(ctx: Context, body: dict[str, Any]) -> None:
 
 
 SCHEDULE_PLURAL: Final = "schedules"
-SCHEDULE_INTERVAL: Final = 1.0
+SCHEDULE_INTERVAL: Final = 1.0  # seconds between looks at a Schedule (and sooner at a tick)
+SCHEDULE_RETRY: Final = 5.0  # seconds after a look that failed
 
 
 def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
@@ -218,16 +222,28 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         watch_callback
     )
 
-    def tick_schedule(body: Any, **_: Any) -> None:
-        schedule.reconcile(ctx, plain(body))
+    async def run_schedule(body: Any, stopped: Any, **_: Any) -> None:
+        """One Schedule's loop: a look every second, and one at each tick's time, so that
+        a tick's job is enqueued at its time (a kopf timer looks every ``interval`` from
+        whenever it started: up to a second late). Each look runs in a thread (it calls
+        the API server and the broker); the wait between looks costs no thread."""
+        loop = asyncio.get_running_loop()
+        while not stopped:
+            try:
+                upcoming = await loop.run_in_executor(None, schedule.reconcile, ctx, plain(body))
+            except Exception:  # the next look tries again; the daemon itself never ends
+                log.exception("Schedule %s/%s: a look failed", *_key(body))
+                await stopped.wait(SCHEDULE_RETRY)
+                continue
+            now = datetime.datetime.now(datetime.UTC)
+            await stopped.wait(schedule_builders.pause_before(upcoming, now, SCHEDULE_INTERVAL))
 
     def forget_schedule(body: Any, **_: Any) -> None:
         schedule.forget(ctx, plain(body))
 
-    # Every second: a tick's job starts within about a second of its time. Nothing is
-    # written unless something changed (a tick enqueued, a condition).
+    # Nothing is written unless something changed (a tick enqueued, a condition).
     s = (GROUP, VERSION, SCHEDULE_PLURAL)
-    kopf.timer(*s, id="schedule", interval=SCHEDULE_INTERVAL, registry=registry)(tick_schedule)
+    kopf.daemon(*s, id="schedule", cancellation_timeout=30, registry=registry)(run_schedule)
     kopf.on.delete(*s, id="forget", optional=True, registry=registry)(forget_schedule)
     for group, version, plural in CHILDREN:
         kopf.on.event(

@@ -1,7 +1,7 @@
 """Schedule resources: enqueue each tick's job into the referenced Partition, once.
 
-A kopf timer calls ``reconcile`` every second per Schedule (on the leader only: the
-operator runs kopf once it holds the Lease). The decision is pure
+A kopf daemon per Schedule calls ``reconcile`` every second, and at each tick's time (on
+the leader only: the operator runs kopf once it holds the Lease). The decision is pure
 (``builders.schedule.decide``); here are its edges: the Partition and its Secret, the
 enqueue, the status.
 
@@ -53,8 +53,11 @@ def _write(ctx: Context, body: Mapping[str, Any], status: dict[str, Any]) -> Non
     )
 
 
-def reconcile(ctx: Context, body: Mapping[str, Any], now: datetime.datetime | None = None) -> None:
-    """One pass over one Schedule (see the module docstring)."""
+def reconcile(
+    ctx: Context, body: Mapping[str, Any], now: datetime.datetime | None = None
+) -> datetime.datetime | None:
+    """One pass over one Schedule (see the module docstring); returns its next tick after
+    ``now`` (None: none, or the Schedule is invalid or suspended)."""
     now = now or datetime.datetime.now(datetime.UTC)
     meta = body.get("metadata") or {}
     key = (str(meta.get("namespace")), str(meta.get("name")))
@@ -63,7 +66,7 @@ def reconcile(ctx: Context, body: Mapping[str, Any], now: datetime.datetime | No
         spec = sch.parse_schedule(body)
     except sch.InvalidSchedule as exc:
         _write(ctx, body, _invalid(prev, body, now, exc.reason, str(exc)))
-        return
+        return None
     last = sch.parse_time(prev.get("lastScheduleTime"))
     remembered = ctx.schedule_ticks.get(key)
     last_job = None
@@ -81,11 +84,11 @@ def reconcile(ctx: Context, body: Mapping[str, Any], now: datetime.datetime | No
 
     if decision.action == "suspended":
         write(True, "Suspended", "spec.suspend is true: no tick enqueues a job")
-        return
+        return decision.next
     if decision.action == "wait":
         nxt = sch.format_time(decision.next) if decision.next else "never"
         write(True, "Scheduled", f"next tick {nxt}")
-        return
+        return decision.next
     assert decision.tick is not None
     tick = sch.format_time(decision.tick)
     if decision.action == "too_late":
@@ -95,7 +98,7 @@ def reconcile(ctx: Context, body: Mapping[str, Any], now: datetime.datetime | No
             f"tick {tick} not enqueued: more than startingDeadlineSeconds "
             f"({spec.starting_deadline}s) late",
         )
-        return
+        return decision.next
     if decision.missed > sch.TOO_MANY_MISSED:
         ctx.kube.event(
             dict(body),
@@ -106,12 +109,12 @@ def reconcile(ctx: Context, body: Mapping[str, Any], now: datetime.datetime | No
     partition = ctx.kube.get(resource_path(API_VERSION, "Partition", key[0], spec.partition_ref))
     if partition is None:
         write(False, "PartitionNotFound", f"Partition {spec.partition_ref} not found in {key[0]}")
-        return
+        return decision.next
     pspec = parse_partition(partition)
     url, problem = read_amqp_url(ctx, pspec)
     if url is None:
         write(False, "SecretNotFound", problem.message if problem else "no AMQP URL")
-        return
+        return decision.next
     job_id = sch.job_id(spec, decision.tick)
     reason, message = "Enqueued", f"tick {tick}: job {job_id} enqueued"
     try:
@@ -133,13 +136,14 @@ def reconcile(ctx: Context, body: Mapping[str, Any], now: datetime.datetime | No
     except Exception as exc:  # the broker: the next pass tries this tick again
         log.warning("Schedule %s/%s: tick %s not enqueued: %s", *key, tick, exc)
         write(False, "EnqueueFailed", f"tick {tick} not enqueued: {exc}")
-        return
+        return decision.next
     ctx.schedule_ticks[key] = (decision.tick, job_id if reason == "Enqueued" else last_job or "")
     log.info("Schedule %s/%s: %s", *key, message)
     if reason == "Enqueued":
         write(True, reason, message, tick=decision.tick, job=job_id)
     else:
         write(True, reason, message, tick=decision.tick)
+    return decision.next
 
 
 def _invalid(
