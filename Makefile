@@ -71,12 +71,12 @@ lint: $(PY) ## ruff, mypy and the import-linter contracts
 chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node cluster (CHAOS_JOBS, CHAOS_DURATION, CHAOS_SEED)
 	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) $(PY) -m roger_devtools.chaos
 
-# `make test` runs the tests not marked `exclusive` in two pytest sessions side by side, the
-# kube stream (e2e, images) and the broker stream (integration, unit), then the exclusive ones
-# alone; both phases always run, and it fails if either did (roger_devtools/test_streams.py).
+# `make test` runs the tests not marked `exclusive` in three pytest sessions side by side, the
+# kube stream (e2e, images), the broker stream (integration, unit) and the clock stream (the
+# Schedule test, which mostly waits for minute ticks), then the exclusive ones alone; both phases always run, and it fails if either did (roger_devtools/test_streams.py).
 # TEST_STREAMS=1 runs the first phase as one session, one test at a time.
-TEST_STREAMS ?= 2
-test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests (two streams side by side, then the exclusive ones alone)
+TEST_STREAMS ?= 3
+test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests (three streams side by side, then the exclusive ones alone)
 	@status=0; \
 	$(PY) -m roger_devtools.test_streams --streams $(TEST_STREAMS) -m "not exclusive" --durations=30 || status=$$?; \
 	$(PY) -m pytest tests -m exclusive --durations=10 || { rc=$$?; [ $$status -ne 0 ] || status=$$rc; }; \

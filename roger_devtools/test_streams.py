@@ -1,4 +1,4 @@
-"""`make test`'s first phase: the suite in two pytest sessions side by side.
+"""`make test`'s first phase: the suite in three pytest sessions side by side.
 
 The kube stream (e2e and images tiers: the cluster, operators, the real node) and the
 broker stream (integration and unit tiers: RabbitMQ, the 3-node cluster, workers; and two
@@ -12,10 +12,11 @@ Why two sessions and not pytest-xdist: with pytest 9, pytest-xdist 3.8's ``--dis
 loadgroup`` no longer groups anything (it renames ``item._nodeid``, which pytest 9 no
 longer reads), so every test went to whichever worker was free: one module's operator
 fixture started on two workers at once, and the 3-node cluster tests ran beside each other.
-Two plain sessions need no scheduler at all. More than two streams saturated the 2 cores
-(three workers: 1-2 load-related failures a run).
+Two plain sessions need no scheduler at all. More than two busy streams saturated the 2
+cores (three workers: 1-2 load-related failures a run); the third stream, ``clock``, is one
+test that mostly waits for minute ticks.
 
-    python -m roger_devtools.test_streams [--streams 1|2] [pytest args...]
+    python -m roger_devtools.test_streams [--streams 1|3] [pytest args...]
 
 Each line of a stream's output is prefixed with its name; the exit code is the first
 non-zero one of the streams (0 when all passed). ``--streams 1``: one session, everything
@@ -45,6 +46,9 @@ STREAMS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_operator_delete.py",
         "tests/e2e/test_operator_hung_broker.py",
     ),
+    # Waits on the clock (two minute ticks, ~100 s) and uses almost no CPU: beside the two
+    # busy streams rather than after them.
+    "clock": ("tests/e2e/test_schedule_ticks.py",),
 }
 STREAM_ENV = "ROGER_TEST_STREAM"  # set in each stream's session (tests/conftest.py)
 
@@ -124,7 +128,7 @@ def run_streams(pytest_args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", type=int, choices=(1, 2), default=2)
+    parser.add_argument("--streams", type=int, choices=(1, len(STREAMS)), default=len(STREAMS))
     args, pytest_args = parser.parse_known_args(argv)
     if args.streams == 1:
         return subprocess.call([sys.executable, "-m", "pytest", "tests", *pytest_args])

@@ -16,9 +16,10 @@ CRDS = Path(__file__).resolve().parents[1] / "crds"
 # The first segment of every name the tests give a namespace or Partition ("t" unless set).
 # Two checkouts sharing one local cluster set different tags (ROGER_TEST_TAG=ann, bob, ...),
 # so the test operators of one never act on the other's namespaces (their globs start with
-# it). The two streams of `make test` add "k" and "b" ("tk", "tb": roger_devtools/
-# test_streams.py): they are checkouts of their own in this sense, and never act on one
-# another's objects (so no checkout's tag should be another's plus one of those letters).
+# it). The streams of `make test` add their first letter, "k", "b" or "c" ("tk", "tb",
+# "tc": roger_devtools/test_streams.py): they are checkouts of their own in this sense, and
+# never act on one another's objects (so no checkout's tag should be another's plus one of
+# those letters).
 TEST_TAG = os.environ.get("ROGER_TEST_TAG", "t")
 # A namespace name is a DNS label (at most 63 characters); the longest test name takes 38 of
 # them after the tag, so a tag is a few lower-case letters or digits.

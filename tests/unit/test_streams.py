@@ -1,4 +1,4 @@
-"""The two streams of `make test`'s first phase (roger_devtools/test_streams.py)."""
+"""The streams of `make test`'s first phase (roger_devtools/test_streams.py)."""
 
 from __future__ import annotations
 
@@ -46,4 +46,7 @@ def test_each_stream_has_its_own_tag_cache_and_name() -> None:
     assert command[-4:] == ["-o", "cache_dir=.pytest_cache/broker", "-m", "not exclusive"]
     kube = stream_command("kube", [])
     assert "--ignore=tests/e2e/test_operator_delete.py" in kube
+    assert "--ignore=tests/e2e/test_schedule_ticks.py" in kube
     assert not any(arg.startswith("--ignore") for arg in command)
+    tags = [stream_env(name, {})["ROGER_TEST_TAG"] for name in STREAMS]
+    assert len(set(tags)) == len(tags), tags  # no stream acts on another's objects
