@@ -1,20 +1,21 @@
 """`make test`'s first phase: the suite in three pytest sessions side by side.
 
-The kube stream (e2e and images tiers: the cluster, operators, the real node) and the
-broker stream (integration and unit tiers: RabbitMQ, the 3-node cluster, workers; and two
-e2e modules, so that both take about as long) share
-only the machine and the 3.10 broker, where every test's names are its own: each stream
-runs with a name tag of its own (``ROGER_TEST_TAG`` plus ``k`` or ``b``: tests/helpers.py),
-so its namespaces, Partitions, queues and test operators never meet the other's. Inside a
+The kube stream (e2e and images tiers: the cluster, operators, the real node), the broker
+stream (integration and unit tiers: RabbitMQ, the 3-node cluster, workers; and an e2e
+module, so that both take about as long) and the clock stream (e2e modules that mostly
+wait) share only the machine and the 3.10 broker, where every test's names are its own:
+each stream runs with a name tag of its own (``ROGER_TEST_TAG`` plus its first letter:
+tests/helpers.py), so its namespaces, Partitions, queues and test operators never meet
+another's. Inside a
 stream, tests run one at a time in their usual order, exactly as they do alone.
 
-Why two sessions and not pytest-xdist: with pytest 9, pytest-xdist 3.8's ``--dist
+Why sessions and not pytest-xdist: with pytest 9, pytest-xdist 3.8's ``--dist
 loadgroup`` no longer groups anything (it renames ``item._nodeid``, which pytest 9 no
 longer reads), so every test went to whichever worker was free: one module's operator
 fixture started on two workers at once, and the 3-node cluster tests ran beside each other.
-Two plain sessions need no scheduler at all. More than two busy streams saturated the 2
-cores (three workers: 1-2 load-related failures a run); the third stream, ``clock``, is one
-test that mostly waits for minute ticks.
+Plain sessions need no scheduler at all. More than two busy streams saturated the 2 cores
+(three workers: 1-2 load-related failures a run); the third stream, ``clock``, holds tests
+that mostly wait.
 
     python -m roger_devtools.test_streams [--streams 1|3] [pytest args...]
 
@@ -35,20 +36,20 @@ from typing import IO
 
 # stream -> the test directories (tiers) and single modules it runs; a module named here
 # is left out of the stream whose directory holds it. tests/unit/test_streams.py checks
-# that every test module runs in exactly one stream. Two e2e modules run in the broker
-# stream so that the streams end together (measured 2026-12-02: kube 1,286 s, broker 798 s;
-# these two took 158 s and 71 s): each starts an operator of its own, scoped by the name tag.
+# that every test module runs in exactly one stream. The clock stream holds e2e modules
+# that mostly wait (minute ticks, jobs that sleep, grace periods, scaling intervals) and
+# use little CPU, so it runs beside the two busy streams at little cost to them; each of
+# its modules starts an operator of its own, scoped by the stream's name tag. Measured
+# 2026-12-02 with the Schedule e2e alone in it: kube 1,000-1,079 s, broker 1,006-1,110 s,
+# clock 106 s; test_operator_delete took 155 s and test_operator_autoscale 92 s.
 STREAMS: dict[str, tuple[str, ...]] = {
     "kube": ("tests/e2e", "tests/images"),
-    "broker": (
-        "tests/integration",
-        "tests/unit",
+    "broker": ("tests/integration", "tests/unit", "tests/e2e/test_operator_hung_broker.py"),
+    "clock": (
+        "tests/e2e/test_schedule_ticks.py",
         "tests/e2e/test_operator_delete.py",
-        "tests/e2e/test_operator_hung_broker.py",
+        "tests/e2e/test_operator_autoscale.py",
     ),
-    # Waits on the clock (two minute ticks, ~100 s) and uses almost no CPU: beside the two
-    # busy streams rather than after them.
-    "clock": ("tests/e2e/test_schedule_ticks.py",),
 }
 STREAM_ENV = "ROGER_TEST_STREAM"  # set in each stream's session (tests/conftest.py)
 

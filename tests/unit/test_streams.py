@@ -31,7 +31,8 @@ def test_every_test_module_runs_in_exactly_one_stream() -> None:
             if named and module not in ignored:
                 runs[module].append(name)
     assert {m: s for m, s in runs.items() if len(s) != 1} == {}
-    assert runs["tests/e2e/test_operator_delete.py"] == ["broker"]
+    assert runs["tests/e2e/test_operator_delete.py"] == ["clock"]
+    assert runs["tests/e2e/test_operator_hung_broker.py"] == ["broker"]
     assert runs["tests/e2e/test_operator_flows.py"] == ["kube"]
 
 
@@ -42,10 +43,14 @@ def test_each_stream_has_its_own_tag_cache_and_name() -> None:
     assert (kube[STREAM_ENV], broker[STREAM_ENV], kube["PATH"]) == ("kube", "broker", "/bin")
     command = stream_command("broker", ["-m", "not exclusive"])
     assert command[:3] == [sys.executable, "-m", "pytest"]
-    assert command[3:5] == ["tests/integration", "tests/unit"]
+    assert command[3:6] == [
+        "tests/integration",
+        "tests/unit",
+        "tests/e2e/test_operator_hung_broker.py",
+    ]
     assert command[-4:] == ["-o", "cache_dir=.pytest_cache/broker", "-m", "not exclusive"]
     kube = stream_command("kube", [])
-    assert "--ignore=tests/e2e/test_operator_delete.py" in kube
+    assert "--ignore=tests/e2e/test_operator_hung_broker.py" in kube
     assert "--ignore=tests/e2e/test_schedule_ticks.py" in kube
     assert not any(arg.startswith("--ignore") for arg in command)
     tags = [stream_env(name, {})["ROGER_TEST_TAG"] for name in STREAMS]
