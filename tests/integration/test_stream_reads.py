@@ -2,7 +2,9 @@
 (roger.broker.stream_reads): a stream queue answers a nack with a connection error, and
 pika's consume generator nacks what is left in its buffer when its channel closes. The
 pause-state test failed that way under load (2026-12-02): the reader stopped on a silence
-while the stream was still delivering, and the broker closed the connection (540)."""
+while the stream was still delivering, and the broker closed the connection (540). A first
+fix that cancelled the consumer still failed 2 runs in 5 with both cores busy (pika
+rejects what reaches a cancelled consumer); the reader now never cancels."""
 
 from __future__ import annotations
 

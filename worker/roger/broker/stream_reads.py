@@ -5,9 +5,11 @@ NOT_IMPLEMENTED): every channel of the connection goes. pika's ``BlockingChannel
 generator nacks, on close, each delivery still in its buffer, and a stream keeps
 delivering up to the prefetch past the record a reader stops at (or after the silence it
 stops on): a reader that stops early would take the whole client connection down with it.
-This reader consumes with a callback and cancels with ``basic_cancel``, which hands the
-deliveries that arrived meanwhile back instead of nacking them; unacknowledged deliveries
-of a stream are simply released with the channel.
+A cancel does not help: pika rejects, too, the deliveries that were waiting to be handed
+to a cancelled consumer and those that reach it before the broker's CancelOk. So this
+reader never cancels: it consumes with a callback, stops acknowledging at its end, and
+closes its channel with the consumer on. pika rejects nothing on a channel that is
+closing, and a stream simply releases a closed channel's unacknowledged deliveries.
 """
 
 from __future__ import annotations
@@ -33,29 +35,38 @@ def read_stream(
     ``ChannelClosedByBroker``; the connection stays usable."""
     ch = conn.channel()
     records: list[tuple[Any, bytes]] = []
-    ended = [False]
+    ended, stopped = [False], [False]
     last = [time.monotonic()]
 
     def on_delivery(channel: Any, method: Any, props: Any, body: bytes) -> None:
-        if ended[0]:
-            return  # past the end: released with the channel, never nacked
+        if stopped[0]:
+            return  # past the end: released with the channel, never rejected
         channel.basic_ack(method.delivery_tag)
         last[0] = time.monotonic()
         if until is not None and until(props, body):
-            ended[0] = True
+            ended[0] = stopped[0] = True
         else:
             records.append((props, body))
 
     try:
         ch.basic_qos(prefetch_count=prefetch)
-        tag = ch.basic_consume(name, on_delivery, arguments={"x-stream-offset": offset})
-        while not ended[0]:
+        ch.basic_consume(name, on_delivery, arguments={"x-stream-offset": offset})
+        while not stopped[0]:
             left = idle - (time.monotonic() - last[0])
             if left <= 0:
                 break
             conn.process_data_events(time_limit=left)
-        ch.basic_cancel(tag)  # deliveries that arrive until the broker's CancelOk: dropped
     finally:
-        if ch.is_open:
-            ch.close()
+        stopped[0] = True
+        _close_with_consumer_on(conn, ch)
     return records, ended[0]
+
+
+def _close_with_consumer_on(conn: Any, ch: Any) -> None:
+    """Close ``ch`` without cancelling its consumer first, as ``BlockingChannel.close``
+    would (and reject what is waiting): the close goes to pika's channel underneath."""
+    impl = ch._impl  # pika's own channel under the blocking wrapper
+    if impl.is_open:
+        impl.close()
+    while not impl.is_closed and conn.is_open:
+        conn.process_data_events(time_limit=0.05)
