@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from roger.broker.channels import cancel_stream_consumer
 from roger.broker.flow import Flow, Refused, run
 from roger.broker.state.session import Session
 from roger.core import naming
@@ -103,8 +104,8 @@ class PauseFollower:
         if not self.s.alive(gen) or cons is None or not cons.is_open:
             return
         old = self._tags.pop(queue, None)
-        if old is not None:
-            cons.basic_cancel(old)
+        if old is not None:  # a plain cancel could reject a delivery: the stream would
+            cancel_stream_consumer(cons, old)  # close the worker's whole connection
         tag = cons.basic_consume(
             naming.pause_stream_name(self.s.partition, queue),
             lambda c, m, _p, b: self._on_event(queue, c, m, b),
