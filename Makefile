@@ -72,8 +72,10 @@ chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node
 	ROGER_CLUSTER_RABBITMQ=$(RABBITMQ) $(PY) -m roger_devtools.chaos
 
 # `make test` runs the tests not marked `exclusive` in three pytest sessions side by side, the
-# kube stream (e2e, images), the broker stream (integration, unit) and the clock stream (the
-# Schedule test, which mostly waits for minute ticks), then the exclusive ones alone; both phases always run, and it fails if either did (roger_devtools/test_streams.py).
+# kube stream (e2e, images), the broker stream (integration, unit) and the clock stream (e2e
+# modules that mostly wait: Schedule ticks, Partition deletion, autoscaling), then the
+# exclusive ones alone; both phases always run, and it fails if either did
+# (roger_devtools/test_streams.py).
 # TEST_STREAMS=1 runs the first phase as one session, one test at a time.
 TEST_STREAMS ?= 3
 test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests (three streams side by side, then the exclusive ones alone)

@@ -6,8 +6,8 @@ module, so that both take about as long) and the clock stream (e2e modules that 
 wait) share only the machine and the 3.10 broker, where every test's names are its own:
 each stream runs with a name tag of its own (``ROGER_TEST_TAG`` plus its first letter:
 tests/helpers.py), so its namespaces, Partitions, queues and test operators never meet
-another's. Inside a
-stream, tests run one at a time in their usual order, exactly as they do alone.
+another's. Inside a stream, tests run one at a time in their usual order, exactly as they
+do alone.
 
 Why sessions and not pytest-xdist: with pytest 9, pytest-xdist 3.8's ``--dist
 loadgroup`` no longer groups anything (it renames ``item._nodeid``, which pytest 9 no
@@ -41,7 +41,8 @@ from typing import IO
 # use little CPU, so it runs beside the two busy streams at little cost to them; each of
 # its modules starts an operator of its own, scoped by the stream's name tag. Measured
 # 2026-12-02 with the Schedule e2e alone in it: kube 1,000-1,079 s, broker 1,006-1,110 s,
-# clock 106 s; test_operator_delete took 155 s and test_operator_autoscale 92 s.
+# clock 106 s; test_operator_delete took 155 s and test_operator_autoscale 92 s. With all
+# three here: kube and broker 1,010-1,233 s (the machine's hour), clock 407-437 s.
 STREAMS: dict[str, tuple[str, ...]] = {
     "kube": ("tests/e2e", "tests/images"),
     "broker": ("tests/integration", "tests/unit", "tests/e2e/test_operator_hung_broker.py"),
