@@ -4,20 +4,24 @@
                    [--health-port 8080] [--status-interval 30] [--leader-election]
 
 The AMQP URL of each Partition is read from its Secret when needed and kept in memory only.
-SIGTERM/SIGINT stop it cleanly (kopf finishes running handlers, then exits 0). With
-``--leader-election`` several replicas can run: only the holder of the Lease reconciles
-(``roger_operator.kube.lease``); the others wait, serving /healthz.
+SIGTERM/SIGINT stop it cleanly, in seconds: from the signal no handler starts work and no
+broker call starts (handlers in flight end at their next call; the next operator resumes
+their work), then kopf exits 0. With ``--leader-election`` several replicas can run: only
+the holder of the Lease reconciles (``roger_operator.kube.lease``); the others wait,
+serving /healthz.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final
 
@@ -246,6 +250,32 @@ def keep_terminating_namespaces_watched() -> None:
         )
 
 
+async def run_kopf(on_stop: Callable[[], None], **operator_args: Any) -> None:
+    """``kopf.run``, but a stop signal also calls ``on_stop`` at once.
+
+    kopf lets every handler running in a thread end before it exits, and a handler waiting
+    for broker calls queued behind others' (forty Partitions deleted at once) kept a
+    stopped operator alive 45-100 s: longer than a Pod's grace period. ``on_stop`` makes
+    those waits end now."""
+    import kopf
+
+    before = asyncio.all_tasks()  # what kopf must not cancel when it stops (as kopf.run)
+    stop = asyncio.Event()
+    tasks = await kopf.spawn_tasks(stop_flag=stop, **operator_args)
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("%s received: stopping", sig.name)
+        on_stop()
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():  # kopf's own rule
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # in place of kopf's handlers
+            loop.add_signal_handler(sig, on_signal, sig)
+    with contextlib.suppress(asyncio.CancelledError):
+        await kopf.run_tasks(tasks, ignored=before)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -303,13 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "%s starting: %s", MANAGER, f"namespaces {namespaces}" if namespaces else "all namespaces"
     )
     try:
-        kopf.run(
-            registry=registry,
-            settings=settings_for(args),
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=liveness,
+        asyncio.run(
+            run_kopf(
+                ctx.stop,
+                registry=registry,
+                settings=settings_for(args),
+                standalone=True,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                liveness_endpoint=liveness,
+            )
         )
     finally:
         ctx.broker.close()

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import kopf
@@ -33,6 +33,7 @@ from roger_operator.handlers import autoscale, deletion, partition, schedule
 from roger_operator.handlers.context import Context, Key, without_managed_fields
 from roger_operator.handlers.refresher import Refresher
 from roger_operator.kube import session
+from roger_operator.rabbit import Stopping
 
 log = logging.getLogger("roger_operator.handlers")
 
@@ -149,6 +150,20 @@ def on_child_event(ctx: Context, event: Mapping[str, Any], plural: str = "") -> 
         partition.reconcile(ctx, parent, "drift")
 
 
+@contextlib.contextmanager
+def while_running(ctx: Context) -> Iterator[None]:
+    """A handler's work, unless the operator is stopping (``Context.stop``). kopf waits for
+    every handler handed to its threads, even those that start after the stop: they end
+    at once, and one that meets the stop at a broker call ends there. Either is retried by
+    the next operator, and says so in one line (not a traceback)."""
+    if ctx.stopping.is_set():
+        raise kopf.TemporaryError(str(Stopping()), delay=10)
+    try:
+        yield
+    except Stopping as exc:
+        raise kopf.TemporaryError(str(exc), delay=10) from None
+
+
 def finalize(ctx: Context, body: dict[str, Any]) -> None:
     """``deletion.delete`` for kopf: ``NotYet`` is a retry later; an unexpected error is
     retried too, but never past the last deadline (the finalizer must not block forever)."""
@@ -156,6 +171,8 @@ def finalize(ctx: Context, body: dict[str, Any]) -> None:
         deletion.delete(ctx, body)
     except deletion.NotYet as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+    except Stopping:  # never "gave up": the next operator resumes the deletion
+        raise
     except Exception as exc:
         spec_grace = 0.0
         with contextlib.suppress(Exception):
@@ -179,13 +196,16 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     managed = {LABEL_MANAGED_BY: MANAGER}
 
     def reconcile_partition(body: Any, **_: Any) -> None:
-        on_partition(ctx, body)
+        with while_running(ctx):
+            on_partition(ctx, body)
 
     def delete_partition(body: Any, **_: Any) -> None:
-        finalize(ctx, plain(body))
+        with while_running(ctx):
+            finalize(ctx, plain(body))
 
     def autoscale_partition(body: Any, **_: Any) -> None:
-        autoscale.evaluate(ctx, plain(body))
+        with while_running(ctx):
+            autoscale.evaluate(ctx, plain(body))
 
     def watch_partition(event: Any, **_: Any) -> None:
         on_partition_event(ctx, event)
@@ -231,6 +251,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         while not stopped:
             try:
                 upcoming = await loop.run_in_executor(None, schedule.reconcile, ctx, plain(body))
+            except Stopping:
+                return
             except Exception:  # the next look tries again; the daemon itself never ends
                 log.exception("Schedule %s/%s: a look failed", *_key(body))
                 await stopped.wait(SCHEDULE_RETRY)

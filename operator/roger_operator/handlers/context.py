@@ -78,8 +78,16 @@ class Context:
     # watch brings kopf's own patch back late (``partition.already_handled``).
     handled: dict[Key, tuple[str, int]] = field(default_factory=dict)
     wake: Callable[[Key], None] = lambda key: None
+    # Set by ``stop`` (a stop signal): handlers that start from now do nothing.
+    stopping: threading.Event = field(default_factory=threading.Event)
     _locks: dict[Key, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop(self) -> None:
+        """The operator is stopping: kopf waits for every handler already handed to a
+        thread, so none may start work now, and broker calls raise ``Stopping``."""
+        self.stopping.set()
+        self.broker.stop_calls()
 
     def remember_deployment(self, key: Key, body: Mapping[str, Any]) -> Mapping[str, Any]:
         """Keep the newest Deployment seen (watch events and apply responses race)."""

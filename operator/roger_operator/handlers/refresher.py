@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from roger_operator.handlers.context import Context, Key
+from roger_operator.rabbit import Stopping
 
 log = logging.getLogger(__name__)
 Refresh = Callable[[Context, Mapping[str, Any]], None]
@@ -112,6 +113,8 @@ class Refresher:
             # An event may have come meanwhile; gone, the old body is refused by refresh.
             latest = self.ctx.partitions.get(key, body)
             self.refresh(self.ctx, latest)
+        except Stopping:
+            pass
         except Exception:
             log.exception(
                 "status refresh of Partition %s/%s failed; next in %ss",

@@ -2,6 +2,7 @@
 pause/resume, and deleting empty queues when the Partition goes."""
 
 from roger_operator.rabbit.broker import Broker, BrokerBusy, BrokerError, ClaimConflict
+from roger_operator.rabbit.lanes import Stopping
 from roger_operator.rabbit.redaction import redact
 
-__all__ = ["Broker", "BrokerBusy", "BrokerError", "ClaimConflict", "redact"]
+__all__ = ["Broker", "BrokerBusy", "BrokerError", "ClaimConflict", "Stopping", "redact"]

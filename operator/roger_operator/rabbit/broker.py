@@ -29,7 +29,7 @@ from roger_operator import metrics
 from roger_operator.builders import queue_plan
 from roger_operator.builders.model import PartitionSpec
 from roger_operator.rabbit import management, migration, pause
-from roger_operator.rabbit.lanes import LaneBusy, Lanes, LaneUnavailable
+from roger_operator.rabbit.lanes import LaneBusy, Lanes, LaneUnavailable, Stopping
 from roger_operator.rabbit.listing import SharedListing
 from roger_operator.rabbit.redaction import addresses, redact
 
@@ -117,6 +117,7 @@ class Broker:
         self.timeout = timeout
         self.vhost_bound = vhost_bound
         self._local = threading.local()
+        self._stopping = threading.Event()
         self.lanes = Lanes(
             lambda exc: isinstance(exc, BrokerError),
             wait=wait,
@@ -165,8 +166,13 @@ class Broker:
                 entry[0].close()
 
     def run(self, url: str, fn: Callable[[Any], T]) -> T:
-        """``fn(channel)``, reconnecting once; errors come out as ``BrokerError``."""
+        """``fn(channel)``, reconnecting once; errors come out as ``BrokerError``.
+
+        Raises ``Stopping`` once the operator stops: make long work many short calls (a
+        stopping operator waits for each call in flight, 21 exchange deletions took 30 s
+        with forty Partitions deleted at once)."""
         for attempt in (1, 2):
+            self._not_stopping()
             try:
                 return fn(self._channel(url))
             except pika.exceptions.ChannelClosedByBroker:
@@ -178,10 +184,19 @@ class Broker:
                     raise BrokerError(f"RabbitMQ unavailable ({detail})") from None
         raise AssertionError("unreachable")
 
+    def stop_calls(self) -> None:
+        """From now on every broker call raises ``Stopping`` (the operator is stopping)."""
+        self._stopping.set()
+        self.lanes.shutdown()
+
+    def _not_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise Stopping
+
     def close(self) -> None:
+        self.lanes.shutdown()  # first: nothing new may start on a connection dropped here
         for url in list(self._connections()):
             self._drop(url)
-        self.lanes.shutdown()
 
     # -- claim ---------------------------------------------------------------------------
     @_in_lane
@@ -277,16 +292,19 @@ class Broker:
         self, url: str, method: str, kind: str, name: str, body: Any = None
     ) -> int | None:
         """``management.call``: the HTTP status, None when the API is off or silent."""
+        self._not_stopping()
         return management.call(self.management_port, self.timeout, url, method, kind, name, body)
 
     def management_get(self, url: str, kind: str, name: str, columns: str) -> dict[str, Any] | None:
         """``management.get``: one object by name ({} when it does not exist), or None."""
+        self._not_stopping()
         return management.get(self.management_port, self.timeout, url, kind, name, columns)
 
     def management_list(
         self, url: str, kind: str, pattern: str, columns: str, timeout: float | None = None
     ) -> list[dict[str, Any]] | None:
         """``management.list_items``: every page of matching items, or None."""
+        self._not_stopping()
         return management.list_items(
             self.management_port, timeout or self.timeout, url, kind, pattern, columns
         )

@@ -8,6 +8,7 @@ there may miss a delivery made since, so it counts as unknown.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -100,10 +101,9 @@ def delete(
         if v.delete:
             broker.delete_queue(url, v.name)
     if partition_id and cleanup.ladder_deleted(verdicts, partition_id):
-        names = delay.ladder(partition_id).exchanges
+        for name in delay.ladder(partition_id).exchanges:  # one at a time: see Broker.run
+            broker.run(url, functools.partial(_delete_exchange, name=name))
 
-        def drop(channel: Any) -> None:
-            for name in names:
-                channel.exchange_delete(name)
 
-        broker.run(url, drop)
+def _delete_exchange(channel: Any, name: str) -> None:
+    channel.exchange_delete(name)
