@@ -28,7 +28,7 @@ from tests.unit.test_operator_builders import partition as builders_partition
 pytestmark = pytest.mark.unit
 
 
-def test_stopped_lanes_drop_queued_calls_and_wake_their_callers_at_once() -> None:
+def test_stopped_lanes_drop_queued_calls_and_wake_every_caller_at_once() -> None:
     lanes = Lanes(lambda exc: False, threads=1, wait=30.0)
     running, release = threading.Event(), threading.Event()
     ran: list[str] = []
@@ -64,10 +64,34 @@ def test_stopped_lanes_drop_queued_calls_and_wake_their_callers_at_once() -> Non
     assert time.monotonic() - started < 1.0  # woken, not left to its 30 s wait
     with pytest.raises(Stopping):
         lanes.call("another broker", queued)
-    release.set()
     first.join(5)
-    assert outcomes["slow"] == "slow"  # a call already running ends as it would have
-    assert ran == ["slow"]  # the dropped ones never ran
+    assert isinstance(outcomes["slow"], Stopping)  # its caller is not kept waiting either
+    release.set()
+    eventually(lambda: ran == ["slow"], 5, message="the running call ends in its thread")
+    time.sleep(0.1)
+    assert ran == ["slow"]  # the dropped one never ran
+
+
+def test_a_caller_waiting_for_a_hung_call_is_woken_by_the_stop() -> None:
+    lanes = Lanes(lambda exc: False, threads=1, wait=30.0)
+    release = threading.Event()
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(lanes.call("hung broker", release.wait, 10))
+        except Exception as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    eventually(lambda: lanes._lanes["hung broker"].running, 5, message="the call runs")
+    started = time.monotonic()
+    lanes.shutdown()
+    caller.join(5)
+    assert isinstance(outcome[0], Stopping)
+    assert time.monotonic() - started < 1.0  # not its 30 s wait, nor the call's 10 s
+    release.set()
 
 
 def test_a_stopped_broker_refuses_calls_without_connecting() -> None:

@@ -42,8 +42,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -118,6 +119,7 @@ class Lanes:
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._stopped: Future[None] = Future()  # done at ``shutdown``: wakes every waiter
 
     def _lane(self, key: str) -> _Lane:
         lane = self._lanes.get(key)
@@ -152,9 +154,7 @@ class Lanes:
                 pending = lane.pending_calls[same] = (lane.calls, future, now)
         number, waited_for, submitted = pending
         try:
-            return waited_for.result(timeout=budget)  # type: ignore[no-any-return]
-        except CancelledError:  # only ``shutdown`` cancels
-            raise Stopping from None
+            return self._wait(waited_for, budget)  # type: ignore[no-any-return]
         except FutureTimeout:
             with self._lock:
                 now = self.clock()
@@ -170,6 +170,17 @@ class Lanes:
                 lane.in_outage = True
                 lane.last_error = f"RabbitMQ did not answer within {budget:.0f}s"
             raise LaneUnavailable(f"RabbitMQ did not answer within {budget:.0f}s") from None
+
+    def _wait(self, future: Future[T], budget: float) -> T:
+        """``future``'s result, or ``Stopping`` as soon as the lanes shut down (a call still
+        running goes on in its thread, but nobody waits for it any more)."""
+        either: tuple[Future[Any], ...] = (future, self._stopped)
+        done, _ = futures_wait(either, budget, FIRST_COMPLETED)
+        if future in done and not future.cancelled():  # only ``shutdown`` cancels
+            return future.result()
+        if done:
+            raise Stopping
+        raise FutureTimeout
 
     def _run(
         self,
@@ -207,9 +218,12 @@ class Lanes:
                 self.on_call_done(name, started - submitted, ended - started)
 
     def shutdown(self) -> None:
-        """Drop what is queued and refuse new calls; calls running finish in their threads."""
+        """Drop what is queued, refuse new calls and wake every caller (``Stopping``); calls
+        running finish in their threads."""
         with self._lock:
             self._closed = True
             lanes, self._lanes = list(self._lanes.values()), {}
+            if not self._stopped.done():
+                self._stopped.set_result(None)
         for lane in lanes:
             lane.executor.shutdown(wait=False, cancel_futures=True)
