@@ -52,6 +52,7 @@ JOBS = "tests.jobs.basic"
 # start) have data now: the scenario pauses a queue and drops a worker's connection.
 KNOWN_GAPS: dict[str, str] = {}
 WAVES = 3
+PAUSED = 'roger_queue_paused{{namespace="{}", queue="email"}}'
 
 
 def _known_gaps() -> dict[str, str]:
@@ -244,7 +245,15 @@ def test_every_dashboard_panel_has_data(
                 drop_worker_connection(partition)
             if wave:
                 time.sleep(15)  # three scrapes: the series exist before the next wave
-            if wave == 1:
+            if wave == 1:  # resumed once a scrape saw it (a reconnect may take over 15 s)
+                eventually(
+                    lambda: _has_values(
+                        prometheus.query_range(PAUSED.format(namespace), started, time.time())
+                    )[1],
+                    timeout=120,
+                    interval=2.0,
+                    message="a scrape of the paused queue",
+                )
                 scenario.client.resume(partition, "email")
             scenario.wave()
             for name in (partition, squatted):  # a spec change: the operator reconciles
