@@ -42,8 +42,12 @@ class StateLoop:
         opened.result(10)
         assert self.ready.wait(15), "partition state never caught up"
 
-    def call(self, fn: Callable[[Callable[[Any], None]], None], timeout: float = 10) -> Any:
-        """Run ``fn(done)`` on the loop; return what it passes to ``done``."""
+    def call(self, fn: Callable[[Callable[[Any], None]], None], timeout: float = 60) -> Any:
+        """Run ``fn(done)`` on the loop; return what it passes to ``done``.
+
+        The bound is generous: a broker busy creating and deleting quorum queues for other
+        tests (``make test`` runs three streams on one broker) has taken over 10 s to
+        answer a lock's declaration. A call that never answers still fails."""
         fut: Future[Any] = Future()
         self.ioloop.add_callback_threadsafe(lambda: fn(fut.set_result))
         return fut.result(timeout)

@@ -21,6 +21,7 @@ from tests.integration.support import delete_queues
 
 pytestmark = pytest.mark.integration
 ROUNDS = 20
+PENDING = 5.0  # the pending hold of the key whose job is published (seconds)
 
 
 def _cleanup(conn: pika.BlockingConnection, partition: str, keys: list[str]) -> None:
@@ -102,11 +103,15 @@ def test_a_key_taken_but_never_published_frees_itself_soon(
     whose job was published (``hold_queue_key``) stays held past it."""
     p = unique_name
     try:
+        # "kept" is held first: its hold must come within its pending hold, and each locked
+        # step can take seconds on a broker busy with other tests' quorum queues
+        kept_taken = time.monotonic()
+        assert sc.take_queue_key(conn, p, "kept", "published", "default", pending_hold=PENDING)
+        assert sc.hold_queue_key(conn, p, "kept", "published")
         assert sc.take_queue_key(conn, p, "orphan", "never-published", "default", pending_hold=1)
         assert not sc.take_queue_key(conn, p, "orphan", "second", "default")
-        assert sc.take_queue_key(conn, p, "kept", "published", "default", pending_hold=1)
-        assert sc.hold_queue_key(conn, p, "kept", "published")
-        eventually(lambda: sc.take_queue_key(conn, p, "orphan", "second", "default"), 10)
+        eventually(lambda: sc.take_queue_key(conn, p, "orphan", "second", "default"), 30)
+        time.sleep(max(0.0, kept_taken + PENDING + 0.5 - time.monotonic()))  # past kept's too
         assert sc.queue_key_holder(conn, p, "orphan") == "second"
         assert sc.queue_key_holder(conn, p, "kept") == "published"
         assert not sc.take_queue_key(conn, p, "kept", "third", "default")
