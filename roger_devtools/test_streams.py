@@ -42,7 +42,8 @@ from typing import IO
 # its modules starts an operator of its own, scoped by the stream's name tag. Measured
 # 2026-12-02 with the Schedule e2e alone in it: kube 1,000-1,079 s, broker 1,006-1,110 s,
 # clock 106 s; test_operator_delete took 155 s and test_operator_autoscale 92 s. With all
-# three here: kube and broker 1,010-1,233 s (the machine's hour), clock 407-437 s.
+# three here: kube and broker 1,010-1,233 s (the machine's hour), clock 407-437 s. One
+# integration module waits too (a client the broker must notice is gone) and runs here.
 STREAMS: dict[str, tuple[str, ...]] = {
     "kube": ("tests/e2e", "tests/images"),
     "broker": ("tests/integration", "tests/unit", "tests/e2e/test_operator_hung_broker.py"),
@@ -50,6 +51,7 @@ STREAMS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_schedule_ticks.py",
         "tests/e2e/test_operator_delete.py",
         "tests/e2e/test_operator_autoscale.py",
+        "tests/integration/test_queue_key_holder_lost.py",  # waits for the broker to notice
     ),
 }
 STREAM_ENV = "ROGER_TEST_STREAM"  # set in each stream's session (tests/conftest.py)

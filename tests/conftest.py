@@ -3,8 +3,8 @@
 Services are started by the project's own scripts (the same ones `make` uses), once per
 session. A test marked ``integration`` gets RabbitMQ; ``e2e`` gets the cluster too.
 
-`make test` runs the suite in two phases: everything not marked ``exclusive`` in two pytest
-sessions side by side, the kube stream and the broker stream (roger_devtools/test_streams.py,
+`make test` runs the suite in two phases: everything not marked ``exclusive`` in three pytest
+sessions side by side, the kube, broker and clock streams (roger_devtools/test_streams.py,
 each with its own name tag), then the ``exclusive`` tests alone.
 """
 

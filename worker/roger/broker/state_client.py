@@ -83,16 +83,16 @@ def set_paused(conn: Any, partition: str, queue: str, paused: bool) -> None:
 
 
 @contextlib.contextmanager
-def _key_locked(
-    conn: Any, partition: str, key: str, wait: float = st.QUEUE_KEY_LOCK_WAIT
-) -> Iterator[Any]:
-    """Hold the key's lock and yield a confirm channel to work on.
+def _key_locked(conn: Any, partition: str, key: str) -> Iterator[Any]:
+    """Hold the key's lock and yield a confirm channel to work on (``TimeoutError`` after
+    ``QUEUE_KEY_LOCK_WAIT``).
 
     Whoever reads or writes a key's token holds it: a token taken out to be read is not
     counted by ``x-max-length``, so a take must never run meanwhile.
     """
     lock = naming.queue_key_lock_name(partition, key)
-    with exclusive_lock(conn, lock, wait, f"queue key {key!r} of {partition!r}") as ch:
+    what = f"queue key {key!r} of {partition!r}"
+    with exclusive_lock(conn, lock, st.QUEUE_KEY_LOCK_WAIT, what) as ch:
         yield ch
 
 

@@ -10,7 +10,9 @@ Reading the token takes it out of the key queue, where ``x-max-length`` no longe
 it: a take at that moment would be confirmed (two holders). So the release holds the key's
 lock (``<p>.qkey.<digest>.lock``, an exclusive queue every reader and writer of the token
 declares first), and, because an exclusive queue does not exclude its own connection, at
-most one release per key runs at a time in this process.
+most one release per key runs at a time in this process. A release waits for the lock far
+longer than a client (``QUEUE_KEY_RELEASE_PATIENCE``): the lock may be held by a client
+whose host vanished, and a key not freed stays held for days.
 """
 
 from __future__ import annotations
@@ -90,29 +92,47 @@ class QueueKeys:
             local.release(key)
 
     def _locked(self, key: str) -> Flow[OneShot | None]:
-        """A channel on which this connection holds the key's lock (None: gave up)."""
+        """A channel on which this connection holds the key's lock (None: gave up).
+
+        Busy: retried with a short random backoff (up to 0.1 s) for ``QUEUE_KEY_LOCK_WAIT``,
+        then up to 1 s until ``QUEUE_KEY_RELEASE_PATIENCE``: a key not freed stays held for
+        days, and a lock held by a vanished client is freed only once the broker notices."""
         lock = naming.queue_key_lock_name(self.s.partition, key)
-        deadline = time.monotonic() + st.QUEUE_KEY_LOCK_WAIT
-        pause = 0.005
+        started = time.monotonic()
+        pause, cap, warned = 0.005, 0.1, False
         while True:
             try:
                 ch: OneShot = yield self.s.one_shots.opened()
                 yield ch.declare(lock, exclusive=True, auto_delete=False)
+                if warned:
+                    log.info(
+                        "queue key %r: its lock was free again after %.0fs", key, _since(started)
+                    )
                 return ch
             except Refused as refused:
                 if refused.code != 405:  # not RESOURCE_LOCKED: the connection is gone
                     return None
-            if time.monotonic() > deadline:
+            waited = _since(started)
+            if waited > st.QUEUE_KEY_RELEASE_PATIENCE:
                 log.error(
                     "queue key %r stayed locked for %.0fs; not released (it frees itself "
-                    "after %.0f days)",
+                    "after %.0f days; Client.release_queue_key frees it by hand)",
                     key,
-                    st.QUEUE_KEY_LOCK_WAIT,
+                    waited,
                     st.QUEUE_KEY_MAX_HOLD / 86400,
                 )
                 return None
+            if waited > st.QUEUE_KEY_LOCK_WAIT and not warned:
+                warned, cap = True, 1.0
+                log.warning(
+                    "queue key %r locked by another connection for %.0fs; still trying to "
+                    "free it (for up to %.0fs)",
+                    key,
+                    waited,
+                    st.QUEUE_KEY_RELEASE_PATIENCE,
+                )
             yield self.s.slept(random.uniform(0, pause))
-            pause = min(pause * 2, 0.1)
+            pause = min(pause * 2, cap)
 
     def _free_if_ours(self, ch: OneShot, key: str, job_id: str) -> Flow[bool]:
         name = naming.queue_key_queue_name(self.s.partition, key)
@@ -140,3 +160,7 @@ class QueueKeys:
                 ch.finish()
         except Refused:
             pass  # the connection is gone, and the lock with it
+
+
+def _since(started: float) -> float:
+    return time.monotonic() - started
