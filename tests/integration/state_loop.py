@@ -29,18 +29,42 @@ class StateLoop:
             on_pause=lambda q, p: self.pauses.append((q, p)),
             **kwargs,
         )
-        opened: Future[Any] = Future()
-        self.conn = SelectConnection(
-            pika.URLParameters(url),
-            on_open_callback=lambda c: (self.state.attach(c), opened.set_result(c)),
-            on_open_error_callback=lambda _c, e: opened.set_exception(e),
-            on_close_callback=lambda _c, _r: self.state.detach(),
-            custom_ioloop=self.ioloop,
-        )
         self.thread = threading.Thread(target=self.ioloop.start, daemon=True)
         self.thread.start()
-        opened.result(10)
+        self.conn = self._connect(url)
         assert self.ready.wait(15), "partition state never caught up"
+
+    def _connect(self, url: str) -> SelectConnection:
+        """A new connection, made on the loop's thread (pika is not thread-safe)."""
+        opened: Future[Any] = Future()
+
+        def connect() -> None:
+            SelectConnection(
+                pika.URLParameters(url),
+                on_open_callback=lambda c: (self.state.attach(c), opened.set_result(c)),
+                on_open_error_callback=lambda _c, e: opened.set_exception(e),
+                on_close_callback=lambda _c, _r: self.state.detach(),
+                custom_ioloop=self.ioloop,
+            )
+
+        self.ioloop.add_callback_threadsafe(connect)
+        conn: SelectConnection = opened.result(10)
+        return conn
+
+    def reconnect(self, url: str) -> None:
+        """Lose the connection (the broker sees it closed) and open a new one, as a worker
+        whose connection dropped does."""
+        closed = threading.Event()
+        self.ready.clear()
+
+        def close() -> None:
+            self.conn.close()
+            self.ioloop.call_later(0.2, closed.set)
+
+        self.ioloop.add_callback_threadsafe(close)
+        assert closed.wait(10)
+        self.conn = self._connect(url)
+        assert self.ready.wait(15), "partition state never caught up again"
 
     def call(self, fn: Callable[[Callable[[Any], None]], None], timeout: float = 60) -> Any:
         """Run ``fn(done)`` on the loop; return what it passes to ``done``.

@@ -158,6 +158,7 @@ class PartitionState:
         self.pauses.start(gen)
         self.controls.start(gen)
         self.locks.start(gen)
+        self.queue_keys.start(gen)
 
     def _lost_channel(self, gen: int, what: str, reason: Any) -> None:
         if self.session.alive(gen):

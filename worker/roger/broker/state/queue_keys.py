@@ -12,7 +12,8 @@ lock (``<p>.qkey.<digest>.lock``, an exclusive queue every reader and writer of 
 declares first), and, because an exclusive queue does not exclude its own connection, at
 most one release per key runs at a time in this process. A release waits for the lock far
 longer than a client (``QUEUE_KEY_RELEASE_PATIENCE``): the lock may be held by a client
-whose host vanished, and a key not freed stays held for days.
+whose host vanished, and a key not freed stays held for days. For the same reason a release
+the connection cut short runs again on the next connection (the job was settled already).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import random
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from roger.broker.channels import Confirm, Got, OneShot
 from roger.broker.flow import Flow, Refused, Resume, Step, run
@@ -58,30 +60,74 @@ class _LocalLocks:
             del self._queues[key]
 
 
+@dataclass(slots=True)
+class _Unfinished:
+    """A release asked for and not yet answered, and the connection it last ran on."""
+
+    done: Confirm
+    generation: int
+
+
 class QueueKeys:
     def __init__(self, session: Session) -> None:
         self.s = session
         self._local = _LocalLocks()
+        self._unfinished: dict[tuple[str, str], _Unfinished] = {}
 
     def reset(self) -> None:
         """The connection is gone: flows waiting on it are never resumed."""
         self._local = _LocalLocks()
 
+    def start(self, gen: int) -> None:
+        """A new connection: run again the releases the lost one left unfinished.
+
+        The job was settled already, so nothing else would ever free its key: it would
+        stay held for ``QUEUE_KEY_MAX_HOLD``. Running one again is safe: it frees the key
+        only while the token still names the job."""
+        for (key, job_id), unfinished in list(self._unfinished.items()):
+            if unfinished.generation != gen:
+                log.info("queue key %r: freeing it again on the new connection", key)
+                self._attempt(key, job_id, gen)
+
     def release(self, key: str, job_id: str, done: Confirm = noop) -> None:
         """Free ``key`` if its token belongs to ``job_id``, then delete the empty key
-        queue; ``done(True)`` if the key is not held by anyone else afterwards."""
-        run(self._release(key, job_id), done)
+        queue; ``done(True)`` if the key is not held by anyone else afterwards.
 
-    def _release(self, key: str, job_id: str) -> Flow[bool]:
+        If the connection goes first, the release runs again on the next one (``start``)
+        and ``done`` is answered then."""
+        self._unfinished[(key, job_id)] = _Unfinished(done, self.s.generation)
+        self._attempt(key, job_id, self.s.generation)
+
+    def _attempt(self, key: str, job_id: str, gen: int) -> None:
+        unfinished = self._unfinished[(key, job_id)]
+        unfinished.generation = gen
+
+        def answered(freed: bool | None) -> None:
+            if freed is None:  # the connection went: the next one runs it again
+                return
+            if self._unfinished.get((key, job_id)) is unfinished:
+                del self._unfinished[(key, job_id)]
+            unfinished.done(freed)
+
+        run(self._release(key, job_id), answered)
+
+    def _release(self, key: str, job_id: str) -> Flow[bool | None]:
+        """True: the key is free; False: held by another job, or given up (logged); None:
+        the connection went before an answer."""
         local = self._local
         yield local.acquired(key)
         try:
-            ch = yield from self._locked(key)
+            try:
+                ch = yield from self._locked(key)
+            except Refused:
+                return None
             if ch is None:
                 return False
             try:
                 freed = yield from self._free_if_ours(ch, key, job_id)
             except Refused as refused:
+                if refused.code == 0:
+                    return None
                 log.warning("releasing queue key %r refused (%s)", key, refused)
                 yield from self._unlock_on_fresh_channel(key)
                 return False
@@ -92,7 +138,8 @@ class QueueKeys:
             local.release(key)
 
     def _locked(self, key: str) -> Flow[OneShot | None]:
-        """A channel on which this connection holds the key's lock (None: gave up).
+        """A channel on which this connection holds the key's lock (None: gave up;
+        ``Refused``: the connection is gone).
 
         Busy: retried with a short random backoff (up to 0.1 s) for ``QUEUE_KEY_LOCK_WAIT``,
         then up to 1 s until ``QUEUE_KEY_RELEASE_PATIENCE``: a key not freed stays held for
@@ -110,7 +157,10 @@ class QueueKeys:
                     )
                 return ch
             except Refused as refused:
-                if refused.code != 405:  # not RESOURCE_LOCKED: the connection is gone
+                if refused.code == 0:  # the connection is gone
+                    raise
+                if refused.code != 405:  # not RESOURCE_LOCKED (held by someone else)
+                    log.error("queue key %r: its lock was refused (%s); not released", key, refused)
                     return None
             waited = _since(started)
             if waited > st.QUEUE_KEY_RELEASE_PATIENCE:
