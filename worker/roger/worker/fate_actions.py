@@ -3,7 +3,8 @@
 ``roger.core.fate.decide`` says what happens to a job after anything happened to it (pure,
 unit-tested in one file); ``FateActions.carry_out`` does it with the worker's collaborators:
 acknowledge through the ``Ledger``, publish a retry, burial, park, requeue or delay through
-the ``Outbox`` (acknowledged once confirmed), free the ``PartitionFeatures``' keys, report
+the ``Outbox`` (acknowledged once confirmed), free the ``PartitionFeatures``' keys (a
+leaving job's queue key before it is settled), report
 lifecycle events and outcomes, run the failure hooks, kill a stopped job's process. It keeps
 no state of its own: every collaborator belongs to the ``Worker`` (runtime.py), which hands
 each finished or dropped job here.
@@ -70,24 +71,29 @@ class FateActions:
             case fate.Ack():
                 self.emit(task, "after_run", duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
-                self.features.finished(task, leaving=True)
-                self.ledger.settle(task.epoch, task.tag)
+                settle = partial(self.ledger.settle, task.epoch, task.tag)
+                self.features.finished(task, leaving=True, then=settle)
             case fate.Retry() | fate.Bury():
                 stack = happened.stack if isinstance(happened, fate.Raised) else None
                 body = retry_body(msg) if isinstance(decided, fate.Retry) else None
                 if isinstance(decided, fate.Retry) and body is None:
                     log.warning("job %s: its retry would be too large; buried", msg.id)
                     decided = fate.retry_too_large(decided)
-                self.outbox.failed(task, decided, stack, body)
-                self.features.finished(task, leaving=isinstance(decided, fate.Bury))
+                self.features.finished(
+                    task,
+                    leaving=isinstance(decided, fate.Bury),
+                    then=partial(self.outbox.failed, task, decided, stack, body),
+                )
                 self.emit(task, decided.hook, error=decided.error, duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
                 if not isinstance(happened, fate.Raised):  # not run beside the job
                     self.run_hooks(task, decided.hook, decided.error)
             case fate.Park(reason=reason):
-                self.features.finished(task, leaving=True)
                 detail = "refused by the job process"
-                self.outbox.park(q, task.epoch, task.tag, task.props, task.body, reason, detail)
+                park = partial(
+                    self.outbox.park, q, task.epoch, task.tag, task.props, task.body, reason, detail
+                )
+                self.features.finished(task, leaving=True, then=park)
             case fate.CancelJob():
                 self.features.cancelled(task)
             case fate.Requeue(why=why):

@@ -8,8 +8,9 @@ not know about partition state; the features talk back only through ``FeatureHos
   and pause known before the first job is taken).
 - ``intercept(task)`` on each valid delivery: True when the delivery was handled here
   (cancelled, paused, execution key busy) or will be handed back through ``accept``.
-- ``finished(task, leaving)`` when a job's fate is decided: frees its execution key
-  (moving one waiting job back) and, when the job leaves the partition, its queue key.
+- ``finished(task, leaving, then)`` when a job's fate is decided: frees its execution key
+  (moving one waiting job back) and, when the job leaves the partition, its queue key,
+  before ``then()`` settles the delivery (``KEY_FIRST_WITHIN``).
 - ``cancelled(task)``: the fate of a cancelled job (on_cancel once across replicas).
 
 Everything runs on the worker's ioloop thread.
@@ -33,6 +34,28 @@ from roger.worker.tasks import QueueState, Task
 from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
+
+KEY_FIRST_WITHIN: float = 5.0
+"""Seconds a leaving job's settlement waits for its queue key to be freed first. Freed
+after, a worker dying in between would leave the key held for days (the job was settled:
+nothing frees it); freed first, such a death makes the broker deliver the job again, which
+the crash explains. A key whose lock is held elsewhere does not hold the job up longer:
+its release goes on (``roger.broker.state.queue_keys``)."""
+
+
+def _nothing() -> None:
+    pass
+
+
+def _once(fn: Callable[[], None]) -> Callable[..., None]:
+    """``fn`` on the first call, nothing on the others (any arguments ignored)."""
+    pending = [fn]
+
+    def call(*_: Any) -> None:
+        if pending:
+            pending.pop()()
+
+    return call
 
 
 class FeatureHost(Protocol):
@@ -160,15 +183,21 @@ class PartitionFeatures:
         props = pika.BasicProperties(**envelope.kept_properties(task.props))
         self.state.park(key, task.body, props, parked)
 
-    def finished(self, task: Task, leaving: bool) -> None:
-        """The job's fate is decided (``leaving``: it will not run again)."""
+    def finished(self, task: Task, leaving: bool, then: Callable[[], None] = _nothing) -> None:
+        """The job's fate is decided (``leaving``: it will not run again); ``then()`` settles
+        its delivery, once the queue key of a leaving job is free (``KEY_FIRST_WITHIN``)."""
         if not task.epoch.alive:
+            then()  # it does nothing on a dead delivery
             return  # redelivered after a reconnect: the next attempt frees the keys
         msg = task.msg
         if msg.execution_key is not None and self.state.held.get(msg.execution_key) == msg.id:
             self.state.release_next(msg.execution_key)
-        if leaving and msg.queue_key is not None:
-            self.state.release_queue_key(msg.queue_key, msg.id)
+        if not leaving or msg.queue_key is None:
+            then()
+            return
+        settle = _once(then)
+        self.state.release_queue_key(msg.queue_key, msg.id, settle)
+        self.w.ioloop.call_later(KEY_FIRST_WITHIN, settle)
 
     def parked(self, msg: JobMessage) -> None:
         """A valid message that must never run was parked in ``.invalid``: it left."""
@@ -191,8 +220,7 @@ class PartitionFeatures:
             self.w.telemetry.outcome(q.name, msg.name, "cancelled", None)
             self.w.run_hooks(task, "on_cancel", None)
             self.state.cancel_done(msg.id)
-        self.finished(task, leaving=True)
-        self.w.settle(task)
+        self.finished(task, leaving=True, then=lambda: self.w.settle(task))
 
     # -- pause ------------------------------------------------------------------------
     def _pause_event(self, queue: str, paused: bool) -> None:
