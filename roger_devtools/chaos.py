@@ -6,7 +6,8 @@ kills workers and job processes, rolls workers with SIGTERM, stops or kills brok
 (the queue leader among them) and starts them again, closes every connection from the
 broker side and pauses a queue. A queue ``held`` stays paused all along: after every node
 fault its jobs must all still be there, none started. Then everything is counted
-(``roger_devtools.chaos_accounting`` decides) and the table printed.
+(``roger_devtools.chaos_accounting`` decides), every queue key of a job that ended must be
+free, and the table printed.
 
     python -m roger_devtools.chaos --jobs 3000 --duration 420 --seed 1
 
@@ -29,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from roger.core import state as st
 from roger_devtools.chaos_accounting import Evidence, Fault, Report, format_table, judge
 from roger_devtools.chaos_cluster import PREFIXES, ChaosCluster, cluster_version
 from roger_devtools.chaos_jobs import JobMix, Producer, collect_evidence
@@ -213,6 +215,25 @@ class Chaos:
             self.violations.append(f"{len(started)} job(s) of the paused queue ran {when}")
         self.held_checks += 1
 
+    def check_keys_free(self) -> None:
+        """Every job with a queue key has ended: no key may stay held (one would refuse
+        that key's jobs for days). A key whose job's publish failed frees itself after
+        ``QUEUE_KEY_PENDING_HOLD``, so the check waits that long before it reports."""
+        keys = [f"k-{tag}" for tag, job in self.producer.plan.items() if job.kind == "keyed"]
+        held: list[str] = []
+
+        def all_free() -> bool:
+            holders = self.producer.client_call(
+                lambda c: [(k, c.queue_key_holder(self.partition, k)) for k in keys]
+            )
+            held[:] = [f"{k} by {job_id}" for k, job_id in holders if job_id is not None]
+            return not held
+
+        try:
+            eventually(all_free, st.QUEUE_KEY_PENDING_HOLD + 30, 2, "every queue key free")
+        except AssertionError:
+            self.violations.append(f"queue keys still held after their jobs ended: {held[:5]}")
+
     # -- the run --------------------------------------------------------------------------
     def run(self) -> Report:
         self.cluster.up()
@@ -246,6 +267,7 @@ class Chaos:
         )
         stuck = self.producer.settle(self.cluster, self.args.settle_timeout, stranded)
         self.fleet.workers.stop_all()
+        self.check_keys_free()
         ev = collect_evidence(self.producer, self.recorder, self.cluster, self.faults)
         evidence = Evidence(
             plan=ev.plan,

@@ -19,6 +19,7 @@ that mostly wait.
 
     python -m roger_devtools.test_streams [--streams 1|3] [pytest args...]
 
+First the broker is swept of this checkout's earlier leftovers (``roger_devtools.broker_sweep``).
 Each line of a stream's output is prefixed with its name; the exit code is the first
 non-zero one of the streams (0 when all passed). ``--streams 1``: one session, everything
 in order.
@@ -33,6 +34,8 @@ import sys
 import threading
 import time
 from typing import IO
+
+from roger_devtools import broker_sweep
 
 # stream -> the test directories (tiers) and single modules it runs; a module named here
 # is left out of the stream whose directory holds it. tests/unit/test_streams.py checks
@@ -134,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, choices=(1, len(STREAMS)), default=len(STREAMS))
     args, pytest_args = parser.parse_known_args(argv)
+    broker_sweep.main([])  # earlier runs' leftovers cost the broker CPU all run long
     if args.streams == 1:
         return subprocess.call([sys.executable, "-m", "pytest", "tests", *pytest_args])
     return run_streams(pytest_args)

@@ -127,8 +127,9 @@ def test_operator_image_reconciles_with_the_charts_service_account_only(
         lease = kubectl.get_json("-n", namespace, "lease", operator)
         assert lease["spec"]["holderIdentity"].startswith(f"{operator}-0"), lease["spec"]
 
-        # Deleting runs the operator's finalizer (broker objects), then the children go.
-        kubectl.run("-n", namespace, "delete", "partition", partition, "--timeout=60s")
+        # Deleting runs the operator's finalizer (broker objects), then the children go. The
+        # bound is for a broker loaded by the other test streams (60 s was once too short).
+        kubectl.run("-n", namespace, "delete", "partition", partition, "--timeout=180s")
         eventually(
             lambda: (
                 kubectl.run("-n", namespace, "get", "deployment", child, check=False).returncode

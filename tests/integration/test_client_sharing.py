@@ -174,9 +174,13 @@ def test_enqueue_many_reports_refused_keys_per_job(
     found = ids_in(broker, f"{unique_name}-default") + ids_in(broker, f"{unique_name}-other")
     assert found == enqueued
     # the refused jobs left the keys to their holders
+    assert client.queue_key_holder(unique_name, "a") == results[1].job_id
+    assert client.queue_key_holder(unique_name, "held") == held
     assert client.release_queue_key(unique_name, "a")
+    assert client.queue_key_holder(unique_name, "a") is None
     [again] = client.enqueue_many(unique_name, [(keyed.unique, {"key": "a"})])
     assert again.ok
+    assert client.queue_key_holder(unique_name, "a") == again.job_id
 
 
 def test_bad_input_is_refused_whole_and_nothing_is_sent(

@@ -110,6 +110,9 @@ class AsyncClient:
     async def release_queue_key(self, partition: str, queue_key: str) -> bool:
         return await self._in_thread(self.sync.release_queue_key, partition, queue_key)
 
+    async def queue_key_holder(self, partition: str, queue_key: str) -> str | None:
+        return await self._in_thread(self.sync.queue_key_holder, partition, queue_key)
+
     async def info(
         self,
         partition: str,

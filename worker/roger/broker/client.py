@@ -147,6 +147,11 @@ class Client(AdminCalls):
             self._control(lambda conn: state_client.release_queue_key(conn, partition, queue_key))
         )
 
+    def queue_key_holder(self, partition: str, queue_key: str) -> str | None:
+        """The id of the job holding ``queue_key``, or None when the key is free."""
+        naming.validate_name("partition", partition)
+        return self._control(lambda conn: state_client.queue_key_holder(conn, partition, queue_key))
+
     def info(
         self,
         partition: str,
