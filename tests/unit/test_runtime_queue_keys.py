@@ -91,3 +91,17 @@ def test_a_delivery_that_died_while_its_key_was_freed_is_acked_nowhere() -> None
     rig.link.up()
     rig.loop.run()
     assert rig.channel().acks == []
+
+
+def test_a_stopping_worker_waits_for_the_key_then_acks_before_it_closes() -> None:
+    """A graceful stop must not leave a finished job unacked (it would run again)."""
+    rig = keyed_rig("a")
+    tag = rig.enqueue("a", queue_key="k")
+    rig.worker.shutdown()
+    rig.loop.run()
+    rig.held_answers = []
+    rig.succeed("a")
+    assert not rig.link.closed  # its settlement waits for the key
+    rig.release_answers()
+    assert rig.channel().acked() == {tag}
+    assert rig.link.closed

@@ -82,6 +82,9 @@ class FeatureHost(Protocol):
     def run_hooks(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
         """Run the callbacks' ``hook`` for a job that is not running."""
 
+    def settled_work(self) -> None:
+        """A job's settlement went out: a stopping worker checks whether it is done."""
+
     def start_consuming(self) -> None: ...
 
     def set_consuming(self, q: QueueState, consume: bool) -> None:
@@ -112,6 +115,7 @@ class PartitionFeatures:
             on_pause=self._pause_event,
         )
         self._heartbeat_gen = -1
+        self.settling_after_keys = 0  # jobs whose settlement waits for their queue key
 
     # -- connection -------------------------------------------------------------------
     def attach(self, conn: Any) -> None:
@@ -195,7 +199,14 @@ class PartitionFeatures:
         if not leaving or msg.queue_key is None:
             then()
             return
-        settle = _once(then)
+        self.settling_after_keys += 1
+
+        def settle_now() -> None:
+            self.settling_after_keys -= 1
+            then()
+            self.w.settled_work()  # a stopping worker may be waiting for this one
+
+        settle = _once(settle_now)
         self.state.release_queue_key(msg.queue_key, msg.id, settle)
         self.w.ioloop.call_later(KEY_FIRST_WITHIN, settle)
 

@@ -220,7 +220,12 @@ class Worker:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.stopping and self.link.unconfirmed() == 0 and not self.pool.busy():
+        if (
+            self.stopping
+            and self.link.unconfirmed() == 0
+            and not self.pool.busy()
+            and not self.features.settling_after_keys
+        ):
             self._finish()
 
     def _finish(self) -> None:
