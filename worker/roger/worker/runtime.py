@@ -220,12 +220,8 @@ class Worker:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if (
-            self.stopping
-            and self.link.unconfirmed() == 0
-            and not self.pool.busy()
-            and not self.features.settling_after_keys
-        ):
+        idle = self.link.unconfirmed() == 0 and not self.pool.busy()
+        if self.stopping and idle and not self.features.settling_after_keys:
             self._finish()
 
     def _finish(self) -> None:
