@@ -75,7 +75,9 @@ chaos: $(PY) rabbitmq-cluster-up ## Fault-injection accounting run on the 3-node
 # kube stream (e2e, images), the broker stream (integration, unit) and the clock stream (e2e
 # modules that mostly wait: Schedule ticks, Partition deletion, autoscaling), then the
 # exclusive ones alone; both phases always run, and it fails if either did
-# (roger_devtools/test_streams.py).
+# (roger_devtools/test_streams.py). It first deletes what earlier runs of this checkout
+# left in the broker (roger_devtools/broker_sweep.py): left to pile up, they made RabbitMQ
+# use two thirds of a run's CPU.
 # TEST_STREAMS=1 runs the first phase as one session, one test at a time.
 TEST_STREAMS ?= 3
 test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integration and e2e tests (three streams side by side, then the exclusive ones alone)
