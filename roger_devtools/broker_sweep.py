@@ -20,7 +20,6 @@ use other tags, and their Partitions are in the cluster.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -29,30 +28,20 @@ import sys
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+
+from roger_devtools.management import management
 
 ROOT = Path(__file__).resolve().parents[1]
-API = "http://127.0.0.1:15672/api"
 STREAM_LETTERS = ("", "k", "b", "c")  # roger_devtools.test_streams.stream_env adds these
 PARTITION_ID = re.compile(r"^(p-[0-9a-f]{8})(?:[-.]|$)")
 CLAIM_PREFIXES = ("roger.claim.queue.", "roger.claim.")  # the operator's claim exchanges
-_AUTH = "Basic " + base64.b64encode(b"guest:guest").decode()
-
-
-def _call(method: str, path: str) -> Any:
-    request = urllib.request.Request(f"{API}{path}", method=method)
-    request.add_header("Authorization", _AUTH)
-    with urllib.request.urlopen(request, timeout=60) as response:
-        body = response.read()
-    return json.loads(body) if body else None
 
 
 def _names(kind: str) -> list[str]:
-    return [item["name"] for item in _call("GET", f"/{kind}/%2F?columns=name")]
+    return [item["name"] for item in management(f"/{kind}/%2F?columns=name")]
 
 
 def live_partition_ids() -> set[str] | None:
@@ -89,7 +78,7 @@ def leftovers(names: Iterable[str], tag: str, live: set[str] | None) -> list[str
 
 def _delete(kind: str, name: str) -> bool:
     try:
-        _call("DELETE", f"/{kind}/%2F/{urllib.parse.quote(name, safe='')}")
+        management(f"/{kind}/%2F/{urllib.parse.quote(name, safe='')}", "DELETE")
     except urllib.error.HTTPError as exc:
         return exc.code == 404  # gone already
     return True

@@ -5,15 +5,11 @@ The worker processes themselves: ``roger_devtools.workers``; waits: ``roger_devt
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +18,7 @@ import pika
 
 from roger.core import buried as bu
 from roger.core import message, naming, topology
+from roger_devtools.management import management as devtools_management
 from roger_devtools.polling import eventually
 from roger_operator.builders.model import PartitionSpec, QueueSpec
 from tests.brokers import BROKER
@@ -126,22 +123,8 @@ class Broker:
 
 
 def management(path: str, method: str = "GET", attempts: int = 5, body: Any = None) -> Any:
-    """The RabbitMQ management API (guest/guest on loopback). A 5xx is asked again: the
-    API answers 500 now and then while queues come and go on a busy machine."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(MGMT + path, method=method, data=data)
-    req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-    req.add_header("Content-Type", "application/json")
-    for attempt in range(attempts):
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                body = r.read()
-                return json.loads(body) if body else None
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500 or attempt == attempts - 1:
-                raise
-            time.sleep(1)
-    raise AssertionError("unreachable")
+    """The management API of the broker under test (``roger_devtools.management``)."""
+    return devtools_management(path, method, attempts, body, api=MGMT)
 
 
 def read_lines(path: Path) -> list[list[str]]:
