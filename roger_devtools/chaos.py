@@ -268,7 +268,8 @@ class Chaos:
         stuck = self.producer.settle(self.cluster, self.args.settle_timeout, stranded)
         self.fleet.workers.stop_all()
         self.check_keys_free()
-        ev = collect_evidence(self.producer, self.recorder, self.cluster, self.faults)
+        logs = sorted(self.workdir.glob("worker-*.log"))
+        ev = collect_evidence(self.producer, self.recorder, self.cluster, self.faults, logs)
         evidence = Evidence(
             plan=ev.plan,
             runs=ev.runs,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -240,8 +241,32 @@ def _tag(body: bytes) -> str:
         return f"unreadable:{body[:40]!r}"
 
 
+# What a worker logs when it kills a job process to stop a cancelled job (worker/pool.py).
+_CANCEL_KILL = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*killing job process (\d+) for job \S+ \(cancel\)"
+)
+
+
+def logged_cancel_kills(lines: Iterable[str]) -> list[Fault]:
+    """The job processes workers' logs say were killed for a cancel. The ``start`` record of
+    the cancelled job is no evidence of these: a cancel that comes right after the job was
+    handed to its process kills it before the job wrote a line, and the jobs beside it run
+    again (bystanders)."""
+    out = []
+    for line in lines:
+        m = _CANCEL_KILL.match(line)
+        if m:
+            at = time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000
+            out.append(Fault("cancel_kill", at, at, int(m[3])))
+    return out
+
+
 def collect_evidence(
-    producer: Producer, recorder: Recorder, cluster: ChaosCluster, faults: list[Fault]
+    producer: Producer,
+    recorder: Recorder,
+    cluster: ChaosCluster,
+    faults: list[Fault],
+    worker_logs: Iterable[Path] = (),
 ) -> Collected:
     p = producer.partition
     endings = [
@@ -267,4 +292,6 @@ def collect_evidence(
         for e in recorder.events("on_cancel")
         if e["tag"] in started
     ]
+    for log in worker_logs:
+        cancel_kills += logged_cancel_kills(log.read_text(errors="replace").splitlines())
     return Collected(dict(producer.plan), runs, endings, cancel_kills)

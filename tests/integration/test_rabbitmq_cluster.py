@@ -1,4 +1,5 @@
-"""The 3-node cluster: replicated queues keep confirmed messages, and the worker fails over.
+"""The 3-node cluster: replicated queues keep confirmed messages, the worker fails over,
+and a queue key on a stopped node is freed once it is back.
 
 The cluster (hack/rabbitmq-cluster.sh) runs beside the single test broker; these tests
 start it themselves. Nodes stopped by a test are started again before the next test.
@@ -6,7 +7,9 @@ start it themselves. Nodes stopped by a test are started again before the next t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,14 @@ import pika
 import pytest
 
 import roger
+from roger.broker import state_client as sc
+from roger.broker.state.queue_keys import NODE_DOWN_RETRY
+from roger.core import naming
 from roger_devtools.polling import eventually
 from roger_devtools.workers import Workers
 from tests.integration.cluster_support import NODES, Cluster, node_name, node_number
-from tests.integration.support import read_lines
+from tests.integration.state_loop import StateLoop
+from tests.integration.support import delete_queues, read_lines
 from tests.jobs import basic
 
 pytestmark = pytest.mark.integration
@@ -144,3 +151,41 @@ def test_the_worker_given_every_node_fails_over_when_its_node_stops(
         assert worker.proc.poll() is None  # the same process, never restarted
     finally:
         workers.stop_all()
+
+
+def test_a_key_whose_queue_node_is_down_is_freed_once_the_node_is_back(
+    cluster: Cluster, unique_name: str
+) -> None:
+    """A key queue is a classic queue on the node of the client that took the key; while
+    that node is down the broker refuses it (404). The worker's release waits for the node
+    instead of giving up: before, the chaos run left two keys held (for days) after a
+    node kill."""
+    p, key = unique_name, "order-7"
+    taker = pika.BlockingConnection(pika.URLParameters(cluster.url(2)))
+    try:
+        assert sc.take_queue_key(taker, p, key, "job-1", "default")
+        assert sc.hold_queue_key(taker, p, key, "job-1")
+    finally:
+        taker.close()
+    key_queue = naming.queue_key_queue_name(p, key)
+    assert node_number(cluster.management(f"/queues/%2F/{key_queue}", via=1)["node"]) == 2
+    cluster.stop_node(2)
+    worker = StateLoop(cluster.url(1), p, ["default"])
+    try:
+        freed: Future[bool] = Future()
+        worker.ioloop.add_callback_threadsafe(
+            lambda: worker.state.release_queue_key(key, "job-1", freed.set_result)
+        )
+        time.sleep(NODE_DOWN_RETRY * 3)
+        assert not freed.done()  # before: answered False at once, the key left held
+        cluster.start_node(2)
+        assert freed.result(180) is True
+        conn = pika.BlockingConnection(pika.URLParameters(cluster.url(1)))
+        try:
+            assert sc.queue_key_holder(conn, p, key) is None
+            assert sc.take_queue_key(conn, p, key, "job-2", "default")
+        finally:
+            delete_queues(conn, [key_queue, naming.queue_key_lock_name(p, key)])
+            conn.close()
+    finally:
+        worker.close()

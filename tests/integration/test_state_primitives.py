@@ -239,7 +239,7 @@ def test_pause_state_survives_stream_retention(
         n += 2
     ch.basic_publish("", name, st.encode(st.pause("default", time.time())), sc.PERSISTENT)
     # retention has dropped the beginning of the stream
-    first = sc._read_stream(conn, name, "first", idle=0.5)
+    first = sc._read_stream(conn, name, "first")
     assert len(first) < n
     assert sc.is_paused(conn, unique_name, "default")
     # the last event stays however old: a resume then nothing else

@@ -64,7 +64,7 @@ class HangsAfter:
 
 
 class SlowAfterRun:
-    """after_run takes a second: the outcome must not wait for it."""
+    """after_run takes a second: the outcome frame must not wait for it."""
 
     def after_run(self, partition: str, job: Any, result: Any, state: Any) -> None:
         time.sleep(1)
@@ -87,3 +87,28 @@ class AllHooks:
 
     def on_buried(self, partition: str, job: Any, error: Any, stack: Any, state: Any) -> None:
         pass
+
+
+class HeldHooks:
+    """after_run and on_cancel write ``<hook> begin <pid>`` to the job's ``hooks`` file,
+    wait while its ``hold`` file exists (a minute at most), then write ``<hook> end <pid>``:
+    a test kills the worker while a hook runs."""
+
+    def _held(self, hook: str, job: Any) -> None:
+        args = job.args if isinstance(job.args, dict) else {}
+        out, hold = args.get("hooks"), args.get("hold")
+        if not out:
+            return
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write(f"{hook} begin {os.getpid()}\n")
+        deadline = time.monotonic() + 60
+        while hold and os.path.exists(hold) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open(out, "a", encoding="utf-8") as fh:
+            fh.write(f"{hook} end {os.getpid()}\n")
+
+    def after_run(self, partition: str, job: Any, result: Any, state: Any) -> None:
+        self._held("after_run", job)
+
+    def on_cancel(self, partition: str, job: Any) -> None:
+        self._held("on_cancel", job)

@@ -277,6 +277,9 @@ class FakeJobProcess:
     def runs(self) -> list[frames.Run]:
         return [f for f in self.received if isinstance(f, frames.Run)]
 
+    def hook_runs(self) -> list[frames.RunHooks]:
+        return [f for f in self.received if isinstance(f, frames.RunHooks)]
+
     def key_of(self, job_id: str) -> int:
         """The key of the job's current run here."""
         return next(
@@ -353,9 +356,15 @@ class Rig:
         return self.states[0]
 
     def up(self) -> None:
-        for proc in self.alive():
-            proc.say(frames.Ready(proc.pid, proc.slots))
+        self.ready()
         self.link.up()
+        self.loop.run()
+
+    def ready(self) -> None:
+        """Every live job process not ready yet says Ready (a replacement, say)."""
+        for proc in self.alive():
+            if not proc.ready:
+                proc.say(frames.Ready(proc.pid, proc.slots))
         self.loop.run()
 
     def alive(self) -> list[FakeJobProcess]:

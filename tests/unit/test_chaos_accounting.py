@@ -4,6 +4,7 @@ seeded fault schedule."""
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 
@@ -20,6 +21,7 @@ from roger_devtools.chaos_accounting import (
     format_table,
     judge,
 )
+from roger_devtools.chaos_jobs import logged_cancel_kills
 
 pytestmark = pytest.mark.unit
 
@@ -207,4 +209,25 @@ def test_a_hook_rerun_because_its_process_was_killed_for_a_cancel_is_explained()
     assert v.extra == 1 and v.explained_by == ()
     kill = Fault("cancel_kill", 9.5, 10.6, PROC + 5)
     report, v = verdict(cancel, [run(9)], [first, again], (kill,))
+    assert v.explained_by == ("cancel_kill",) and report.failures() == []
+
+
+def test_a_bystander_of_a_cancel_kill_before_the_cancelled_job_wrote_a_line_is_explained() -> None:
+    """Seen in a short run: a cancel came right after its job was handed to a job process;
+    the process was killed before the job recorded its start, so only the worker's log
+    tells of the kill, and the job beside it ran again."""
+    log = [
+        "2026-12-03 06:53:45,100 INFO roger.worker: partition state caught up: 6 cancelled ids",
+        "2026-12-03 06:53:45,487 INFO roger.worker: killing job process 101 for job ab12 (cancel)",
+        "2026-12-03 06:53:46,000 INFO roger.worker: killing job process 102 for job cd34 (hook)",
+    ]
+    [kill] = logged_cancel_kills(log)
+    assert (kill.kind, kill.pid) == ("cancel_kill", PROC)
+    when = time.mktime((2026, 12, 3, 6, 53, 45, 0, 0, -1)) + 0.487
+    assert kill.start == kill.end == pytest.approx(when)
+    runs = [run(when - 0.2), run(when + 0.2, when + 0.5, pid=PROC + 1)]
+    ending = [Ending("j", "succeeded", when + 0.5)]
+    _, v = verdict(ok_job(), runs, ending)
+    assert v.status == "duplicate" and v.explained_by == ()
+    report, v = verdict(ok_job(), runs, ending, (kill,))
     assert v.explained_by == ("cancel_kill",) and report.failures() == []

@@ -101,7 +101,9 @@ def test_a_success_with_quick_hooks_is_one_ok_done_frame(pipe: Pipe) -> None:
 
 @pytest.mark.parametrize("pipe", [["tests.jobs.callbacks:SlowAfterRun"]], indirect=True)
 def test_the_outcome_leaves_before_slow_hooks_finish(pipe: Pipe) -> None:
-    """The worker settles (acks) a job as soon as it returns, not after after_run."""
+    """The outcome leaves as soon as the job returns (the worker stops its deadline and
+    keeps the outcome should the hooks be cut short); ``Done`` follows the hooks, and only
+    then does the worker settle the job (tests/unit/test_runtime_hooks.py)."""
     pipe.run(1, "tests.jobs.basic:noop")
     t0 = time.monotonic()
     outcome = pipe.recv()

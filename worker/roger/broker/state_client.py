@@ -25,6 +25,10 @@ from roger.core import worker_status as ws
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 READ_IDLE = 0.3  # seconds of silence that end a read of a stream's recent records
+# ... and before its first record: a loaded broker was seen taking more than READ_IDLE to
+# send the first chunk of a workers stream (a live worker read as none). An empty read
+# costs this much.
+READ_FIRST_IDLE = 3.0
 
 
 class DuplicateJob(Exception):
@@ -214,11 +218,13 @@ def queue_key_holder(conn: Any, partition: str, key: str) -> str | None:
         return str(props.message_id)
 
 
-def _read_stream(conn: Any, name: str, offset: Any, idle: float = READ_IDLE) -> list[bytes]:
-    """Bodies from ``offset`` until the stream stays silent for ``idle`` seconds (none if
-    there is no such stream)."""
+def _read_stream(conn: Any, name: str, offset: Any) -> list[bytes]:
+    """Bodies from ``offset`` until the stream stays silent (``READ_IDLE``, or
+    ``READ_FIRST_IDLE`` before the first record); none if there is no such stream."""
     try:
-        records, _ended = read_stream(conn, name, offset, prefetch=1000, idle=idle)
+        records, _ended = read_stream(
+            conn, name, offset, prefetch=1000, idle=READ_IDLE, first_idle=READ_FIRST_IDLE
+        )
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != 404:
             raise

@@ -27,22 +27,26 @@ def read_stream(
     prefetch: int,
     idle: float,
     until: Callable[[Any, bytes], bool] | None = None,
+    first_idle: float | None = None,
 ) -> tuple[list[tuple[Any, bytes]], bool]:
     """``(props, body)`` of each record from ``offset``, in order, each acked as read, up
     to the first for which ``until(props, body)`` is true (not included), or until the
-    stream stays silent for ``idle`` seconds. Returns them and whether ``until`` ended the
-    read (False: the silence did). A broker refusal (no such stream) is raised as pika's
-    ``ChannelClosedByBroker``; the connection stays usable."""
+    stream stays silent for ``idle`` seconds (``first_idle`` before its first record: a
+    busy broker can take seconds to send a stream's first chunk, then sends the rest at
+    once). Returns them and whether ``until`` ended the read (False: the silence did). A
+    broker refusal (no such stream) is raised as pika's ``ChannelClosedByBroker``; the
+    connection stays usable."""
     ch = conn.channel()
     records: list[tuple[Any, bytes]] = []
     ended, stopped = [False], [False]
     last = [time.monotonic()]
+    silence = [idle if first_idle is None else max(idle, first_idle)]
 
     def on_delivery(channel: Any, method: Any, props: Any, body: bytes) -> None:
         if stopped[0]:
             return  # past the end: released with the channel, never rejected
         channel.basic_ack(method.delivery_tag)
-        last[0] = time.monotonic()
+        last[0], silence[0] = time.monotonic(), idle
         if until is not None and until(props, body):
             ended[0] = stopped[0] = True
         else:
@@ -51,8 +55,10 @@ def read_stream(
     try:
         ch.basic_qos(prefetch_count=prefetch)
         ch.basic_consume(name, on_delivery, arguments={"x-stream-offset": offset})
+        if not records and not stopped[0]:
+            last[0] = time.monotonic()  # the silence counts from the broker's ConsumeOk
         while not stopped[0]:
-            left = idle - (time.monotonic() - last[0])
+            left = silence[0] - (time.monotonic() - last[0])
             if left <= 0:
                 break
             conn.process_data_events(time_limit=left)

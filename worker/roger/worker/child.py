@@ -4,9 +4,11 @@ over a pipe.
 Started by the worker with ``python -m roger.worker.child``. Each slot thread runs
 ``before_run``, the job and ``after_run`` / ``on_error`` / ``on_buried`` itself, so
 callback state never crosses processes. A slot reports the job's outcome as soon as the
-job returns (the parent settles the message at once), then ``done`` once the hooks have
-run. The watchdog reports a job or hook that overruns its deadline; the parent then kills
-this process (the only way to stop a blocking call) and puts its other jobs back.
+job returns (its deadline is over, a cancel no longer kills it, and the outcome stands if
+the hooks are cut short), then ``done`` once the hooks have run: the parent settles the
+job then, so that hooks are at-least-once like jobs. The watchdog reports a job or hook
+that overruns its deadline; the parent then kills this process (the only way to stop a
+blocking call) and puts its other jobs back.
 """
 
 from __future__ import annotations
@@ -157,12 +159,16 @@ class Child:
         self.results.add(_done_frame(key, failures))
 
     def hooks_only(self, slot: Slot, frame: frames.RunHooks) -> None:
-        """on_error / on_buried / on_cancel of a job whose process was killed: no state."""
+        """A hook apart from its job: on_cancel; on_error / on_buried of a job whose process
+        was killed; any hook whose job process died while running it. No state (None);
+        ``after_run`` gets the result None: it died with that process."""
         key = frame.key
         failures: list[frames.CallbackFailure] = []
         job = Job.from_fields(frame.job, frame.started_at)
         if frame.hook == "on_cancel":  # on_cancel(partition, job): no error, no state
             self.call_hooks(slot, key, "on_cancel", (job,), None, failures)
+        elif frame.hook == "after_run":
+            self.call_hooks(slot, key, "after_run", (job, None), {}, failures)
         else:
             err = frame.error or ("", "")
             self.call_hooks(slot, key, frame.hook, (job, err, frame.stack), {}, failures)

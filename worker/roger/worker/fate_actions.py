@@ -13,6 +13,7 @@ each finished or dropped job here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -41,8 +42,16 @@ class Emit(Protocol):
 
 
 class RunHooks(Protocol):
-    def __call__(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
-        """Run the callbacks' ``hook`` for a job that is not running."""
+    def __call__(
+        self,
+        task: Task,
+        hook: HookName,
+        error: fate.Error | None,
+        then: Callable[[], None],
+        stack: str | None = None,
+    ) -> None:
+        """Run the callbacks' ``hook`` for a job not running (or whose hooks were cut
+        short), then ``then()``."""
 
 
 class FateActions:
@@ -62,8 +71,19 @@ class FateActions:
         self.ioloop, self.telemetry = ioloop, telemetry
         self.emit, self.run_hooks = emit, run_hooks
 
-    def carry_out(self, task: Task, happened: fate.Happened, duration: float | None) -> None:
-        """Do what ``fate.decide`` says (``duration``: None when the job was not running)."""
+    def carry_out(
+        self,
+        task: Task,
+        happened: fate.Happened,
+        duration: float | None,
+        hooks_ran: bool = True,
+    ) -> None:
+        """Do what ``fate.decide`` says (``duration``: None when the job was not running;
+        ``hooks_ran``: False when the hooks run beside a job that returned were cut short).
+
+        A hook that runs apart from the job runs before the job is settled: a worker dying
+        in between leaves the job to be delivered again, never settled without its hook.
+        """
         decided = fate.decide(happened, task.facts)
         q, msg = task.queue, task.msg
         task.settled = not isinstance(decided, fate.Rerun | fate.Stop)
@@ -72,22 +92,29 @@ class FateActions:
                 self.emit(task, "after_run", duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
                 settle = partial(self.ledger.settle, task.epoch, task.tag)
-                self.features.finished(task, leaving=True, then=settle)
+                finish = partial(self.features.finished, task, True, settle)
+                if hooks_ran:
+                    finish()
+                else:
+                    self.run_hooks(task, "after_run", None, finish)
             case fate.Retry() | fate.Bury():
                 stack = happened.stack if isinstance(happened, fate.Raised) else None
                 body = retry_body(msg) if isinstance(decided, fate.Retry) else None
                 if isinstance(decided, fate.Retry) and body is None:
                     log.warning("job %s: its retry would be too large; buried", msg.id)
                     decided = fate.retry_too_large(decided)
-                self.features.finished(
+                finish = partial(
+                    self.features.finished,
                     task,
-                    leaving=isinstance(decided, fate.Bury),
-                    then=partial(self.outbox.failed, task, decided, stack, body),
+                    isinstance(decided, fate.Bury),
+                    partial(self.outbox.failed, task, decided, stack, body),
                 )
                 self.emit(task, decided.hook, error=decided.error, duration=duration)
                 self.telemetry.outcome(q.name, msg.name, decided.outcome, duration)
-                if not isinstance(happened, fate.Raised):  # not run beside the job
-                    self.run_hooks(task, decided.hook, decided.error)
+                if isinstance(happened, fate.Raised) and hooks_ran:  # ran beside the job
+                    finish()
+                else:
+                    self.run_hooks(task, decided.hook, decided.error, finish, stack)
             case fate.Park(reason=reason):
                 detail = "refused by the job process"
                 park = partial(

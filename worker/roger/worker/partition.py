@@ -79,8 +79,15 @@ class FeatureHost(Protocol):
     def emit(self, task: Task, hook: HookName) -> None:
         """Report a lifecycle event (metrics, Kubernetes Events)."""
 
-    def run_hooks(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
-        """Run the callbacks' ``hook`` for a job that is not running."""
+    def run_hooks(
+        self,
+        task: Task,
+        hook: HookName,
+        error: fate.Error | None,
+        then: Callable[[], None],
+        stack: str | None = None,
+    ) -> None:
+        """Run the callbacks' ``hook`` for a job that is not running, then ``then()``."""
 
     def settled_work(self) -> None:
         """A job's settlement went out: a stopping worker checks whether it is done."""
@@ -224,14 +231,28 @@ class PartitionFeatures:
                 self.w.happened(task, fate.Cancelled())
 
     def cancelled(self, task: Task) -> None:
-        """Never run (again): ``on_cancel`` once, keys freed, acknowledged, not retried."""
+        """Never run (again): ``on_cancel`` once, keys freed, acknowledged, not retried.
+
+        ``on_cancel`` runs before anything says it ran: the ``cancel_done`` record (which
+        keeps other replicas from running it again) and the ack. A worker dying before
+        them leaves the job to be delivered again and its hook to run again (at least
+        once); after them, the hook has run."""
         msg, q = task.msg, task.queue
-        if not self.state.cancel_handled(msg.id):
-            self.w.emit(task, "on_cancel")
-            self.w.telemetry.outcome(q.name, msg.name, "cancelled", None)
-            self.w.run_hooks(task, "on_cancel", None)
+
+        def settle() -> None:
+            self.finished(task, leaving=True, then=lambda: self.w.settle(task))
+
+        if self.state.cancel_handled(msg.id):
+            settle()
+            return
+
+        def hook_ran() -> None:
             self.state.cancel_done(msg.id)
-        self.finished(task, leaving=True, then=lambda: self.w.settle(task))
+            settle()
+
+        self.w.emit(task, "on_cancel")
+        self.w.telemetry.outcome(q.name, msg.name, "cancelled", None)
+        self.w.run_hooks(task, "on_cancel", None, hook_ran)
 
     # -- pause ------------------------------------------------------------------------
     def _pause_event(self, queue: str, paused: bool) -> None:

@@ -8,6 +8,9 @@ the fate needs the pool again.
 
 A job process that dies on its own with several jobs cannot name its culprit: each of
 them runs once alone in the queue's one-slot quarantine process, where a crash does.
+
+One class past 400 lines on purpose: every change to the work a job process holds (handed
+out, reported, done, cut short by a death) is made here, nowhere else.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ BACKSTOP = 5.0  # seconds after the child's own watchdog should have reported
 # long after it started, is wedged: /healthz fails so that Kubernetes restarts the pod.
 WEDGED_PIPE = 60.0
 WEDGED_START = 300.0
+HOOK_ATTEMPTS = 3  # runs of a hook whose job process crashes under it, then given up
 
 
 class PoolHost(Protocol):
@@ -44,8 +48,12 @@ class PoolHost(Protocol):
     def job_started(self, task: Task) -> None:
         """The job process has the job: it runs from now."""
 
-    def job_ended(self, task: Task, happened: fate.Happened, duration: float) -> None:
-        """The job's attempt is over (or cannot go on) because of ``happened``."""
+    def job_ended(
+        self, task: Task, happened: fate.Happened, duration: float, hooks_ran: bool
+    ) -> None:
+        """The job's attempt is over (or cannot go on) because of ``happened``;
+        ``hooks_ran``: False when the hooks its job process runs beside it (after_run, or
+        on_error / on_buried of a ``Raised``) were cut short and must run elsewhere."""
 
     def queue_warm(self, q: QueueState) -> None:
         """Every first job process of ``q`` is ready to run jobs."""
@@ -110,7 +118,7 @@ class JobPool:
         return ""
 
     def busy(self) -> bool:
-        return any(c.tasks or q.hook_backlog for q in self.queues.values() for c in q.children)
+        return any(q.hook_backlog or any(c.tasks for c in q.children) for q in self.queues.values())
 
     def running(self) -> Iterator[tuple[ChildProc, Task]]:
         for q in self.queues.values():
@@ -138,13 +146,21 @@ class JobPool:
         task.queue.pending.appendleft(task)
         self.pump_soon(task.queue)
 
-    def run_hooks(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
-        """Run ``hook`` without state in some job process (the job's own one is gone)."""
+    def run_hooks(
+        self,
+        task: Task,
+        hook: HookName,
+        error: fate.Error | None,
+        then: Callable[[], None],
+        stack: str | None = None,
+    ) -> None:
+        """Run ``hook`` without state in some job process (the job's own one is gone or
+        was cut short), then ``then()``: the job is settled after its hook, not before."""
         key = next(self.keys)  # the worker's task keys come from this counter too
         job = json.loads(task.body)  # a JSON object: the worker's decoder said so
-        frame = frames.RunHooks(key, hook, error, None, task.started_at or None, job)
+        frame = frames.RunHooks(key, hook, error, stack, task.started_at or None, job)
         q = task.queue
-        q.hook_backlog.append(HookTask(key, q, hook, frames.encode(frame)))
+        q.hook_backlog.append(HookTask(key, q, hook, frames.encode(frame), then))
         self.pump_soon(q)
 
     def take_waiting(self, q: QueueState, job_id: str | None = None) -> list[Task]:
@@ -158,10 +174,11 @@ class JobPool:
         return out
 
     def kill(self, job_id: str, cause: str) -> bool:
-        """Kill the process running ``job_id`` (its other jobs are bystanders)."""
+        """Kill the process running ``job_id`` (its other jobs are bystanders); not once the
+        job has returned: its outcome stands, and its hooks finish."""
         found = False
         for child, task in list(self.running()):
-            if task.msg.id == job_id:
+            if task.msg.id == job_id and task.reported is None:
                 log.info("killing job process %d for job %s (%s)", child.pid, job_id, cause)
                 child.kill(cause, task.key)
                 found = True
@@ -248,20 +265,26 @@ class JobPool:
             log.warning("job %s did not stop at its deadline: killing %d", task.msg.id, child.pid)
             child.kill("timeout", task.key)
 
-    def _end(self, task: Task, happened: fate.Happened) -> None:
+    def _end(
+        self,
+        task: Task,
+        happened: fate.Happened,
+        duration: float | None = None,
+        hooks_ran: bool = True,
+    ) -> None:
         if task.timer is not None:
             self.ioloop.remove_timeout(task.timer)
             task.timer = None
-        duration = time.monotonic() - task.started if task.started else 0.0
-        self.host.job_ended(task, happened, duration)
+        if duration is None:
+            duration = time.monotonic() - task.started if task.started else 0.0
+        self.host.job_ended(task, happened, duration, hooks_ran)
 
     # -- what job processes say ------------------------------------------------------
     def _frames(self, child: ChildProc, batch: list[frames.ToParent]) -> None:
         q = self.queues[child.queue]
         for f in batch:
             if isinstance(f, frames.OkDone):  # the hot path: once per job
-                self._succeeded(child, f.key, f.duration)
-                self._done(child, f.key, ())
+                self._done(child, f.key, (), fate.SUCCEEDED, f.duration)
             elif isinstance(f, frames.Outcome):
                 self._outcome(child, f)
             elif isinstance(f, frames.Done):
@@ -278,39 +301,45 @@ class JobPool:
                 return
         self.pump_soon(q)
 
-    def _succeeded(self, child: ChildProc, key: int, duration: float) -> None:
-        task = child.tasks.get(key)
-        if type(task) is Task and not task.settled:
-            if task.timer is not None:
-                self.ioloop.remove_timeout(task.timer)
-                task.timer = None
-            self.host.job_ended(task, fate.SUCCEEDED, duration)
-
     def _outcome(self, child: ChildProc, f: frames.Outcome) -> None:
-        if f.ok:
-            self._succeeded(child, f.key, f.duration)
-            return
+        """The job returned; its hooks run on (``Task.reported``) until ``Done``."""
         task = child.tasks.get(f.key)
-        if not isinstance(task, Task) or task.settled:
+        if not isinstance(task, Task) or task.settled or task.reported is not None:
             return
         happened: fate.Happened
-        if f.invalid is not None:
+        if f.ok:
+            happened = fate.SUCCEEDED
+        elif f.invalid is not None:
             happened = fate.Refused(f.invalid)
         else:
             assert f.error is not None
             happened = fate.Raised(f.error, f.stack)
-        if task.timer is not None:
+        if task.timer is not None:  # the job's deadline is over: its hooks have their own
             self.ioloop.remove_timeout(task.timer)
             task.timer = None
-        self.host.job_ended(task, happened, f.duration)
+        task.reported, task.reported_duration = happened, f.duration
 
     def _done(
-        self, child: ChildProc, key: int, failures: tuple[frames.CallbackFailure, ...]
+        self,
+        child: ChildProc,
+        key: int,
+        failures: tuple[frames.CallbackFailure, ...],
+        ok: fate.Happened | None = None,
+        duration: float = 0.0,
     ) -> None:
+        """The job's hooks ran (``ok``: it succeeded, told in the same frame): its outcome
+        is carried out now."""
         task = child.tasks.pop(key, None)
         if task is None:
             return
         q = self.queues[child.queue]
+        if isinstance(task, HookTask):
+            task.then()
+        elif not task.settled:
+            if ok is not None:
+                task.reported, task.reported_duration = ok, duration
+            if task.reported is not None:
+                self._end(task, task.reported, task.reported_duration)
         if child.quarantine and isinstance(task, Task):
             q.suspects.pop(task.msg.id, None)  # it ran alone and did not crash
             if not q.suspect_pending and not child.tasks and child in q.children:
@@ -326,7 +355,7 @@ class JobPool:
         if task is None:
             return
         if f.phase == "job":
-            if isinstance(task, Task) and not task.settled:
+            if isinstance(task, Task) and not task.settled and task.reported is None:
                 child.kill("timeout", task.key)
             return
         log.warning(
@@ -358,10 +387,14 @@ class JobPool:
         for key, task in tasks.items():
             if isinstance(task, HookTask):
                 self._hooks_lost(task, crashed, mine=key == child.cause_key)
-            elif task.settled:  # only its after_run / on_error / on_buried were cut short
-                if crashed or key != child.cause_key:  # a hang was counted when reported
+            elif task.settled:  # settled while it ran (its channel closed): nothing to do
+                pass
+            elif task.reported is not None:  # it returned; its hooks were cut short
+                hung = cause == "hook" and key == child.cause_key  # counted when reported
+                if not hung:
                     reason = "crash" if crashed else "interrupted"
                     self.telemetry.callback_failed("unknown", "unknown", reason)
+                self._end(task, task.reported, task.reported_duration, hooks_ran=hung)
             elif crashed:
                 self._end(task, fate.ProcessDied(alone=alone, exit_code=child.exit_code()))
             elif key == child.cause_key:
@@ -388,7 +421,18 @@ class JobPool:
         return fate.BeforeRunHung()  # "hook": the only hook that runs before the outcome
 
     def _hooks_lost(self, task: HookTask, crashed: bool, mine: bool) -> None:
-        if crashed:  # a hang was counted (with its callback) when reported late
+        """A hook's process died under it: run it again (killed for another task, or a
+        crash, up to ``HOOK_ATTEMPTS`` runs: a hook that kills its process each time must
+        not hold its job forever); one that hung was counted when reported late."""
+        if crashed:
             self.telemetry.callback_failed("unknown", task.hook, "crash")
-        elif not mine:  # killed for another task: run these hooks again
+        if not crashed and mine:
+            task.then()  # it hung: given up, the job is settled
+        elif crashed and task.attempts >= HOOK_ATTEMPTS:
+            log.error(
+                "hook %s crashed its job process %d times: given up", task.hook, HOOK_ATTEMPTS
+            )
+            task.then()
+        else:
+            task.attempts += crashed
             task.queue.hook_backlog.appendleft(task)

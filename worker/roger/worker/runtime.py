@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -340,9 +340,11 @@ class Worker:
         if not task.skip_before:
             self.emit(task, "before_run")
 
-    def job_ended(self, task: Task, happened: fate.Happened, duration: float) -> None:
+    def job_ended(
+        self, task: Task, happened: fate.Happened, duration: float, hooks_ran: bool
+    ) -> None:
         self.telemetry.running(task.queue.name, -1)
-        self.fates.carry_out(task, happened, duration)
+        self.fates.carry_out(task, happened, duration, hooks_ran)
 
     def happened(self, task: Task, happened: fate.Happened) -> None:
         """The fate of a job that is not running (waiting, paused, cancelled)."""
@@ -367,9 +369,18 @@ class Worker:
     def running(self) -> list[Task]:
         return [task for _, task in self.pool.running()]
 
-    def run_hooks(self, task: Task, hook: HookName, error: fate.Error | None) -> None:
+    def run_hooks(
+        self,
+        task: Task,
+        hook: HookName,
+        error: fate.Error | None,
+        then: Callable[[], None],
+        stack: str | None = None,
+    ) -> None:
         if self.config.callbacks:
-            self.pool.run_hooks(task, hook, error)
+            self.pool.run_hooks(task, hook, error, then, stack)
+        else:
+            then()
 
     def _observe_all(self, event: LifecycleEvent) -> None:
         """Events that are not a hook of a running task (a buried job dropped by the bound)."""

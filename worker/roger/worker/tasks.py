@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from roger.core import naming
-from roger.core.fate import JobFacts
+from roger.core.fate import Happened, JobFacts
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition
 from roger.core.lifecycle import LifecycleEvent
@@ -51,7 +52,12 @@ class QueueState:
 
 @dataclass(slots=True, eq=False)
 class Task:
-    """A delivery being run by a child; ``settled`` once its outcome is decided."""
+    """A delivery being run by a child; ``settled`` once its outcome is decided.
+
+    ``reported``: the outcome its job process told while the job's own hooks (after_run,
+    on_error, on_buried) still run there. The outcome is carried out only once they are
+    done, so that a worker dying meanwhile leaves the job unsettled (run again: the crash
+    explains it) rather than settled with its hooks never run."""
 
     key: int
     queue: QueueState
@@ -68,6 +74,8 @@ class Task:
     started_at: float = 0.0  # time.time() at dispatch
     settled: bool = False
     timer: Any = None
+    reported: Happened | None = None
+    reported_duration: float = 0.0
 
     def max_execution_time(self) -> float | None:
         return self.msg.max_execution_time or self.job.max_execution_time
@@ -90,10 +98,14 @@ class Task:
 
 @dataclass(slots=True, eq=False)
 class HookTask:
-    """on_error / on_buried / on_cancel of a job whose process died, run (state None) in
-    another."""
+    """A hook of a job that cannot run beside it (on_cancel; on_error / on_buried of a job
+    whose process died; any hook its process was cut short in), run (state None) in
+    another job process. ``then`` settles the job once it ran, or definitively could not:
+    hooks are at-least-once, like jobs."""
 
     key: int
     queue: QueueState
     hook: str
     frame: bytes
+    then: Callable[[], None]
+    attempts: int = 1

@@ -31,6 +31,7 @@ from roger.core import naming
 from roger.core import state as st
 
 log = logging.getLogger("roger.state")
+NODE_DOWN_RETRY = 2.0  # seconds between releases of a key whose queue's node is down
 
 
 class _LocalLocks:
@@ -113,27 +114,39 @@ class QueueKeys:
 
     def _release(self, key: str, job_id: str) -> Flow[bool | None]:
         """True: the key is free; False: held by another job, or given up (logged); None:
-        the connection went before an answer."""
+        the connection went before an answer.
+
+        The key queue is a classic queue on one node: while that node is down the broker
+        refuses it (404, "home node ... is down"), and the release is tried again until
+        ``QUEUE_KEY_RELEASE_PATIENCE`` (a node restarts in seconds to a minute)."""
         local = self._local
+        started, warned = time.monotonic(), False
         yield local.acquired(key)
         try:
-            try:
-                ch = yield from self._locked(key)
-            except Refused:
-                return None
-            if ch is None:
-                return False
-            try:
-                freed = yield from self._free_if_ours(ch, key, job_id)
-            except Refused as refused:
-                if refused.code == 0:
+            while True:
+                try:
+                    ch = yield from self._locked(key)
+                except Refused:
                     return None
-                log.warning("releasing queue key %r refused (%s)", key, refused)
-                yield from self._unlock_on_fresh_channel(key)
-                return False
-            finally:
-                ch.finish()
-            return bool(freed)
+                if ch is None:
+                    return False
+                try:
+                    return bool((yield from self._free_if_ours(ch, key, job_id)))
+                except Refused as refused:
+                    if refused.code == 0:
+                        return None
+                    yield from self._unlock_on_fresh_channel(key)
+                    if refused.code != 404 or _since(started) > st.QUEUE_KEY_RELEASE_PATIENCE:
+                        log.warning("releasing queue key %r refused (%s)", key, refused)
+                        return False
+                    if not warned:
+                        warned = True
+                        log.warning(
+                            "queue key %r: its node is down (%s); trying again", key, refused
+                        )
+                finally:
+                    ch.finish()
+                yield self.s.slept(NODE_DOWN_RETRY)
         finally:
             local.release(key)
 
