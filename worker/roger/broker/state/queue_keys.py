@@ -116,9 +116,10 @@ class QueueKeys:
         """True: the key is free; False: held by another job, or given up (logged); None:
         the connection went before an answer.
 
-        The key queue is a classic queue on one node: while that node is down the broker
-        refuses it (404, "home node ... is down"), and the release is tried again until
-        ``QUEUE_KEY_RELEASE_PATIENCE`` (a node restarts in seconds to a minute)."""
+        The key queue is a classic queue on one node: while that node is down or its queue
+        recovers, the broker refuses it (``_node_trouble``), and the release is tried again
+        until ``QUEUE_KEY_RELEASE_PATIENCE`` (a node restarts in seconds to a minute). Each
+        try frees the key only if its token still names the job."""
         local = self._local
         started, warned = time.monotonic(), False
         yield local.acquired(key)
@@ -136,7 +137,10 @@ class QueueKeys:
                     if refused.code == 0:
                         return None
                     yield from self._unlock_on_fresh_channel(key)
-                    if refused.code != 404 or _since(started) > st.QUEUE_KEY_RELEASE_PATIENCE:
+                    if (
+                        not _node_trouble(refused)
+                        or _since(started) > st.QUEUE_KEY_RELEASE_PATIENCE
+                    ):
                         log.warning("releasing queue key %r refused (%s)", key, refused)
                         return False
                     if not warned:
@@ -223,6 +227,13 @@ class QueueKeys:
                 ch.finish()
         except Refused:
             pass  # the connection is gone, and the lock with it
+
+
+def _node_trouble(refused: Refused) -> bool:
+    """A refusal that passes once the key queue's node is back: 404 ("home node ... is
+    down", 3.10; "process is stopped by supervisor", 4.0), and 4.0's 406 "not empty" on the
+    delete right after a take while the queue recovers (seen once per node restart)."""
+    return refused.code == 404 or (refused.code == 406 and "not empty" in str(refused))
 
 
 def _since(started: float) -> float:
