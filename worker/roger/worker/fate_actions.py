@@ -13,7 +13,6 @@ each finished or dropped job here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
@@ -24,7 +23,7 @@ from roger.worker.ledger import Ledger
 from roger.worker.outbox import Outbox
 from roger.worker.partition import PartitionFeatures
 from roger.worker.pool import JobPool
-from roger.worker.tasks import Task
+from roger.worker.tasks import RunHooks, Task
 from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
@@ -39,19 +38,6 @@ class Emit(Protocol):
         duration: float | None = None,
     ) -> None:
         """Report a lifecycle event of ``task`` to every observer."""
-
-
-class RunHooks(Protocol):
-    def __call__(
-        self,
-        task: Task,
-        hook: HookName,
-        error: fate.Error | None,
-        then: Callable[[], None],
-        stack: str | None = None,
-    ) -> None:
-        """Run the callbacks' ``hook`` for a job not running (or whose hooks were cut
-        short), then ``then()``."""
 
 
 class FateActions:

@@ -30,7 +30,7 @@ from roger.core import delay, envelope, fate
 from roger.core import worker_status as ws
 from roger.core.hooks import HookName
 from roger.core.message import JobMessage
-from roger.worker.tasks import QueueState, Task
+from roger.worker.tasks import QueueState, RunHooks, Task
 from roger.worker.telemetry import Telemetry
 
 log = logging.getLogger("roger.worker")
@@ -79,14 +79,8 @@ class FeatureHost(Protocol):
     def emit(self, task: Task, hook: HookName) -> None:
         """Report a lifecycle event (metrics, Kubernetes Events)."""
 
-    def run_hooks(
-        self,
-        task: Task,
-        hook: HookName,
-        error: fate.Error | None,
-        then: Callable[[], None],
-        stack: str | None = None,
-    ) -> None:
+    @property
+    def run_hooks(self) -> RunHooks:
         """Run the callbacks' ``hook`` for a job that is not running, then ``then()``."""
 
     def settled_work(self) -> None:

@@ -6,10 +6,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from roger.core import naming
-from roger.core.fate import Happened, JobFacts
+from roger.core.fate import Error, Happened, JobFacts
 from roger.core.hooks import HookName
 from roger.core.jobs import JobDefinition
 from roger.core.lifecycle import LifecycleEvent
@@ -109,3 +109,16 @@ class HookTask:
     frame: bytes
     then: Callable[[], None]
     attempts: int = 1
+
+
+class RunHooks(Protocol):
+    def __call__(
+        self,
+        task: Task,
+        hook: HookName,
+        error: Error | None,
+        then: Callable[[], None],
+        stack: str | None = None,
+    ) -> None:
+        """Run the callbacks' ``hook`` for a job not running (or whose hooks were cut
+        short) in some job process, then ``then()``: the job is settled after it."""
