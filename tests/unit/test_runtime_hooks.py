@@ -9,6 +9,9 @@ ending anywhere. Driven on ``tests/unit/runtime_fakes.Rig``.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from roger.core import frames
@@ -162,3 +165,37 @@ def test_a_hook_is_run_again_when_its_process_is_killed_for_another_job() -> Non
     rig.ready()
     assert {r.job["id"] for p in rig.alive() for r in p.hook_runs()} == {"a", "c"}
     assert 1 not in rig.channel().acked()
+
+
+def test_a_job_whose_connection_died_while_its_hooks_ran_is_neither_acked_nor_counted() -> None:
+    """The broker has it again and it runs again: that run is the one acked and counted
+    (one outcome, one after_run Event), not this one too."""
+    rig = _rig()
+    seen: list[Any] = []
+    rig.worker.observers.append(SimpleNamespace(observe=seen.append))
+    rig.enqueue("a")
+    [proc] = rig.alive()
+    key = proc.key_of("a")
+    proc.say(frames.Outcome(key, 0.01, 1.0))
+    rig.loop.run()
+    old = rig.channel()
+    rig.link.drop()
+    proc.say(frames.Done(key))
+    rig.loop.run()
+    assert old.acks == [] and rig.link.unconfirmed_publishes == []
+    assert [e.hook for e in seen if e.job_id == "a"] == ["before_run"]
+
+
+def test_hooks_cut_short_on_a_dead_delivery_are_left_to_its_next_run() -> None:
+    rig = _rig()
+    rig.enqueue("a")
+    [proc] = rig.alive()
+    proc.say(frames.Outcome(proc.key_of("a"), 0.01, 1.0))
+    rig.loop.run()
+    old = rig.channel()
+    rig.link.drop()
+    proc.die(code=-9)
+    rig.loop.run()
+    rig.ready()
+    assert all(p.hook_runs() == [] for p in rig.alive())
+    assert old.acks == [] and rig.link.unconfirmed_publishes == []

@@ -338,8 +338,9 @@ class JobPool:
         elif not task.settled:
             if ok is not None:
                 task.reported, task.reported_duration = ok, duration
-            if task.reported is not None:
-                self._end(task, task.reported, task.reported_duration)
+            if task.reported is not None:  # its delivery may have died meanwhile
+                happened = task.reported if task.epoch.alive else fate.ConnectionLost()
+                self._end(task, happened, task.reported_duration)
         if child.quarantine and isinstance(task, Task):
             q.suspects.pop(task.msg.id, None)  # it ran alone and did not crash
             if not q.suspect_pending and not child.tasks and child in q.children:
@@ -394,7 +395,10 @@ class JobPool:
                 if not hung:
                     reason = "crash" if crashed else "interrupted"
                     self.telemetry.callback_failed("unknown", "unknown", reason)
-                self._end(task, task.reported, task.reported_duration, hooks_ran=hung)
+                if not task.epoch.alive:  # delivered again: that run's hooks will run
+                    self._end(task, fate.ConnectionLost())
+                else:
+                    self._end(task, task.reported, task.reported_duration, hooks_ran=hung)
             elif crashed:
                 self._end(task, fate.ProcessDied(alone=alone, exit_code=child.exit_code()))
             elif key == child.cause_key:
