@@ -7,13 +7,12 @@ tests start, stop and query nodes with it, as a person would.
 
 from __future__ import annotations
 
-import base64
 import json
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from roger_devtools.chaos_cluster import cluster_script
+from roger_devtools.management import management
 from tests.brokers import BROKER
 
 NODES = (1, 2, 3)
@@ -70,7 +69,4 @@ class Cluster:
 
     def management(self, path: str, via: int) -> Any:
         port = BROKER.cluster_management_base + via
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/api{path}")
-        req.add_header("Authorization", "Basic " + base64.b64encode(b"guest:guest").decode())
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+        return management(path, api=f"http://127.0.0.1:{port}/api")
