@@ -69,7 +69,7 @@ CONF
 # every address when none runs: say so, since only stopping every node can fix it.
 rmq_epmd() {
   epmd -address 127.0.0.1 -daemon 9>&-
-  if grep -qv '^127\.0\.0\.1:' < <(ss -Hltn 'sport = :4369' 2>/dev/null | awk '{print $4}'); then
+  if grep -qvE '^(127\.0\.0\.1|\[::1\]):' < <(ss -Hltn 'sport = :4369' 2>/dev/null | awk '{print $4}'); then
     rmq_log "WARNING: epmd listens beyond 127.0.0.1 (started outside these scripts);" \
       "stop every RabbitMQ node, then epmd, and start again"
   fi
@@ -79,6 +79,7 @@ rmq_epmd() {
 rmq_start() { rmq_launch && rmq_wait_ready; }
 
 # Start without waiting: clustered nodes restarted together wait for each other on boot.
+# The launched process's pid goes to launch.pid, so that a wait can tell a boot that died.
 rmq_launch() {
   local dir; dir=$(rmq_host_state)
   rmq_epmd
@@ -86,19 +87,61 @@ rmq_launch() {
   local server=(/usr/lib/rabbitmq/bin/rabbitmq-server)
   [ -z "${RMQ_CHROOT:-}" ] || server=(chroot "$RMQ_CHROOT" "${server[@]}")
   nohup "${server[@]}" >"$dir/log/startup.log" 2>&1 9>&- &
+  echo $! >"$dir/launch.pid"
 }
 
-rmq_wait_ready() {
-  for _ in $(seq 1 240); do
-    if rmq_running; then rmq_log "$RABBITMQ_NODENAME ready on 127.0.0.1:$RMQ_AMQP_PORT"; return 0; fi
-    sleep 0.5
+# Whether PID is a live process of the current node (a pid file may name a pid reused since;
+# this node's processes carry its name in their environment).
+# (grep reads a process substitution, not a pipe: under pipefail, grep -q quitting at its
+# match could SIGPIPE the writer and make a pipeline "fail" even though it matched.)
+rmq_ours() {
+  grep -qx "RABBITMQ_NODENAME=$RABBITMQ_NODENAME" < <(tr '\0' '\n' 2>/dev/null <"/proc/$1/environ")
+}
+
+# Whether any of the current node's four ports still has a listener.
+rmq_ports_busy() {
+  local p
+  for p in "$RMQ_AMQP_PORT" "$RABBITMQ_DIST_PORT" "$RMQ_MGMT_PORT" "$RMQ_PROM_PORT"; do
+    [ -z "$(ss -Hltn "sport = :$p" 2>/dev/null)" ] || return 0
   done
-  rmq_log "$RABBITMQ_NODENAME did not start; last log lines:"
-  tail -n 40 "$(rmq_host_state)"/log/*.log >&2 || true
   return 1
 }
 
-# Stop the current node (by its own pid); never touches epmd or any other node.
+# Why the last boot died: the start-up output and the crash dump's slogan.
+rmq_boot_failure() {
+  local dir; dir=$(rmq_host_state)
+  tail -n 20 "$dir/log/startup.log" >&2 2>/dev/null || true
+  [ ! -f "$dir/erl_crash.dump" ] || grep -m1 '^Slogan:' "$dir/erl_crash.dump" >&2 || true
+}
+
+# Wait until the node answers, for RMQ_START_PATIENCE seconds (default 240). A launched
+# boot that dies (e.g. a port of the node's previous instance not yet free: a node SIGKILLed
+# or stopped under load) is noticed at once, not waited out: its ports are waited for and it
+# is launched once more.
+rmq_wait_ready() {
+  local dir pid relaunched=0 deadline=$((SECONDS + ${RMQ_START_PATIENCE:-240}))
+  dir=$(rmq_host_state)
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    if rmq_running; then rmq_log "$RABBITMQ_NODENAME ready on 127.0.0.1:$RMQ_AMQP_PORT"; return 0; fi
+    pid=$(cat "$dir/launch.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && ! rmq_ours "$pid" && ! rmq_running; then
+      rmq_log "$RABBITMQ_NODENAME: its boot (pid $pid) died:"
+      rmq_boot_failure
+      [ "$relaunched" = 0 ] || { rm -f "$dir/launch.pid"; return 1; }
+      relaunched=1
+      while rmq_ports_busy && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
+      rmq_log "$RABBITMQ_NODENAME: its ports are free; launching it once more"
+      rmq_launch
+    fi
+    sleep 0.5
+  done
+  rmq_log "$RABBITMQ_NODENAME did not start in ${RMQ_START_PATIENCE:-240} s; last log lines:"
+  tail -n 40 "$dir"/log/*.log >&2 || true
+  return 1
+}
+
+# Stop the current node (by its own pid); never touches epmd or any other node. Returns only
+# once the node's process is gone, so that its ports are free for the next start.
 rmq_stop() {
   local dir pid=""; dir=$(rmq_host_state)
   if rmq_running; then
@@ -107,12 +150,20 @@ rmq_stop() {
   fi
   [ -n "$pid" ] || pid=$(cat "$dir/rabbitmq.pid" 2>/dev/null || true)
   [ -n "$pid" ] || return 0
-  # A stale pid file may name a pid reused since: only this node's beam is ours to stop.
-  # (grep reads a process substitution, not a pipe: under pipefail, grep -q quitting at its
-  # match could SIGPIPE the writer and make a pipeline "fail" even though it matched.)
-  grep -qx "RABBITMQ_NODENAME=$RABBITMQ_NODENAME" < <(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null) || return 0
-  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.25; done
+  rmq_ours "$pid" || return 0
+  rmq_await_exit "$pid" 60 && return 0
   kill "$pid" 2>/dev/null || true
+  rmq_await_exit "$pid" 120 && return 0
+  rmq_log "$RABBITMQ_NODENAME (pid $pid) ignored SIGTERM for 30 s: SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+  rmq_await_exit "$pid" 40
+}
+
+# rmq_await_exit PID N: wait up to N quarter seconds for PID to be gone (or a zombie).
+rmq_await_exit() {
+  local _
+  for _ in $(seq 1 "$2"); do rmq_ours "$1" || return 0; sleep 0.25; done
+  return 1
 }
 
 # -- RabbitMQ 4.x from a Debian 13 (trixie) root, run under chroot ----------------------------

@@ -1,5 +1,6 @@
 """The 3-node cluster: replicated queues keep confirmed messages, the worker fails over,
-and a queue key on a stopped node is freed once it is back.
+a queue key on a stopped node is freed once it is back, and a node whose boot dies is
+launched again.
 
 The cluster (hack/rabbitmq-cluster.sh) runs beside the single test broker; these tests
 start it themselves. Nodes stopped by a test are started again before the next test.
@@ -7,6 +8,9 @@ start it themselves. Nodes stopped by a test are started again before the next t
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -20,8 +24,10 @@ import roger
 from roger.broker import state_client as sc
 from roger.broker.state.queue_keys import NODE_DOWN_RETRY
 from roger.core import naming
+from roger_devtools.chaos_cluster import SCRIPT
 from roger_devtools.polling import eventually
 from roger_devtools.workers import Workers
+from tests.brokers import BROKER
 from tests.integration.cluster_support import NODES, Cluster, node_name, node_number
 from tests.integration.state_loop import StateLoop
 from tests.integration.support import delete_queues, read_lines
@@ -189,3 +195,41 @@ def test_a_key_whose_queue_node_is_down_is_freed_once_the_node_is_back(
             conn.close()
     finally:
         worker.close()
+
+
+def test_a_node_whose_boot_dies_on_a_held_port_is_launched_again(cluster: Cluster) -> None:
+    """A node restarted right after a SIGKILL or a slow stop can find one of its ports still
+    held, and its boot dies. The start script notices the dead boot, waits for the port and
+    launches the node once more. Before, it polled a node that was no longer starting for
+    its whole patience (and the chaos run's start-node timed out after 300 s)."""
+    n = 3
+    cluster.stop_node(n)
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the stop's TIME_WAITs
+    blocker.bind(("127.0.0.1", BROKER.cluster_management_base + n))
+    blocker.listen()
+    env = {**os.environ, "ROGER_CLUSTER_RABBITMQ": BROKER.version}
+    start = subprocess.Popen(
+        ["bash", str(SCRIPT), "start-node", str(n)],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    log: list[str] = []
+    try:
+        assert start.stderr is not None
+        for line in start.stderr:  # the port stays held until the first boot died of it
+            log.append(line)
+            if "died" in line:
+                break
+        blocker.close()
+        log.extend(start.stderr)
+        assert start.wait(timeout=240) == 0, "".join(log)
+    finally:
+        blocker.close()
+        if start.poll() is None:
+            start.kill()
+    text = "".join(log)
+    assert "died" in text and "launching it once more" in text, text
+    assert cluster.management("/overview", via=n)["node"] == node_name(n)
