@@ -114,6 +114,12 @@ rmq_boot_failure() {
   [ ! -f "$dir/erl_crash.dump" ] || grep -m1 '^Slogan:' "$dir/erl_crash.dump" >&2 || true
 }
 
+# Whether the node answers now (and say so).
+rmq_answers() {
+  rmq_running || return 1
+  rmq_log "$RABBITMQ_NODENAME ready on 127.0.0.1:$RMQ_AMQP_PORT"
+}
+
 # Wait until the node answers, for RMQ_START_PATIENCE seconds (default 240). A launched
 # boot that dies (e.g. a port of the node's previous instance not yet free: a node SIGKILLed
 # or stopped under load) is noticed at once, not waited out: its ports are waited for and it
@@ -122,14 +128,18 @@ rmq_wait_ready() {
   local dir pid relaunched=0 deadline=$((SECONDS + ${RMQ_START_PATIENCE:-240}))
   dir=$(rmq_host_state)
   while [ "$SECONDS" -lt "$deadline" ]; do
-    if rmq_running; then rmq_log "$RABBITMQ_NODENAME ready on 127.0.0.1:$RMQ_AMQP_PORT"; return 0; fi
+    if rmq_answers; then return 0; fi
     pid=$(cat "$dir/launch.pid" 2>/dev/null || true)
     if [ -n "$pid" ] && ! rmq_ours "$pid" && ! rmq_running; then
       rmq_log "$RABBITMQ_NODENAME: its boot (pid $pid) died:"
       rmq_boot_failure
       [ "$relaunched" = 0 ] || { rm -f "$dir/launch.pid"; return 1; }
       relaunched=1
-      while rmq_ports_busy && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.5; done
+      while rmq_ports_busy && [ "$SECONDS" -lt "$deadline" ]; do
+        # the ports' holder may be this node, answering after all (launcher gone, node slow)
+        if rmq_answers; then return 0; fi
+        sleep 0.5
+      done
       rmq_log "$RABBITMQ_NODENAME: its ports are free; launching it once more"
       rmq_launch
     fi
