@@ -169,7 +169,12 @@ def test_retired_retry_queues_are_deleted_once_empty(
         message="the management API lists the old retry queue",
     )
     second = dataclasses.replace(first, retry_levels=(1, 3))
-    assert broker.declare(amqp_url, second) == []
+    # As reconciles do: a listing that failed (a 5xx under load) is taken again next time.
+    eventually(
+        lambda: broker.declare(amqp_url, second) == [] and broker.retired(amqp_url, unique_name),
+        60,
+        message="the old retry queue noted as retired",
+    )
     assert broker.retired(amqp_url, unique_name) == [old]
     with pika.BlockingConnection(pika.URLParameters(amqp_url)) as conn:
         ch = conn.channel()
@@ -237,3 +242,26 @@ def test_a_vhost_policy_bounds_every_default_buried_queue_with_one_policy(
     finally:
         per_queue.close()
         shared.close()
+
+
+def test_a_listing_that_failed_is_taken_again_by_the_next_declare(
+    broker: Broker, amqp_url: str, unique_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A management API that is on but silent once (a 5xx under load, a timeout) must not
+    leave a retired retry queue unnoted for good: it would never be drained."""
+    first = spec(unique_name, (1, 2), 10)
+    assert broker.declare(amqp_url, first) == []
+    old = naming.retry_queue_name(unique_name, "q", 2)
+    eventually(
+        lambda: old in (migration.observe(broker, amqp_url, first) or {}),
+        30,
+        message="the management API lists the old retry queue",
+    )
+    second = dataclasses.replace(first, retry_levels=(1, 3))
+    listing = broker.management_list
+    monkeypatch.setattr(broker, "management_list", lambda *a, **k: None)
+    assert broker.declare(amqp_url, second) == []
+    assert broker.retired(amqp_url, unique_name) == []  # unknown yet
+    monkeypatch.setattr(broker, "management_list", listing)
+    assert broker.declare(amqp_url, second) == []  # before: skipped, the spec was "done"
+    assert broker.retired(amqp_url, unique_name) == [old]

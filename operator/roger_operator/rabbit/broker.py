@@ -246,7 +246,9 @@ class Broker:
         bound ``.buried`` by policy, replace a legacy intake, note retired retry queues.
 
         Returns what the broker refuses (arguments Roger cannot migrate). Skipped when this
-        process already did it for the same spec.
+        process already did it for the same spec, and only then: a management API that is
+        on but did not answer (a 5xx or a timeout on a loaded broker) left the retired retry
+        queues unknown, so the next reconcile looks again.
         """
         digest = json.dumps([self.declarations(spec), spec.buried_max_length], sort_keys=True)
         key = (url, spec.partition_id)
@@ -267,9 +269,10 @@ class Broker:
         except (pika.exceptions.AMQPError, TimeoutError) as exc:
             why = redact(f"migrating queues: {type(exc).__name__}: {exc}", url)
             raise BrokerError(why) from None
+        unseen = seen is None and self.management_port is not None
         with self._lock:
             self._retired[key] = sorted(set(self._retired.get(key, [])) | set(done.retired))
-            if not done.refused and not done.unfinished:
+            if not done.refused and not done.unfinished and not unseen:
                 self._declared[key] = digest
         return done.refused
 
