@@ -43,19 +43,26 @@ def cluster_version() -> str:
     return version
 
 
+def _cluster_command(*args: str, version: str) -> tuple[list[str], dict[str, str]]:
+    """hack/rabbitmq-cluster.sh ``args`` for the cluster of RabbitMQ ``version``: argv, env."""
+    return ["bash", str(SCRIPT), *args], {**os.environ, "ROGER_CLUSTER_RABBITMQ": version}
+
+
 def cluster_script(*args: str, version: str = "3.10", timeout: float = 300) -> str:
     """Run hack/rabbitmq-cluster.sh for the cluster of RabbitMQ ``version``; its stdout."""
-    env = {**os.environ, "ROGER_CLUSTER_RABBITMQ": version}
+    argv, env = _cluster_command(*args, version=version)
     done = subprocess.run(
-        ["bash", str(SCRIPT), *args],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        argv, cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=timeout
     )
     return done.stdout
+
+
+def cluster_script_process(*args: str, version: str = "3.10") -> subprocess.Popen[str]:
+    """hack/rabbitmq-cluster.sh started, not waited for: its log (stderr) read as it goes."""
+    argv, env = _cluster_command(*args, version=version)
+    return subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 class ChaosCluster:

@@ -8,10 +8,11 @@ tests start, stop and query nodes with it, as a person would.
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from roger_devtools.chaos_cluster import cluster_script
+from roger_devtools.chaos_cluster import cluster_script, cluster_script_process
 from roger_devtools.management import management
 from tests.brokers import BROKER
 
@@ -20,6 +21,11 @@ NODES = (1, 2, 3)
 
 def script(*args: str, timeout: float = 300) -> str:
     return cluster_script(*args, version=BROKER.version, timeout=timeout)
+
+
+def script_process(*args: str) -> subprocess.Popen[str]:
+    """The script running, its log (stderr) a pipe: for a test that acts while it runs."""
+    return cluster_script_process(*args, version=BROKER.version)
 
 
 def node_name(n: int) -> str:

@@ -151,6 +151,16 @@ def test_a_legacy_bound_argument_is_lowered_by_the_policy_or_the_queue_replaced(
     assert fill(amqp_url, buried, 25) == kept
 
 
+def listed(broker: Broker, amqp_url: str, partition: PartitionSpec, queue: str) -> None:
+    """Wait until the management API lists ``queue`` (on a busy broker it serves a list
+    cached for a few seconds, new queues missing)."""
+    eventually(
+        lambda: queue in (migration.observe(broker, amqp_url, partition) or {}),
+        30,
+        message=f"the management API lists {queue}",
+    )
+
+
 def test_retired_retry_queues_are_deleted_once_empty(
     broker: Broker, amqp_url: str, unique_name: str
 ) -> None:
@@ -161,13 +171,8 @@ def test_retired_retry_queues_are_deleted_once_empty(
         conn.channel().queue_delete(naming.queue_name(unique_name, "q"))  # no dead-letter target
         conn.channel().queue_declare(naming.queue_name(unique_name, "q"), durable=True,
                                      arguments={"x-queue-type": "quorum"})  # fmt: skip
-    # The retiring queue existed before the edit, as the broker's listing says: on a busy
-    # broker the management API serves a list cached for a few seconds, new queues missing.
-    eventually(
-        lambda: old in (migration.observe(broker, amqp_url, first) or {}),
-        30,
-        message="the management API lists the old retry queue",
-    )
+    # The retiring queue existed before the edit, as the broker's listing says.
+    listed(broker, amqp_url, first, old)
     second = dataclasses.replace(first, retry_levels=(1, 3))
     # As reconciles do: a listing that failed (a 5xx under load) is taken again next time.
     eventually(
@@ -252,11 +257,7 @@ def test_a_listing_that_failed_is_taken_again_by_the_next_declare(
     first = spec(unique_name, (1, 2), 10)
     assert broker.declare(amqp_url, first) == []
     old = naming.retry_queue_name(unique_name, "q", 2)
-    eventually(
-        lambda: old in (migration.observe(broker, amqp_url, first) or {}),
-        30,
-        message="the management API lists the old retry queue",
-    )
+    listed(broker, amqp_url, first, old)
     second = dataclasses.replace(first, retry_levels=(1, 3))
     listing = broker.management_list
     monkeypatch.setattr(broker, "management_list", lambda *a, **k: None)

@@ -8,9 +8,7 @@ start it themselves. Nodes stopped by a test are started again before the next t
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -24,11 +22,16 @@ import roger
 from roger.broker import state_client as sc
 from roger.broker.state.queue_keys import NODE_DOWN_RETRY
 from roger.core import naming
-from roger_devtools.chaos_cluster import SCRIPT
 from roger_devtools.polling import eventually
 from roger_devtools.workers import Workers
 from tests.brokers import BROKER
-from tests.integration.cluster_support import NODES, Cluster, node_name, node_number
+from tests.integration.cluster_support import (
+    NODES,
+    Cluster,
+    node_name,
+    node_number,
+    script_process,
+)
 from tests.integration.state_loop import StateLoop
 from tests.integration.support import delete_queues, read_lines
 from tests.jobs import basic
@@ -208,14 +211,7 @@ def test_a_node_whose_boot_dies_on_a_held_port_is_launched_again(cluster: Cluste
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the stop's TIME_WAITs
     blocker.bind(("127.0.0.1", BROKER.cluster_management_base + n))
     blocker.listen()
-    env = {**os.environ, "ROGER_CLUSTER_RABBITMQ": BROKER.version}
-    start = subprocess.Popen(
-        ["bash", str(SCRIPT), "start-node", str(n)],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+    start = script_process("start-node", str(n))
     log: list[str] = []
     try:
         assert start.stderr is not None
