@@ -263,6 +263,8 @@ def test_a_listing_that_failed_is_taken_again_by_the_next_declare(
     monkeypatch.setattr(broker, "management_list", lambda *a, **k: None)
     assert broker.declare(amqp_url, second) == []
     assert broker.retired(amqp_url, unique_name) == []  # unknown yet
+    assert not broker.declared(amqp_url, second)  # a refresh of a Ready Partition redoes it
     monkeypatch.setattr(broker, "management_list", listing)
     assert broker.declare(amqp_url, second) == []  # before: skipped, the spec was "done"
     assert broker.retired(amqp_url, unique_name) == [old]
+    assert broker.declared(amqp_url, second) and not broker.declared(amqp_url, first)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from typing import Any, cast
 
 import pytest
 
+from roger_operator.builders.model import parse_partition
 from roger_operator.handlers import partition
 from roger_operator.handlers.context import Context
 from roger_operator.handlers.refresher import Refresher, Schedule
@@ -190,7 +192,6 @@ def _quiet(fn: Any, *args: Any) -> None:
 def test_a_broker_call_queued_past_its_wait_is_busy_and_tells_when_it_ends() -> None:
     """``Broker`` turns a lane's ``LaneBusy`` into ``BrokerBusy`` (no credentials in it),
     whose ``when_done`` runs once the queued call has run."""
-    from roger_operator.builders.model import parse_partition
     from roger_operator.rabbit import Broker
 
     url = "amqp://user:secret@127.0.0.1:1/%2F"
@@ -224,3 +225,106 @@ def test_a_broker_call_queued_past_its_wait_is_busy_and_tells_when_it_ends() -> 
     finally:
         release.set()
         broker.close()
+
+
+class RecordingBroker:
+    """Stands for ``rabbit.Broker`` (its calls against a real broker are in
+    ``tests/integration/test_queue_migration.py``): which calls a refresh makes."""
+
+    def __init__(self, declared: bool, refuses: list[str] | None = None) -> None:
+        self.is_declared = declared
+        self.refuses = refuses or []
+        self.retired_queues = ["old-retry-queue"]
+        self.calls: list[str] = []
+
+    def declared(self, _url: str, _spec: Any) -> bool:
+        return self.is_declared
+
+    def declare(self, _url: str, _spec: Any) -> list[str]:
+        self.calls.append("declare")
+        self.is_declared = not self.refuses
+        return self.refuses
+
+    def stats(self, _url: str, _spec: Any) -> list[dict[str, Any]]:
+        self.calls.append("stats")
+        return []
+
+    def retired(self, _url: str, _partition_id: str) -> list[str]:
+        return self.retired_queues
+
+    def drain_retired(self, _url: str, _spec: Any) -> list[str]:
+        self.calls.append("drain_retired")
+        self.retired_queues = []
+        return []
+
+
+class QuietKube:
+    """No Events, no pods; status patches recorded."""
+
+    def __init__(self) -> None:
+        self.statuses: list[Any] = []
+
+    def request(self, *_a: Any, **_k: Any) -> dict[str, Any]:
+        return {"items": []}
+
+    def patch_partition_status(self, _ns: str, _name: str, status: Any) -> None:
+        self.statuses.append(status)
+
+
+def ready_partition_refresh(
+    broker: RecordingBroker, monkeypatch: pytest.MonkeyPatch
+) -> tuple[QuietKube, list[str]]:
+    """Refresh a Partition whose status says Ready for its generation, rollout finished."""
+    body = builders_partition()
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    body["status"] = {
+        "observedGeneration": meta["generation"],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": ""}],
+    }
+    kube = QuietKube()
+    ctx = Context(kube=cast(Any, kube), broker=cast(Any, broker))
+    ctx.partitions[key] = body
+    spec = parse_partition(body)
+    ctx.urls[partition.url_key(spec)] = ("amqp://127.0.0.1:5672/%2F", time.monotonic())
+    reconciles: list[str] = []
+
+    def reconcile(_ctx: Context, _body: Any, trigger: str = "") -> None:
+        reconciles.append(trigger)
+
+    monkeypatch.setattr(partition, "reconcile", reconcile)
+    deployment = {
+        "metadata": {"generation": 1, "resourceVersion": "1"},
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2},
+    }
+    partition.refresh(ctx, body, deployment=deployment)
+    return kube, reconciles
+
+
+def test_a_ready_partition_whose_declare_left_work_has_it_finished_by_the_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A declare that left work "for the next reconcile" (its queue listing failed, a bound
+    policy, an intake to replace) on a Partition already Ready: no event may come for
+    days, so the status refresh declares again, then drains what it found retired."""
+    broker = RecordingBroker(declared=False)
+    kube, reconciles = ready_partition_refresh(broker, monkeypatch)
+    assert broker.calls == ["declare", "stats", "drain_retired"]
+    assert reconciles == [] and kube.statuses  # status only, as every refresh
+
+
+def test_a_ready_partition_declared_costs_the_refresh_no_declare(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = RecordingBroker(declared=True)
+    _kube, reconciles = ready_partition_refresh(broker, monkeypatch)
+    assert broker.calls == ["stats"] and reconciles == []
+
+
+def test_a_declare_refused_at_refresh_time_reconciles_the_whole_status(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = RecordingBroker(declared=False, refuses=["queue x: inequivalent arg"])
+    kube, reconciles = ready_partition_refresh(broker, monkeypatch)
+    assert broker.calls == ["declare"] and reconciles == ["refresh"] and kube.statuses == []

@@ -422,8 +422,16 @@ def refresh(
             url = cached_amqp_url(ctx, spec)
             if url:
                 try:
+                    # A Ready Partition has no "next reconcile" until an event comes, so
+                    # the work an earlier declare left for it (a listing that failed, a
+                    # bound policy, an intake still to replace), or that this process
+                    # never did, is finished here; nothing left: no broker call.
+                    declaring = not ctx.broker.declared(url, spec)
+                    if declaring and ctx.broker.declare(url, spec):
+                        reconcile(ctx, body, "refresh")  # refused now: the whole status
+                        return
                     stats = ctx.broker.stats(url, spec)
-                    if key in ctx.drains_pending:
+                    if declaring or key in ctx.drains_pending:
                         drain_retired(ctx, key, url, spec, deployment)
                 except BrokerError:
                     stats = None

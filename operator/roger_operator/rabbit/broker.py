@@ -250,7 +250,7 @@ class Broker:
         on but did not answer (a 5xx or a timeout on a loaded broker) left the retired retry
         queues unknown, so the next reconcile looks again.
         """
-        digest = json.dumps([self.declarations(spec), spec.buried_max_length], sort_keys=True)
+        digest = self._digest(spec)
         key = (url, spec.partition_id)
         with self._lock:
             if self._declared.get(key) == digest:
@@ -275,6 +275,16 @@ class Broker:
             if not done.refused and not done.unfinished and not unseen:
                 self._declared[key] = digest
         return done.refused
+
+    def declared(self, url: str, spec: PartitionSpec) -> bool:
+        """``declare`` finished this spec in this process: nothing is left for a later
+        reconcile (a failed listing, a bound policy not set, an intake not replaced yet)."""
+        with self._lock:
+            return self._declared.get((url, spec.partition_id)) == self._digest(spec)
+
+    @classmethod
+    def _digest(cls, spec: PartitionSpec) -> str:
+        return json.dumps([cls.declarations(spec), spec.buried_max_length], sort_keys=True)
 
     def retired(self, url: str, partition_id: str) -> list[str]:
         """Retry queues no level uses any more, still to be drained."""
