@@ -113,3 +113,23 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             "(select the others with -m 'not exclusive')",
             pytrace=False,
         )
+
+
+SKIPS_ALLOWED_ENV = "ROGER_ALLOW_SKIPS"  # a developer's partial run, never `make test`
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped or xfailed test is a test that did not run: the session fails, so it is
+    never counted as a pass (helm not built, say). ``ROGER_ALLOW_SKIPS=1`` for a local
+    run that knows what it leaves out."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or exitstatus != 0 or os.environ.get(SKIPS_ALLOWED_ENV):
+        return
+    missed = [r.nodeid for kind in ("skipped", "xfailed") for r in reporter.stats.get(kind, ())]
+    if missed:
+        reporter.write_line(
+            f"{len(missed)} test(s) skipped or xfailed count as failures "
+            f"(set {SKIPS_ALLOWED_ENV}=1 to allow): {', '.join(missed[:10])}",
+            red=True,
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

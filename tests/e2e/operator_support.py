@@ -204,6 +204,12 @@ def wait_condition(
     return result
 
 
+def replace_in_spec(k: Kubectl, ns: str, name: str, path: str, value: Any) -> None:
+    """One JSON-patch ``replace`` of ``/spec/<path>`` of a Partition, as a user would."""
+    op = [{"op": "replace", "path": f"/spec/{path}", "value": value}]
+    k.run("-n", ns, "patch", "partition", name, "--type=json", "-p", json.dumps(op))
+
+
 def get_or_none(k: Kubectl, *args: str) -> Any:
     proc = k.run("get", *args, "-o", "json", check=False)
     return json.loads(proc.stdout) if proc.returncode == 0 else None

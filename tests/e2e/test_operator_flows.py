@@ -21,6 +21,7 @@ import pika
 import pytest
 import yaml
 
+import roger
 from roger.core import naming
 from roger.core.config import parse_config
 from roger_devtools.podspec import local_process
@@ -37,6 +38,7 @@ from tests.e2e.operator_support import (
     config_map_name,
     get_or_none,
     partition_manifest,
+    replace_in_spec,
     secret_data,
     secret_manifest,
     short_id,
@@ -251,16 +253,7 @@ def test_operator_edit_scale_and_pause(
     assert template_hash(k, ns, name) == before  # scaling is not a rollout
 
     # Edit a queue: the ConfigMap and the pod template hash follow.
-    k.run(
-        "-n",
-        ns,
-        "patch",
-        "partition",
-        name,
-        "--type=json",
-        "-p",
-        '[{"op":"replace","path":"/spec/queues/0/maxWorkers","value":7}]',
-    )
+    replace_in_spec(k, ns, name, "queues/0/maxWorkers", 7)
     wait_condition(k, ns, name, "Ready", "True")
     cm = config_map(k, ns, name)
     assert yaml.safe_load(cm["data"]["worker.yaml"])["queues"]["default"] == 7
@@ -274,26 +267,12 @@ def test_operator_edit_scale_and_pause(
     )
 
     # Pause: no restart (the template is unchanged); the broker state follows.
-    k.run(
-        "-n",
-        ns,
-        "patch",
-        "partition",
-        name,
-        "--type=json",
-        "-p",
-        '[{"op":"replace","path":"/spec/queues/1/paused","value":true}]',
-    )
+    replace_in_spec(k, ns, name, "queues/1/paused", True)
     obj = wait_condition(k, ns, name, "Ready", "True")
     assert template_hash(k, ns, name) == edited
-    import roger
-
-    client_cls = roger.Client
-    if not hasattr(client_cls, "pause"):
-        pytest.xfail("roger.Client has no pause/resume yet: the operator cannot reach the broker")
 
     def paused() -> list[str]:
-        with client_cls(amqp_url) as client:
+        with roger.Client(amqp_url) as client:
             return list(client.info(name, queues=("default", "email"), retry_levels=()).paused)
 
     eventually(lambda: paused() == ["email"], message="email paused in the broker")
@@ -304,16 +283,7 @@ def test_operator_edit_scale_and_pause(
         ),
         message="paused in status",
     )
-    k.run(
-        "-n",
-        ns,
-        "patch",
-        "partition",
-        name,
-        "--type=json",
-        "-p",
-        '[{"op":"replace","path":"/spec/queues/1/paused","value":false}]',
-    )
+    replace_in_spec(k, ns, name, "queues/1/paused", False)
     eventually(lambda: paused() == [], message="email resumed in the broker")
     assert template_hash(k, ns, name) == edited  # no restart
 
