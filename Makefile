@@ -86,7 +86,7 @@ test: $(PY) rabbitmq-up cluster-up lint ## The whole suite: lint, unit, integrat
 	$(PY) -m pytest tests -m exclusive --durations=10 || { rc=$$?; [ $$status -ne 0 ] || status=$$rc; }; \
 	exit $$status
 
-test-unit: $(PY) ## Unit tests only (no services)
+test-unit: $(PY) tools ## Unit tests only (no services; the chart tests need helm from tools)
 	$(PY) -m pytest tests -m unit
 
 test-integration: $(PY) ## Integration tier on RabbitMQ 3.10, or 4.0 with RABBITMQ=4.0
@@ -98,7 +98,7 @@ test-integration: $(PY) ## Integration tier on RabbitMQ 3.10, or 4.0 with RABBIT
 test-rabbitmq4: ## Integration tier on RabbitMQ 4.0 (what differs from 3.10 is asserted by tests)
 	$(MAKE) test-integration RABBITMQ=4.0
 
-test-lowest: $(PY) rabbitmq-up ## Unit and integration tests with every dependency at its floor
+test-lowest: $(PY) rabbitmq-up tools ## Unit and integration tests with every dependency at its floor
 	bash hack/test-lowest.sh
 
 bench: $(PY) rabbitmq-up ## Benchmarks (not tests): prints ratios against peers
