@@ -112,6 +112,49 @@ def test_ack_tracker_batches_the_settled_prefix() -> None:
     assert t.flush() == [] and t.pending() == 0
 
 
+def test_ack_tracker_holds_acks_behind_a_gap_until_it_closes() -> None:
+    """Outcomes of two job processes interleave: the tags one settles sit behind the
+    other's. Held, one ``multiple`` ack covers them once the gap closes."""
+    t = AckTracker()
+    for tag in range(1, 33):
+        t.delivered(tag)
+    for tag in range(1, 16, 2):  # one process's group: 1, 3, ..., 15
+        t.settled(tag, now=10.0)
+    assert t.flush(now=10.0, hold=0.003) == [(1, True)]  # 3..15 held behind 2
+    assert t.held_until(0.003) == 10.003
+    for tag in range(2, 17, 2):  # the other's: the gap closes
+        t.settled(tag, now=10.001)
+    assert t.flush(now=10.001, hold=0.003) == [(16, True)]
+    assert t.held_until(0.003) is None and t.pending() == 16
+
+
+def test_ack_tracker_holds_no_ack_past_its_hold_or_half_the_window() -> None:
+    t = AckTracker()
+    for tag in range(1, 11):
+        t.delivered(tag)
+    t.settled(3, now=5.0)  # 1 and 2 run long
+    assert t.flush(now=5.0, hold=0.003) == []
+    assert t.flush(now=5.003, hold=0.003) == [(3, False)]  # its hold is over: alone
+    for tag in (4, 5, 6, 7):
+        t.settled(tag, now=6.0)
+    assert t.flush(now=6.0, hold=0.003) == []  # 4 held of 9 unacked
+    t.settled(8, now=6.0)  # 5 held of 9: they would take half the prefetch window
+    assert t.flush(now=6.0, hold=0.003) == [
+        (4, False),
+        (5, False),
+        (6, False),
+        (7, False),
+        (8, False),
+    ]
+    t.settled(9, now=7.0)
+    assert t.flush(now=7.0) == [(9, False)]  # no hold (the worker stopping): at once
+    t.settled(1, now=8.0)
+    t.settled(2, now=8.0)
+    # 3..9 were acked alone: the multiple ack stops before them (acking one twice is a
+    # channel error)
+    assert t.flush(now=8.0, hold=0.003) == [(2, True)] and t.pending() == 1
+
+
 def test_ack_tracker_never_acks_forgotten_tags() -> None:
     t = AckTracker()
     for tag in (1, 2, 3):

@@ -71,6 +71,9 @@ class Link:
         self._confirms: Confirms | None = None  # of the publish channel ``pub``
         # A consumer channel closed by the consumer timeout: (queue, channel, timeout or None)
         self.on_ack_timeout: Callable[[str, Any, float | None], None] | None = None
+        # Sends the acks still held (``Ledger``) before this side drops the connection:
+        # those jobs are done, and redelivered they would run again for nothing.
+        self.flush_acks: Callable[[], None] = lambda: None
 
     # -- connection ---------------------------------------------------------------
     @property
@@ -138,7 +141,13 @@ class Link:
             self.on_fatal(f"RabbitMQ refused the queue declarations: {reason}")
             return
         log.warning("AMQP channel closed (%s); dropping the connection", reason)
-        self.conn.close()
+        self._start_over()
+
+    def _start_over(self) -> None:
+        """Close the connection from this side; ``_closed`` connects again."""
+        self.flush_acks()  # may finish a worker that is stopping: then it closed already
+        if self.conn is not None and self.conn.is_open and not self.closing:
+            self.conn.close()
 
     def close(self) -> None:
         """Close (unacked deliveries go back to their queues); the loop stops after."""
@@ -160,7 +169,7 @@ class Link:
         new connection declares the topology again."""
         log.error("publish to %s returned: no such queue; reconnecting to re-declare", queue)
         if self.conn is not None and self.conn.is_open and not self.closing:
-            self.conn.close()
+            self._start_over()
 
     def _declare(self, _frame: Any) -> None:
         """Find which ``keep_existing`` queues exist (each on a throwaway channel: a
@@ -249,7 +258,7 @@ class Link:
         """The broker dropped our consumer (queue deleted, node moved): start over."""
         log.warning("RabbitMQ cancelled the consumer of %s; reconnecting to re-declare", queue)
         if self.conn is not None and self.conn.is_open and not self.closing:
-            self.conn.close()
+            self._start_over()
 
     def sample(self, names: list[str], on_counts: Callable[[str, int, int], None]) -> None:
         """Passive-declare queues on a throwaway channel; off the hot path."""

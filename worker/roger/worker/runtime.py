@@ -93,7 +93,8 @@ class Worker:
         )
         self.link.on_ack_timeout = self._ack_timed_out
         self.consumer_timeout = ConsumerTimeout(config.broker_consumer_timeout, self.telemetry)
-        self.ledger = Ledger(lambda fn: self.ioloop.call_later(0, fn))
+        self.ledger = Ledger(self.ioloop.call_later)
+        self.link.flush_acks = lambda: self.ledger.flush(final=True)
         self.ledger.after_flush = self._maybe_finish
         self.outbox = Outbox(
             self.partition,
@@ -228,7 +229,7 @@ class Worker:
         if self.finished:
             return
         self.finished = self.stopping = True
-        self.ledger.flush()
+        self.ledger.flush(final=True)
         self.pool.stop()  # busy jobs' deliveries stay unacked: back on close
         self.link.close()
 
