@@ -7,7 +7,10 @@ load nor the position in a round favours one variant. Prints each round, the med
 spread (min..max) per variant, and, paired per round, each variant's ratio to the first
 one: its median and spread are the verdict (a difference inside the spread is noise).
 With ``--fresh-vhost`` the run uses a vhost of its own, deleted at the end: leftover
-queues of other runs on a shared broker neither slow it nor are touched by it.
+queues of other runs on a shared broker neither slow it nor are touched by it. With
+``--cpu`` each round also prints the CPU a job of the broker and of the consumer's process
+tree over the same window (from ``/proc``): what decides the ratios on a machine whose
+cores they share (bench/RESULTS.md, "acks held for a gap to close").
 
 Usage: python bench/ab_worker.py --rounds 10 --jobs 20000 --fresh-vhost \\
     --variant base=PYTHONPATH=/old/worker:bench:. --variant new= [--pika] [--dramatiq]
@@ -50,22 +53,70 @@ def ratio_line(name: str, peer: str, mine: list[float], theirs: list[float]) -> 
     )
 
 
+class CpuWindow:
+    """CPU seconds of the broker and of a consumer's process tree between a drain's two
+    marks (``worker_throughput.OnMark``), as microseconds a job of that window."""
+
+    def __init__(self, url: str, jobs: int) -> None:
+        self.broker = wt._broker_pid(url)
+        self.jobs = int(jobs * 0.9) - int(jobs * 0.1)  # the window drain_rate measures
+        self.marks: list[tuple[float, float]] = []
+
+    def mark(self, pid: int) -> None:
+        self.marks.append((cpu_seconds(self.broker), tree_cpu_seconds(pid)))
+
+    def per_job(self) -> tuple[float, float]:
+        (b0, c0), (b1, c1) = self.marks[0], self.marks[-1]
+        self.marks.clear()
+        return (b1 - b0) / self.jobs * 1e6, (c1 - c0) / self.jobs * 1e6
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """``root`` and its children (a worker's job processes, Dramatiq's forks)."""
+    total = cpu_seconds(root)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == root:
+                total += cpu_seconds(int(entry.name))
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+    return total
+
+
 def run(opts: argparse.Namespace, url: str) -> None:
     variants = dict(parse_variant(v) for v in opts.variant)
     peers = (["pika"] if opts.pika else []) + (["dramatiq"] if opts.dramatiq else [])
     names = [*variants, *peers]
     rates: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    window = CpuWindow(url, opts.jobs) if opts.cpu else None
+    mark = window.mark if window is not None else None
     print(f"# {opts.jobs} jobs, {opts.workers} job slots, load {os.getloadavg()}", flush=True)
     for r in range(opts.rounds):
         for name in round_order(names, r):
             if name == "pika":
-                rate = wt.bench_pika(url, opts.jobs, opts.workers, "quorum")
+                rate = wt.bench_pika(url, opts.jobs, opts.workers, "quorum", on_mark=mark)
             elif name == "dramatiq":
-                rate = wt.bench_dramatiq(url, opts.jobs)
+                rate = wt.bench_dramatiq(url, opts.jobs, on_mark=mark)
             else:
-                rate = wt.bench_roger(url, opts.jobs, opts.workers, extra_env=variants[name])
+                rate = wt.bench_roger(
+                    url, opts.jobs, opts.workers, extra_env=variants[name], on_mark=mark
+                )
             rates[name].append(rate)
-            print(f"round {r + 1} {name:<12} {rate:7.0f}/s", flush=True)
+            line = f"round {r + 1} {name:<12} {rate:7.0f}/s"
+            if window is not None:
+                broker_us, consumer_us = window.per_job()
+                cpu[name].append((broker_us, consumer_us))
+                line += f" (CPU a job: broker {broker_us:.1f} us, consumer {consumer_us:.1f} us)"
+            print(line, flush=True)
         print(f"  load {os.getloadavg()}", flush=True)
     print()
     print("| variant | median jobs/s | min..max | rounds |")
@@ -76,6 +127,18 @@ def run(opts: argparse.Namespace, url: str) -> None:
             f"| {name} | {statistics.median(v):.0f} | {min(v):.0f}..{max(v):.0f} |"
             f" {' '.join(f'{x:.0f}' for x in v)} |"
         )
+    if window is not None:
+        print()
+        print("| contender | broker us/job, median (min..max) | consumer us/job | total |")
+        print("|---|---|---|---:|")
+        for name in names:
+            b = [x[0] for x in cpu[name]]
+            c = [x[1] for x in cpu[name]]
+            print(
+                f"| {name} | {statistics.median(b):.1f} ({min(b):.1f}..{max(b):.1f}) |"
+                f" {statistics.median(c):.1f} ({min(c):.1f}..{max(c):.1f}) |"
+                f" {statistics.median(x + y for x, y in cpu[name]):.1f} |"
+            )
     first = next(iter(variants), None)
     for name in variants:  # paired per round: both saw the same machine phase
         if first is not None and name != first:
@@ -95,6 +158,9 @@ def main() -> int:
     p.add_argument("--dramatiq", action="store_true", help="also Dramatiq 2 processes x 8")
     p.add_argument(
         "--fresh-vhost", action="store_true", help="run in a new vhost, deleted at the end"
+    )
+    p.add_argument(
+        "--cpu", action="store_true", help="also the broker's and the consumer's CPU a job"
     )
     p.add_argument(
         "--broker-cpus",

@@ -70,8 +70,11 @@ class Broker:
                 raise RuntimeError(f"{queue}: only {self.count(queue)} of {n} arrived")
             time.sleep(0.05)
 
-    def drain_rate(self, queue: str, n: int, timeout: float = 600) -> float:
-        """Jobs/s over the middle 80% of the drain of a pre-filled queue."""
+    def drain_rate(
+        self, queue: str, n: int, timeout: float = 600, on_mark: Callable[[], None] | None = None
+    ) -> float:
+        """Jobs/s over the middle 80% of the drain of a pre-filled queue; ``on_mark`` runs
+        where that window starts and where it ends."""
         lo, hi = int(n * 0.9), int(n * 0.1)
         t_lo = t_hi = None
         deadline = time.monotonic() + timeout
@@ -82,8 +85,12 @@ class Broker:
             now = time.perf_counter()
             if t_lo is None and left <= lo:
                 t_lo = now
+                if on_mark is not None:
+                    on_mark()
             if left <= hi:
                 t_hi = now
+                if on_mark is not None:
+                    on_mark()
             time.sleep(0.01)
         assert t_lo is not None
         return (lo - hi) / (t_hi - t_lo)
@@ -159,15 +166,29 @@ def wait_http(url: str, timeout: float = 60) -> None:
     eventually(ok, timeout, 0.1, f"{url} to answer 200")
 
 
+# Called where a drain's measured window starts and ends, with the consumer's pid
+# (ab_worker.py --cpu reads the CPU the broker and that process tree used in between).
+OnMark = Callable[[int], None]
+
+
 def drain_and_stop(
-    b: Broker, proc: subprocess.Popen[bytes], queue: str, n: int, *extra_queues: str
+    b: Broker,
+    proc: subprocess.Popen[bytes],
+    queue: str,
+    n: int,
+    *extra_queues: str,
+    on_mark: OnMark | None = None,
 ) -> float:
     """A peer's drain rate of ``queue``; then the peer is stopped and its queues deleted."""
     try:
-        return b.drain_rate(queue, n)
+        return b.drain_rate(queue, n, on_mark=_marks(on_mark, proc.pid))
     finally:
         stop(proc)
         b.delete(queue, *extra_queues)
+
+
+def _marks(on_mark: OnMark | None, pid: int) -> Callable[[], None] | None:
+    return None if on_mark is None else lambda: on_mark(pid)
 
 
 def roger_body(partition: str) -> Callable[[int], tuple[bytes, Any]]:
@@ -247,7 +268,7 @@ class _TurnAcks:
             self.channel.basic_ack(self.tag, multiple=True)
 
 
-def bench_pika(url: str, n: int, prefetch: int, qtype: str) -> float:
+def bench_pika(url: str, n: int, prefetch: int, qtype: str, on_mark: OnMark | None = None) -> float:
     b = Broker(url)
     q = f"bench-pika-{uuid.uuid4().hex[:6]}"
     b.ch.queue_declare(q, durable=True, arguments={"x-queue-type": qtype})
@@ -263,10 +284,10 @@ def bench_pika(url: str, n: int, prefetch: int, qtype: str) -> float:
     def on_message(ch: Any, method: Any, _p: Any, _b: bytes) -> None:
         acks.delivered(conn, ch, method.delivery_tag)
         state["n"] += 1
-        if state["n"] == lo:
-            state["t"][0] = time.perf_counter()
-        elif state["n"] == hi:
-            state["t"][1] = time.perf_counter()
+        if state["n"] in (lo, hi):
+            state["t"][state["n"] == hi] = time.perf_counter()
+            if on_mark is not None:
+                on_mark(os.getpid())  # this process is the consumer
         if state["n"] == n:
             conn.close()
 
@@ -339,6 +360,7 @@ def bench_roger(
     workers: int,
     processes: int | None = None,
     extra_env: dict[str, str] | None = None,
+    on_mark: OnMark | None = None,
 ) -> float:
     b = Broker(url)
     partition = f"bench-{uuid.uuid4().hex[:6]}"
@@ -348,7 +370,7 @@ def bench_roger(
     b.fill(f"{partition}-default", roger_body(partition), n)
     proc = start_roger(url, partition, workers, extra, processes)
     try:
-        return b.drain_rate(f"{partition}-default", n)
+        return b.drain_rate(f"{partition}-default", n, on_mark=_marks(on_mark, proc.pid))
     finally:
         stop(proc)
         b.delete_partition(partition)
@@ -398,12 +420,12 @@ def start_dramatiq(url: str, q: str, **extra: str) -> subprocess.Popen[bytes]:
     )
 
 
-def bench_dramatiq(url: str, n: int) -> float:
+def bench_dramatiq(url: str, n: int, on_mark: OnMark | None = None) -> float:
     b = Broker(url)
     q = declare_dramatiq_queue(b)
     b.fill(q, dramatiq_body(q), n)
     proc = start_dramatiq(url, q)
-    return drain_and_stop(b, proc, q, n, f"{q}.DQ", f"{q}.XQ")
+    return drain_and_stop(b, proc, q, n, f"{q}.DQ", f"{q}.XQ", on_mark=on_mark)
 
 
 def celery_body() -> Callable[[int], tuple[bytes, Any]]:
