@@ -59,7 +59,8 @@ class CpuWindow:
 
     def __init__(self, url: str, jobs: int) -> None:
         self.broker = wt._broker_pid(url)
-        self.jobs = int(jobs * 0.9) - int(jobs * 0.1)  # the window drain_rate measures
+        first, last = wt.measured_window(jobs)
+        self.jobs = last - first
         self.marks: list[tuple[float, float]] = []
 
     def mark(self, pid: int) -> None:
@@ -78,15 +79,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def tree_cpu_seconds(root: int) -> float:
-    """``root`` and its children (a worker's job processes, Dramatiq's forks)."""
-    total = cpu_seconds(root)
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    """``root`` and its descendants (a worker's job processes, Dramatiq's forks)."""
+    total = 0.0
+    for pid in wt.process_tree(root):
         try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == root:
-                total += cpu_seconds(int(entry.name))
-        except (OSError, ValueError, IndexError):  # gone meanwhile
+            total += cpu_seconds(pid)
+        except (OSError, IndexError):  # gone meanwhile
             continue
     return total
 

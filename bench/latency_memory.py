@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +39,10 @@ import worker_throughput as wt
 
 
 # -- memory ------------------------------------------------------------------------------
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (``/proc/<pid>/task/<tid>/children``)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            with suppress(OSError):
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 def footprint(pid: int) -> tuple[float, float]:
     """RSS and PSS of ``pid``'s tree, MiB (``smaps_rollup``)."""
     rss = pss = 0
-    for p in process_tree(pid):
+    for p in wt.process_tree(pid):
         try:
             text = Path(f"/proc/{p}/smaps_rollup").read_text()
         except OSError:

@@ -75,7 +75,8 @@ class Broker:
     ) -> float:
         """Jobs/s over the middle 80% of the drain of a pre-filled queue; ``on_mark`` runs
         where that window starts and where it ends."""
-        lo, hi = int(n * 0.9), int(n * 0.1)
+        first, last = measured_window(n)
+        lo, hi = n - first, n - last  # as messages left in the queue
         t_lo = t_hi = None
         deadline = time.monotonic() + timeout
         while t_hi is None:
@@ -169,6 +170,24 @@ def wait_http(url: str, timeout: float = 60) -> None:
 # Called where a drain's measured window starts and ends, with the consumer's pid
 # (ab_worker.py --cpu reads the CPU the broker and that process tree used in between).
 OnMark = Callable[[int], None]
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``/proc/<pid>/task/<tid>/children``)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def measured_window(n: int) -> tuple[int, int]:
+    """The deliveries of an ``n``-job drain that rates are measured over: from the 10 %
+    mark to the 90 % one (start-up and the tail left out), as counts consumed."""
+    return int(n * 0.1), int(n * 0.9)
 
 
 def drain_and_stop(
@@ -275,7 +294,7 @@ def bench_pika(url: str, n: int, prefetch: int, qtype: str, on_mark: OnMark | No
     props = pika.BasicProperties(delivery_mode=2)
     b.fill(q, lambda i: (b'{"n":%d}' % i, props), n)
     state = {"n": 0, "t": [0.0, 0.0]}
-    lo, hi = int(n * 0.1), int(n * 0.9)
+    lo, hi = measured_window(n)
 
     # Tuned as Roger acks: one ack with multiple=True per loop turn (ioloop.call_later(0)),
     # for every delivery decoded in that turn; acking one by one costs a frame apiece.
