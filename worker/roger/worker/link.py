@@ -144,9 +144,12 @@ class Link:
         self._start_over()
 
     def _start_over(self) -> None:
-        """Close the connection from this side; ``_closed`` connects again."""
+        """Close the connection from this side, held acks first; ``_closed`` connects
+        again. Nothing to do while it is closing or closed already."""
+        if self.conn is None or not self.conn.is_open or self.closing:
+            return
         self.flush_acks()  # may finish a worker that is stopping: then it closed already
-        if self.conn is not None and self.conn.is_open and not self.closing:
+        if self.conn.is_open and not self.closing:
             self.conn.close()
 
     def close(self) -> None:
@@ -168,8 +171,7 @@ class Link:
         """A publish found no queue (deleted under us): its source stays unacked, and a
         new connection declares the topology again."""
         log.error("publish to %s returned: no such queue; reconnecting to re-declare", queue)
-        if self.conn is not None and self.conn.is_open and not self.closing:
-            self._start_over()
+        self._start_over()
 
     def _declare(self, _frame: Any) -> None:
         """Find which ``keep_existing`` queues exist (each on a throwaway channel: a
@@ -257,8 +259,7 @@ class Link:
     def _cancelled_by_broker(self, queue: str) -> None:
         """The broker dropped our consumer (queue deleted, node moved): start over."""
         log.warning("RabbitMQ cancelled the consumer of %s; reconnecting to re-declare", queue)
-        if self.conn is not None and self.conn.is_open and not self.closing:
-            self._start_over()
+        self._start_over()
 
     def sample(self, names: list[str], on_counts: Callable[[str, int, int], None]) -> None:
         """Passive-declare queues on a throwaway channel; off the hot path."""
