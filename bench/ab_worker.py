@@ -1,7 +1,8 @@
 """Paired A/B rounds of the Roger worker's drain rate (and bare pika as the ceiling).
 
 Each variant is a name plus extra environment for the ``roger worker`` process (e.g. a
-PYTHONPATH that puts another tree's ``worker/`` first). Every round runs each variant once,
+PYTHONPATH that puts another tree's ``worker/`` first; ``BENCH_JOB_PROCESSES=N`` is not
+passed on but sets the worker's ``--job-processes``). Every round runs each variant once,
 and the order alternates (A B, B A, A B, ...: ABBA), so neither a change in the machine's
 load nor the position in a round favours one variant. Prints each round, the median and
 spread (min..max) per variant, and, paired per round, each variant's ratio to the first

@@ -383,7 +383,9 @@ def bench_roger(
 ) -> float:
     b = Broker(url)
     partition = f"bench-{uuid.uuid4().hex[:6]}"
-    extra = extra_env or {}
+    extra = dict(extra_env or {})
+    # ab_worker.py's variants are environments: this one is --job-processes instead
+    processes = processes or int(extra.pop("BENCH_JOB_PROCESSES", 0)) or None
     proc = start_roger(url, partition, workers, extra, processes)  # declares the queues
     stop(proc)
     b.fill(f"{partition}-default", roger_body(partition), n)

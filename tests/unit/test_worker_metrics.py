@@ -92,3 +92,111 @@ def test_worker_info_reports_the_installed_version_and_process_collectors() -> N
     text = generate_latest(m.registry).decode()
     for series in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"):
         assert f"\n{series}" in text, series
+
+
+def test_the_per_job_series_expose_what_prometheus_client_s_own_metrics_would() -> None:
+    """Lifecycle events, outcomes, retries and durations are plain counts the loop moves
+    without locks (roger.metrics.hot); a scrape must not tell them from Counter/Histogram."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from roger.core.lifecycle import LifecycleEvent
+    from roger.metrics.worker import DURATION_BUCKETS
+
+    ours = WorkerMetrics("p")
+    ref = CollectorRegistry()
+    p = ["partition"]
+    lifecycle = Counter(
+        names.LIFECYCLE_EVENTS, "Hooks fired", [*p, "queue", "job_name", "hook"], registry=ref
+    )
+    outcomes = Counter(
+        names.JOB_OUTCOMES, "Settled jobs", [*p, "queue", "job_name", "outcome"], registry=ref
+    )
+    retries = Counter(
+        names.JOB_RETRIES, "Retries published", [*p, "queue", "job_name"], registry=ref
+    )
+    duration = Histogram(
+        names.JOB_DURATION,
+        "Job run time",
+        [*p, "queue", "job_name", "outcome"],
+        buckets=DURATION_BUCKETS,
+        registry=ref,
+    )
+    fields = {f: "x" for f in LifecycleEvent._fields}
+    # every bound exactly (a bound counts as inside its bucket), between, below, above
+    durations = [*DURATION_BUCKETS, 0.0, 0.0004, 0.02, 7.5, 1800.5, 86400.0]
+    for i, took in enumerate(durations):
+        queue, job = ("default", "a:b") if i % 3 else ("mail", "c:d")
+        outcome = ("succeeded", "retried", "buried")[i % 3]
+        for hook in ("before_run", "after_run" if i % 2 else "on_error"):
+            event = {**fields, "queue": queue, "job_name": job, "hook": hook}
+            ours.observe(LifecycleEvent(**event))
+            lifecycle.labels("p", queue, job, hook).inc()
+        ours.outcome(queue, job, outcome, None if i == 4 else took)
+        outcomes.labels("p", queue, job, outcome).inc()
+        if outcome == "retried":
+            retries.labels("p", queue, job).inc()
+        if i != 4:
+            duration.labels("p", queue, job, outcome).observe(took)
+
+    def exposed(
+        registry: object, family: str
+    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = generate_latest(registry).decode()  # type: ignore[arg-type]
+        found = {}
+        for f in text_string_to_metric_families(text):
+            if f.name == family:
+                assert found == {}, "one family"
+                found = {
+                    (s.name, tuple(sorted(s.labels.items()))): (
+                        -1.0 if s.name.endswith("_created") else s.value
+                    )
+                    for s in f.samples
+                }
+        return found
+
+    def comments(registry: object, family: str) -> list[str]:  # HELP and TYPE
+        text = generate_latest(registry).decode()  # type: ignore[arg-type]
+        return [line for line in text.splitlines() if line.startswith("# ") and family in line]
+
+    families = (names.LIFECYCLE_EVENTS, names.JOB_OUTCOMES, names.JOB_RETRIES, names.JOB_DURATION)
+    for family in families:
+        want = exposed(ref, family)
+        assert want and exposed(ours.registry, family) == want, family
+        assert comments(ours.registry, family) == comments(ref, family)
+
+
+def test_a_scrape_while_the_loop_adds_series_never_fails() -> None:
+    """The loop adds series without a lock while the metrics server thread scrapes."""
+    import sys
+    import threading
+
+    m = WorkerMetrics("p")
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def scrape() -> None:
+        try:
+            while not done.is_set():
+                for hot in (m.outcomes, m.duration):
+                    list(hot.collect())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as CPython allows
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for i in range(6_000):  # a new series each time: the scrape's copies race them
+            m.outcome("q", f"job:{i}", ("succeeded", "retried")[i % 2], i / 1000)
+    finally:
+        done.set()
+        scraper.join()
+        sys.setswitchinterval(old)
+    assert not errors
+    total = m.registry.get_sample_value(
+        names.JOB_DURATION + "_count",
+        {"partition": "p", "queue": "q", "job_name": "job:5999", "outcome": "retried"},
+    )
+    assert total == 1

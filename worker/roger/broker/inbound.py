@@ -7,11 +7,12 @@ loop. ``install`` replaces the connection's ``_on_data_available`` with a reader
 walks the buffer by offset and, for a ``basic.deliver`` followed on the same channel by
 its content header and body frames, calls the channel's consumer callback at once with
 what pika would pass: a ``Basic.Deliver``, ``BasicProperties`` and the body, decoded by
-pika's own ``decode`` methods (the field rules stay pika's). Every other frame, and any
-delivery this path does not take whole (its consumer is being cancelled, its content is
-not yet all in the buffer, or another channel's frame comes in between), goes through
-pika's ``_process_frame`` unchanged. ``tests/unit/test_inbound.py`` feeds both readers the
-same bytes, cut at every boundary, and compares what the consumer receives.
+``roger.broker.deliver_fields`` (pika's field rules without its walk over every flag).
+Every other frame, and any delivery this path does not take whole (its consumer is being
+cancelled, its content is not yet all in the buffer, or another channel's frame comes in
+between), goes through pika's ``_process_frame`` unchanged. ``tests/unit/test_inbound.py``
+feeds both readers the same bytes, cut at every boundary, and compares what the consumer
+receives.
 
 It leans on four private attributes of pika's ``Connection`` (``_frame_buffer``,
 ``_channels``, ``_process_frame``, ``bytes_received``) and two of ``Channel``
@@ -24,8 +25,10 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
-from pika import exceptions, frame, spec
+from pika import exceptions, frame
 from pika.channel import Channel
+
+from roger.broker import deliver_fields
 
 _FRAME: Final = struct.Struct(">BHI")  # type, channel, payload size
 _HEADER: Final = struct.Struct(">HHQ")  # class, weight, body size
@@ -136,14 +139,12 @@ class _Reader:
             at = body[2]
         if got > body_size:
             raise exceptions.BodyTooLongError(got, body_size)
-        method = spec.Basic.Deliver()
-        method.decode(buf, pos + 11)
+        method = deliver_fields.deliver(buf, pos + 11)
         tag = method.consumer_tag
         consumer = None if tag in channel._cancelled else channel._consumers.get(tag)
         if consumer is None:
             return -1
-        props = spec.BasicProperties()
-        props.decode(buf, end + 7 + 12)
+        props = deliver_fields.properties(buf, end + 7 + 12)
         self.conn.frames_received += 2 + len(parts)
         consumer(channel, method, props, parts[0] if len(parts) == 1 else b"".join(parts))
         return at

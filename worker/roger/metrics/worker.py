@@ -1,8 +1,8 @@
 """The worker's Prometheus metrics, all living in the parent process.
 
 Jobs run in child processes, but every count is made here from their frames, so the
-numbers are right without multiprocess collectors. ``.labels()`` children are cached:
-the hot path pays one dict lookup and one increment.
+numbers are right without multiprocess collectors. ``.labels()`` children are cached; the
+series moved for every job are ``roger.metrics.hot``'s plain counts, without locks.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     Info,
 )
 
 from roger.core import metric_names as names
 from roger.core.lifecycle import BURIED_DROPPED, LifecycleEvent
 from roger.core.message import PARK_REASONS
+from roger.metrics.hot import HotCounter, HotHistogram
 from roger.version import package_version
 
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800)
@@ -47,23 +47,27 @@ class WorkerMetrics:
                 registry.register(collector)
         self.registry = registry
         r, p = self.registry, ["partition"]
-        self.lifecycle = Counter(
-            names.LIFECYCLE_EVENTS, "Hooks fired", [*p, "queue", "job_name", "hook"], registry=r
+        # Moved for every job: plain counts read at scrape time (roger.metrics.hot).
+        fixed = (partition,)
+        self.lifecycle = HotCounter(
+            names.LIFECYCLE_EVENTS, "Hooks fired", [*p, "queue", "job_name", "hook"], fixed
         )
-        self.duration = Histogram(
+        self.duration = HotHistogram(
             names.JOB_DURATION,
             "Job run time",
             [*p, "queue", "job_name", "outcome"],
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            fixed,
+            DURATION_BUCKETS,
         )
+        self.retries = HotCounter(
+            names.JOB_RETRIES, "Retries published", [*p, "queue", "job_name"], fixed
+        )
+        self.outcomes = HotCounter(
+            names.JOB_OUTCOMES, "Settled jobs", [*p, "queue", "job_name", "outcome"], fixed
+        )
+        for hot in (self.lifecycle, self.duration, self.retries, self.outcomes):
+            r.register(hot)
         self.jobs_running = Gauge(names.JOBS_RUNNING, "Jobs running", [*p, "queue"], registry=r)
-        self.retries = Counter(
-            names.JOB_RETRIES, "Retries published", [*p, "queue", "job_name"], registry=r
-        )
-        self.outcomes = Counter(
-            names.JOB_OUTCOMES, "Settled jobs", [*p, "queue", "job_name", "outcome"], registry=r
-        )
         self.parked_total = Counter(
             names.MESSAGES_PARKED,
             "Messages parked in .invalid",
@@ -106,10 +110,6 @@ class WorkerMetrics:
             {"version": version or package_version()}
         )
         self._cache: dict[tuple[Any, ...], Any] = {}
-        # The hot path (two lifecycle events and one outcome per job), keyed by labels alone.
-        self._events: dict[tuple[str, str, str], Any] = {}
-        self._outcomes: dict[tuple[str, str, str], Any] = {}
-        self._durations: dict[tuple[str, str, str], Any] = {}
         self._running: dict[str, int] = {}
         self._child(self.reconnects)  # a counter at 0 from the start, not at the first one
 
@@ -124,11 +124,7 @@ class WorkerMetrics:
         if event.hook == BURIED_DROPPED:  # no hook fired: its own counter
             self._child(self.buried_dropped, event.queue).inc()
             return
-        key = (event.queue, event.job_name, event.hook)
-        child = self._events.get(key)
-        if child is None:
-            child = self._events[key] = self._child(self.lifecycle, *key)
-        child.inc()
+        self.lifecycle.inc((event.queue, event.job_name, event.hook))
 
     def running(self, queue: str, delta: int) -> None:
         # A plain count read at scrape time: two gauge updates per job cost more.
@@ -136,17 +132,11 @@ class WorkerMetrics:
 
     def outcome(self, queue: str, job: str, outcome: str, duration: float | None) -> None:
         key = (queue, job, outcome)
-        counter = self._outcomes.get(key)
-        if counter is None:
-            counter = self._outcomes[key] = self._child(self.outcomes, *key)
-        counter.inc()
+        self.outcomes.inc(key)
         if outcome == "retried":
-            self._child(self.retries, queue, job).inc()
+            self.retries.inc((queue, job))
         if duration is not None:
-            histogram = self._durations.get(key)
-            if histogram is None:
-                histogram = self._durations[key] = self._child(self.duration, *key)
-            histogram.observe(duration)
+            self.duration.observe(key, duration)
 
     def parked(self, queue: str, reason: str) -> None:
         self._child(self.parked_total, queue, reason).inc()
