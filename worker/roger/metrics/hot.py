@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from typing import Any, cast
 
 from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -33,14 +33,32 @@ def _created_series() -> bool:
     return bool(getattr(prometheus_metrics, "_use_created", True))
 
 
-class HotCounter:
-    """A labelled counter bumped by one thread, read by the scrape."""
+class _HotFamily:
+    """What a scrape needs of either kind: the family's name, help and labels, and when
+    each series was first moved (its ``_created``)."""
+
+    family: type[CounterMetricFamily] | type[HistogramMetricFamily]
 
     def __init__(self, name: str, documentation: str, labels: Sequence[str], fixed: Key) -> None:
         self.name, self.documentation = name, documentation
         self.labels, self.fixed = list(labels), fixed
-        self.counts: dict[Key, int] = {}
         self.created: dict[Key, float] = {}
+
+    def _empty(self) -> Any:
+        return self.family(self.name, self.documentation, labels=self.labels)
+
+    def describe(self) -> Iterator[Metric]:
+        yield self._empty()
+
+
+class HotCounter(_HotFamily):
+    """A labelled counter bumped by one thread, read by the scrape."""
+
+    family = CounterMetricFamily
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], fixed: Key) -> None:
+        super().__init__(name, documentation, labels, fixed)
+        self.counts: dict[Key, int] = {}
 
     def inc(self, key: Key) -> None:
         counts = self.counts
@@ -50,11 +68,8 @@ class HotCounter:
             self.created[key] = time.time()  # first: a key in counts is in created
             counts[key] = 1
 
-    def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(self.name, self.documentation, labels=self.labels)
-
     def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        family = self._empty()
         counts = self.counts.copy()
         created = self.created.copy()  # after: it has every key of counts (see inc)
         for key, value in counts.items():
@@ -64,8 +79,10 @@ class HotCounter:
         yield family
 
 
-class HotHistogram:
+class HotHistogram(_HotFamily):
     """A labelled histogram fed by one thread, read by the scrape."""
+
+    family = HistogramMetricFamily
 
     def __init__(
         self,
@@ -75,13 +92,11 @@ class HotHistogram:
         fixed: Key,
         buckets: Sequence[float],
     ) -> None:
-        self.name, self.documentation = name, documentation
-        self.labels, self.fixed = list(labels), fixed
+        super().__init__(name, documentation, labels, fixed)
         self.bounds = tuple(float(b) for b in buckets)
         self.les = [*(_le(b) for b in self.bounds), "+Inf"]
         # per key: observations per bucket (not cumulative; the last one is +Inf), then sum
         self.series: dict[Key, list[float]] = {}
-        self.created: dict[Key, float] = {}
 
     def observe(self, key: Key, value: float) -> None:
         series = self.series.get(key)
@@ -91,11 +106,8 @@ class HotHistogram:
         series[bisect.bisect_left(self.bounds, value)] += 1  # le: a bound counts as inside
         series[-1] += value
 
-    def describe(self) -> Iterator[Metric]:
-        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
-
     def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        family = self._empty()
         all_series = self.series.copy()
         created = self.created.copy()  # after: it has every key of all_series (see observe)
         for key, series in all_series.items():
