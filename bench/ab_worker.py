@@ -65,7 +65,7 @@ class CpuWindow:
         self.marks: list[tuple[float, float]] = []
 
     def mark(self, pid: int) -> None:
-        self.marks.append((cpu_seconds(self.broker), tree_cpu_seconds(pid)))
+        self.marks.append((wt.cpu_seconds(self.broker), tree_cpu_seconds(pid)))
 
     def per_job(self) -> tuple[float, float]:
         (b0, c0), (b1, c1) = self.marks[0], self.marks[-1]
@@ -73,18 +73,12 @@ class CpuWindow:
         return (b1 - b0) / self.jobs * 1e6, (c1 - c0) / self.jobs * 1e6
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def tree_cpu_seconds(root: int) -> float:
     """``root`` and its descendants (a worker's job processes, Dramatiq's forks)."""
     total = 0.0
     for pid in wt.process_tree(root):
         try:
-            total += cpu_seconds(pid)
+            total += wt.cpu_seconds(pid)
         except (OSError, IndexError):  # gone meanwhile
             continue
     return total

@@ -56,7 +56,6 @@ RESOURCES = {
     "deployments",
     "callbacks",
 }
-CLK = os.sysconf("SC_CLK_TCK")
 API_REQUESTS_SERIES = "roger_operator_api_requests_total{"
 
 
@@ -153,11 +152,6 @@ def counters_per_partition(
         for key, value in sorted(after.items())
         if value != before.get(key, 0.0)
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -351,7 +345,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         api_text0, counters0 = apiserver_metrics(), operator_counters(metrics_port)
         api0, own0 = apiserver_requests(api_text0), operator_requests(counters0)
         result["load_average_before"] = [round(x, 1) for x in os.getloadavg()]
-        cpu_start = cpu_seconds(op.pid)
+        cpu_start = wt.cpu_seconds(op.pid)
         start = time.monotonic()
         apply_parallel(ns, names, args.apply_streams, url)
         result["apply_seconds"] = round(time.monotonic() - start, 2)
@@ -375,7 +369,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         result["timeline_seconds_deployments_ready"] = timeline
         result["all_deployments_seconds"] = deployments_at and round(deployments_at, 1)
         result["all_ready_seconds"] = round(time.monotonic() - start, 1)
-        cpu_ready = cpu_seconds(op.pid) - cpu_start
+        cpu_ready = wt.cpu_seconds(op.pid) - cpu_start
         result["load_average_at_ready"] = [round(x, 1) for x in os.getloadavg()]
         result["operator_cpu_seconds_to_ready"] = round(cpu_ready, 2)
         result["operator_cpu_ms_per_partition"] = round(1000 * cpu_ready / args.partitions, 1)
@@ -395,10 +389,10 @@ def run(args: argparse.Namespace, url: str) -> int:
         }
 
         time.sleep(3)  # let the last status events settle
-        cpu0, t0 = cpu_seconds(op.pid), time.monotonic()
+        cpu0, t0 = wt.cpu_seconds(op.pid), time.monotonic()
         own_idle0 = operator_requests(operator_counters(metrics_port))
         time.sleep(args.idle_seconds)
-        cpu1, t1 = cpu_seconds(op.pid), time.monotonic()
+        cpu1, t1 = wt.cpu_seconds(op.pid), time.monotonic()
         result["idle_window_seconds"] = round(t1 - t0, 1)
         result["idle_cpu_percent"] = round(100 * (cpu1 - cpu0) / (t1 - t0), 2)
         result["idle_operator_requests_per_second"] = round(
@@ -408,10 +402,10 @@ def run(args: argparse.Namespace, url: str) -> int:
         result["peak_rss_mib"] = round(peak_rss_mib(op.pid), 1)
 
         if not args.skip_delete:
-            start, cpu_start = time.monotonic(), cpu_seconds(op.pid)
+            start, cpu_start = time.monotonic(), wt.cpu_seconds(op.pid)
             kubectl("delete", "partitions", "--all", "-n", ns, "--timeout=600s")
             result["delete_all_seconds"] = round(time.monotonic() - start, 1)
-            result["operator_cpu_seconds_to_delete"] = round(cpu_seconds(op.pid) - cpu_start, 2)
+            result["operator_cpu_seconds_to_delete"] = round(wt.cpu_seconds(op.pid) - cpu_start, 2)
             result["load_average_after"] = [round(x, 1) for x in os.getloadavg()]
             result["peak_rss_mib"] = round(peak_rss_mib(op.pid), 1)
     finally:

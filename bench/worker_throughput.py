@@ -184,6 +184,12 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads), from ``/proc/<pid>/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measured_window(n: int) -> tuple[int, int]:
     """The deliveries of an ``n``-job drain that rates are measured over: from the 10 %
     mark to the 90 % one (start-up and the tail left out), as counts consumed."""
