@@ -61,6 +61,7 @@ def _shape(flags: int) -> tuple[tuple[str, str], ...]:
 
 
 def _text(raw: bytes) -> str | bytes:
+    """A short string's value, as pika gives it: its text, or its bytes if not UTF-8."""
     try:
         return raw.decode()
     except UnicodeDecodeError:
@@ -78,11 +79,7 @@ def properties(buf: bytes, at: int) -> Any:
     for name, kind in _shape(flags):
         if kind is _SHORT:
             end = at + 1 + buf[at]
-            raw = buf[at + 1 : end]
-            try:
-                values[name] = raw.decode()
-            except UnicodeDecodeError:
-                values[name] = raw
+            values[name] = _text(buf[at + 1 : end])
             at = end
         elif kind is _OCTET:
             values[name] = buf[at]
