@@ -12,6 +12,7 @@ GIL), so nothing is locked. The families a scrape gets are the ones ``Counter`` 
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
@@ -72,9 +73,10 @@ class HotCounter(_HotFamily):
         family = self._empty()
         counts = self.counts.copy()
         created = self.created.copy()  # after: it has every key of counts (see inc)
+        with_created = _created_series()
         for key, value in counts.items():
             family.add_metric(
-                [*self.fixed, *key], value, created=created[key] if _created_series() else None
+                [*self.fixed, *key], value, created=created[key] if with_created else None
             )
         yield family
 
@@ -110,16 +112,14 @@ class HotHistogram(_HotFamily):
         family = self._empty()
         all_series = self.series.copy()
         created = self.created.copy()  # after: it has every key of all_series (see observe)
+        with_created = _created_series()
         for key, series in all_series.items():
             snapshot = series.copy()  # one step: its count is its buckets' sum
             counts, total = snapshot[:-1], snapshot[-1]
-            cumulative, running = [], 0.0
-            for le, n in zip(self.les, counts, strict=True):
-                running += n
-                cumulative.append((le, running))
+            cumulative = list(zip(self.les, itertools.accumulate(counts), strict=True))
             values = [*self.fixed, *key]
             family.add_metric(values, cumulative, total)
             labels = dict(zip(self.labels, values, strict=True))
-            if _created_series():
+            if with_created:
                 family.samples.append(Sample(f"{self.name}_created", labels, created[key]))
         yield family
