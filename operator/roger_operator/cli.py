@@ -118,7 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds a dead leader's Lease lasts; a standby takes over within this "
         "+ 2 s (the leader renews every 2 s and stops if it cannot for 3/4 of this)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,

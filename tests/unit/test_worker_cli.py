@@ -74,6 +74,7 @@ URL = "amqp://guest:guest@127.0.0.1:1/%2F"  # never reached: input is checked fi
         (["enqueue", "p", "tests.jobs.basic:ok", "{not json"], "not JSON"),
         (["enqueue", "p", "not a job name"], "module:function"),
         (["frobnicate"], "invalid choice"),
+        (["--log-level", "loud", "info", "p"], "log level must be one of DEBUG"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
@@ -82,6 +83,39 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
     assert "Traceback" not in r.stderr
     lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("usage:")]
     assert len(lines) == 1 and needle in lines[0], r.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [("ROGER_LOG_LEVEL", "verbose", "log level"), ("ROGER_LOG_FORMAT", "xml", "log format")],
+)
+def test_a_bad_log_setting_from_the_environment_is_a_usage_error(
+    variable: str, value: str, needle: str
+) -> None:
+    r = roger("info", "p", amqp_url=URL, env=env(**{variable: value}))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert needle in r.stderr and repr(value.upper() if "LEVEL" in variable else value) in r.stderr
+
+
+def _every_parser(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
+    out = [(parser.prog, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                out += _every_parser(child)
+    return out
+
+
+def test_every_flag_of_every_command_says_what_it_does() -> None:
+    """`roger <verb> --help` is the reference users read first: no flag without a text."""
+    bare = [
+        f"{prog} {action.option_strings[-1]}"
+        for prog, parser in _every_parser(cli._parser())
+        for action in parser._actions
+        if action.option_strings and not action.help and action.dest != "help"
+    ]
+    assert bare == []
+    assert len(_every_parser(cli._parser())) > 10  # the walk reached the verbs
 
 
 def test_no_broker_url_is_a_usage_error() -> None:

@@ -32,7 +32,12 @@ def _parser(prog: str = "roger") -> argparse.ArgumentParser:
         help="broker URL, or several separated by commas (failover order); "
         "default: $ROGER_AMQP_URL",
     )
-    p.add_argument("--log-level", default=os.environ.get("ROGER_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("ROGER_LOG_LEVEL", "INFO"),
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default: $ROGER_LOG_LEVEL or INFO)",
+    )
     p.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
@@ -64,9 +69,20 @@ def _parser(prog: str = "roger") -> argparse.ArgumentParser:
         help="without a partition: the management API (default: the broker's host, "
         "port 15672, /api, with the AMQP URL's credentials)",
     )
-    i.add_argument("--queue", action="append", default=[])
-    i.add_argument("--retry-levels", metavar="1,3,5")
-    i.add_argument("--json", action="store_true")
+    i.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        help="this queue only (repeatable; default: the queues the partition's workers "
+        "report, else 'default')",
+    )
+    i.add_argument(
+        "--retry-levels",
+        metavar="1,3,5",
+        help="the retry levels whose queues are counted (default: the ones the partition's "
+        "workers report, else the defaults)",
+    )
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
@@ -130,7 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(opts: argparse.Namespace, connect_hint: str = "") -> int:
     """Run parsed ``roger`` arguments (``kubectl roger`` fills in the broker and partition;
     ``connect_hint`` is said when the broker cannot be reached)."""
-    configure_logging(str(opts.log_level).upper(), opts.log_format)
+    try:  # the defaults come from the environment, where argparse checks nothing
+        configure_logging(str(opts.log_level).upper(), opts.log_format)
+    except ValueError as exc:
+        print(f"roger: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     logging.getLogger("pika").setLevel(logging.CRITICAL)  # we log what matters
     from pika.exceptions import AMQPConnectionError
 

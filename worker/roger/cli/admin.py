@@ -26,7 +26,9 @@ def add_parsers(sub: Any) -> None:
     ls = verbs.add_parser("list", help="buried jobs, oldest first")
     ls.add_argument("partition")
     _filters(ls)
-    ls.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ls.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table", help="table (default) or json"
+    )
 
     sh = verbs.add_parser("show", help="one buried job: args, stack trace, history")
     sh.add_argument("partition")

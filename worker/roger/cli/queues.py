@@ -23,7 +23,7 @@ def add_parsers(sub: Any) -> None:
     j.add_argument("partition")
     j.add_argument("--queue", help="one queue (default: every queue of the partition)")
     j.add_argument("--limit", type=int, default=20, help="queued jobs per queue (default 20)")
-    j.add_argument("--json", action="store_true")
+    j.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("purge", help="remove every queued job of a queue (asks first)")
     p.add_argument("partition")

@@ -18,21 +18,69 @@ from typing import Any
 import yaml
 
 from roger.cli.common import UsageError, amqp_url
+from roger.core import naming
 from roger.core.config import WorkerConfig, parse_config, parse_queue_spec
 from roger.core.lifecycle import LifecycleObserver
 
 
 def add_parsers(sub: Any) -> None:
     w = sub.add_parser("worker", help="consume and run jobs of one partition")
-    w.add_argument("--partition")
-    w.add_argument("--queue", action="append", default=[], metavar="NAME=MAX")
-    w.add_argument("--jobs", action="append", default=[], metavar="MODULE")
-    w.add_argument("--callback", action="append", default=[], metavar="MODULE:CLASS")
-    w.add_argument("--retry-levels", metavar="1,3,5")
-    w.add_argument("--buried-max-length", type=int)
-    w.add_argument("--metrics-port", type=int)
-    w.add_argument("--shutdown-timeout", type=float)
-    w.add_argument("--callback-timeout", type=float)
+    w.add_argument("--partition", help="the partition (tenant) whose queues this worker consumes")
+    w.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        metavar="NAME=MAX",
+        help="consume queue NAME, running up to MAX of its jobs at once (repeat for more "
+        "queues; MAX 0 declares the queue without consuming it)",
+    )
+    w.add_argument(
+        "--jobs",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE for the jobs it defines (repeatable)",
+    )
+    w.add_argument(
+        "--callback",
+        action="append",
+        default=[],
+        metavar="MODULE:CLASS",
+        help="a callback class whose hooks run around every job (repeatable; in order)",
+    )
+    w.add_argument(
+        "--retry-levels",
+        metavar="1,3,5",
+        help="seconds before each retry of a retryable job; it is buried after the last "
+        f"(default: {','.join(map(str, naming.DEFAULT_RETRY_LEVELS))})",
+    )
+    w.add_argument(
+        "--buried-max-length",
+        type=int,
+        metavar="N",
+        help=f"keep at most N jobs in each .buried queue, the oldest dropped first "
+        f"(default {WorkerConfig.buried_max_length})",
+    )
+    w.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics on PORT (default: no metrics endpoint)",
+    )
+    w.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, how long running jobs get to finish; the ones still running are "
+        f"redelivered to another worker (default {WorkerConfig.shutdown_timeout:g})",
+    )
+    w.add_argument(
+        "--callback-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="how long a callback hook may run; one still running then has its job process "
+        f"killed (default {WorkerConfig.callback_timeout:g})",
+    )
     w.add_argument(
         "--broker-consumer-timeout",
         type=float,
