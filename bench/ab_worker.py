@@ -86,7 +86,11 @@ def tree_cpu_seconds(root: int) -> float:
 
 def run(opts: argparse.Namespace, url: str) -> None:
     variants = dict(parse_variant(v) for v in opts.variant)
-    peers = (["pika"] if opts.pika else []) + (["dramatiq"] if opts.dramatiq else [])
+    peers = (
+        (["pika"] if opts.pika else [])
+        + (["pika-roger-msgs"] if opts.pika_roger_messages else [])
+        + (["dramatiq"] if opts.dramatiq else [])
+    )
     names = [*variants, *peers]
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
@@ -97,6 +101,11 @@ def run(opts: argparse.Namespace, url: str) -> None:
         for name in round_order(names, r):
             if name == "pika":
                 rate = wt.bench_pika(url, opts.jobs, opts.workers, "quorum", on_mark=mark)
+            elif name == "pika-roger-msgs":
+                bodies = wt.roger_body("bench-pika")
+                rate = wt.bench_pika(
+                    url, opts.jobs, opts.workers, "quorum", on_mark=mark, bodies=bodies
+                )
             elif name == "dramatiq":
                 rate = wt.bench_dramatiq(url, opts.jobs, on_mark=mark)
             else:
@@ -138,6 +147,11 @@ def run(opts: argparse.Namespace, url: str) -> None:
             print(ratio_line(name, first, rates[name], rates[first]))
         for peer in peers:
             print(ratio_line(name, peer, rates[name], rates[peer]))
+    # The peers against each other: a goal "k x Dramatiq" above the ceiling's own ratio to
+    # Dramatiq is out of reach for any consumer with that prefetch, not only for Roger.
+    for i, peer in enumerate(peers):
+        for other in peers[i + 1 :]:
+            print(ratio_line(peer, other, rates[peer], rates[other]))
 
 
 def main() -> int:
@@ -148,6 +162,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--variant", action="append", default=[], metavar="NAME=K=V,K=V")
     p.add_argument("--pika", action="store_true", help="also bare pika, same prefetch")
+    p.add_argument(
+        "--pika-roger-messages",
+        action="store_true",
+        help="also bare pika draining Roger's own job messages (same bodies and properties)",
+    )
     p.add_argument("--dramatiq", action="store_true", help="also Dramatiq 2 processes x 8")
     p.add_argument(
         "--fresh-vhost", action="store_true", help="run in a new vhost, deleted at the end"

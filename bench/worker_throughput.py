@@ -293,12 +293,21 @@ class _TurnAcks:
             self.channel.basic_ack(self.tag, multiple=True)
 
 
-def bench_pika(url: str, n: int, prefetch: int, qtype: str, on_mark: OnMark | None = None) -> float:
+def bench_pika(
+    url: str,
+    n: int,
+    prefetch: int,
+    qtype: str,
+    on_mark: OnMark | None = None,
+    bodies: Callable[[int], tuple[bytes, Any]] | None = None,
+) -> float:
+    """The ceiling: a tuned bare consumer. ``bodies`` makes its messages (default: a few
+    bytes with only ``delivery_mode``; ``roger_body`` gives it Roger's own job messages)."""
     b = Broker(url)
     q = f"bench-pika-{uuid.uuid4().hex[:6]}"
     b.ch.queue_declare(q, durable=True, arguments={"x-queue-type": qtype})
     props = pika.BasicProperties(delivery_mode=2)
-    b.fill(q, lambda i: (b'{"n":%d}' % i, props), n)
+    b.fill(q, bodies or (lambda i: (b'{"n":%d}' % i, props)), n)
     state = {"n": 0, "t": [0.0, 0.0]}
     lo, hi = measured_window(n)
 
