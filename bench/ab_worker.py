@@ -13,8 +13,14 @@ queues of other runs on a shared broker neither slow it nor are touched by it. W
 tree over the same window (from ``/proc``): what decides the ratios on a machine whose
 cores they share (bench/RESULTS.md, "acks held for a gap to close").
 
+Peers: ``--pika`` (the ceiling, a tuned bare consumer), ``--pika-roger-messages`` (the
+same consumer draining Roger's own job messages) and ``--dramatiq``. Besides each
+variant's ratio to each peer, the peers' ratios to each other are printed: a goal "k x a
+peer" above the ceiling's own ratio to that peer is out of reach for any consumer.
+
 Usage: python bench/ab_worker.py --rounds 10 --jobs 20000 --fresh-vhost \\
-    --variant base=PYTHONPATH=/old/worker:bench:. --variant new= [--pika] [--dramatiq]
+    --variant base=PYTHONPATH=/old/worker:bench:. --variant new= [--pika]
+    [--pika-roger-messages] [--dramatiq]
 """
 
 from __future__ import annotations
@@ -113,7 +119,7 @@ def run(opts: argparse.Namespace, url: str) -> None:
                     url, opts.jobs, opts.workers, extra_env=variants[name], on_mark=mark
                 )
             rates[name].append(rate)
-            line = f"round {r + 1} {name:<12} {rate:7.0f}/s"
+            line = f"round {r + 1} {name:<15} {rate:7.0f}/s"
             if window is not None:
                 broker_us, consumer_us = window.per_job()
                 cpu[name].append((broker_us, consumer_us))

@@ -209,11 +209,15 @@ def main() -> int:
         row["celery threads"] = celery_rates(url, n, 0, threads)["threads"]
         rounds.append(row)
         print(f"  round {r + 1}: " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()), flush=True)
-    singles = {
-        "roger": roger_rates(url, 0, single, threads)["single"],
-        "dramatiq": dramatiq_rates(url, 0, single, threads)["single"],
-        "celery": celery_rates(url, 0, single, threads)["single"],
-    }
+    singles = (
+        {
+            "roger": roger_rates(url, 0, single, threads)["single"],
+            "dramatiq": dramatiq_rates(url, 0, single, threads)["single"],
+            "celery": celery_rates(url, 0, single, threads)["single"],
+        }
+        if single
+        else {}
+    )
 
     def med(key: str) -> float:
         return statistics.median(row[key] for row in rounds)
