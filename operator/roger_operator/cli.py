@@ -41,6 +41,11 @@ log = logging.getLogger("roger_operator")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return arg_parser().parse_args(argv)
+
+
+def arg_parser() -> argparse.ArgumentParser:
+    """``roger-operator``'s flags (the CLI tests walk them for their help texts)."""
     parser = argparse.ArgumentParser(prog="roger-operator", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--version", action="version", version=f"roger-operator {package_version()}"
@@ -118,14 +123,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds a dead leader's Lease lasts; a standby takes over within this "
         "+ 2 s (the leader renews every 2 s and stops if it cannot for 3/4 of this)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log at DEBUG level (urllib3, aiohttp and kopf.objects stay at WARNING, "
+        "pika at ERROR)",
+    )
     parser.add_argument(
         "--log-format",
         choices=LOG_FORMATS,
         default="text",
         help="text, or json: one object per line, for log shippers",
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 TIMER_STOP_POLL_SECONDS: Final = 1.0

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from roger import cli
+from roger.cli import top as top_cli
 from roger.cli import worker as worker_cli
 from roger.core.config import ConfigError, parse_config
 from roger.version import package_version
+from roger_operator import cli as operator_cli
 from tests.integration.support import env, roger
 
 pytestmark = pytest.mark.unit
@@ -75,6 +77,7 @@ URL = "amqp://guest:guest@127.0.0.1:1/%2F"  # never reached: input is checked fi
         (["enqueue", "p", "not a job name"], "module:function"),
         (["frobnicate"], "invalid choice"),
         (["--log-level", "loud", "info", "p"], "log level must be one of DEBUG"),
+        (["--log-level", "loud", "info", "p"], "'loud'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str) -> None:
@@ -94,7 +97,16 @@ def test_a_bad_log_setting_from_the_environment_is_a_usage_error(
 ) -> None:
     r = roger("info", "p", amqp_url=URL, env=env(**{variable: value}))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    assert needle in r.stderr and repr(value.upper() if "LEVEL" in variable else value) in r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and needle in lines[0] and repr(value) in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("level", ["warn", "Debug", "FATAL"])
+def test_log_levels_are_logging_s_names_in_any_case(level: str) -> None:
+    environ = env(ROGER_LOG_LEVEL=level)
+    environ.pop("ROGER_AMQP_URL", None)
+    r = roger("enqueue", "p", "tests.jobs.basic:ok", env=environ)  # stops at the missing URL
+    assert r.returncode == 2 and "ROGER_AMQP_URL" in r.stderr and "log level" not in r.stderr
 
 
 def _every_parser(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.ArgumentParser]]:
@@ -107,15 +119,21 @@ def _every_parser(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.A
 
 
 def test_every_flag_of_every_command_says_what_it_does() -> None:
-    """`roger <verb> --help` is the reference users read first: no flag without a text."""
+    """`--help` is the reference users read first: no flag of `roger` (and its verbs),
+    `kubectl roger top` or `roger-operator` without a text."""
+    parsers = [
+        *_every_parser(cli._parser()),
+        ("top", top_cli._parser()),
+        ("roger-operator", operator_cli.arg_parser()),
+    ]
     bare = [
         f"{prog} {action.option_strings[-1]}"
-        for prog, parser in _every_parser(cli._parser())
+        for prog, parser in parsers
         for action in parser._actions
         if action.option_strings and not action.help and action.dest != "help"
     ]
     assert bare == []
-    assert len(_every_parser(cli._parser())) > 10  # the walk reached the verbs
+    assert len(parsers) > 12  # the walk reached the verbs
 
 
 def test_no_broker_url_is_a_usage_error() -> None:

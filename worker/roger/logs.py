@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Final
 
 LOG_FORMATS: Final = ("text", "json")
-LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -36,9 +35,14 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str | int, log_format: str = "text") -> None:
     """The root logger writes to stderr in ``log_format`` ("text" or "json").
 
-    A level or format it does not know raises ValueError naming the ones it does."""
-    if isinstance(level, str) and level not in LOG_LEVELS:
-        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}: {level!r}")
+    ``level`` is a number or a level name in any case (``logging``'s names: WARN and FATAL
+    too). A level or format it does not know raises ValueError naming the usual ones."""
+    if isinstance(level, str):
+        if level.upper() not in logging.getLevelNamesMapping():
+            raise ValueError(
+                f"log level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL: {level!r}"
+            )
+        level = level.upper()
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)

@@ -36,7 +36,8 @@ def _parser(prog: str = "roger") -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("ROGER_LOG_LEVEL", "INFO"),
         metavar="LEVEL",
-        help="DEBUG, INFO, WARNING or ERROR (default: $ROGER_LOG_LEVEL or INFO)",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, any case "
+        "(default: $ROGER_LOG_LEVEL or INFO)",
     )
     p.add_argument(
         "--log-format",
@@ -73,14 +74,14 @@ def _parser(prog: str = "roger") -> argparse.ArgumentParser:
         "--queue",
         action="append",
         default=[],
-        help="this queue only (repeatable; default: the queues the partition's workers "
-        "report, else 'default')",
+        help="with a partition: this queue only (repeatable; default: the queues its "
+        "workers report, else 'default'; kubectl roger: the Partition's queues)",
     )
     i.add_argument(
         "--retry-levels",
         metavar="1,3,5",
-        help="the retry levels whose queues are counted (default: the ones the partition's "
-        "workers report, else the defaults)",
+        help="with a partition: the retry levels whose queues are counted (default: the "
+        "ones its workers report, else the defaults)",
     )
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
@@ -147,7 +148,7 @@ def run(opts: argparse.Namespace, connect_hint: str = "") -> int:
     """Run parsed ``roger`` arguments (``kubectl roger`` fills in the broker and partition;
     ``connect_hint`` is said when the broker cannot be reached)."""
     try:  # the defaults come from the environment, where argparse checks nothing
-        configure_logging(str(opts.log_level).upper(), opts.log_format)
+        configure_logging(str(opts.log_level), opts.log_format)
     except ValueError as exc:
         print(f"roger: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -58,28 +58,31 @@ def add_parsers(sub: Any) -> None:
         "--buried-max-length",
         type=int,
         metavar="N",
-        help=f"keep at most N jobs in each .buried queue, the oldest dropped first "
+        help="at most N burials not yet filed by `roger buried` wait in each .buried "
+        "queue; past that the oldest is dropped, logged and counted "
         f"(default {WorkerConfig.buried_max_length})",
     )
     w.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
-        help="serve Prometheus metrics on PORT (default: no metrics endpoint)",
+        help="serve /metrics, /healthz and /readyz on PORT (0: a free port; default: none of them)",
     )
     w.add_argument(
         "--shutdown-timeout",
         type=float,
         metavar="SECONDS",
-        help="on SIGTERM, how long running jobs get to finish; the ones still running are "
-        f"redelivered to another worker (default {WorkerConfig.shutdown_timeout:g})",
+        help="on SIGTERM or SIGINT, how long running jobs get to finish (a second signal: "
+        "no wait); jobs still running then are stopped and go back to their queue, to run "
+        f"again from the start (default {WorkerConfig.shutdown_timeout:g})",
     )
     w.add_argument(
         "--callback-timeout",
         type=float,
         metavar="SECONDS",
-        help="how long a callback hook may run; one still running then has its job process "
-        f"killed (default {WorkerConfig.callback_timeout:g})",
+        help="how long one callback hook may run; past it the hook's job process is "
+        "killed, and the other jobs it was running go back to their queue "
+        f"(default {WorkerConfig.callback_timeout:g})",
     )
     w.add_argument(
         "--broker-consumer-timeout",
