@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Final
 
 LOG_FORMATS: Final = ("text", "json")
+# The level names help and errors list; any other name ``logging`` knows (WARN, FATAL) works.
+LOG_LEVEL_NAMES: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -38,11 +40,10 @@ def configure_logging(level: str | int, log_format: str = "text") -> None:
     ``level`` is a number or a level name in any case (``logging``'s names: WARN and FATAL
     too). A level or format it does not know raises ValueError naming the usual ones."""
     if isinstance(level, str):
-        if level.upper() not in logging.getLevelNamesMapping():
-            raise ValueError(
-                f"log level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL: {level!r}"
-            )
-        level = level.upper()
+        name = level.upper()
+        if name not in logging.getLevelNamesMapping():
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVEL_NAMES)}: {level!r}")
+        level = name
     if log_format not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)

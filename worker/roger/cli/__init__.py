@@ -19,7 +19,7 @@ from roger.cli import admin, enqueue, queues, worker
 from roger.cli.common import EXIT_USAGE, UsageError, _Parser, amqp_url
 from roger.core.config import ConfigError, parse_retry_levels
 from roger.core.naming import InvalidName
-from roger.logs import LOG_FORMATS, configure_logging
+from roger.logs import LOG_FORMATS, LOG_LEVEL_NAMES, configure_logging
 from roger.version import package_version
 
 
@@ -36,8 +36,7 @@ def _parser(prog: str = "roger") -> argparse.ArgumentParser:
         "--log-level",
         default=os.environ.get("ROGER_LOG_LEVEL", "INFO"),
         metavar="LEVEL",
-        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, any case "
-        "(default: $ROGER_LOG_LEVEL or INFO)",
+        help=f"{', '.join(LOG_LEVEL_NAMES)}, in any case (default: $ROGER_LOG_LEVEL or INFO)",
     )
     p.add_argument(
         "--log-format",
